@@ -1,0 +1,44 @@
+"""cachecow: cache ORM objects in Redis, never serving stale data after a write.
+
+A leased cache-aside protocol: a reader that misses takes a lease (a flag key holding a random
+token) before it reads the database, and stores what it read only if its lease survived, so a
+value read before an invalidation is never cached after it.
+"""
+
+from ._core import CacheCow, connect
+from ._protocol import TOMBSTONE, BusyPolicy, Clock, SystemClock
+from ._version import __version__
+from .exceptions import (
+    CacheCowError,
+    CacheUnavailable,
+    ConfigurationError,
+    InvalidationFailed,
+    InvalidLookup,
+    NotFound,
+    SerializationError,
+)
+from .metrics import Metrics, MetricsSnapshot
+from .serializers import JsonSerializer, MsgpackSerializer, PickleSerializer, Serializer
+
+__all__ = [
+    "TOMBSTONE",
+    "BusyPolicy",
+    "CacheCow",
+    "CacheCowError",
+    "CacheUnavailable",
+    "Clock",
+    "ConfigurationError",
+    "InvalidLookup",
+    "InvalidationFailed",
+    "JsonSerializer",
+    "Metrics",
+    "MetricsSnapshot",
+    "MsgpackSerializer",
+    "NotFound",
+    "PickleSerializer",
+    "SerializationError",
+    "Serializer",
+    "SystemClock",
+    "__version__",
+    "connect",
+]

@@ -1,0 +1,165 @@
+"""The synchronous cache class: drives the protocol's flows with redis-py."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar, overload
+
+import redis as redis_py
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.retry import Retry
+
+from ._protocol import BusyPolicy, CacheCowBase, Clock, Command, Fetch, Flow, Script, Sleep
+from ._scripts import SCRIPT_NAMES, script_source
+from .exceptions import ConfigurationError
+from .keys import normalize_lookup
+from .metrics import MetricsHook
+from .serializers import Serializer
+
+__all__ = ["CacheCow", "connect"]
+
+T = TypeVar("T")
+
+
+def connect(
+    url: str = "redis://127.0.0.1:6379/0", *, timeout: float = 0.5, **kwargs: Any
+) -> redis_py.Redis:
+    """A redis-py client whose every call returns within about ``timeout`` seconds.
+
+    redis-py's own default retries a timed-out command up to 10 times with backoff, so one call
+    to a stalled server can block for many seconds. This client times out connecting and
+    reading after ``timeout`` seconds, never retries a timeout, and retries a dropped connection
+    once at once. Extra keyword arguments go to :meth:`redis.Redis.from_url`.
+    """
+    kwargs.setdefault("socket_timeout", timeout)
+    kwargs.setdefault("socket_connect_timeout", timeout)
+    kwargs.setdefault("retry", Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
+    client: redis_py.Redis = redis_py.Redis.from_url(url, **kwargs)
+    return client
+
+
+class CacheCow(CacheCowBase):
+    """A leased cache-aside cache of objects in Redis. Subclass it and implement ``fetch``.
+
+    ``get(cls, field, value)`` answers from Redis in one round trip on a hit; on a miss it takes
+    a lease (a flag key holding a random token), calls ``fetch``, and stores the result only if
+    the lease is still this reader's, so a value read before an invalidation is never cached
+    after it. ``invalidate(cls, field, value)`` deletes the value and voids every lease.
+
+    :param redis: a redis-py client (``decode_responses`` must be off). See :func:`connect` for a
+        client with bounded timeouts.
+    :param ttl: seconds a cached value lives at most (default 3600). Always finite.
+    :param ttl_jitter: fraction by which each value's TTL is randomly shortened, spreading
+        expiries (default 0.1: between 90% and 100% of ``ttl``).
+    :param flag_ttl: seconds a lease lives (default 10). A reader whose fetch outlives it caches
+        nothing; a crashed reader's lease blocks caching of its key for this long at most.
+    :param tombstone_ttl: seconds a "not found" answer stays cached (default 30).
+    :param busy: what a reader does when another holds the lease: ``"wait"`` (default) polls
+        with backoff for the holder's value up to ``wait_timeout``, then fetches without caching;
+        ``"fetch"`` fetches at once without caching.
+    :param wait_timeout: seconds a busy reader waits under ``"wait"`` (default 1.0).
+    :param fail_open: on a Redis error during ``get``, serve from ``fetch`` and cache nothing
+        (default False: raise :class:`~cachecow.CacheUnavailable`). Invalidations always raise.
+    :param fail_open_log_interval: log a Redis failure at most once per this many seconds.
+    :param serializer: how objects become bytes (default :class:`~cachecow.JsonSerializer`).
+    :param prefix: the start of every key (default ``"cachecow:"``); no braces or spaces.
+    :param clock: time source for waiting and log rate limits (default: the system clock).
+    :param metrics_hook: called as ``hook(counter, amount)`` on every counter increment.
+    """
+
+    def __init__(
+        self,
+        redis: redis_py.Redis,
+        *,
+        ttl: float = 3600.0,
+        ttl_jitter: float = 0.1,
+        flag_ttl: float = 10.0,
+        tombstone_ttl: float = 30.0,
+        busy: BusyPolicy | str = BusyPolicy.WAIT,
+        wait_timeout: float = 1.0,
+        fail_open: bool = False,
+        fail_open_log_interval: float = 60.0,
+        serializer: Serializer | None = None,
+        prefix: str = "cachecow:",
+        clock: Clock | None = None,
+        metrics_hook: MetricsHook | None = None,
+    ) -> None:
+        super().__init__(
+            ttl=ttl,
+            ttl_jitter=ttl_jitter,
+            flag_ttl=flag_ttl,
+            tombstone_ttl=tombstone_ttl,
+            busy=busy,
+            wait_timeout=wait_timeout,
+            fail_open=fail_open,
+            fail_open_log_interval=fail_open_log_interval,
+            serializer=serializer,
+            prefix=prefix,
+            clock=clock,
+            metrics_hook=metrics_hook,
+        )
+        if not hasattr(redis, "register_script"):
+            raise ConfigurationError(f"redis must be a redis-py client, got {redis!r}")
+        get_kwargs = getattr(redis, "get_connection_kwargs", None)
+        if callable(get_kwargs) and get_kwargs().get("decode_responses"):
+            raise ConfigurationError(
+                "the Redis client has decode_responses=True; cachecow stores bytes and needs "
+                "a client with decode_responses=False"
+            )
+        self.redis = redis
+        self._execute: Any = redis.execute_command
+        self._scripts = {name: redis.register_script(script_source(name)) for name in SCRIPT_NAMES}
+
+    @overload
+    def get(self, cls: type[T], id_field: str | tuple[str, ...], id_val: Any) -> T: ...
+
+    @overload
+    def get(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> Any: ...
+
+    def get(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> Any:
+        """The object whose ``id_field`` is ``id_val``, from the cache or from ``fetch``.
+
+        ``id_field`` may be a tuple of fields with ``id_val`` a tuple of values (a composite
+        unique key; the order of the fields does not matter). Raises the exception built by
+        :meth:`not_found` (by default :class:`~cachecow.NotFound`) when there is no such
+        object, whether the answer came from ``fetch`` or from a cached tombstone. Errors
+        raised by ``fetch`` reach the caller unchanged.
+        """
+        id_field, id_val = normalize_lookup(id_field, id_val)
+        return self._drive(self._get_flow(cls, id_field, id_val), cls, id_field, id_val)
+
+    def invalidate(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> None:
+        """Forget the cached value of a lookup and void every lease in flight for it.
+
+        Call it after the write's transaction commits. One round trip. Raises
+        :class:`~cachecow.InvalidationFailed` if Redis cannot be reached, whatever
+        ``fail_open`` says: the write path must learn that an invalidation was lost.
+        """
+        id_field, id_val = normalize_lookup(id_field, id_val)
+        self._drive(self._invalidate_flow(cls, id_field, id_val), cls, id_field, id_val)
+
+    def _drive(self, flow: Flow, cls: Any, id_field: Any, id_val: Any) -> Any:
+        """Perform each operation a flow yields, until it returns or raises."""
+        result: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                op = flow.send(result) if error is None else flow.throw(error)
+            except StopIteration as stop:
+                return stop.value
+            error = None
+            try:
+                if isinstance(op, Script):
+                    result = self._scripts[op.name](keys=op.keys, args=op.args, client=self.redis)
+                elif isinstance(op, Fetch):
+                    result = self.fetch(cls, id_field, id_val)
+                elif isinstance(op, Command):
+                    result = self._execute(*op.args)
+                elif isinstance(op, Sleep):
+                    self.clock.sleep(op.seconds)
+                    result = None
+                else:  # pragma: no cover - a flow yields only the operations above
+                    raise TypeError(f"unknown operation {op!r}")
+            except BaseException as exc:
+                result = None
+                error = exc

@@ -1,0 +1,575 @@
+"""The contract every cachecow cache class must keep, as a reusable pytest suite.
+
+Subclass :class:`CacheCowContract` in a module pytest collects (name it ``Test...``) and supply
+the cache class under test and a way to write its database::
+
+    class TestMyAdapter(CacheCowContract):
+        model = User                     # what get() is called with
+        field = "id"                     # a unique lookup field
+
+        def make_cache(self, redis, **options):
+            return MyCache(redis, **options)
+
+        def write(self, key, payload):   # insert or update row `key`, committed
+            ...
+
+        def delete(self, key):           # delete row `key`, committed
+            ...
+
+        def payload_of(self, obj):       # read the payload back from a fetched/cached object
+            return obj.payload
+
+The suite drives the protocol through real Redis (the ``redis_client`` fixture of
+:mod:`cachecow.testing.plugin`) and forces each race's interleaving with gates inside ``fetch``:
+the reader reads the database, then stops until the test lets it commit. Each race is a
+*scenario* method that returns what it observed, so a test can also run a scenario against a
+deliberately broken protocol and show that the scenario would catch it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import redis
+
+from cachecow._core import CacheCow
+from cachecow._protocol import TOMBSTONE
+from cachecow.exceptions import CacheCowError
+
+__all__ = ["CacheCowContract", "FakeClock", "FetchProbe", "RaceOutcome", "Reader"]
+
+GATE_TIMEOUT = 10.0
+
+
+class FakeClock:
+    """A clock whose ``sleep`` advances time at once: waiting tested without waiting."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+class FetchProbe:
+    """Wraps a cache instance's ``fetch``: counts calls and can hold the next one at a gate.
+
+    A gated fetch reads the database (calls the real ``fetch``), then signals ``fetched`` and
+    blocks until :meth:`release`: the moment between a reader's database read and its commit.
+    """
+
+    def __init__(self, cache: CacheCow) -> None:
+        self.cache = cache
+        self.calls = 0
+        self.results: list[Any] = []
+        self._original = cache.fetch
+        self._lock = threading.Lock()
+        self._gates: list[tuple[threading.Event, threading.Event]] = []
+        self.fetched = threading.Event()
+        self.go = threading.Event()
+        self.fail_next: BaseException | None = None
+        cache.fetch = self._fetch  # type: ignore[method-assign]
+
+    def gate_next(self) -> None:
+        """Hold the next fetch after its database read, until :meth:`release`."""
+        self.fetched.clear()
+        self.go.clear()
+        with self._lock:
+            self._gates.append((self.fetched, self.go))
+
+    def wait_fetched(self) -> None:
+        """Block until the gated fetch has read the database."""
+        if not self.fetched.wait(GATE_TIMEOUT):
+            raise AssertionError("the gated fetch never ran")
+
+    def release(self) -> None:
+        """Let the gated fetch return."""
+        self.go.set()
+
+    def _fetch(self, cls: Any, id_field: Any, id_val: Any) -> Any:
+        with self._lock:
+            self.calls += 1
+            gate = self._gates.pop(0) if self._gates else None
+            failure, self.fail_next = self.fail_next, None
+        if failure is not None:
+            raise failure
+        obj = self._original(cls, id_field, id_val)
+        self.results.append(obj)
+        if gate is not None:
+            fetched, go = gate
+            fetched.set()
+            if not go.wait(GATE_TIMEOUT):
+                raise AssertionError("the gated fetch was never released")
+        return obj
+
+
+class Reader(threading.Thread):
+    """``cache.get(...)`` in a thread of its own; :meth:`outcome` gives its result or error."""
+
+    def __init__(self, cache: CacheCow, model: Any, field: Any, value: Any) -> None:
+        super().__init__(daemon=True)
+        self.cache, self.args = cache, (model, field, value)
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self.cache.get(*self.args)
+        except BaseException as exc:
+            self.error = exc
+
+    def outcome(self) -> Any:
+        """Join the thread and return its result (re-raising its error)."""
+        self.join(GATE_TIMEOUT)
+        if self.is_alive():
+            raise AssertionError("the reader never finished")
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+@dataclass
+class RaceOutcome:
+    """What a race scenario saw: returned payloads, and the cache after each step."""
+
+    returned: dict[str, str] = field(default_factory=dict)
+    cached_after: dict[str, str | None] = field(default_factory=dict)
+    final: str | None = None
+    stale_commits: int = 0
+
+
+class CacheCowContract:
+    """The promises of shared/DESIGN.md, as tests any cache class can be run against."""
+
+    model: Any = "contract-item"
+    field: Any = "id"
+
+    # -- what a subclass supplies ---------------------------------------------------------------
+
+    def make_cache(self, redis: redis.Redis, **options: Any) -> CacheCow:
+        """A cache under test on ``redis``, built with ``options`` (constructor keywords)."""
+        raise NotImplementedError
+
+    def write(self, key: int, payload: str) -> None:
+        """Insert or update the object ``key`` with ``payload``, committed."""
+        raise NotImplementedError
+
+    def delete(self, key: int) -> None:
+        """Delete the object ``key``, committed."""
+        raise NotImplementedError
+
+    def payload_of(self, obj: Any) -> str:
+        """The payload of an object the cache returned."""
+        raise NotImplementedError
+
+    def lookup(self, key: int) -> Any:
+        """The lookup value (for :attr:`field`) of object ``key``."""
+        return key
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    @pytest.fixture(autouse=True)
+    def _contract_redis(self, redis_client: redis.Redis) -> None:
+        self.redis = redis_client
+
+    def cache(self, **options: Any) -> CacheCow:
+        options.setdefault("flag_ttl", 30.0)
+        return self.make_cache(self.redis, **options)
+
+    def get(self, cache: CacheCow, key: int) -> Any:
+        return cache.get(self.model, self.field, self.lookup(key))
+
+    def invalidate(self, cache: CacheCow, key: int) -> None:
+        cache.invalidate(self.model, self.field, self.lookup(key))
+
+    def keys(self, cache: CacheCow, key: int) -> tuple[str, str]:
+        return cache.get_keys(self.model, self.field, self.lookup(key))
+
+    def cached_payload(self, cache: CacheCow, key: int) -> str | None:
+        """The payload the cache holds for ``key`` right now, or None (absent or tombstone)."""
+        raw: bytes | None = self.redis.get(self.keys(cache, key)[0])  # type: ignore[assignment]
+        if raw is None or raw == TOMBSTONE:
+            return None
+        return self.payload_of(cache.deserialize(self.model, raw))
+
+    def reader(self, cache: CacheCow, key: int) -> Reader:
+        thread = Reader(cache, self.model, self.field, self.lookup(key))
+        thread.start()
+        return thread
+
+    def wait_until(self, predicate: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + GATE_TIMEOUT
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting until {what}")
+            time.sleep(0.005)
+
+    # -- race scenarios (each returns what it saw; the tests below assert on it) ----------------
+
+    def scenario_aba(self, cache_a: CacheCow, cache_b: CacheCow, writer: CacheCow) -> RaceOutcome:
+        """A leases and reads v1; the writer stores v2 and invalidates; B leases and reads v2;
+        A commits; B commits."""
+        out = RaceOutcome()
+        self.write(1, "v1")
+        probe_a, probe_b = FetchProbe(cache_a), FetchProbe(cache_b)
+        probe_a.gate_next()
+        a = self.reader(cache_a, 1)
+        probe_a.wait_fetched()
+        self.write(1, "v2")
+        self.invalidate(writer, 1)
+        probe_b.gate_next()
+        b = self.reader(cache_b, 1)
+        probe_b.wait_fetched()
+        probe_a.release()
+        out.returned["A"] = self.payload_of(a.outcome())
+        out.cached_after["A commits"] = self.cached_payload(writer, 1)
+        probe_b.release()
+        out.returned["B"] = self.payload_of(b.outcome())
+        out.cached_after["B commits"] = self.cached_payload(writer, 1)
+        out.final = self.payload_of(self.get(writer, 1))
+        out.stale_commits = cache_a.metrics.snapshot().stale_commits
+        return out
+
+    def scenario_invalidate_before_commit(self, cache: CacheCow, writer: CacheCow) -> RaceOutcome:
+        """A leases and reads v1; the writer stores v2 and invalidates; A commits."""
+        out = RaceOutcome()
+        self.write(1, "v1")
+        probe = FetchProbe(cache)
+        probe.gate_next()
+        a = self.reader(cache, 1)
+        probe.wait_fetched()
+        self.write(1, "v2")
+        self.invalidate(writer, 1)
+        probe.release()
+        out.returned["A"] = self.payload_of(a.outcome())
+        out.cached_after["A commits"] = self.cached_payload(writer, 1)
+        out.final = self.payload_of(self.get(writer, 1))
+        out.stale_commits = cache.metrics.snapshot().stale_commits
+        return out
+
+    def scenario_lease_expires(self, cache_a: CacheCow, cache_b: CacheCow) -> RaceOutcome:
+        """A leases (short flag_ttl) and reads v1; the lease expires; the row becomes v2 and is
+        invalidated; B leases and reads v2; A commits; B commits."""
+        out = RaceOutcome()
+        self.write(1, "v1")
+        probe_a, probe_b = FetchProbe(cache_a), FetchProbe(cache_b)
+        probe_a.gate_next()
+        a = self.reader(cache_a, 1)
+        probe_a.wait_fetched()
+        flag_key = self.keys(cache_a, 1)[1]
+        self.wait_until(lambda: not self.redis.exists(flag_key), "A's lease expired")
+        self.write(1, "v2")
+        self.invalidate(cache_b, 1)
+        probe_b.gate_next()
+        b = self.reader(cache_b, 1)
+        probe_b.wait_fetched()
+        probe_a.release()
+        out.returned["A"] = self.payload_of(a.outcome())
+        out.cached_after["A commits"] = self.cached_payload(cache_b, 1)
+        probe_b.release()
+        out.returned["B"] = self.payload_of(b.outcome())
+        out.cached_after["B commits"] = self.cached_payload(cache_b, 1)
+        out.final = self.payload_of(self.get(cache_b, 1))
+        out.stale_commits = cache_a.metrics.snapshot().stale_commits
+        return out
+
+    # -- races ----------------------------------------------------------------------------------
+
+    def test_race_aba(self) -> None:
+        """The seed's ABA bug: A's old value must never be cached under B's fresh lease."""
+        out = self.scenario_aba(self.cache(), self.cache(), self.cache())
+        assert out.returned == {"A": "v1", "B": "v2"}
+        assert out.cached_after == {"A commits": None, "B commits": "v2"}
+        assert out.final == "v2"
+        assert out.stale_commits == 1
+
+    def test_race_invalidate_between_fetch_and_commit(self) -> None:
+        out = self.scenario_invalidate_before_commit(self.cache(), self.cache())
+        assert out.returned == {"A": "v1"}
+        assert out.cached_after == {"A commits": None}
+        assert out.final == "v2"
+        assert out.stale_commits == 1
+
+    def test_race_fetch_outlives_flag_ttl(self) -> None:
+        out = self.scenario_lease_expires(self.cache(flag_ttl=0.2), self.cache())
+        assert out.returned == {"A": "v1", "B": "v2"}
+        assert out.cached_after == {"A commits": None, "B commits": "v2"}
+        assert out.final == "v2"
+        assert out.stale_commits == 1
+
+    def test_fetch_outliving_its_lease_never_writes(self) -> None:
+        """Even with no other reader and no invalidation, an expired lease writes nothing."""
+        self.write(1, "v1")
+        cache = self.cache(flag_ttl=0.2)
+        probe = FetchProbe(cache)
+        probe.gate_next()
+        a = self.reader(cache, 1)
+        probe.wait_fetched()
+        value_key, flag_key = self.keys(cache, 1)
+        self.wait_until(lambda: not self.redis.exists(flag_key), "the lease expired")
+        probe.release()
+        assert self.payload_of(a.outcome()) == "v1"
+        assert not self.redis.exists(value_key)
+        assert cache.metrics.snapshot().stale_commits == 1
+
+    def test_failed_fetch_releases_lease_then_next_reader_caches(self) -> None:
+        self.write(1, "v1")
+        cache = self.cache()
+        probe = FetchProbe(cache)
+        boom = RuntimeError("database down")
+        probe.fail_next = boom
+        value_key, flag_key = self.keys(cache, 1)
+        with pytest.raises(RuntimeError) as raised:
+            self.get(cache, 1)
+        assert raised.value is boom  # re-raised unchanged
+        assert not self.redis.exists(flag_key)  # released at once, not left to expire
+        assert not self.redis.exists(value_key)
+        assert self.payload_of(self.get(cache, 1)) == "v1"
+        assert self.cached_payload(cache, 1) == "v1"
+        assert self.payload_of(self.get(cache, 1)) == "v1"
+        assert probe.calls == 2  # the third get was a hit
+
+    def test_failed_serialize_releases_lease(self) -> None:
+        self.write(1, "v1")
+        cache = self.cache()
+        boom = TypeError("cannot serialize")
+
+        def refuse(obj: Any) -> bytes:
+            raise boom
+
+        cache.serialize = refuse  # type: ignore[method-assign]
+        with pytest.raises(TypeError) as raised:
+            self.get(cache, 1)
+        assert raised.value is boom
+        assert not self.redis.exists(self.keys(cache, 1)[1])
+
+    def test_busy_reader_fetch_policy(self) -> None:
+        """A busy reader under "fetch" reads the database itself and caches nothing."""
+        self.write(1, "v1")
+        holder, busy = self.cache(), self.cache(busy="fetch")
+        probe_h, probe_b = FetchProbe(holder), FetchProbe(busy)
+        probe_h.gate_next()
+        h = self.reader(holder, 1)
+        probe_h.wait_fetched()
+        value_key, flag_key = self.keys(holder, 1)
+        token = self.redis.get(flag_key)
+        assert self.payload_of(self.get(busy, 1)) == "v1"
+        assert probe_b.calls == 1
+        assert not self.redis.exists(value_key)  # the busy reader cached nothing
+        assert self.redis.get(flag_key) == token  # and left the holder's lease alone
+        snap = busy.metrics.snapshot()
+        assert (snap.busy, snap.leases, snap.commits, snap.waits) == (1, 0, 0, 0)
+        probe_h.release()
+        assert self.payload_of(h.outcome()) == "v1"
+        assert self.cached_payload(holder, 1) == "v1"
+
+    def test_busy_reader_wait_policy_gets_holders_value(self) -> None:
+        """A busy reader under "wait" gets the holder's committed value, with no fetch."""
+        self.write(1, "v1")
+        holder, waiter = self.cache(), self.cache(busy="wait", wait_timeout=GATE_TIMEOUT)
+        probe_h, probe_w = FetchProbe(holder), FetchProbe(waiter)
+        probe_h.gate_next()
+        h = self.reader(holder, 1)
+        probe_h.wait_fetched()
+        w = self.reader(waiter, 1)
+        self.wait_until(lambda: waiter.metrics.snapshot().waits == 1, "the reader waits")
+        assert w.is_alive()
+        probe_h.release()
+        assert self.payload_of(h.outcome()) == "v1"
+        assert self.payload_of(w.outcome()) == "v1"
+        assert probe_w.calls == 0
+        snap = waiter.metrics.snapshot()
+        assert (snap.busy, snap.waits, snap.hits, snap.wait_timeouts) == (1, 1, 1, 0)
+
+    def test_busy_reader_wait_policy_times_out_then_fetches(self) -> None:
+        """The wait is bounded (fake clock: no real sleeping); then it fetches, uncached."""
+        self.write(1, "v1")
+        holder = self.cache()
+        clock = FakeClock()
+        waiter = self.cache(busy="wait", wait_timeout=0.5, clock=clock)
+        probe_h, probe_w = FetchProbe(holder), FetchProbe(waiter)
+        probe_h.gate_next()
+        h = self.reader(holder, 1)
+        probe_h.wait_fetched()
+        assert self.payload_of(self.get(waiter, 1)) == "v1"
+        assert probe_w.calls == 1
+        assert sum(clock.sleeps) == pytest.approx(0.5)
+        assert max(clock.sleeps) <= waiter.wait_max_delay
+        assert len(clock.sleeps) > 3  # it backed off: several polls, growing
+        assert clock.sleeps[0] < clock.sleeps[3]
+        assert not self.redis.exists(self.keys(holder, 1)[0])
+        snap = waiter.metrics.snapshot()
+        assert (snap.waits, snap.wait_timeouts, snap.leases) == (1, 1, 0)
+        probe_h.release()
+        h.outcome()
+
+    def test_waiter_takes_over_a_dead_holders_lease(self) -> None:
+        """A holder that died leaves its flag to expire; a waiter then leases and caches."""
+        self.write(1, "v1")
+        waiter = self.cache(busy="wait", wait_timeout=GATE_TIMEOUT)
+        probe = FetchProbe(waiter)
+        flag_key = self.keys(waiter, 1)[1]
+        self.redis.set(flag_key, b"dead-reader-token", px=300)
+        assert self.payload_of(self.get(waiter, 1)) == "v1"
+        assert probe.calls == 1
+        assert self.cached_payload(waiter, 1) == "v1"
+        snap = waiter.metrics.snapshot()
+        assert (snap.waits, snap.leases, snap.commits) == (1, 1, 1)
+
+    # -- the basic promises ---------------------------------------------------------------------
+
+    def test_miss_then_hit(self) -> None:
+        self.write(1, "v1")
+        cache = self.cache()
+        probe = FetchProbe(cache)
+        assert self.payload_of(self.get(cache, 1)) == "v1"
+        assert self.payload_of(self.get(cache, 1)) == "v1"
+        assert probe.calls == 1
+        snap = cache.metrics.snapshot()
+        assert (snap.misses, snap.leases, snap.commits, snap.hits) == (1, 1, 1, 1)
+
+    def test_invalidate_then_get_refetches(self) -> None:
+        self.write(1, "v1")
+        cache = self.cache()
+        probe = FetchProbe(cache)
+        self.get(cache, 1)
+        self.write(1, "v2")
+        self.invalidate(cache, 1)
+        assert self.redis.exists(*self.keys(cache, 1)) == 0
+        assert self.payload_of(self.get(cache, 1)) == "v2"
+        assert self.payload_of(self.get(cache, 1)) == "v2"
+        assert probe.calls == 2
+
+    def test_value_key_holds_exactly_the_serialized_bytes(self) -> None:
+        self.write(1, "v1")
+        cache = self.cache()
+        obj = self.get(cache, 1)
+        assert self.redis.get(self.keys(cache, 1)[0]) == cache.serialize(obj)
+
+    def test_value_ttl_is_finite_and_jittered(self) -> None:
+        cache = self.cache(ttl=100.0, ttl_jitter=0.5)
+        ttls = []
+        for key in range(1, 41):
+            self.write(key, f"p{key}")
+            self.get(cache, key)
+            ttls.append(self.redis.pttl(self.keys(cache, key)[0]))
+        assert all(50_000 - 1_000 <= t <= 100_000 for t in ttls), ttls
+        assert len(set(ttls)) > 20  # spread, not one value
+
+    def test_value_ttl_without_jitter(self) -> None:
+        self.write(1, "v1")
+        cache = self.cache(ttl=60.0, ttl_jitter=0.0)
+        self.get(cache, 1)
+        assert 59_000 <= self.redis.pttl(self.keys(cache, 1)[0]) <= 60_000
+
+    def test_lease_has_flag_ttl(self) -> None:
+        self.write(1, "v1")
+        cache = self.cache(flag_ttl=7.0)
+        probe = FetchProbe(cache)
+        probe.gate_next()
+        a = self.reader(cache, 1)
+        probe.wait_fetched()
+        assert 6_000 <= self.redis.pttl(self.keys(cache, 1)[1]) <= 7_000
+        probe.release()
+        a.outcome()
+        assert not self.redis.exists(self.keys(cache, 1)[1])  # the commit released it
+
+    def test_not_found_is_cached_as_a_tombstone(self) -> None:
+        cache = self.cache(tombstone_ttl=5.0)
+        probe = FetchProbe(cache)
+        expected = type(cache.not_found(self.model, self.field, self.lookup(404)))
+        with pytest.raises(expected):
+            self.get(cache, 404)
+        value_key = self.keys(cache, 404)[0]
+        assert self.redis.get(value_key) == TOMBSTONE
+        assert 4_000 <= self.redis.pttl(value_key) <= 5_000
+        with pytest.raises(expected):
+            self.get(cache, 404)
+        assert probe.calls == 1  # the second answer came from the tombstone
+        assert cache.metrics.snapshot().tombstone_hits == 1
+        self.write(404, "now-exists")
+        self.invalidate(cache, 404)
+        assert self.payload_of(self.get(cache, 404)) == "now-exists"
+        assert probe.calls == 2
+
+    def test_delete_then_invalidate_gives_not_found(self) -> None:
+        self.write(1, "v1")
+        cache = self.cache()
+        self.get(cache, 1)
+        self.delete(1)
+        self.invalidate(cache, 1)
+        with pytest.raises(type(cache.not_found(self.model, self.field, self.lookup(1)))):
+            self.get(cache, 1)
+
+    def test_undecodable_value_is_a_miss_and_repaired(self) -> None:
+        self.write(1, "v1")
+        cache = self.cache()
+        probe = FetchProbe(cache)
+        value_key = self.keys(cache, 1)[0]
+        self.redis.set(value_key, b"\xff\xfe not a value", px=60_000)
+        assert self.payload_of(self.get(cache, 1)) == "v1"
+        assert cache.metrics.snapshot().decode_failures == 1
+        assert self.cached_payload(cache, 1) == "v1"  # repaired by the same get
+        self.get(cache, 1)
+        assert probe.calls == 1
+
+    def test_wrong_object_is_a_miss_and_repaired(self) -> None:
+        self.write(1, "v1")
+        self.write(2, "v2")
+        cache = self.cache()
+        self.get(cache, 2)
+        key1, key2 = self.keys(cache, 1)[0], self.keys(cache, 2)[0]
+        payload2 = self.redis.get(key2)
+        assert payload2 is not None
+        self.redis.set(key1, payload2, px=60_000)  # object 2 where object 1 belongs
+        assert self.payload_of(self.get(cache, 1)) == "v1"
+        assert cache.metrics.snapshot().verify_failures == 1
+        assert self.cached_payload(cache, 1) == "v1"
+
+    def test_keys_share_one_cluster_slot(self) -> None:
+        from redis.crc import key_slot
+
+        cache = self.cache()
+        for key in range(50):
+            value_key, flag_key = self.keys(cache, key)
+            assert value_key != flag_key
+            assert key_slot(value_key.encode()) == key_slot(flag_key.encode())
+
+    def test_round_trips(self, counting_redis: Any) -> None:
+        """Hit: 1 round trip. Miss: 2. Invalidate: 1."""
+        self.write(1, "v1")
+        self.write(2, "v2")
+        cache = self.make_cache(counting_redis, flag_ttl=30.0)
+        self.get(cache, 2)  # loads the scripts into the server
+        counting_redis.reset_round_trips()
+        self.get(cache, 1)
+        assert counting_redis.round_trips == 2
+        counting_redis.reset_round_trips()
+        self.get(cache, 1)
+        assert counting_redis.round_trips == 1
+        counting_redis.reset_round_trips()
+        self.invalidate(cache, 1)
+        assert counting_redis.round_trips == 1
+
+    def test_fetch_errors_propagate_unchanged_and_are_not_cachecow_errors(self) -> None:
+        self.write(1, "v1")
+        cache = self.cache()
+        probe = FetchProbe(cache)
+
+        class DatabaseError(Exception):
+            pass
+
+        probe.fail_next = DatabaseError("x")
+        with pytest.raises(DatabaseError) as raised:
+            self.get(cache, 1)
+        assert not isinstance(raised.value, CacheCowError)

@@ -1,0 +1,125 @@
+"""pytest fixtures that give tests a real, private Redis.
+
+Load it with ``-p cachecow.testing.plugin`` (or ``pytest_plugins``). Where no ``redis-server``
+can be started, tests that need one are skipped with the reason, unless the environment says
+``CI=true``: there a missing server fails the test, so a CI run can never pass by skipping.
+
+Fixtures:
+
+- ``redis_server`` (session): one private server for the whole run.
+- ``redis_url`` (session): its URL.
+- ``redis_client`` (function): a client of it, the database flushed before each test.
+- ``counting_redis`` (function): a client whose round trips are counted (``.round_trips``).
+- ``own_redis_server`` (function): a server of the test's own, to pause, kill or restart.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from redis.connection import Connection
+
+from .server import RedisServer, RedisServerUnavailable
+
+__all__ = ["CountingConnection", "in_ci", "require_server"]
+
+
+def in_ci() -> bool:
+    """Whether this run is CI's (``CI`` set to a true value), where skipping is failing."""
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def require_server(server: RedisServer) -> RedisServer:
+    """Start ``server``, or skip the test (fail it under CI) saying why it could not start."""
+    try:
+        return server.start()
+    except RedisServerUnavailable as exc:
+        message = f"no private redis-server could be started: {exc}"
+        if in_ci():
+            pytest.fail(f"{message} (CI=true: a missing server is a failure)")
+        pytest.skip(message)
+
+
+class CountingConnection(Connection):
+    """A redis-py connection that counts round trips (one per packed send)."""
+
+    def __init__(self, *args: Any, counter: list[int], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self._counter = counter
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        self._counter[0] += 1
+        super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]
+
+
+class CountingRedis(redis.Redis):
+    """A client whose :attr:`round_trips` counts every request sent to the server."""
+
+    def __init__(self, port: int) -> None:
+        self._counter = [0]
+        pool = redis.ConnectionPool(
+            connection_class=CountingConnection, port=port, counter=self._counter
+        )
+        super().__init__(connection_pool=pool)
+
+    @property
+    def round_trips(self) -> int:
+        """Requests sent so far (a pipeline is one)."""
+        return self._counter[0]
+
+    def reset_round_trips(self) -> None:
+        """Start counting from zero."""
+        self._counter[0] = 0
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One private redis-server for the whole test session."""
+    server = require_server(RedisServer())
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisServer) -> str:
+    """The private server's URL."""
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A client of the private server; the server is flushed before each test."""
+    client = redis.Redis(port=redis_server.port, socket_timeout=5, socket_connect_timeout=5)
+    client.flushall()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def counting_redis(redis_server: RedisServer) -> Iterator[CountingRedis]:
+    """A flushed client of the private server that counts its round trips."""
+    client = CountingRedis(redis_server.port)
+    client.flushall()
+    client.reset_round_trips()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def own_redis_server() -> Iterator[RedisServer]:
+    """A private server for this test alone, free to pause, kill or restart."""
+    server = require_server(RedisServer())
+    try:
+        yield server
+    finally:
+        server.stop()

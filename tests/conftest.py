@@ -1,0 +1,1 @@
+"""Shared test setup: the Redis fixtures come from cachecow.testing.plugin (see pyproject)."""
