@@ -107,6 +107,8 @@ class RedisServer:
                 self.resume()
             self.process.kill()
             self.process.wait(timeout=10)
+        if self.process is not None and self.process.stderr is not None:
+            self.process.stderr.close()
 
     def restart(self) -> None:
         """Kill the server and start it again, empty, on the same port."""

@@ -1,0 +1,188 @@
+"""Redis failures: a closed port, a paused (SIGSTOP) server, a server dying mid-read, a restart.
+
+Each test runs on a redis-server of its own (``own_redis_server``) so it can break it.
+Bounds on time here are the promise under test (invariant 8: no call waits on Redis longer than
+the configured timeouts), checked with a generous margin, not benchmarks.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import pytest
+import redis
+
+import cachecow
+from cachecow import CacheCow, CacheUnavailable, InvalidationFailed, NotFound
+from cachecow.testing import RedisServer, free_port
+from cachecow.testing.contract import FakeClock, FetchProbe
+
+TIMEOUT = 0.3
+MARGIN = 0.7  # scheduling noise on a shared 2-core machine; far below redis-py's own retries
+
+
+class RowCache(CacheCow):
+    def __init__(self, redis: redis.Redis, **options: Any) -> None:
+        super().__init__(redis, **options)
+        self.db: dict[int, dict[str, Any]] = {1: {"id": 1, "name": "one"}}
+        self.fetches = 0
+
+    def fetch(self, cls: Any, id_field: Any, id_val: Any) -> Any:
+        self.fetches += 1
+        return self.db.get(id_val)
+
+
+def closed_port_client() -> redis.Redis:
+    return cachecow.connect(f"redis://127.0.0.1:{free_port()}/0", timeout=TIMEOUT)
+
+
+def timed(fn: Any, *args: Any) -> tuple[float, Any, BaseException | None]:
+    start = time.monotonic()
+    try:
+        result, error = fn(*args), None
+    except BaseException as exc:
+        result, error = None, exc
+    return time.monotonic() - start, result, error
+
+
+def test_closed_port_fail_open_serves_from_fetch() -> None:
+    cache = RowCache(closed_port_client(), fail_open=True)
+    assert cache.get("row", "id", 1) == {"id": 1, "name": "one"}
+    with pytest.raises(NotFound):
+        cache.get("row", "id", 2)
+    snap = cache.metrics.snapshot()
+    assert (snap.fail_open_fetches, snap.redis_errors, snap.fetches) == (2, 2, 2)
+
+
+def test_closed_port_without_fail_open_raises_cache_unavailable() -> None:
+    cache = RowCache(closed_port_client())
+    with pytest.raises(CacheUnavailable) as raised:
+        cache.get("row", "id", 1)
+    assert isinstance(raised.value.__cause__, redis.ConnectionError)
+    assert raised.value.operation == "get"
+    assert cache.fetches == 0
+
+
+@pytest.mark.parametrize("fail_open", [True, False])
+def test_closed_port_invalidate_always_raises(fail_open: bool) -> None:
+    cache = RowCache(closed_port_client(), fail_open=fail_open)
+    with pytest.raises(InvalidationFailed) as raised:
+        cache.invalidate("row", "id", 1)
+    assert isinstance(raised.value, CacheUnavailable)
+    assert raised.value.keys == cache.get_keys("row", "id", 1)
+
+
+def test_paused_server_every_call_returns_within_the_timeout(
+    own_redis_server: RedisServer,
+) -> None:
+    client = cachecow.connect(own_redis_server.url, timeout=TIMEOUT)
+    open_cache = RowCache(client, fail_open=True)
+    closed_cache = RowCache(client)
+    assert open_cache.get("row", "id", 1)["name"] == "one"  # warm: scripts loaded, cached
+    own_redis_server.pause()
+    try:
+        calls = [
+            (open_cache.get, ("row", "id", 1)),
+            (open_cache.get, ("row", "id", 1)),
+            (closed_cache.get, ("row", "id", 1)),
+            (open_cache.invalidate, ("row", "id", 1)),
+            (closed_cache.invalidate, ("row", "id", 1)),
+        ]
+        outcomes = [timed(fn, *args) for fn, args in calls]
+    finally:
+        own_redis_server.resume()
+    worst = max(elapsed for elapsed, _, _ in outcomes)
+    assert worst < TIMEOUT + MARGIN, outcomes
+    (_, r1, e1), (_, r2, e2), (_, _, e3), (_, _, e4), (_, _, e5) = outcomes
+    assert (r1, r2, e1, e2) == ({"id": 1, "name": "one"}, {"id": 1, "name": "one"}, None, None)
+    assert isinstance(e3, CacheUnavailable)
+    assert isinstance(e3.__cause__, redis.TimeoutError)
+    assert isinstance(e4, InvalidationFailed)
+    assert isinstance(e5, InvalidationFailed)
+    # Once the server is back, the same clients work again.
+    assert closed_cache.get("row", "id", 1)["name"] == "one"
+
+
+def test_redis_dies_between_lease_and_commit(own_redis_server: RedisServer) -> None:
+    client = cachecow.connect(own_redis_server.url, timeout=TIMEOUT)
+    for fail_open in (True, False):
+        own_redis_server.restart()
+        cache = RowCache(client, fail_open=fail_open)
+        probe = FetchProbe(cache)
+        probe.gate_next()
+        outcome: dict[str, Any] = {}
+
+        def read(cache: RowCache = cache, outcome: dict[str, Any] = outcome) -> None:
+            try:
+                outcome["value"] = cache.get("row", "id", 1)
+            except BaseException as exc:
+                outcome["error"] = exc
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        probe.wait_fetched()
+        own_redis_server.kill()
+        probe.release()
+        reader.join(10)
+        if fail_open:
+            assert outcome == {"value": {"id": 1, "name": "one"}}
+        else:
+            assert isinstance(outcome["error"], CacheUnavailable)
+            assert outcome["error"].operation == "commit"
+        assert cache.metrics.snapshot().redis_errors == 1
+
+
+def test_restart_empty_recovers_and_reloads_scripts(own_redis_server: RedisServer) -> None:
+    client = cachecow.connect(own_redis_server.url, timeout=TIMEOUT)
+    cache = RowCache(client)
+    cache.get("row", "id", 1)
+    own_redis_server.restart()  # empty: no value, no flag, no scripts
+    cache.db[1]["name"] = "changed while Redis was down"
+    assert cache.get("row", "id", 1)["name"] == "changed while Redis was down"
+    assert cache.fetches == 2
+
+
+def test_script_flush_recovers(redis_client: redis.Redis) -> None:
+    cache = RowCache(redis_client)
+    cache.get("row", "id", 1)
+    cache.invalidate("row", "id", 1)
+    redis_client.script_flush()
+    assert cache.get("row", "id", 1)["name"] == "one"
+    assert cache.get("row", "id", 1)["name"] == "one"
+    snap = cache.metrics.snapshot()
+    assert (snap.redis_errors, snap.hits, snap.commits) == (0, 1, 2)
+
+
+def test_fail_open_logs_at_most_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    cache = RowCache(
+        closed_port_client(), fail_open=True, fail_open_log_interval=60.0, clock=clock
+    )
+    with caplog.at_level(logging.WARNING, logger="cachecow"):
+        for _ in range(5):
+            cache.get("row", "id", 1)
+        clock.now += 61
+        for _ in range(5):
+            cache.get("row", "id", 1)
+    warnings = [r for r in caplog.records if "Redis failed" in r.getMessage()]
+    assert len(warnings) == 2
+    assert cache.metrics.snapshot().redis_errors == 10
+
+
+def test_release_failure_does_not_mask_the_fetch_error(own_redis_server: RedisServer) -> None:
+    """fetch raises after Redis died: the caller sees fetch's error, not a Redis one."""
+    client = cachecow.connect(own_redis_server.url, timeout=TIMEOUT)
+    cache = RowCache(client)
+    boom = RuntimeError("database down")
+
+    def fetch(cls: Any, id_field: Any, id_val: Any) -> Any:
+        own_redis_server.kill()
+        raise boom
+
+    cache.fetch = fetch  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError) as raised:
+        cache.get("row", "id", 1)
+    assert raised.value is boom
