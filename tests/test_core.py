@@ -172,12 +172,16 @@ def test_msgpack_serializer_round_trip(redis_client: redis.Redis) -> None:
 
     cache = BinCache(redis_client, serializer=MsgpackSerializer())
     first = cache.get("bin", "id", 1)
-    assert cache.get("bin", "id", 1) == first == {
-        "id": 1,
-        "blob": b"\x00\xff",
-        "tags": ["a", "b"],
-        "n": None,
-    }
+    assert (
+        cache.get("bin", "id", 1)
+        == first
+        == {
+            "id": 1,
+            "blob": b"\x00\xff",
+            "tags": ["a", "b"],
+            "n": None,
+        }
+    )
     assert cache.metrics.snapshot().hits == 1
 
 
@@ -189,7 +193,7 @@ def test_custom_get_keys_and_prefix(redis_client: redis.Redis) -> None:
     Custom(redis_client).get(Member, "id", 4)
     assert redis_client.exists("my:{4}")
     MemberCache(redis_client, prefix="app1:").get(Member, "id", 4)
-    assert [k for k in redis_client.keys("app1:*")] == [
+    assert list(redis_client.keys("app1:*")) == [
         MemberCache(redis_client, prefix="app1:").get_keys(Member, "id", 4)[0].encode()
     ]
     key = MemberCache(redis_client).get_keys(Member, "id", 4)[0]
@@ -205,7 +209,7 @@ def test_metrics_hook_sees_every_increment(redis_client: redis.Redis) -> None:
     names = [name for name, _ in events]
     assert names == ["misses", "leases", "fetches", "commits", "hits", "invalidations"]
     snap = cache.metrics.snapshot().as_dict()
-    assert {k: v for k, v in snap.items() if v} == {n: 1 for n in names}
+    assert {k: v for k, v in snap.items() if v} == dict.fromkeys(names, 1)
     cache.metrics.reset()
     assert not any(cache.metrics.snapshot().as_dict().values())
 

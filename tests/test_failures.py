@@ -158,9 +158,7 @@ def test_script_flush_recovers(redis_client: redis.Redis) -> None:
 
 def test_fail_open_logs_at_most_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock()
-    cache = RowCache(
-        closed_port_client(), fail_open=True, fail_open_log_interval=60.0, clock=clock
-    )
+    cache = RowCache(closed_port_client(), fail_open=True, fail_open_log_interval=60.0, clock=clock)
     with caplog.at_level(logging.WARNING, logger="cachecow"):
         for _ in range(5):
             cache.get("row", "id", 1)
