@@ -142,6 +142,14 @@ def backoff_delay(attempt: int, unit_random: float, *, first: float, cap: float)
     return base / 2.0 + base / 2.0 * unit_random
 
 
+def _non_negative(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(f"{name} must be a number of seconds >= 0, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ConfigurationError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
 def _positive(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigurationError(f"{name} must be a number of seconds, got {value!r}")
@@ -194,15 +202,11 @@ class CacheCowBase:
         except ValueError:
             choices = ", ".join(repr(p.value) for p in BusyPolicy)
             raise ConfigurationError(f"busy must be one of {choices}, got {busy!r}") from None
-        if isinstance(wait_timeout, bool) or not isinstance(wait_timeout, (int, float)):
-            raise ConfigurationError(f"wait_timeout must be seconds >= 0, got {wait_timeout!r}")
-        if not math.isfinite(wait_timeout) or wait_timeout < 0:
-            raise ConfigurationError(f"wait_timeout must be seconds >= 0, got {wait_timeout!r}")
-        self.wait_timeout = float(wait_timeout)
+        self.wait_timeout = _non_negative("wait_timeout", wait_timeout)
         self.fail_open = bool(fail_open)
-        if not isinstance(fail_open_log_interval, (int, float)) or fail_open_log_interval < 0:
-            raise ConfigurationError("fail_open_log_interval must be seconds >= 0")
-        self.fail_open_log_interval = float(fail_open_log_interval)
+        self.fail_open_log_interval = _non_negative(
+            "fail_open_log_interval", fail_open_log_interval
+        )
         self.serializer: Serializer = JsonSerializer() if serializer is None else serializer
         if not isinstance(self.serializer, Serializer):
             raise ConfigurationError(

@@ -113,7 +113,8 @@ def encode_value(value: Any) -> str:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return _text("y", bytes(value).hex())
     if isinstance(value, decimal.Decimal):
-        return _text("d", str(value.normalize()) if value.is_finite() else str(value))
+        # + 0 turns -0 into 0; normalize() drops trailing zeros: 1.0 and 1.00 are one value.
+        return _text("d", str((value + 0).normalize()) if value.is_finite() else str(value))
     if isinstance(value, uuid.UUID):
         return _text("u", value.hex)
     if isinstance(value, _dt.datetime):
@@ -123,6 +124,9 @@ def encode_value(value: Any) -> str:
     if isinstance(value, _dt.date):
         return _text("da", value.isoformat())
     if isinstance(value, _dt.time):
+        if value.utcoffset() is not None:
+            moment = _dt.datetime.combine(_dt.date(2000, 1, 1), value).astimezone(_UTC)
+            return _text("tz", moment.timetz().isoformat())
         return _text("t", value.isoformat())
     if isinstance(value, (tuple, list)):
         return f"({len(value)}:" + "".join(encode_value(v) for v in value) + ")"
@@ -142,11 +146,9 @@ def model_label(model: Any) -> str:
         if not model:
             raise InvalidLookup("the model label is an empty string")
         return model
-    module = getattr(model, "__module__", None)
-    qualname = getattr(model, "__qualname__", None)
-    if not isinstance(qualname, str):
+    if not isinstance(model, type):
         raise InvalidLookup(f"a model is a class or a string label, got {model!r}")
-    return f"{module}.{qualname}"
+    return f"{model.__module__}.{model.__qualname__}"
 
 
 def encode_lookup(label: str, field: Field, value: Any) -> bytes:

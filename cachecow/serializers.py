@@ -15,9 +15,9 @@ it cannot decode as a miss, deletes it and counts it.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
+import math
 import pickle
 from typing import Any, Protocol, runtime_checkable
 
@@ -42,6 +42,12 @@ class Serializer(Protocol):
 class JsonSerializer:
     """Compact UTF-8 JSON, through orjson when it is installed (``use_orjson=None``).
 
+    Both backends accept exactly the same values, so whether an object can be cached never
+    depends on what happens to be installed: dicts with string keys, lists and tuples, strings,
+    integers in orjson's range (-2**63 to 2**64 - 1), finite floats, booleans and ``None``.
+    Anything else (a datetime, a UUID, an Enum, a set, NaN, an integer key) is refused with
+    ``TypeError`` or ``ValueError``: convert such values in ``serialize`` (adapters do).
+
     :param use_orjson: ``True`` requires orjson, ``False`` forces the standard library,
         ``None`` (default) picks orjson when importable.
     """
@@ -57,19 +63,13 @@ class JsonSerializer:
                         "use_orjson=True but orjson is not installed"
                     ) from None
         self._orjson = orjson
-        if orjson is not None:
-            # Pass datetimes and dataclasses through to `default`, which refuses them: both
-            # backends then accept exactly JSON's own types, whichever is installed.
-            self._option = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
         self.backend = "orjson" if orjson is not None else "json"
 
     def dumps(self, obj: Any) -> bytes:
-        """Encode ``obj`` as JSON; raises ``TypeError`` for non-JSON types."""
+        """Encode ``obj`` as JSON; raises ``TypeError``/``ValueError`` for values outside JSON."""
+        _check_json(obj, 0)
         if self._orjson is not None:
-            try:
-                data: bytes = self._orjson.dumps(obj, default=_refuse, option=self._option)
-            except self._orjson.JSONEncodeError as exc:
-                raise TypeError(str(exc)) from exc
+            data: bytes = self._orjson.dumps(obj)
             return data
         return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
@@ -80,8 +80,36 @@ class JsonSerializer:
         return json.loads(data)
 
 
-def _refuse(obj: Any) -> Any:
-    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+_JSON_MAX_DEPTH = 254  # orjson's limit
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+
+
+def _check_json(obj: Any, depth: int) -> None:
+    """Refuse anything both JSON backends would not encode to the same text."""
+    kind = type(obj)
+    if kind is str or obj is None or kind is bool:
+        return
+    if kind is int:
+        if not _INT_MIN <= obj <= _INT_MAX:
+            raise TypeError(f"integer {obj} is outside the range JSON values are cached with")
+        return
+    if kind is float:
+        if obj != obj or obj in (math.inf, -math.inf):
+            raise ValueError(f"{obj!r} is not a JSON number")
+        return
+    if depth >= _JSON_MAX_DEPTH:
+        raise TypeError(f"nested deeper than {_JSON_MAX_DEPTH} levels")
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if type(key) is not str:
+                raise TypeError(f"JSON object keys must be str, got {type(key).__name__}")
+            _check_json(value, depth + 1)
+        return
+    if isinstance(obj, (list, tuple)):
+        for value in obj:
+            _check_json(value, depth + 1)
+        return
+    raise TypeError(f"Object of type {kind.__name__} is not JSON serializable")
 
 
 class MsgpackSerializer:
@@ -125,9 +153,11 @@ class PickleSerializer:
         if not isinstance(key, bytes) or len(key) < 16:
             raise ConfigurationError("PickleSerializer needs a secret key of at least 16 bytes")
         try:
-            self._size = hashlib.new(digest).digest_size
-        except ValueError:
-            raise ConfigurationError(f"unknown digest {digest!r}") from None
+            self._size = hmac.new(key, b"", digest).digest_size
+        except (ValueError, TypeError):
+            raise ConfigurationError(f"unknown or unusable HMAC digest {digest!r}") from None
+        if self._size < 16:
+            raise ConfigurationError(f"HMAC digest {digest!r} is shorter than 128 bits")
         self._key = key
         self._digest = digest
         self._protocol = protocol

@@ -1,0 +1,209 @@
+"""The README cannot drift from the code: its commands, its first example, its reference tables."""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+import cachecow
+from cachecow import exceptions
+from cachecow.metrics import COUNTERS
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+CI_RUN = ROOT / ".ci" / "run"
+
+TEST_COMMAND = (
+    "python3 -m venv .venv && .venv/bin/pip install -q -e '.[dev]' && .venv/bin/python -m pytest"
+)
+DEMO_COMMAND = (
+    "python3 -m venv .venv && .venv/bin/pip install -q -e '.[demo]' "
+    "&& .venv/bin/python examples/quickstart.py"
+)
+HOOKS = ("fetch", "get_keys", "serialize", "deserialize", "verify", "not_found", "model_label")
+
+_FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
+
+
+def code_blocks(text: str, language: str) -> list[str]:
+    """The bodies of the fenced blocks of ``language`` in ``text``, in order."""
+    return [body for lang, body in _FENCE.findall(text) if lang == language]
+
+
+def section(title: str) -> str:
+    """The README's ``## <title>`` section, up to the next ``## `` heading."""
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", README, re.M | re.S)
+    assert match, f"README has no '## {title}' section"
+    return match.group(1)
+
+
+def first_example() -> str:
+    blocks = code_blocks(README, "python")
+    assert blocks, "README has no python example"
+    return blocks[0]
+
+
+def expected_output(code: str) -> list[str]:
+    """What the example says it prints: the ``-> ...`` comment of each ``print(`` line."""
+    expected = []
+    for line in code.splitlines():
+        if line.startswith("print("):
+            match = re.search(r"#.*-> (.+)$", line)
+            assert match, f"print line without an '-> output' comment: {line!r}"
+            expected.append(match.group(1).strip())
+    return expected
+
+
+def run_python(code: str, redis_url: str) -> str:
+    env = {**os.environ, "REDIS_URL": redis_url}
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, f"example failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}"
+    return proc.stdout
+
+
+def delete_keys(redis_url: str, pattern: str) -> None:
+    client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        keys = list(client.scan_iter(match=pattern))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+# -- (a) the commands -----------------------------------------------------------------------------
+
+
+def test_quick_start_has_exactly_the_two_commands_each_in_its_own_block() -> None:
+    quick_start = section("Quick start: the two commands")
+    blocks = [block.strip() for block in code_blocks(quick_start, "sh")]
+    assert blocks == [DEMO_COMMAND, TEST_COMMAND]
+
+
+def test_ci_runs_the_readme_test_command_verbatim() -> None:
+    lines = [line.strip() for line in CI_RUN.read_text(encoding="utf-8").splitlines()]
+    assert TEST_COMMAND in lines, ".ci/run must run the README's test command as written"
+    assert "set -euo pipefail" in lines
+    assert os.access(CI_RUN, os.X_OK), ".ci/run must be executable"
+    # The tools run after the tests, as the README's Development section lists them.
+    for tool in (".venv/bin/ruff check .", ".venv/bin/ruff format --check .", ".venv/bin/mypy"):
+        assert tool in lines
+        assert tool in section("Development")
+        assert lines.index(tool) > lines.index(TEST_COMMAND)
+
+
+def test_demo_command_runs_the_quickstart_with_an_existing_extra() -> None:
+    tomllib = pytest.importorskip("tomllib")
+    assert DEMO_COMMAND.endswith(".venv/bin/python examples/quickstart.py")
+    assert (ROOT / "examples" / "quickstart.py").is_file()
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"][
+        "optional-dependencies"
+    ]
+    for command in (DEMO_COMMAND, TEST_COMMAND):
+        extra = re.search(r"-e '\.\[(\w+)\]'", command)
+        assert extra, command
+        assert extra.group(1) in extras
+
+
+# -- (b) the first example ------------------------------------------------------------------------
+
+
+def test_first_code_block_is_the_python_example() -> None:
+    first_block = _FENCE.search(README)
+    assert first_block
+    assert first_block.group(1) == "python"
+    code = first_example()
+    lines = [line for line in code.splitlines() if line.strip()]
+    assert len(lines) <= 20, "the first example should stay short"
+    assert 'os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")' in code
+    assert "cachecow.connect(" in code
+
+
+def test_first_example_runs_against_real_redis_and_prints_what_it_says(redis_url: str) -> None:
+    code = first_example()
+    expected = expected_output(code)
+    assert expected, "the example shows no output"
+    try:
+        # Twice on the same server: the example must not depend on an empty Redis.
+        for _ in range(2):
+            assert run_python(code, redis_url).splitlines() == expected
+    finally:
+        delete_keys(redis_url, "cachecow:User:*")
+
+
+def test_not_found_example_prints_what_it_says(redis_url: str) -> None:
+    snippets = [block for block in code_blocks(README, "python") if "cachecow.NotFound" in block]
+    assert len(snippets) == 1
+    comment = re.search(r"print\(exc\)\s+# (.+)$", snippets[0], re.M)
+    assert comment
+    try:
+        out = run_python(first_example() + "\n" + snippets[0], redis_url)
+    finally:
+        delete_keys(redis_url, "cachecow:User:*")
+    assert out.splitlines()[-1] == comment.group(1).strip()
+
+
+# -- (c) the reference sections match the code ----------------------------------------------------
+
+
+def documented_default(value: Any) -> str:
+    """How the options table writes a default."""
+    if isinstance(value, enum.Enum):
+        value = value.value
+    if isinstance(value, str):
+        return f'`"{value}"`'
+    return f"`{value!r}`"
+
+
+def test_options_table_lists_every_option_with_its_default() -> None:
+    rows = re.findall(r"^\| `(\w+)` \| ([^|]+?) \| .+ \|$", section("Options"), re.M)
+    signature = inspect.signature(cachecow.CacheCow.__init__)
+    params = [p for p in signature.parameters.values() if p.name != "self"]
+    assert [name for name, _ in rows] == [p.name for p in params]
+    for (name, default), param in zip(rows, params, strict=True):
+        if param.default is inspect.Parameter.empty:
+            assert default == "required", name
+        else:
+            assert default == documented_default(param.default), name
+
+
+def test_every_counter_is_documented() -> None:
+    documented = re.findall(r"^- `(\w+)`:", section("Metrics"), re.M)
+    assert documented == list(COUNTERS)
+    for name in COUNTERS:
+        assert f"`{name}`" in README
+
+
+def test_every_exception_is_documented_in_the_tree() -> None:
+    block = re.search(r"::\n\n((?:    .*\n)+)", exceptions.__doc__ or "")
+    assert block, "the exceptions module docstring lost its tree"
+    tree = textwrap.dedent(block.group(1))
+    assert tree.startswith("CacheCowError\n")
+    assert tree in section("Errors"), "the README's error tree differs from cachecow/exceptions.py"
+    for name in exceptions.__all__:
+        assert re.search(rf"\b{name}\b", tree), name
+
+
+def test_every_hook_is_documented_with_its_signature() -> None:
+    documented = dict(re.findall(r"^- `(\w+)\(([^)]*)\)`:", section("Hooks"), re.M))
+    assert sorted(documented) == sorted(HOOKS)
+    for hook in HOOKS:
+        params = list(inspect.signature(getattr(cachecow.CacheCow, hook)).parameters)[1:]
+        assert documented[hook] == ", ".join(params), hook
