@@ -9,12 +9,10 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
-from ._protocol import BusyPolicy, CacheCowBase, Clock, Command, Fetch, Flow, Script, Sleep
+from ._protocol import CacheCowBase, Command, Fetch, Flow, Script, Sleep
 from ._scripts import SCRIPT_NAMES, script_source
 from .exceptions import ConfigurationError
 from .keys import normalize_lookup
-from .metrics import MetricsHook
-from .serializers import Serializer
 
 __all__ = ["CacheCow", "connect"]
 
@@ -38,7 +36,7 @@ def connect(
     return client
 
 
-class CacheCow(CacheCowBase):
+class CacheCow(CacheCowBase[redis_py.Redis]):
     """A leased cache-aside cache of objects in Redis. Subclass it and implement ``fetch``.
 
     ``get(cls, field, value)`` answers from Redis in one round trip on a hit; on a miss it takes
@@ -67,37 +65,7 @@ class CacheCow(CacheCowBase):
     :param metrics_hook: called as ``hook(counter, amount)`` on every counter increment.
     """
 
-    def __init__(
-        self,
-        redis: redis_py.Redis,
-        *,
-        ttl: float = 3600.0,
-        ttl_jitter: float = 0.1,
-        flag_ttl: float = 10.0,
-        tombstone_ttl: float = 30.0,
-        busy: BusyPolicy | str = BusyPolicy.WAIT,
-        wait_timeout: float = 1.0,
-        fail_open: bool = False,
-        fail_open_log_interval: float = 60.0,
-        serializer: Serializer | None = None,
-        prefix: str = "cachecow:",
-        clock: Clock | None = None,
-        metrics_hook: MetricsHook | None = None,
-    ) -> None:
-        super().__init__(
-            ttl=ttl,
-            ttl_jitter=ttl_jitter,
-            flag_ttl=flag_ttl,
-            tombstone_ttl=tombstone_ttl,
-            busy=busy,
-            wait_timeout=wait_timeout,
-            fail_open=fail_open,
-            fail_open_log_interval=fail_open_log_interval,
-            serializer=serializer,
-            prefix=prefix,
-            clock=clock,
-            metrics_hook=metrics_hook,
-        )
+    def _check_client(self, redis: redis_py.Redis) -> None:
         if not hasattr(redis, "register_script"):
             raise ConfigurationError(f"redis must be a redis-py client, got {redis!r}")
         get_kwargs = getattr(redis, "get_connection_kwargs", None)
@@ -106,7 +74,6 @@ class CacheCow(CacheCowBase):
                 "the Redis client has decode_responses=True; cachecow stores bytes and needs "
                 "a client with decode_responses=False"
             )
-        self.redis = redis
         self._execute: Any = redis.execute_command
         self._scripts = {name: redis.register_script(script_source(name)) for name in SCRIPT_NAMES}
 

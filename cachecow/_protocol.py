@@ -19,7 +19,7 @@ import secrets
 import time
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from redis.exceptions import RedisError
 
@@ -163,10 +163,14 @@ def _positive(name: str, value: float) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-class CacheCowBase:
+ClientT = TypeVar("ClientT")
+
+
+class CacheCowBase(Generic[ClientT]):
     """Configuration, hooks, counters and the protocol's flows, shared by the client classes.
 
-    Subclass :class:`cachecow.CacheCow` (or its asyncio twin), not this class.
+    Subclass :class:`cachecow.CacheCow` (or its asyncio twin), not this class. The options are
+    documented on :class:`cachecow.CacheCow`.
     """
 
     #: How long the first poll of a waiting reader waits, and the most any poll waits.
@@ -175,6 +179,7 @@ class CacheCowBase:
 
     def __init__(
         self,
+        redis: ClientT,
         *,
         ttl: float = 3600.0,
         ttl_jitter: float = 0.1,
@@ -217,11 +222,16 @@ class CacheCowBase:
         if not isinstance(self.clock, Clock):
             raise ConfigurationError(f"clock must have monotonic() and sleep(), got {clock!r}")
         self.metrics = Metrics(metrics_hook)
+        self._check_client(redis)
+        self.redis: ClientT = redis
         self._flag_ttl_ms = max(1, int(self.flag_ttl * 1000))
         self._tombstone_ttl_ms = max(1, int(self.tombstone_ttl * 1000))
         self._random = random.Random()
         self._last_error_log: float | None = None
         self._warned_uncacheable: set[tuple[str, Field]] = set()
+
+    def _check_client(self, redis: ClientT) -> None:
+        """Refuse a client this class cannot drive (the client classes override it)."""
 
     # -- hooks ----------------------------------------------------------------------------------
 

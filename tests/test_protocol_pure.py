@@ -54,7 +54,7 @@ class DuckSerializer:
 
 @pytest.fixture
 def base() -> CacheCowBase:
-    return CacheCowBase()
+    return CacheCowBase(None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,14 +174,14 @@ def test_base_defaults(base: CacheCowBase) -> None:
 
 def test_base_takes_keyword_arguments_only() -> None:
     with pytest.raises(TypeError):
-        CacheCowBase(60)  # type: ignore[misc]
+        CacheCowBase(None, 60)  # type: ignore[misc]
 
 
 def test_base_keeps_given_options() -> None:
     clock = FakeClock()
     serializer = DuckSerializer()
     calls: list[tuple[str, int]] = []
-    cache = CacheCowBase(
+    cache = CacheCowBase(None, 
         ttl=5,
         ttl_jitter=0,
         flag_ttl=0.5,
@@ -217,13 +217,13 @@ def test_base_keeps_given_options() -> None:
 )
 def test_durations_must_be_finite_and_at_least_a_millisecond(option: str, value: Any) -> None:
     with pytest.raises(ConfigurationError, match=option):
-        CacheCowBase(**{option: value})
+        CacheCowBase(None, **{option: value})
 
 
 @pytest.mark.parametrize("option", ["ttl", "flag_ttl", "tombstone_ttl"])
 @pytest.mark.parametrize("value", [0.001, 1, 2.5, 86_400 * 365])
 def test_durations_accepted(option: str, value: float) -> None:
-    cache = CacheCowBase(**{option: value})
+    cache = CacheCowBase(None, **{option: value})
     assert getattr(cache, option) == float(value)
 
 
@@ -232,12 +232,12 @@ def test_durations_accepted(option: str, value: float) -> None:
 )
 def test_ttl_jitter_must_be_a_fraction_below_one(value: Any) -> None:
     with pytest.raises(ConfigurationError, match="ttl_jitter"):
-        CacheCowBase(ttl_jitter=value)
+        CacheCowBase(None, ttl_jitter=value)
 
 
 @pytest.mark.parametrize("value", [0, 0.0, 0.25, 0.5, ALMOST_ONE])
 def test_ttl_jitter_accepted(value: float) -> None:
-    assert CacheCowBase(ttl_jitter=value).ttl_jitter == value
+    assert CacheCowBase(None, ttl_jitter=value).ttl_jitter == value
 
 
 @pytest.mark.parametrize(
@@ -250,13 +250,13 @@ def test_ttl_jitter_accepted(value: float) -> None:
     ],
 )
 def test_busy_accepted(value: Any, expected: BusyPolicy) -> None:
-    assert CacheCowBase(busy=value).busy is expected
+    assert CacheCowBase(None, busy=value).busy is expected
 
 
 @pytest.mark.parametrize("value", ["sleep", "WAIT", "Fetch", "", None, 0, 1, ["wait"]], ids=repr)
 def test_busy_rejected_with_the_choices(value: Any) -> None:
     with pytest.raises(ConfigurationError, match="busy") as info:
-        CacheCowBase(busy=value)
+        CacheCowBase(None, busy=value)
     message = str(info.value)
     assert "'wait'" in message
     assert "'fetch'" in message
@@ -271,7 +271,7 @@ def test_busy_policy_is_a_str_enum() -> None:
 
 @pytest.mark.parametrize("value", [0, 0.0, 0.001, 5, 2.5])
 def test_wait_timeout_accepted(value: float) -> None:
-    cache = CacheCowBase(wait_timeout=value)
+    cache = CacheCowBase(None, wait_timeout=value)
     assert cache.wait_timeout == float(value)
     assert type(cache.wait_timeout) is float
 
@@ -279,19 +279,19 @@ def test_wait_timeout_accepted(value: float) -> None:
 @pytest.mark.parametrize("value", [-1, -0.001, math.nan, math.inf, True, "1", None], ids=repr)
 def test_wait_timeout_rejected(value: Any) -> None:
     with pytest.raises(ConfigurationError, match="wait_timeout"):
-        CacheCowBase(wait_timeout=value)
+        CacheCowBase(None, wait_timeout=value)
 
 
 @pytest.mark.parametrize("value", [-1, "60", None], ids=repr)
 def test_fail_open_log_interval_rejected(value: Any) -> None:
     with pytest.raises(ConfigurationError, match="fail_open_log_interval"):
-        CacheCowBase(fail_open_log_interval=value)
+        CacheCowBase(None, fail_open_log_interval=value)
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), True], ids=repr)
 def test_fail_open_log_interval_rejects_nan_and_bool(value: Any) -> None:
     with pytest.raises(ConfigurationError, match="fail_open_log_interval"):
-        CacheCowBase(fail_open_log_interval=value)
+        CacheCowBase(None, fail_open_log_interval=value)
 
 
 def test_serializer_must_have_dumps_and_loads() -> None:
@@ -301,23 +301,23 @@ def test_serializer_must_have_dumps_and_loads() -> None:
 
     for bad in (object(), DumpsOnly(), "json", b"", 5):
         with pytest.raises(ConfigurationError, match="serializer"):
-            CacheCowBase(serializer=bad)  # type: ignore[arg-type]
+            CacheCowBase(None, serializer=bad)  # type: ignore[arg-type]
     duck = DuckSerializer()
-    assert CacheCowBase(serializer=duck).serializer is duck
+    assert CacheCowBase(None, serializer=duck).serializer is duck
 
 
 @pytest.mark.parametrize("prefix", ["a{b}:", "{", "}", "a b:", "\t", None, b"p:"], ids=repr)
 def test_prefix_rejected(prefix: Any) -> None:
     with pytest.raises(ConfigurationError, match="prefix"):
-        CacheCowBase(prefix=prefix)
+        CacheCowBase(None, prefix=prefix)
 
 
 def test_prefix_accepted_and_used_in_keys() -> None:
-    cache = CacheCowBase(prefix="tenant7:")
+    cache = CacheCowBase(None, prefix="tenant7:")
     value_key, flag_key = cache.get_keys(Widget, "id", 5)
     assert value_key.startswith(f"tenant7:{Widget.__module__}.Widget:id:{{")
     assert flag_key == value_key + ":lease"
-    assert CacheCowBase(prefix="").get_keys("w", "id", 5)[0].startswith("w:id:{")
+    assert CacheCowBase(None, prefix="").get_keys("w", "id", 5)[0].startswith("w:id:{")
 
 
 def test_clock_must_have_monotonic_and_sleep() -> None:
@@ -331,15 +331,15 @@ def test_clock_must_have_monotonic_and_sleep() -> None:
 
     for bad in (object(), MonotonicOnly(), SleepOnly(), 5):
         with pytest.raises(ConfigurationError, match="clock"):
-            CacheCowBase(clock=bad)  # type: ignore[arg-type]
+            CacheCowBase(None, clock=bad)  # type: ignore[arg-type]
     clock = FakeClock()
-    assert CacheCowBase(clock=clock).clock is clock
+    assert CacheCowBase(None, clock=clock).clock is clock
     assert isinstance(clock, cachecow.Clock)
 
 
 def test_configuration_error_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="ttl"):
-        CacheCowBase(ttl=-1)
+        CacheCowBase(None, ttl=-1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -451,7 +451,7 @@ def test_model_label_hook(base: CacheCowBase) -> None:
 
 
 def test_serialize_and_deserialize_use_the_serializer() -> None:
-    cache = CacheCowBase(serializer=DuckSerializer())
+    cache = CacheCowBase(None, serializer=DuckSerializer())
     assert cache.serialize([1]) == b"[1]"
     assert cache.deserialize(Widget, b"abc") == "abc"
 
@@ -556,7 +556,7 @@ def test_metrics_are_thread_safe() -> None:
 
 def test_base_metrics_hook_is_wired() -> None:
     calls: list[tuple[str, int]] = []
-    cache = CacheCowBase(metrics_hook=lambda name, amount: calls.append((name, amount)))
+    cache = CacheCowBase(None, metrics_hook=lambda name, amount: calls.append((name, amount)))
     cache.metrics.incr("leases", 2)
     assert calls == [("leases", 2)]
     assert cache.metrics.snapshot().leases == 2

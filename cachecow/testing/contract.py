@@ -79,6 +79,13 @@ class FetchProbe:
         self.go = threading.Event()
         self.fail_next: BaseException | None = None
         cache.fetch = self._fetch  # type: ignore[method-assign]
+        cache._fetch_probe = self  # type: ignore[attr-defined]
+
+    @classmethod
+    def of(cls, cache: CacheCow) -> FetchProbe:
+        """The probe already wrapped around ``cache.fetch``, or a new one."""
+        probe = getattr(cache, "_fetch_probe", None)
+        return probe if isinstance(probe, FetchProbe) else cls(cache)
 
     def gate_next(self) -> None:
         """Hold the next fetch after its database read, until :meth:`release`."""
@@ -207,6 +214,15 @@ class CacheCowContract:
         thread.start()
         return thread
 
+    def gated_reader(self, cache: CacheCow, key: int) -> tuple[FetchProbe, Reader]:
+        """Start a reader of ``key`` and return once its fetch has read the database and is
+        held at the gate, with its lease taken and not yet committed."""
+        probe = FetchProbe.of(cache)
+        probe.gate_next()
+        thread = self.reader(cache, key)
+        probe.wait_fetched()
+        return probe, thread
+
     def wait_until(self, predicate: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + GATE_TIMEOUT
         while not predicate():
@@ -221,15 +237,10 @@ class CacheCowContract:
         A commits; B commits."""
         out = RaceOutcome()
         self.write(1, "v1")
-        probe_a, probe_b = FetchProbe(cache_a), FetchProbe(cache_b)
-        probe_a.gate_next()
-        a = self.reader(cache_a, 1)
-        probe_a.wait_fetched()
+        probe_a, a = self.gated_reader(cache_a, 1)
         self.write(1, "v2")
         self.invalidate(writer, 1)
-        probe_b.gate_next()
-        b = self.reader(cache_b, 1)
-        probe_b.wait_fetched()
+        probe_b, b = self.gated_reader(cache_b, 1)
         probe_a.release()
         out.returned["A"] = self.payload_of(a.outcome())
         out.cached_after["A commits"] = self.cached_payload(writer, 1)
@@ -244,10 +255,7 @@ class CacheCowContract:
         """A leases and reads v1; the writer stores v2 and invalidates; A commits."""
         out = RaceOutcome()
         self.write(1, "v1")
-        probe = FetchProbe(cache)
-        probe.gate_next()
-        a = self.reader(cache, 1)
-        probe.wait_fetched()
+        probe, a = self.gated_reader(cache, 1)
         self.write(1, "v2")
         self.invalidate(writer, 1)
         probe.release()
@@ -262,17 +270,12 @@ class CacheCowContract:
         invalidated; B leases and reads v2; A commits; B commits."""
         out = RaceOutcome()
         self.write(1, "v1")
-        probe_a, probe_b = FetchProbe(cache_a), FetchProbe(cache_b)
-        probe_a.gate_next()
-        a = self.reader(cache_a, 1)
-        probe_a.wait_fetched()
+        probe_a, a = self.gated_reader(cache_a, 1)
         flag_key = self.keys(cache_a, 1)[1]
         self.wait_until(lambda: not self.redis.exists(flag_key), "A's lease expired")
         self.write(1, "v2")
         self.invalidate(cache_b, 1)
-        probe_b.gate_next()
-        b = self.reader(cache_b, 1)
-        probe_b.wait_fetched()
+        probe_b, b = self.gated_reader(cache_b, 1)
         probe_a.release()
         out.returned["A"] = self.payload_of(a.outcome())
         out.cached_after["A commits"] = self.cached_payload(cache_b, 1)
@@ -311,10 +314,7 @@ class CacheCowContract:
         """Even with no other reader and no invalidation, an expired lease writes nothing."""
         self.write(1, "v1")
         cache = self.cache(flag_ttl=0.2)
-        probe = FetchProbe(cache)
-        probe.gate_next()
-        a = self.reader(cache, 1)
-        probe.wait_fetched()
+        probe, a = self.gated_reader(cache, 1)
         value_key, flag_key = self.keys(cache, 1)
         self.wait_until(lambda: not self.redis.exists(flag_key), "the lease expired")
         probe.release()
@@ -357,10 +357,8 @@ class CacheCowContract:
         """A busy reader under "fetch" reads the database itself and caches nothing."""
         self.write(1, "v1")
         holder, busy = self.cache(), self.cache(busy="fetch")
-        probe_h, probe_b = FetchProbe(holder), FetchProbe(busy)
-        probe_h.gate_next()
-        h = self.reader(holder, 1)
-        probe_h.wait_fetched()
+        probe_b = FetchProbe(busy)
+        probe_h, h = self.gated_reader(holder, 1)
         value_key, flag_key = self.keys(holder, 1)
         token = self.redis.get(flag_key)
         assert self.payload_of(self.get(busy, 1)) == "v1"
@@ -377,10 +375,8 @@ class CacheCowContract:
         """A busy reader under "wait" gets the holder's committed value, with no fetch."""
         self.write(1, "v1")
         holder, waiter = self.cache(), self.cache(busy="wait", wait_timeout=GATE_TIMEOUT)
-        probe_h, probe_w = FetchProbe(holder), FetchProbe(waiter)
-        probe_h.gate_next()
-        h = self.reader(holder, 1)
-        probe_h.wait_fetched()
+        probe_w = FetchProbe(waiter)
+        probe_h, h = self.gated_reader(holder, 1)
         w = self.reader(waiter, 1)
         self.wait_until(lambda: waiter.metrics.snapshot().waits == 1, "the reader waits")
         assert w.is_alive()
@@ -397,10 +393,8 @@ class CacheCowContract:
         holder = self.cache()
         clock = FakeClock()
         waiter = self.cache(busy="wait", wait_timeout=0.5, clock=clock)
-        probe_h, probe_w = FetchProbe(holder), FetchProbe(waiter)
-        probe_h.gate_next()
-        h = self.reader(holder, 1)
-        probe_h.wait_fetched()
+        probe_w = FetchProbe(waiter)
+        probe_h, h = self.gated_reader(holder, 1)
         assert self.payload_of(self.get(waiter, 1)) == "v1"
         assert probe_w.calls == 1
         assert sum(clock.sleeps) == pytest.approx(0.5)
@@ -475,10 +469,7 @@ class CacheCowContract:
     def test_lease_has_flag_ttl(self) -> None:
         self.write(1, "v1")
         cache = self.cache(flag_ttl=7.0)
-        probe = FetchProbe(cache)
-        probe.gate_next()
-        a = self.reader(cache, 1)
-        probe.wait_fetched()
+        probe, a = self.gated_reader(cache, 1)
         assert 6_000 <= self.redis.pttl(self.keys(cache, 1)[1]) <= 7_000
         probe.release()
         a.outcome()
