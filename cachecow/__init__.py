@@ -1,4 +1,4 @@
-"""cachecow: cache ORM objects in Redis, never serving stale data after a write.
+"""cachecow: cache ORM objects in Redis; nothing read before an invalidation is cached after it.
 
 A leased cache-aside protocol: a reader that misses takes a lease (a flag key holding a random
 token) before it reads the database, and stores what it read only if its lease survived, so a

@@ -24,10 +24,12 @@ def connect(
 ) -> redis_py.Redis:
     """A redis-py client whose every call returns within about ``timeout`` seconds.
 
-    redis-py's own default retries a timed-out command up to 10 times with backoff, so one call
-    to a stalled server can block for many seconds. This client times out connecting and
-    reading after ``timeout`` seconds, never retries a timeout, and retries a dropped connection
-    once at once. Extra keyword arguments go to :meth:`redis.Redis.from_url`.
+    redis-py's defaults do not bound a call: ``redis.Redis(host=...)`` retries a timed-out
+    command up to 10 times with backoff (redis-py 6 and newer), and a client from
+    ``Redis.from_url`` has no socket timeout at all, so it waits forever on a stalled server.
+    This client times out connecting and reading after ``timeout`` seconds, never retries a
+    timeout, and retries a dropped connection once, at once. Extra keyword arguments go to
+    :meth:`redis.Redis.from_url`.
     """
     kwargs.setdefault("socket_timeout", timeout)
     kwargs.setdefault("socket_connect_timeout", timeout)

@@ -6,7 +6,7 @@ Every exception cachecow raises on its own account derives from :class:`CacheCow
     ├── ConfigurationError      (also a ValueError) bad constructor options or client setup
     ├── InvalidLookup           (also a ValueError) a lookup that cannot be turned into a key
     ├── NotFound                (also a LookupError) the object does not exist
-    ├── SerializationError      a serializer could not encode or decode a value
+    ├── SerializationError      a serializer refused to decode bytes (a bad pickle signature)
     └── CacheUnavailable        Redis failed on a read and ``fail_open`` is off
         └── InvalidationFailed  Redis failed on an invalidation (always raised)
 
@@ -63,7 +63,11 @@ class NotFound(CacheCowError, LookupError):
 
 
 class SerializationError(CacheCowError):
-    """A serializer failed to encode or decode a value (for example, a bad signature)."""
+    """A serializer refused to decode bytes (for example, a bad pickle signature).
+
+    Inside ``get`` it is never raised: the value counts as a miss. Encoding failures are not
+    wrapped: ``serialize`` raising ``TypeError`` or ``ValueError`` reaches the caller unchanged.
+    """
 
 
 class CacheUnavailable(CacheCowError):

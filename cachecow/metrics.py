@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -38,7 +39,13 @@ class MetricsSnapshot:
 COUNTERS: tuple[str, ...] = tuple(f.name for f in fields(MetricsSnapshot))
 
 MetricsHook = Callable[[str, int], None]
-"""Called as ``hook(counter_name, amount)`` after every increment (for Prometheus, statsd...)."""
+"""Called as ``hook(counter_name, amount)`` after every increment (for Prometheus, statsd...).
+
+An exception raised by the hook is logged (once per :class:`Metrics`) and otherwise ignored:
+exporting a counter must never change what the cache does.
+"""
+
+logger = logging.getLogger("cachecow")
 
 
 class Metrics:
@@ -46,7 +53,8 @@ class Metrics:
 
     - ``hits``: gets answered from the cache with an object
     - ``tombstone_hits``: gets answered from a cached "not found"
-    - ``misses``: gets the cache could not answer (the lookup was leased or busy)
+    - ``misses``: gets whose first look found no usable value (leased or busy); a busy reader
+      that then waits and finds the holder's value counts as a miss and a hit
     - ``fetches``: calls of ``fetch``
     - ``leases``: leases won; ``commits``: values stored under a lease
     - ``stale_commits``: commits refused because the lease was voided or had expired
@@ -64,13 +72,19 @@ class Metrics:
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(COUNTERS, 0)
         self.hook = hook
+        self._hook_failed = False
 
     def incr(self, name: str, amount: int = 1) -> None:
         """Add ``amount`` to the counter ``name`` and tell the hook."""
         with self._lock:
             self._counts[name] += amount
         if self.hook is not None:
-            self.hook(name, amount)
+            try:
+                self.hook(name, amount)
+            except Exception:
+                if not self._hook_failed:
+                    self._hook_failed = True
+                    logger.exception("cachecow: the metrics hook raised (logged once; ignored)")
 
     def snapshot(self) -> MetricsSnapshot:
         """A consistent copy of every counter."""

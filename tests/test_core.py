@@ -240,3 +240,19 @@ def test_tombstone_is_not_a_hit_and_invalidate_clears_it(redis_client: redis.Red
     assert redis_client.dbsize() == 0
     snap = cache.metrics.snapshot()
     assert (snap.hits, snap.tombstone_hits, snap.commits) == (0, 0, 1)
+
+
+def test_a_raising_metrics_hook_changes_nothing(
+    redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    def hook(name: str, amount: int) -> None:
+        raise RuntimeError(f"exporter down at {name}")
+
+    cache = MemberCache(redis_client, metrics_hook=hook)
+    with caplog.at_level(logging.ERROR, logger="cachecow"):
+        assert cache.get(Member, "id", 1) == {"id": 1}
+        assert cache.get(Member, "id", 1) == {"id": 1}
+        cache.invalidate(Member, "id", 1)
+    assert redis_client.dbsize() == 0  # no lease left behind, the invalidation happened
+    assert cache.metrics.snapshot().hits == 1
+    assert len([r for r in caplog.records if "metrics hook raised" in r.getMessage()]) == 1

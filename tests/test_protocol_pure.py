@@ -181,7 +181,8 @@ def test_base_keeps_given_options() -> None:
     clock = FakeClock()
     serializer = DuckSerializer()
     calls: list[tuple[str, int]] = []
-    cache = CacheCowBase(None, 
+    cache = CacheCowBase(
+        None,
         ttl=5,
         ttl_jitter=0,
         flag_ttl=0.5,
