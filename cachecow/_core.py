@@ -24,10 +24,9 @@ def connect(
 ) -> redis_py.Redis:
     """A redis-py client whose every call returns within about ``timeout`` seconds.
 
-    redis-py's defaults do not bound a call: ``redis.Redis(host=...)`` retries a timed-out
-    command up to 10 times with backoff (redis-py 6 and newer), and a client from
-    ``Redis.from_url`` has no socket timeout at all, so it waits forever on a stalled server.
-    This client times out connecting and reading after ``timeout`` seconds, never retries a
+    redis-py's defaults bound a call loosely: every client waits up to 5 seconds for a reply
+    (redis-py 8), and ``redis.Redis(host=...)`` also retries a timed-out command up to 10 times
+    with backoff, so one call to a stalled server can block for about a minute. This client times out connecting and reading after ``timeout`` seconds, never retries a
     timeout, and retries a dropped connection once, at once. Extra keyword arguments go to
     :meth:`redis.Redis.from_url`.
     """
