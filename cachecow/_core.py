@@ -26,8 +26,9 @@ def connect(
 
     redis-py's defaults bound a call loosely: every client waits up to 5 seconds for a reply
     (redis-py 8), and ``redis.Redis(host=...)`` also retries a timed-out command up to 10 times
-    with backoff, so one call to a stalled server can block for about a minute. This client times out connecting and reading after ``timeout`` seconds, never retries a
-    timeout, and retries a dropped connection once, at once. Extra keyword arguments go to
+    with backoff, so one call to a stalled server can block for about a minute. This client
+    times out connecting and reading after ``timeout`` seconds, never retries a timeout, and
+    retries a dropped connection once, at once. Extra keyword arguments go to
     :meth:`redis.Redis.from_url`.
     """
     kwargs.setdefault("socket_timeout", timeout)
