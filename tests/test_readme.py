@@ -131,7 +131,7 @@ def test_first_code_block_is_the_python_example() -> None:
     assert first_block.group(1) == "python"
     code = first_example()
     lines = [line for line in code.splitlines() if line.strip()]
-    assert len(lines) <= 20, "the first example should stay short"
+    assert 10 <= len(lines) <= 15, "the first example is 10 to 15 lines"
     assert 'os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")' in code
     assert "cachecow.connect(" in code
 
