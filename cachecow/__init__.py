@@ -5,8 +5,9 @@ token) before it reads the database, and stores what it read only if its lease s
 value read before an invalidation is never cached after it.
 """
 
+from ._async import AsyncCacheCow, connect_async
 from ._core import CacheCow, connect
-from ._protocol import TOMBSTONE, BusyPolicy, Clock, SystemClock
+from ._protocol import TOMBSTONE, AsyncClock, BusyPolicy, Clock, SystemClock
 from ._version import __version__
 from .exceptions import (
     CacheCowError,
@@ -22,6 +23,8 @@ from .serializers import JsonSerializer, MsgpackSerializer, PickleSerializer, Se
 
 __all__ = [
     "TOMBSTONE",
+    "AsyncCacheCow",
+    "AsyncClock",
     "BusyPolicy",
     "CacheCow",
     "CacheCowError",
@@ -41,4 +44,5 @@ __all__ = [
     "SystemClock",
     "__version__",
     "connect",
+    "connect_async",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Iterable
 from typing import Any, TypeVar, overload
 
 import redis as redis_py
@@ -9,7 +11,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
-from ._protocol import CacheCowBase, Command, Fetch, Flow, Script, Sleep
+from ._protocol import CacheCowBase, Command, Fetch, FetchMany, Flow, Pipeline, Script, Sleep
 from ._scripts import SCRIPT_NAMES, script_source
 from .exceptions import ConfigurationError
 from .keys import normalize_lookup
@@ -97,6 +99,21 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         id_field, id_val = normalize_lookup(id_field, id_val)
         return self._drive(self._get_flow(cls, id_field, id_val), cls, id_field, id_val)
 
+    def get_many(
+        self, cls: Any, id_field: str | tuple[str, ...], id_vals: Iterable[Any]
+    ) -> list[Any]:
+        """The objects of many lookups of one field, in the order of ``id_vals``.
+
+        Returns a list as long as ``id_vals``: the object of each value, or ``None`` where there
+        is no such object (whether ``fetch_many`` said so or a cached tombstone did). Duplicate
+        values are looked up once. One round trip when every value is cached; otherwise one
+        :meth:`fetch_many` call for the misses and one more round trip to commit them. Busy
+        lookups follow the ``busy`` policy; errors of ``fetch_many`` reach the caller unchanged,
+        with every lease released.
+        """
+        field, values = self._normalize_many(id_field, id_vals)
+        return self._drive(self._get_many_flow(cls, field, values), cls, field, None)  # type: ignore[no-any-return]
+
     def invalidate(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> None:
         """Forget the cached value of a lookup and void every lease in flight for it.
 
@@ -106,6 +123,28 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         """
         id_field, id_val = normalize_lookup(id_field, id_val)
         self._drive(self._invalidate_flow(cls, id_field, id_val), cls, id_field, id_val)
+
+    def invalidate_many(
+        self, cls: Any, id_field: str | tuple[str, ...], id_vals: Iterable[Any]
+    ) -> None:
+        """:meth:`invalidate` many values of one field, in one round trip."""
+        field, values = self._normalize_many(id_field, id_vals)
+        pairs = [self.get_keys(cls, field, value) for value in values]
+        self._drive(self._invalidate_keys_flow(pairs), cls, field, None)
+
+    def invalidate_lookups(self, lookups: Iterable[tuple[Any, Any, Any]]) -> None:
+        """:meth:`invalidate` any ``(cls, id_field, id_val)`` lookups, in one round trip."""
+        self._drive(self._invalidate_keys_flow(self._triples_keys(lookups)), None, None, None)
+
+    def invalidate_object(self, obj: Any, *, previous: Any = None, model: Any = None) -> None:
+        """Invalidate every unique lookup of ``obj`` (see :meth:`unique_lookups`), in one round
+        trip; with ``previous`` (the object's values before the write), those lookups too, so a
+        changed unique field clears both its old and its new entry.
+
+        :param model: what ``get`` is called with for this object (default: ``type(obj)``).
+        """
+        pairs = self._object_keys(obj, previous, model)
+        self._drive(self._invalidate_keys_flow(pairs), None, None, None)
 
     def _drive(self, flow: Flow, cls: Any, id_field: Any, id_val: Any) -> Any:
         """Perform each operation a flow yields, until it returns or raises."""
@@ -121,9 +160,13 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
                 if isinstance(op, Script):
                     result = self._scripts[op.name](keys=op.keys, args=op.args, client=self.redis)
                 elif isinstance(op, Fetch):
-                    result = self.fetch(cls, id_field, id_val)
+                    result = _no_coroutine(self.fetch(cls, id_field, id_val), "fetch")
+                elif isinstance(op, FetchMany):
+                    result = _no_coroutine(self.fetch_many(cls, id_field, op.id_vals), "fetch_many")
                 elif isinstance(op, Command):
                     result = self._execute(*op.args)
+                elif isinstance(op, Pipeline):
+                    result = self._pipeline(op)
                 elif isinstance(op, Sleep):
                     self.clock.sleep(op.seconds)
                     result = None
@@ -132,3 +175,23 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
             except BaseException as exc:
                 result = None
                 error = exc
+
+    def _pipeline(self, op: Pipeline) -> list[Any]:
+        pipe: Any = self.redis.pipeline(transaction=False)
+        for item in op.ops:
+            if isinstance(item, Script):
+                self._scripts[item.name](keys=item.keys, args=item.args, client=pipe)
+            else:
+                pipe.execute_command(*item.args)
+        replies: list[Any] = pipe.execute(raise_on_error=True)
+        return replies
+
+
+def _no_coroutine(result: Any, hook: str) -> Any:
+    if inspect.isawaitable(result):
+        if inspect.iscoroutine(result):
+            result.close()
+        raise TypeError(
+            f"{hook}() returned an awaitable: use cachecow.AsyncCacheCow for async hooks"
+        )
+    return result

@@ -11,24 +11,39 @@ asyncio twin performs the same operations with ``await``, without a second copy 
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import math
 import random
 import secrets
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, Generic, NoReturn, Protocol, TypeVar, runtime_checkable
 
+from redis.crc import key_slot
 from redis.exceptions import RedisError
 
-from .exceptions import CacheUnavailable, ConfigurationError, InvalidationFailed, NotFound
-from .keys import Field, build_keys, encode_value, model_label, validate_prefix
+from .exceptions import (
+    CacheUnavailable,
+    ConfigurationError,
+    InvalidationFailed,
+    InvalidLookup,
+    NotFound,
+)
+from .keys import (
+    Field,
+    build_keys,
+    encode_value,
+    model_label,
+    normalize_lookup,
+    validate_prefix,
+)
 from .metrics import Metrics, MetricsHook
 from .serializers import JsonSerializer, Serializer
 
-__all__ = ["TOMBSTONE", "BusyPolicy", "CacheCowBase", "Clock", "SystemClock"]
+__all__ = ["TOMBSTONE", "AsyncClock", "BusyPolicy", "CacheCowBase", "Clock", "SystemClock"]
 
 logger = logging.getLogger("cachecow")
 
@@ -40,6 +55,26 @@ _LEASED = 1
 _BUSY = 0
 
 _MISSING = object()
+_TOMB: Any = object()  # a cached "not found"
+_UNUSABLE: Any = object()  # cached bytes that cannot be decoded or fail verify
+
+
+def _discard_args(discards: dict[str, bytes]) -> Callable[[str], tuple[Any, ...]]:
+    """The per-key arguments of a batch lease that also discards unusable values."""
+    return lambda value_key: (discards.get(value_key, b""),)
+
+
+class _Lookup:
+    """One distinct lookup of a batch read, and what happened to it so far."""
+
+    __slots__ = ("busy", "flag_key", "id_val", "missed", "waited")
+
+    def __init__(self, id_val: Any, flag_key: str) -> None:
+        self.id_val = id_val
+        self.flag_key = flag_key
+        self.missed = False
+        self.busy = False
+        self.waited = False
 
 
 class BusyPolicy(str, enum.Enum):
@@ -65,6 +100,15 @@ class Clock(Protocol):
         ...
 
 
+@runtime_checkable
+class AsyncClock(Clock, Protocol):
+    """A clock that can also sleep without blocking an event loop (for AsyncCacheCow)."""
+
+    async def async_sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` without blocking the event loop."""
+        ...
+
+
 class SystemClock:
     """The real clock: :func:`time.monotonic` and :func:`time.sleep`."""
 
@@ -75,6 +119,10 @@ class SystemClock:
     def sleep(self, seconds: float) -> None:
         """Sleep for ``seconds``."""
         time.sleep(seconds)
+
+    async def async_sleep(self, seconds: float) -> None:
+        """Sleep for ``seconds`` without blocking the event loop (used by AsyncCacheCow)."""
+        await asyncio.sleep(seconds)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,8 +157,23 @@ class Sleep:
     seconds: float
 
 
+@dataclass(frozen=True, slots=True)
+class FetchMany:
+    """Call the ``fetch_many`` hook for these lookup values; the result is its mapping."""
+
+    id_vals: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    """Send these scripts and commands in one round trip; the result is their replies, in order
+    (a reply that is an error is raised)."""
+
+    ops: tuple[Script | Command, ...]
+
+
 FETCH = Fetch()
-Op = Script | Command | Fetch | Sleep
+Op = Script | Command | Fetch | FetchMany | Sleep | Pipeline
 Flow = Generator[Op, Any, Any]
 
 
@@ -222,6 +285,7 @@ class CacheCowBase(Generic[ClientT]):
         if not isinstance(self.clock, Clock):
             raise ConfigurationError(f"clock must have monotonic() and sleep(), got {clock!r}")
         self.metrics = Metrics(metrics_hook)
+        self._group_by_slot = False  # set by a client class for Redis Cluster clients
         self._check_client(redis)
         self.redis: ClientT = redis
         self._flag_ttl_ms = max(1, int(self.flag_ttl * 1000))
@@ -256,6 +320,35 @@ class CacheCowBase(Generic[ClientT]):
         exception reaches the caller of ``get`` unchanged, and the lease is released.
         """
         raise NotImplementedError(f"{type(self).__qualname__} must implement fetch()")
+
+    def fetch_many(
+        self, cls: Any, id_field: Field, id_vals: Sequence[Any]
+    ) -> Mapping[Any, Any] | Awaitable[Mapping[Any, Any]]:
+        """Load many objects at once, for :meth:`get_many`; return them by lookup value.
+
+        A value left out of the mapping (or mapped to ``None``) has no object. The default calls
+        :meth:`fetch` for each value; adapters override it with one query (``WHERE id IN ...``).
+        The same rules as for ``fetch`` apply: committed data, in a fresh transaction.
+        """
+        found: dict[Any, Any] = {}
+        for id_val in id_vals:
+            try:
+                obj = self.fetch(cls, id_field, id_val)
+            except NotFound:
+                continue
+            if obj is not None:
+                found[id_val] = obj
+        return found
+
+    def unique_lookups(self, obj: Any) -> Iterable[tuple[Field, Any]]:
+        """Every ``(field, value)`` lookup that can reach ``obj``, for :meth:`invalidate_object`.
+
+        Adapters implement it: the primary key, every unique field and every multi-field unique
+        constraint (as a tuple of fields with a tuple of values).
+        """
+        raise NotImplementedError(
+            f"{type(self).__qualname__} must implement unique_lookups() for invalidate_object()"
+        )
 
     def serialize(self, obj: Any) -> bytes:
         """Turn a fetched object into the bytes to cache; by default ``serializer.dumps``."""
@@ -340,13 +433,94 @@ class CacheCowBase(Generic[ClientT]):
             id_val,
         )
 
-    # -- flows ----------------------------------------------------------------------------------
+    # -- lookups of the public calls ----------------------------------------------------------
+
+    def _normalize_many(self, id_field: Any, id_vals: Iterable[Any]) -> tuple[Field, list[Any]]:
+        """The canonical field and values of a batch (composite values reordered like the field)."""
+        if isinstance(id_vals, (str, bytes)) or not isinstance(id_vals, Iterable):
+            raise InvalidLookup(f"id_vals must be an iterable of lookup values, got {id_vals!r}")
+        field: Field | None = None
+        values: list[Any] = []
+        for id_val in id_vals:
+            field, value = normalize_lookup(id_field, id_val)
+            values.append(value)
+        if field is None:
+            field, _ = (
+                normalize_lookup(id_field, (None,) * len(id_field))
+                if isinstance(id_field, (tuple, list))
+                else normalize_lookup(id_field, None)
+            )
+        return field, values
+
+    def _object_keys(self, obj: Any, previous: Any, model: Any) -> list[tuple[str, str]]:
+        """The keys of every unique lookup of ``obj`` (and of ``previous``, its old values)."""
+        cls = type(obj) if model is None else model
+        pairs: list[tuple[str, str]] = []
+        for source in (obj,) if previous is None else (obj, previous):
+            for id_field, id_val in self.unique_lookups(source):
+                field, value = normalize_lookup(id_field, id_val)
+                pairs.append(self.get_keys(cls, field, value))
+        return pairs
+
+    def _triples_keys(self, lookups: Iterable[tuple[Any, Any, Any]]) -> list[tuple[str, str]]:
+        pairs = []
+        for cls, id_field, id_val in lookups:
+            field, value = normalize_lookup(id_field, id_val)
+            pairs.append(self.get_keys(cls, field, value))
+        return pairs
+
+    # -- flows: shared steps --------------------------------------------------------------------
 
     def _fetched(self, cls: Any, id_field: Field, id_val: Any, obj: Any) -> Any:
         """What a caller gets for a fetched object: the object, or the not-found exception."""
         if obj is None:
             raise self.not_found(cls, id_field, id_val)
         return obj
+
+    def _cached(self, cls: Any, id_field: Field, id_val: Any, reply: bytes) -> Any:
+        """Read a hit: the object, :data:`_TOMB` for a tombstone, or :data:`_UNUSABLE`."""
+        if reply == TOMBSTONE:
+            self.metrics.incr("tombstone_hits")
+            return _TOMB
+        try:
+            obj = self.deserialize(cls, reply)
+        except Exception:
+            self.metrics.incr("decode_failures")
+            return _UNUSABLE
+        if not self._verified(cls, id_field, id_val, obj):
+            self.metrics.incr("verify_failures")
+            return _UNUSABLE
+        self.metrics.incr("hits")
+        return obj
+
+    def _verified(self, cls: Any, id_field: Field, id_val: Any, obj: Any) -> bool:
+        try:
+            return bool(self.verify(cls, id_field, id_val, obj))
+        except Exception:
+            return False
+
+    def _payload(
+        self, cls: Any, id_field: Field, id_val: Any, obj: Any
+    ) -> tuple[bytes, int] | None:
+        """What to commit for a fetched object (``None``: it may not be cached)."""
+        if obj is None:
+            return TOMBSTONE, self._tombstone_ttl_ms
+        if not self._verified(cls, id_field, id_val, obj):
+            self.metrics.incr("uncacheable")
+            self._warn_uncacheable(cls, id_field, id_val)
+            return None
+        payload = self.serialize(obj)
+        return payload, jittered_ms(self.ttl, self.ttl_jitter, self._random.random())
+
+    def _wait_step(self, deadline: float, attempt: int) -> float:
+        """How long a busy reader sleeps before poll ``attempt``; 0 when its wait is over."""
+        remaining = deadline - self.clock.monotonic()
+        if remaining <= 0:
+            return 0.0
+        delay = backoff_delay(
+            attempt, self._random.random(), first=self.wait_first_delay, cap=self.wait_max_delay
+        )
+        return min(delay, remaining)
 
     def _fetch_uncached(self, cls: Any, id_field: Field, id_val: Any) -> Flow:
         self.metrics.incr("fetches")
@@ -355,6 +529,8 @@ class CacheCowBase(Generic[ClientT]):
         except NotFound as exc:
             raise self.not_found(cls, id_field, id_val) from exc
         return self._fetched(cls, id_field, id_val, obj)
+
+    # -- flows: one lookup ----------------------------------------------------------------------
 
     def _get_flow(self, cls: Any, id_field: Field, id_val: Any) -> Flow:
         """Read a (normalized) lookup: the protocol of DESIGN.md section 1."""
@@ -375,23 +551,11 @@ class CacheCowBase(Generic[ClientT]):
                 return (yield from self._fetch_uncached(cls, id_field, id_val))
 
             if isinstance(reply, bytes):
-                if reply == TOMBSTONE:
-                    self.metrics.incr("tombstone_hits")
+                obj = self._cached(cls, id_field, id_val, reply)
+                if obj is _TOMB:
                     raise self.not_found(cls, id_field, id_val)
-                try:
-                    obj = self.deserialize(cls, reply)
-                except Exception:
-                    self.metrics.incr("decode_failures")
-                    logger.debug("cachecow: undecodable value under %s; discarded", value_key)
-                else:
-                    try:
-                        ok = self.verify(cls, id_field, id_val, obj)
-                    except Exception:
-                        ok = False
-                    if ok:
-                        self.metrics.incr("hits")
-                        return obj
-                    self.metrics.incr("verify_failures")
+                if obj is not _UNUSABLE:
+                    return obj
                 if discarded:
                     # A second unusable value in one read: someone keeps writing values this
                     # process cannot use. Serve from the database rather than loop.
@@ -417,15 +581,12 @@ class CacheCowBase(Generic[ClientT]):
                     return (yield from self._fetch_uncached(cls, id_field, id_val))
                 self.metrics.incr("waits")
                 deadline = self.clock.monotonic() + self.wait_timeout
-            remaining = deadline - self.clock.monotonic()
-            if remaining <= 0:
+            pause = self._wait_step(deadline, attempt)
+            if pause <= 0:
                 self.metrics.incr("wait_timeouts")
                 return (yield from self._fetch_uncached(cls, id_field, id_val))
-            delay = backoff_delay(
-                attempt, self._random.random(), first=self.wait_first_delay, cap=self.wait_max_delay
-            )
             attempt += 1
-            yield Sleep(min(delay, remaining))
+            yield Sleep(pause)
             lease_args = (token, self._flag_ttl_ms)
 
         # This reader holds the lease.
@@ -436,16 +597,10 @@ class CacheCowBase(Generic[ClientT]):
                 obj = yield FETCH
             except NotFound:
                 obj = None
-            if obj is None:
-                payload, ttl_ms = TOMBSTONE, self._tombstone_ttl_ms
-            elif not self._verified(cls, id_field, id_val, obj):
-                self.metrics.incr("uncacheable")
-                self._warn_uncacheable(cls, id_field, id_val)
+            prepared = self._payload(cls, id_field, id_val, obj)
+            if prepared is None:
                 yield from self._release(flag_key, token)
                 return obj
-            else:
-                payload = self.serialize(obj)
-                ttl_ms = jittered_ms(self.ttl, self.ttl_jitter, self._random.random())
         except GeneratorExit:
             raise
         except BaseException:
@@ -453,6 +608,7 @@ class CacheCowBase(Generic[ClientT]):
             yield from self._release(flag_key, token)
             raise
 
+        payload, ttl_ms = prepared
         try:
             stored = yield Script("commit", keys, (token, payload, ttl_ms))
         except RedisError as exc:
@@ -460,12 +616,6 @@ class CacheCowBase(Generic[ClientT]):
         else:
             self.metrics.incr("commits" if stored == 1 else "stale_commits")
         return self._fetched(cls, id_field, id_val, obj)
-
-    def _verified(self, cls: Any, id_field: Field, id_val: Any, obj: Any) -> bool:
-        try:
-            return bool(self.verify(cls, id_field, id_val, obj))
-        except Exception:
-            return False
 
     def _release(self, flag_key: str, token: str) -> Flow:
         """Give the lease back if it is still ours; never raises (the flag expires anyway)."""
@@ -475,17 +625,268 @@ class CacheCowBase(Generic[ClientT]):
             self.metrics.incr("redis_errors")
             logger.warning("cachecow: could not release lease %s: %s", flag_key, exc)
 
+    # -- flows: many lookups of one field -------------------------------------------------------
+
+    def _batched(
+        self,
+        name: str,
+        lookups: dict[str, _Lookup],
+        value_keys: list[str],
+        head: tuple[Any, ...],
+        per_key: Callable[[str], tuple[Any, ...]] | None,
+    ) -> Flow:
+        """Run a ``*_many`` script over ``value_keys``: one call, or one per cluster slot in one
+        pipeline. Returns ``{value_key: reply}``."""
+        groups = self._slot_groups(value_keys)
+        ops = []
+        for group in groups:
+            keys: list[str] = []
+            args: list[Any] = list(head)
+            for value_key in group:
+                keys += (value_key, lookups[value_key].flag_key)
+                if per_key is not None:
+                    args += per_key(value_key)
+            ops.append(Script(name, tuple(keys), tuple(args)))
+        if len(ops) == 1:
+            replies = [(yield ops[0])]
+        else:
+            replies = yield Pipeline(tuple(ops))
+        out: dict[str, Any] = {}
+        for group, reply in zip(groups, replies, strict=True):
+            if not isinstance(reply, list) or len(reply) != len(group):
+                raise CacheUnavailable(
+                    f"unexpected reply from {name}: {reply!r}", operation=name, keys=tuple(group)
+                )
+            out.update(zip(group, reply, strict=True))
+        return out
+
+    def _slot_groups(self, value_keys: list[str]) -> list[list[str]]:
+        """The keys grouped by Redis Cluster slot (one group unless the client is a cluster)."""
+        if not self._group_by_slot:
+            return [value_keys]
+        groups: dict[int, list[str]] = {}
+        for value_key in value_keys:
+            groups.setdefault(key_slot(value_key.encode()), []).append(value_key)
+        return list(groups.values())
+
+    def _lookups(
+        self, cls: Any, id_field: Field, id_vals: Iterable[Any]
+    ) -> tuple[dict[str, _Lookup], list[str]]:
+        """Each distinct lookup by its value key, and the value key of each input position."""
+        lookups: dict[str, _Lookup] = {}
+        order: list[str] = []
+        for id_val in id_vals:
+            value_key, flag_key = self.get_keys(cls, id_field, id_val)
+            order.append(value_key)
+            if value_key not in lookups:
+                lookups[value_key] = _Lookup(id_val, flag_key)
+        return lookups, order
+
+    def _get_many_flow(self, cls: Any, id_field: Field, id_vals: list[Any]) -> Flow:
+        """Read many (normalized) lookups: one round trip for the hits, one ``fetch_many`` and
+        one more round trip for the misses; busy lookups follow the busy policy."""
+        lookups, order = self._lookups(cls, id_field, id_vals)
+        found: dict[str, Any] = {}  # value key -> object, or None for "no such object"
+        uncached: list[str] = []  # to fetch without caching
+        discards: dict[str, bytes] = {}
+        discarded: set[str] = set()
+        waiting: list[str] = []
+        deadline: float | None = None
+        attempt = 0
+        token = new_token()
+        pending = list(lookups)
+        while pending:
+            replies = yield from self._guarded(
+                cls,
+                id_field,
+                lookups,
+                pending,
+                found,
+                (token, self._flag_ttl_ms),
+                _discard_args(discards) if discards else None,
+            )
+            if replies is None:  # Redis failed and fail_open served them: done
+                uncached += waiting
+                break
+            discards = {}
+            leased: list[str] = []
+            busy: list[str] = []
+            for value_key in pending:
+                reply = replies[value_key]
+                lookup = lookups[value_key]
+                if isinstance(reply, bytes):
+                    obj = self._cached(cls, id_field, lookup.id_val, reply)
+                    if obj is _TOMB:
+                        found[value_key] = None
+                    elif obj is not _UNUSABLE:
+                        found[value_key] = obj
+                    elif value_key in discarded:
+                        uncached.append(value_key)
+                    else:
+                        discarded.add(value_key)
+                        discards[value_key] = reply
+                    continue
+                if not lookup.missed:
+                    lookup.missed = True
+                    self.metrics.incr("misses")
+                if reply == _LEASED:
+                    leased.append(value_key)
+                elif reply == _BUSY:
+                    if not lookup.busy:
+                        lookup.busy = True
+                        self.metrics.incr("busy")
+                    busy.append(value_key)
+                else:
+                    raise CacheUnavailable(
+                        f"unexpected reply from get_or_lease_many: {reply!r}",
+                        operation="get_many",
+                        keys=(value_key,),
+                    )
+            if leased:
+                # Fill our own leases before waiting on anyone else's: two batch readers that
+                # each wait for the other's lease would otherwise both time out.
+                yield from self._fill(cls, id_field, lookups, leased, token, found)
+            if busy and (self.busy is BusyPolicy.FETCH or self.wait_timeout <= 0):
+                uncached += busy
+                busy = []
+            if busy:
+                if deadline is None:
+                    deadline = self.clock.monotonic() + self.wait_timeout
+                for value_key in busy:
+                    if not lookups[value_key].waited:
+                        lookups[value_key].waited = True
+                        self.metrics.incr("waits")
+                if not discards:
+                    pause = self._wait_step(deadline, attempt)
+                    if pause <= 0:
+                        self.metrics.incr("wait_timeouts", len(busy))
+                        uncached += busy
+                        busy = []
+                    else:
+                        attempt += 1
+                        yield Sleep(pause)
+            waiting = busy
+            pending = list(discards) + busy
+        if uncached:
+            self.metrics.incr("fetches", len(uncached))
+            fetched = yield from self._fetch_many(cls, id_field, lookups, uncached)
+            for value_key in uncached:
+                found[value_key] = fetched.get(lookups[value_key].id_val)
+        return [found.get(value_key) for value_key in order]
+
+    def _guarded(
+        self,
+        cls: Any,
+        id_field: Field,
+        lookups: dict[str, _Lookup],
+        pending: list[str],
+        found: dict[str, Any],
+        head: tuple[Any, ...],
+        per_key: Callable[[str], tuple[Any, ...]] | None,
+    ) -> Flow:
+        """A batched lease round trip; on a Redis error, fail open (serve ``pending`` straight
+        from ``fetch_many``, returning ``None``) or raise."""
+        try:
+            return (yield from self._batched("get_or_lease_many", lookups, pending, head, per_key))
+        except RedisError as exc:
+            self._redis_failed(exc, "get_many", tuple(pending))
+        self.metrics.incr("fail_open_fetches", len(pending))
+        self.metrics.incr("fetches", len(pending))
+        fetched = yield from self._fetch_many(cls, id_field, lookups, pending)
+        for value_key in pending:
+            found[value_key] = fetched.get(lookups[value_key].id_val)
+        return None
+
+    def _fetch_many(
+        self, cls: Any, id_field: Field, lookups: dict[str, _Lookup], value_keys: list[str]
+    ) -> Flow:
+        """``fetch_many`` for these lookups, as a mapping; a value mapped to None is not found."""
+        fetched = yield FetchMany(tuple(lookups[vk].id_val for vk in value_keys))
+        if not isinstance(fetched, Mapping):
+            raise TypeError(f"fetch_many must return a mapping, got {type(fetched).__name__}")
+        return fetched
+
+    def _fill(
+        self,
+        cls: Any,
+        id_field: Field,
+        lookups: dict[str, _Lookup],
+        leased: list[str],
+        token: str,
+        found: dict[str, Any],
+    ) -> Flow:
+        """Fetch the lookups this reader leased, in one ``fetch_many``, and commit them all in
+        one round trip (only under this reader's own live leases)."""
+        self.metrics.incr("leases", len(leased))
+        self.metrics.incr("fetches", len(leased))
+        entries: dict[str, tuple[Any, Any]] = {}  # value key -> (payload, ttl_ms)
+        try:
+            fetched = yield from self._fetch_many(cls, id_field, lookups, leased)
+            for value_key in leased:
+                id_val = lookups[value_key].id_val
+                obj = fetched.get(id_val)
+                found[value_key] = obj
+                prepared = self._payload(cls, id_field, id_val, obj)
+                entries[value_key] = (b"", 0) if prepared is None else prepared
+        except GeneratorExit:
+            raise
+        except BaseException:
+            # fetch_many or serialize failed: free every lease at once, then re-raise unchanged.
+            yield from self._release_many(lookups, leased, token)
+            raise
+        try:
+            replies = yield from self._batched(
+                "commit_many", lookups, leased, (token,), lambda vk: entries[vk]
+            )
+        except RedisError as exc:
+            self._redis_failed(exc, "commit", tuple(leased))
+            return
+        for value_key in leased:
+            if entries[value_key][1] == 0:
+                continue  # released, not stored
+            self.metrics.incr("commits" if replies[value_key] == 1 else "stale_commits")
+
+    def _release_many(self, lookups: dict[str, _Lookup], leased: list[str], token: str) -> Flow:
+        """Give back every lease of ``leased`` still ours; never raises."""
+        try:
+            yield from self._batched("commit_many", lookups, leased, (token,), lambda vk: (b"", 0))
+        except RedisError as exc:
+            self.metrics.incr("redis_errors")
+            logger.warning("cachecow: could not release %d leases: %s", len(leased), exc)
+
+    # -- flows: invalidation --------------------------------------------------------------------
+
     def _invalidate_flow(self, cls: Any, id_field: Field, id_val: Any) -> Flow:
         """Delete a lookup's value and flag in one command: voids every lease in flight."""
         keys = self.get_keys(cls, id_field, id_val)
         try:
             yield Command(("DEL", *keys))
         except RedisError as exc:
-            self.metrics.incr("redis_errors")
-            raise InvalidationFailed(
-                f"invalidation of {keys[0]} did not reach Redis ({type(exc).__name__}: {exc}); "
-                "the cache may still hold the old value",
-                operation="invalidate",
-                keys=keys,
-            ) from exc
+            self._invalidation_failed(exc, keys)
         self.metrics.incr("invalidations")
+
+    def _invalidate_keys_flow(self, pairs: list[tuple[str, str]]) -> Flow:
+        """Delete many lookups' keys in one round trip (one DEL per cluster slot)."""
+        flags = dict(pairs)
+        groups = self._slot_groups(list(flags))
+        ops = tuple(
+            Command(("DEL", *(k for vk in group for k in (vk, flags[vk])))) for group in groups
+        )
+        if ops:
+            try:
+                if len(ops) == 1:
+                    yield ops[0]
+                else:
+                    yield Pipeline(ops)
+            except RedisError as exc:
+                self._invalidation_failed(exc, tuple(k for pair in pairs for k in pair))
+        self.metrics.incr("invalidations", len(flags))
+
+    def _invalidation_failed(self, exc: BaseException, keys: tuple[str, ...]) -> NoReturn:
+        self.metrics.incr("redis_errors")
+        raise InvalidationFailed(
+            f"invalidation of {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} did not "
+            f"reach Redis ({type(exc).__name__}: {exc}); the cache may still hold old values",
+            operation="invalidate",
+            keys=keys,
+        ) from exc

@@ -7,7 +7,7 @@ from importlib import resources
 
 __all__ = ["SCRIPT_NAMES", "script_source"]
 
-SCRIPT_NAMES = ("commit", "get_or_lease", "release")
+SCRIPT_NAMES = ("commit", "commit_many", "get_or_lease", "get_or_lease_many", "release")
 
 
 @functools.cache

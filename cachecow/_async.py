@@ -1,0 +1,177 @@
+"""The asyncio cache class: drives the same protocol flows with ``redis.asyncio``."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, TypeVar, overload
+
+import redis.asyncio as aredis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.retry import Retry
+
+from ._protocol import (
+    AsyncClock,
+    CacheCowBase,
+    Command,
+    Fetch,
+    FetchMany,
+    Flow,
+    Pipeline,
+    Script,
+    Sleep,
+)
+from ._scripts import SCRIPT_NAMES, script_source
+from .exceptions import ConfigurationError, NotFound
+from .keys import Field, normalize_lookup
+
+__all__ = ["AsyncCacheCow", "connect_async"]
+
+T = TypeVar("T")
+
+
+def connect_async(
+    url: str = "redis://127.0.0.1:6379/0", *, timeout: float = 0.5, **kwargs: Any
+) -> aredis.Redis:
+    """The ``redis.asyncio`` twin of :func:`cachecow.connect`: every call bounded by ``timeout``."""
+    kwargs.setdefault("socket_timeout", timeout)
+    kwargs.setdefault("socket_connect_timeout", timeout)
+    kwargs.setdefault("retry", Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
+    client: aredis.Redis = aredis.Redis.from_url(url, **kwargs)
+    return client
+
+
+class AsyncCacheCow(CacheCowBase[aredis.Redis]):
+    """The asyncio twin of :class:`cachecow.CacheCow`, on a ``redis.asyncio`` client.
+
+    The same protocol, options, hooks, counters and guarantees: both classes drive one shared,
+    I/O-free implementation of the protocol. ``fetch`` and ``fetch_many`` may be coroutines
+    (``async def``) or plain methods; the other hooks are plain methods. A custom ``clock`` must
+    also have ``async def async_sleep(seconds)`` (:class:`~cachecow.AsyncClock`).
+    """
+
+    def _check_client(self, redis: aredis.Redis) -> None:
+        if not hasattr(redis, "register_script") or not inspect.iscoroutinefunction(
+            getattr(redis, "execute_command", None)
+        ):
+            raise ConfigurationError(
+                f"redis must be a redis.asyncio client (see cachecow.connect_async), got {redis!r}"
+            )
+        get_kwargs = getattr(redis, "get_connection_kwargs", None)
+        if callable(get_kwargs) and get_kwargs().get("decode_responses"):
+            raise ConfigurationError(
+                "the Redis client has decode_responses=True; cachecow stores bytes and needs "
+                "a client with decode_responses=False"
+            )
+        if not isinstance(self.clock, AsyncClock):
+            raise ConfigurationError(
+                "AsyncCacheCow needs a clock with monotonic(), sleep() and async_sleep()"
+            )
+        self._async_clock: AsyncClock = self.clock
+        self._execute: Any = redis.execute_command
+        self._scripts = {name: redis.register_script(script_source(name)) for name in SCRIPT_NAMES}
+
+    async def fetch_many(
+        self, cls: Any, id_field: Field, id_vals: Sequence[Any]
+    ) -> Mapping[Any, Any]:
+        """Load many objects at once; the default awaits :meth:`fetch` for each value in turn."""
+        found: dict[Any, Any] = {}
+        for id_val in id_vals:
+            try:
+                obj = self.fetch(cls, id_field, id_val)
+                if inspect.isawaitable(obj):
+                    obj = await obj
+            except NotFound:
+                continue
+            if obj is not None:
+                found[id_val] = obj
+        return found
+
+    @overload
+    async def get(self, cls: type[T], id_field: str | tuple[str, ...], id_val: Any) -> T: ...
+
+    @overload
+    async def get(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> Any: ...
+
+    async def get(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> Any:
+        """The object whose ``id_field`` is ``id_val``; see :meth:`cachecow.CacheCow.get`."""
+        id_field, id_val = normalize_lookup(id_field, id_val)
+        return await self._drive(self._get_flow(cls, id_field, id_val), cls, id_field, id_val)
+
+    async def get_many(
+        self, cls: Any, id_field: str | tuple[str, ...], id_vals: Iterable[Any]
+    ) -> list[Any]:
+        """The objects of many lookups, in order; see :meth:`cachecow.CacheCow.get_many`."""
+        field, values = self._normalize_many(id_field, id_vals)
+        result: list[Any] = await self._drive(
+            self._get_many_flow(cls, field, values), cls, field, None
+        )
+        return result
+
+    async def invalidate(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> None:
+        """Forget a lookup and void its leases; see :meth:`cachecow.CacheCow.invalidate`."""
+        id_field, id_val = normalize_lookup(id_field, id_val)
+        await self._drive(self._invalidate_flow(cls, id_field, id_val), cls, id_field, id_val)
+
+    async def invalidate_many(
+        self, cls: Any, id_field: str | tuple[str, ...], id_vals: Iterable[Any]
+    ) -> None:
+        """:meth:`invalidate` many values of one field, in one round trip."""
+        field, values = self._normalize_many(id_field, id_vals)
+        pairs = [self.get_keys(cls, field, value) for value in values]
+        await self._drive(self._invalidate_keys_flow(pairs), cls, field, None)
+
+    async def invalidate_lookups(self, lookups: Iterable[tuple[Any, Any, Any]]) -> None:
+        """:meth:`invalidate` any ``(cls, id_field, id_val)`` lookups, in one round trip."""
+        await self._drive(self._invalidate_keys_flow(self._triples_keys(lookups)), None, None, None)
+
+    async def invalidate_object(self, obj: Any, *, previous: Any = None, model: Any = None) -> None:
+        """Invalidate every unique lookup of ``obj`` (and of ``previous``), in one round trip."""
+        pairs = self._object_keys(obj, previous, model)
+        await self._drive(self._invalidate_keys_flow(pairs), None, None, None)
+
+    async def _drive(self, flow: Flow, cls: Any, id_field: Any, id_val: Any) -> Any:
+        """Perform each operation a flow yields, awaiting it, until the flow returns or raises."""
+        result: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                op = flow.send(result) if error is None else flow.throw(error)
+            except StopIteration as stop:
+                return stop.value
+            error = None
+            try:
+                if isinstance(op, Script):
+                    script = self._scripts[op.name]
+                    result = await script(keys=op.keys, args=op.args, client=self.redis)
+                elif isinstance(op, Fetch):
+                    result = self.fetch(cls, id_field, id_val)
+                    if inspect.isawaitable(result):
+                        result = await result
+                elif isinstance(op, FetchMany):
+                    result = self.fetch_many(cls, id_field, op.id_vals)
+                    if inspect.isawaitable(result):
+                        result = await result
+                elif isinstance(op, Command):
+                    result = await self._execute(*op.args)
+                elif isinstance(op, Pipeline):
+                    result = await self._pipeline(op)
+                elif isinstance(op, Sleep):
+                    await self._async_clock.async_sleep(op.seconds)
+                    result = None
+                else:  # pragma: no cover - a flow yields only the operations above
+                    raise TypeError(f"unknown operation {op!r}")
+            except BaseException as exc:
+                result = None
+                error = exc
+
+    async def _pipeline(self, op: Pipeline) -> list[Any]:
+        pipe: Any = self.redis.pipeline(transaction=False)
+        for item in op.ops:
+            if isinstance(item, Script):
+                await self._scripts[item.name](keys=item.keys, args=item.args, client=pipe)
+            else:
+                pipe.execute_command(*item.args)
+        replies: list[Any] = await pipe.execute(raise_on_error=True)
+        return replies
