@@ -742,13 +742,16 @@ class CacheCowBase(Generic[ClientT]):
                         operation="get_many",
                         keys=(value_key,),
                     )
+            extra: list[str] = []
+            if busy and (self.busy is BusyPolicy.FETCH or self.wait_timeout <= 0):
+                extra, busy = busy, []
             if leased:
                 # Fill our own leases before waiting on anyone else's: two batch readers that
-                # each wait for the other's lease would otherwise both time out.
-                yield from self._fill(cls, id_field, lookups, leased, token, found)
-            if busy and (self.busy is BusyPolicy.FETCH or self.wait_timeout <= 0):
-                uncached += busy
-                busy = []
+                # each wait for the other's lease would otherwise both time out. Busy lookups
+                # that will not wait ride along in the same fetch_many, uncached.
+                yield from self._fill(cls, id_field, lookups, leased, token, found, extra)
+            else:
+                uncached += extra
             if busy:
                 if deadline is None:
                     deadline = self.clock.monotonic() + self.wait_timeout
@@ -814,14 +817,18 @@ class CacheCowBase(Generic[ClientT]):
         leased: list[str],
         token: str,
         found: dict[str, Any],
+        extra: list[str],
     ) -> Flow:
-        """Fetch the lookups this reader leased, in one ``fetch_many``, and commit them all in
-        one round trip (only under this reader's own live leases)."""
+        """Fetch the lookups this reader leased (and ``extra`` ones, not to be cached) in one
+        ``fetch_many``, and commit the leased ones in one round trip, only under this reader's
+        own live leases."""
         self.metrics.incr("leases", len(leased))
-        self.metrics.incr("fetches", len(leased))
+        self.metrics.incr("fetches", len(leased) + len(extra))
         entries: dict[str, tuple[Any, Any]] = {}  # value key -> (payload, ttl_ms)
         try:
-            fetched = yield from self._fetch_many(cls, id_field, lookups, leased)
+            fetched = yield from self._fetch_many(cls, id_field, lookups, leased + extra)
+            for value_key in extra:
+                found[value_key] = fetched.get(lookups[value_key].id_val)
             for value_key in leased:
                 id_val = lookups[value_key].id_val
                 obj = fetched.get(id_val)

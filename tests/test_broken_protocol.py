@@ -1,78 +1,122 @@
-"""The race tests can fail: run their scenarios against a deliberately broken commit script.
+"""The race tests can fail: run them against deliberately broken commit scripts.
 
-The protection under test is the token comparison in ``commit.lua``. Replacing it with a bare
-"the flag exists" check (the original cachecow's script) must let a stale value into the cache
-in the ABA and expired-lease scenarios, and removing the check altogether must let one in
-even when the invalidation comes between fetch and commit. If these tests ever pass against
-the broken scripts, the scenarios have stopped testing anything.
+The protection under test is the token comparison in ``commit.lua`` and ``commit_many.lua``.
+Replacing it with a bare "the flag exists" check (the original cachecow's script) must let a
+stale value into the cache in the ABA and expired-lease races, for the sync and the async class
+alike, and removing the check altogether must let one in even when the invalidation comes
+between fetch and commit. If these tests ever pass against the broken scripts, the race tests
+have stopped testing anything.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
 
 import pytest
 import redis
+import redis.asyncio as aredis
 
-from cachecow import CacheCow
+from cachecow import AsyncCacheCow, CacheCow
 from cachecow._scripts import script_source
+from cachecow.testing.contract import CacheCowContract
 from tests import test_contract_dict
 
 TOKEN_CHECK = "if redis.call('GET', flag_key) ~= token then"
 EXISTENCE_CHECK = "if redis.call('EXISTS', flag_key) == 0 then"
 NO_CHECK = "if false then"
+BATCH_TOKEN_CHECK = "if redis.call('GET', flag_key) == token then"
+BATCH_EXISTENCE_CHECK = "if redis.call('EXISTS', flag_key) == 1 then"
 
 
-def test_commit_script_compares_the_token() -> None:
-    assert TOKEN_CHECK in script_source("commit")
+def broken(name: str, good: str, bad: str) -> str:
+    source = script_source(name)
+    assert good in source, f"{name}.lua no longer has the check this test breaks"
+    return source.replace(good, bad)
 
 
-class BrokenCommit(test_contract_dict.TestDictCacheContract):
-    """The dict contract, with the commit script's token check replaced by ``check``."""
+class Breaks:
+    """Mixin: caches whose commit scripts are replaced by ``self.scripts``."""
 
+    scripts: ClassVar[dict[str, str]] = {}
+
+    def install(self, cache: Any, register: Callable[[str], Any]) -> None:
+        for name, source in self.scripts.items():
+            cache._scripts[name] = register(source)
+
+
+class BrokenSync(Breaks, test_contract_dict.TestDictCacheContract):
     __test__ = False  # the contract's own tests are not meant to pass here
-    check = EXISTENCE_CHECK
 
     def make_cache(self, redis: redis.Redis, **options: Any) -> CacheCow:
         cache = super().make_cache(redis, **options)
-        source = script_source("commit").replace(TOKEN_CHECK, self.check)
-        assert source != script_source("commit")
-        cache._scripts["commit"] = redis.register_script(source)
+        self.install(cache, redis.register_script)
         return cache
 
 
-@pytest.fixture
-def existence_check(redis_client: redis.Redis) -> BrokenCommit:
-    suite = BrokenCommit()
-    suite.redis = redis_client
-    return suite
+class BrokenAsync(Breaks, test_contract_dict.TestAsyncDictCacheContract):
+    __test__ = False
+
+    def make_async_cache(self, redis: aredis.Redis, **options: Any) -> AsyncCacheCow:
+        cache = super().make_async_cache(redis, **options)
+        self.install(cache, redis.register_script)
+        return cache
 
 
-@pytest.fixture
-def no_check(redis_client: redis.Redis) -> BrokenCommit:
-    suite = BrokenCommit()
-    suite.check = NO_CHECK
-    suite.redis = redis_client
-    return suite
+EXISTENCE = {
+    "commit": broken("commit", TOKEN_CHECK, EXISTENCE_CHECK),
+    "commit_many": broken("commit_many", BATCH_TOKEN_CHECK, BATCH_EXISTENCE_CHECK),
+}
+NOTHING = {"commit": broken("commit", TOKEN_CHECK, NO_CHECK)}
 
 
-def test_aba_scenario_catches_an_existence_check(existence_check: BrokenCommit) -> None:
-    s = existence_check
-    out = s.scenario_aba(s.cache(), s.cache(), s.cache())
+@pytest.fixture(params=[BrokenSync, BrokenAsync], ids=["sync", "async"])
+def suite(request: pytest.FixtureRequest, redis_client: redis.Redis) -> Iterator[Any]:
+    """A contract instance set up as pytest would, with broken scripts installed later."""
+    instance: CacheCowContract = request.param()
+    fixtures = [instance._contract_redis.__wrapped__(instance, redis_client)]  # type: ignore[attr-defined]
+    if isinstance(instance, BrokenAsync):
+        fixtures.append(instance._event_loop_thread.__wrapped__(instance))  # type: ignore[attr-defined]
+    for fixture in fixtures:
+        next(fixture)
+    yield instance
+    for fixture in reversed(fixtures):
+        next(fixture, None)
+
+
+def cached(suite: Any, key: int) -> str | None:
+    """What the cache holds for ``key`` right now (read straight from Redis)."""
+    return suite.cached_payload(suite.cache(), key)  # type: ignore[no-any-return]
+
+
+RACES = ["test_race_aba", "test_race_fetch_outlives_flag_ttl", "test_get_many_race_aba"]
+
+
+@pytest.mark.parametrize("race", RACES)
+def test_races_catch_an_existence_check(suite: Any, race: str) -> None:
+    suite.scripts = EXISTENCE
+    with pytest.raises(AssertionError):
+        getattr(suite, race)()
+    assert cached(suite, 1) == "v1"  # it failed because the stale value was cached
+
+
+def test_invalidate_race_catches_a_missing_check(suite: Any) -> None:
+    suite.scripts = NOTHING
+    with pytest.raises(AssertionError):
+        suite.test_race_invalidate_between_fetch_and_commit()
+    assert cached(suite, 1) == "v1"
+
+
+def test_aba_scenario_caches_the_stale_value_under_an_existence_check(suite: Any) -> None:
+    """Not only does the test fail: the broken script does what the seed's did."""
+    suite.scripts = EXISTENCE
+    out = suite.scenario_aba(suite.cache(), suite.cache(), suite.cache())
     assert out.cached_after["A commits"] == "v1"  # A's stale value got in under B's lease
     assert out.final == "v1"  # and stays: B's commit then finds no flag
     assert out.stale_commits == 0
 
 
-def test_expired_lease_scenario_catches_an_existence_check(existence_check: BrokenCommit) -> None:
-    s = existence_check
-    out = s.scenario_lease_expires(s.cache(flag_ttl=0.2), s.cache())
-    assert out.cached_after["A commits"] == "v1"
-    assert out.final == "v1"
-
-
-def test_invalidate_scenario_catches_a_missing_check(no_check: BrokenCommit) -> None:
-    s = no_check
-    out = s.scenario_invalidate_before_commit(s.cache(), s.cache())
-    assert out.cached_after["A commits"] == "v1"
-    assert out.final == "v1"
+@pytest.mark.parametrize("race", [*RACES, "test_race_invalidate_between_fetch_and_commit"])
+def test_the_unbroken_scripts_pass_the_same_races(suite: Any, race: str) -> None:
+    suite.scripts = {}
+    getattr(suite, race)()

@@ -28,22 +28,43 @@ deliberately broken protocol and show that the scenario would catch it.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 import redis
+import redis.asyncio as aredis
 
+from cachecow._async import AsyncCacheCow
 from cachecow._core import CacheCow
 from cachecow._protocol import TOMBSTONE
 from cachecow.exceptions import CacheCowError
+from cachecow.testing.bridge import LoopThread, SyncFacade
+from cachecow.testing.plugin import async_twin
 
-__all__ = ["CacheCowContract", "FakeClock", "FetchProbe", "RaceOutcome", "Reader"]
+__all__ = [
+    "AsyncCacheCowContract",
+    "CacheCowContract",
+    "FakeClock",
+    "FetchProbe",
+    "RaceOutcome",
+    "Reader",
+]
 
 GATE_TIMEOUT = 10.0
+
+_PROBES: list[FetchProbe] = []
+
+
+def release_all_gates() -> None:
+    """Let every gated fetch of every probe go (a failed test must not leave readers blocked)."""
+    while _PROBES:
+        _PROBES.pop().go.set()
 
 
 class FakeClock:
@@ -60,35 +81,104 @@ class FakeClock:
         self.sleeps.append(seconds)
         self.now += seconds
 
+    async def async_sleep(self, seconds: float) -> None:
+        self.sleep(seconds)
+        await asyncio.sleep(0)
+
 
 class FetchProbe:
-    """Wraps a cache instance's ``fetch``: counts calls and can hold the next one at a gate.
+    """Wraps a cache's ``fetch`` and ``fetch_many``: counts calls and can hold the next one.
 
-    A gated fetch reads the database (calls the real ``fetch``), then signals ``fetched`` and
-    blocks until :meth:`release`: the moment between a reader's database read and its commit.
+    A gated fetch reads the database (calls the real hook), then signals ``fetched`` and blocks
+    until :meth:`release`: the moment between a reader's database read and its commit. On an
+    async cache (or a :class:`~cachecow.testing.bridge.SyncFacade` of one) the wrappers are
+    coroutines that wait without blocking the event loop.
     """
 
-    def __init__(self, cache: CacheCow) -> None:
-        self.cache = cache
-        self.calls = 0
-        self.results: list[Any] = []
-        self._original = cache.fetch
+    def __init__(self, cache: Any) -> None:
+        target = getattr(cache, "wrapped", cache)
+        self.cache = target
+        self.calls = 0  # fetch calls
+        self.many_calls = 0  # fetch_many calls
+        self.many_args: list[tuple[Any, ...]] = []
         self._lock = threading.Lock()
         self._gates: list[tuple[threading.Event, threading.Event]] = []
         self.fetched = threading.Event()
         self.go = threading.Event()
         self.fail_next: BaseException | None = None
-        cache.fetch = self._fetch  # type: ignore[method-assign]
-        cache._fetch_probe = self  # type: ignore[attr-defined]
+        _PROBES.append(self)
+        fetch, fetch_many = target.fetch, target.fetch_many
+        if isinstance(target, AsyncCacheCow):
+
+            async def afetch(cls: Any, id_field: Any, id_val: Any) -> Any:
+                gate = self._enter(many=False, args=None)
+                obj = fetch(cls, id_field, id_val)
+                if inspect.isawaitable(obj):
+                    obj = await obj
+                if gate is not None:
+                    await asyncio.to_thread(self._hold, gate)
+                return obj
+
+            async def afetch_many(cls: Any, id_field: Any, id_vals: Any) -> Any:
+                gate = self._enter(many=True, args=tuple(id_vals))
+                found = fetch_many(cls, id_field, id_vals)
+                if inspect.isawaitable(found):
+                    found = await found
+                if gate is not None:
+                    await asyncio.to_thread(self._hold, gate)
+                return found
+
+            hooks: Any = target
+            hooks.fetch, hooks.fetch_many = afetch, afetch_many
+        else:
+
+            def sfetch(cls: Any, id_field: Any, id_val: Any) -> Any:
+                gate = self._enter(many=False, args=None)
+                obj = fetch(cls, id_field, id_val)
+                if gate is not None:
+                    self._hold(gate)
+                return obj
+
+            def sfetch_many(cls: Any, id_field: Any, id_vals: Any) -> Any:
+                gate = self._enter(many=True, args=tuple(id_vals))
+                found = fetch_many(cls, id_field, id_vals)
+                if gate is not None:
+                    self._hold(gate)
+                return found
+
+            target.fetch, target.fetch_many = sfetch, sfetch_many
+        target._fetch_probe = self
 
     @classmethod
-    def of(cls, cache: CacheCow) -> FetchProbe:
-        """The probe already wrapped around ``cache.fetch``, or a new one."""
-        probe = getattr(cache, "_fetch_probe", None)
+    def of(cls, cache: Any) -> FetchProbe:
+        """The probe already wrapped around the cache's hooks, or a new one."""
+        probe = getattr(getattr(cache, "wrapped", cache), "_fetch_probe", None)
         return probe if isinstance(probe, FetchProbe) else cls(cache)
 
+    def _enter(
+        self, *, many: bool, args: tuple[Any, ...] | None
+    ) -> tuple[threading.Event, threading.Event] | None:
+        with self._lock:
+            if many:
+                self.many_calls += 1
+                self.many_args.append(args or ())
+            else:
+                self.calls += 1
+            gate = self._gates.pop(0) if self._gates else None
+            failure, self.fail_next = self.fail_next, None
+        if failure is not None:
+            raise failure
+        return gate
+
+    @staticmethod
+    def _hold(gate: tuple[threading.Event, threading.Event]) -> None:
+        fetched, go = gate
+        fetched.set()
+        if not go.wait(GATE_TIMEOUT):
+            raise AssertionError("the gated fetch was never released")
+
     def gate_next(self) -> None:
-        """Hold the next fetch after its database read, until :meth:`release`."""
+        """Hold the next fetch (or fetch_many) after its database read, until :meth:`release`."""
         self.fetched.clear()
         self.go.clear()
         with self._lock:
@@ -103,35 +193,20 @@ class FetchProbe:
         """Let the gated fetch return."""
         self.go.set()
 
-    def _fetch(self, cls: Any, id_field: Any, id_val: Any) -> Any:
-        with self._lock:
-            self.calls += 1
-            gate = self._gates.pop(0) if self._gates else None
-            failure, self.fail_next = self.fail_next, None
-        if failure is not None:
-            raise failure
-        obj = self._original(cls, id_field, id_val)
-        self.results.append(obj)
-        if gate is not None:
-            fetched, go = gate
-            fetched.set()
-            if not go.wait(GATE_TIMEOUT):
-                raise AssertionError("the gated fetch was never released")
-        return obj
-
 
 class Reader(threading.Thread):
     """``cache.get(...)`` in a thread of its own; :meth:`outcome` gives its result or error."""
 
-    def __init__(self, cache: CacheCow, model: Any, field: Any, value: Any) -> None:
+    def __init__(self, cache: Any, model: Any, field: Any, value: Any, many: bool = False) -> None:
         super().__init__(daemon=True)
-        self.cache, self.args = cache, (model, field, value)
+        self.cache, self.args, self.many = cache, (model, field, value), many
         self.result: Any = None
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            self.result = self.cache.get(*self.args)
+            call = self.cache.get_many if self.many else self.cache.get
+            self.result = call(*self.args)
         except BaseException as exc:
             self.error = exc
 
@@ -186,8 +261,12 @@ class CacheCowContract:
     # -- helpers --------------------------------------------------------------------------------
 
     @pytest.fixture(autouse=True)
-    def _contract_redis(self, redis_client: redis.Redis) -> None:
+    def _contract_redis(self, redis_client: redis.Redis) -> Iterator[None]:
         self.redis = redis_client
+        try:
+            yield
+        finally:
+            release_all_gates()
 
     def cache(self, **options: Any) -> CacheCow:
         options.setdefault("flag_ttl", 30.0)
@@ -420,6 +499,203 @@ class CacheCowContract:
         snap = waiter.metrics.snapshot()
         assert (snap.waits, snap.leases, snap.commits) == (1, 1, 1)
 
+    # -- batches --------------------------------------------------------------------------------
+
+    def get_many(self, cache: Any, keys: list[int]) -> list[str | None]:
+        objs = cache.get_many(self.model, self.field, [self.lookup(k) for k in keys])
+        return [None if obj is None else self.payload_of(obj) for obj in objs]
+
+    def batch_reader(self, cache: Any, keys: list[int]) -> Reader:
+        thread = Reader(cache, self.model, self.field, [self.lookup(k) for k in keys], many=True)
+        thread.start()
+        return thread
+
+    def test_get_many_keeps_order_duplicates_and_missing(self) -> None:
+        for key in (1, 2, 3):
+            self.write(key, f"v{key}")
+        cache = self.cache()
+        probe = FetchProbe(cache)
+        assert self.get_many(cache, [3, 1, 404, 3]) == ["v3", "v1", None, "v3"]
+        assert probe.many_calls == 1
+        assert self.get_many(cache, [3, 1, 404, 3, 2]) == ["v3", "v1", None, "v3", "v2"]
+        assert probe.many_calls == 2  # only key 2 was fetched: the rest were hits or a tombstone
+        assert probe.many_args[1] == (self.lookup(2),)
+        snap = cache.metrics.snapshot()
+        assert (snap.hits, snap.tombstone_hits, snap.commits) == (2, 1, 4)
+        with pytest.raises(type(cache.not_found(self.model, self.field, self.lookup(404)))):
+            self.get(cache, 404)  # get agrees with the batch's tombstone
+
+    def test_get_many_round_trips(self, counting_redis: Any) -> None:
+        """100 hits: 1 round trip. 100 misses: 2 and one fetch_many. invalidate_many: 1."""
+        for key in range(1, 101):
+            self.write(key, f"v{key}")
+        cache = self.make_cache(counting_redis, flag_ttl=30.0)
+        probe = FetchProbe(cache)
+        self.get_many(cache, [1000])  # loads the scripts into the server
+        keys = list(range(1, 101))
+        counting_redis.reset_round_trips()
+        assert self.get_many(cache, keys) == [f"v{k}" for k in keys]
+        assert counting_redis.round_trips == 2
+        assert probe.many_calls == 2  # the warm-up's and this one
+        counting_redis.reset_round_trips()
+        assert self.get_many(cache, keys) == [f"v{k}" for k in keys]
+        assert counting_redis.round_trips == 1
+        assert probe.many_calls == 2
+        counting_redis.reset_round_trips()
+        cache.invalidate_many(self.model, self.field, [self.lookup(k) for k in keys])
+        assert counting_redis.round_trips == 1
+        assert all(self.cached_payload(cache, k) is None for k in keys)
+
+    def test_get_many_race_invalidate_between_fetch_and_commit(self) -> None:
+        self.write(1, "v1")
+        self.write(2, "w1")
+        cache = self.cache()
+        probe = FetchProbe(cache)
+        probe.gate_next()
+        batch = self.batch_reader(cache, [1, 2])
+        probe.wait_fetched()
+        self.write(1, "v2")
+        self.invalidate(cache, 1)
+        probe.release()
+        assert [self.payload_of(o) for o in batch.outcome()] == ["v1", "w1"]
+        assert self.cached_payload(cache, 1) is None  # refused: its lease was voided
+        assert self.cached_payload(cache, 2) == "w1"
+        snap = cache.metrics.snapshot()
+        assert (snap.commits, snap.stale_commits) == (1, 1)
+        assert self.payload_of(self.get(cache, 1)) == "v2"
+
+    def test_get_many_race_aba(self) -> None:
+        """A batch reader's old value must not be cached under a single reader's fresh lease."""
+        self.write(1, "v1")
+        batch_cache, single_cache = self.cache(), self.cache()
+        probe_a = FetchProbe(batch_cache)
+        probe_a.gate_next()
+        a = self.batch_reader(batch_cache, [1])
+        probe_a.wait_fetched()
+        self.write(1, "v2")
+        self.invalidate(single_cache, 1)
+        probe_b, b = self.gated_reader(single_cache, 1)
+        probe_a.release()
+        assert [self.payload_of(o) for o in a.outcome()] == ["v1"]
+        assert self.cached_payload(single_cache, 1) is None
+        probe_b.release()
+        assert self.payload_of(b.outcome()) == "v2"
+        assert self.cached_payload(single_cache, 1) == "v2"
+        assert batch_cache.metrics.snapshot().stale_commits == 1
+
+    def test_get_many_fetch_many_error_releases_every_lease(self) -> None:
+        for key in (1, 2, 3):
+            self.write(key, f"v{key}")
+        cache = self.cache()
+        probe = FetchProbe(cache)
+        boom = RuntimeError("database down")
+        probe.fail_next = boom
+        with pytest.raises(RuntimeError) as raised:
+            self.get_many(cache, [1, 2, 3])
+        assert raised.value is boom
+        for key in (1, 2, 3):
+            assert self.redis.exists(*self.keys(cache, key)) == 0
+        assert self.get_many(cache, [1, 2, 3]) == ["v1", "v2", "v3"]
+
+    def test_get_many_busy_fetch_policy_uses_one_fetch_many(self) -> None:
+        self.write(1, "v1")
+        self.write(2, "v2")
+        holder = self.cache()
+        batch = self.cache(busy="fetch")
+        probe_b = FetchProbe(batch)
+        probe_h, h = self.gated_reader(holder, 1)
+        token = self.redis.get(self.keys(holder, 1)[1])
+        assert self.get_many(batch, [1, 2]) == ["v1", "v2"]
+        assert probe_b.many_calls == 1
+        assert sorted(probe_b.many_args[0]) == sorted((self.lookup(1), self.lookup(2)))
+        assert self.cached_payload(batch, 2) == "v2"  # its own lease: cached
+        assert self.cached_payload(batch, 1) is None  # the busy one: not cached
+        assert self.redis.get(self.keys(holder, 1)[1]) == token
+        probe_h.release()
+        assert self.payload_of(h.outcome()) == "v1"
+
+    def test_get_many_busy_wait_policy_fills_its_own_leases_first(self) -> None:
+        self.write(1, "v1")
+        self.write(2, "v2")
+        holder = self.cache()
+        batch = self.cache(busy="wait", wait_timeout=GATE_TIMEOUT)
+        probe_b = FetchProbe(batch)
+        probe_h, h = self.gated_reader(holder, 1)
+        b = self.batch_reader(batch, [1, 2])
+        self.wait_until(lambda: batch.metrics.snapshot().waits == 1, "the batch waits for key 1")
+        assert self.cached_payload(batch, 2) == "v2"  # filled before waiting
+        probe_h.release()
+        assert [self.payload_of(o) for o in b.outcome()] == ["v1", "v2"]
+        assert probe_b.many_calls == 1  # key 1 came from the holder's commit
+        assert self.payload_of(h.outcome()) == "v1"
+
+    def test_get_many_wait_times_out_then_fetches_uncached(self) -> None:
+        self.write(1, "v1")
+        holder = self.cache()
+        clock = FakeClock()
+        batch = self.cache(busy="wait", wait_timeout=0.5, clock=clock)
+        probe_b = FetchProbe(batch)
+        probe_h, h = self.gated_reader(holder, 1)
+        assert self.get_many(batch, [1]) == ["v1"]
+        assert sum(clock.sleeps) == pytest.approx(0.5)
+        assert probe_b.many_calls == 1
+        assert self.cached_payload(batch, 1) is None
+        assert batch.metrics.snapshot().wait_timeouts == 1
+        probe_h.release()
+        h.outcome()
+
+    # -- herds ----------------------------------------------------------------------------------
+
+    def test_herd_of_64_readers_makes_one_fetch(self) -> None:
+        self.write(1, "v1")
+        cache = self.cache(busy="wait", wait_timeout=GATE_TIMEOUT)
+        probe, holder = self.gated_reader(cache, 1)
+        readers = [self.reader(cache, 1) for _ in range(63)]
+        self.wait_until(lambda: cache.metrics.snapshot().waits == 63, "63 readers wait")
+        probe.release()
+        assert {self.payload_of(r.outcome()) for r in [holder, *readers]} == {"v1"}
+        assert probe.calls == 1
+        snap = cache.metrics.snapshot()
+        assert (snap.leases, snap.hits, snap.wait_timeouts) == (1, 63, 0)
+
+    def test_waiter_never_returns_a_value_older_than_an_invalidation(self) -> None:
+        """A reader waiting on a lease that an invalidation then voids does not get the old
+        holder's value: it leases and fetches the new one itself."""
+        self.write(1, "v1")
+        holder = self.cache()
+        waiter = self.cache(busy="wait", wait_timeout=GATE_TIMEOUT)
+        probe_h, h = self.gated_reader(holder, 1)
+        w = self.reader(waiter, 1)
+        self.wait_until(lambda: waiter.metrics.snapshot().waits == 1, "the reader waits")
+        self.write(1, "v2")
+        self.invalidate(holder, 1)
+        assert self.payload_of(w.outcome()) == "v2"
+        probe_h.release()
+        assert self.payload_of(h.outcome()) == "v1"
+        assert holder.metrics.snapshot().stale_commits == 1
+        assert self.cached_payload(holder, 1) == "v2"
+
+    # -- invalidating objects -------------------------------------------------------------------
+
+    def test_invalidate_object(self) -> None:
+        self.write(1, "v1")
+        cache = self.cache()
+        obj = self.get(cache, 1)
+        self.write(1, "v2")
+        cache.invalidate_object(obj, model=self.model)
+        assert self.payload_of(self.get(cache, 1)) == "v2"
+
+    def test_invalidate_lookups(self, counting_redis: Any) -> None:
+        for key in (1, 2):
+            self.write(key, f"v{key}")
+        cache = self.make_cache(counting_redis, flag_ttl=30.0)
+        self.get_many(cache, [1, 2])
+        counting_redis.reset_round_trips()
+        cache.invalidate_lookups([(self.model, self.field, self.lookup(k)) for k in (1, 2)])
+        assert counting_redis.round_trips == 1
+        assert self.cached_payload(cache, 1) is None
+        assert self.cached_payload(cache, 2) is None
+
     # -- the basic promises ---------------------------------------------------------------------
 
     def test_miss_then_hit(self) -> None:
@@ -564,3 +840,36 @@ class CacheCowContract:
         with pytest.raises(DatabaseError) as raised:
             self.get(cache, 1)
         assert not isinstance(raised.value, CacheCowError)
+
+
+class AsyncCacheCowContract(CacheCowContract):
+    """The same contract, against an :class:`~cachecow.AsyncCacheCow`.
+
+    Implement :meth:`make_async_cache` instead of ``make_cache``. Each cache runs on an event
+    loop in a thread of its own test (:class:`~cachecow.testing.bridge.SyncFacade`), so every
+    scenario, race and herd above drives the async class unchanged, as concurrent tasks.
+    """
+
+    def make_async_cache(self, redis: aredis.Redis, **options: Any) -> AsyncCacheCow:
+        """An async cache under test on ``redis`` (a ``redis.asyncio`` client)."""
+        raise NotImplementedError
+
+    @pytest.fixture(autouse=True)
+    def _event_loop_thread(self) -> Iterator[None]:
+        self._runner = LoopThread()
+        self._async_clients: list[aredis.Redis] = []
+        try:
+            yield
+        finally:
+            release_all_gates()
+            for client in self._async_clients:
+                self._runner.run(client.aclose())
+            self._runner.close()
+
+    def make_cache(self, redis: redis.Redis, **options: Any) -> Any:
+        async def build() -> AsyncCacheCow:
+            client = async_twin(redis)
+            self._async_clients.append(client)
+            return self.make_async_cache(client, **options)
+
+        return SyncFacade(self._runner.run(build()), self._runner)

@@ -21,11 +21,20 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio as aredis
+from redis.asyncio.connection import Connection as AsyncConnection
 from redis.connection import Connection
 
 from .server import RedisServer, RedisServerUnavailable
 
-__all__ = ["CountingConnection", "in_ci", "require_server"]
+__all__ = [
+    "AsyncCountingConnection",
+    "CountingConnection",
+    "CountingRedis",
+    "async_twin",
+    "in_ci",
+    "require_server",
+]
 
 
 def in_ci() -> bool:
@@ -54,6 +63,38 @@ class CountingConnection(Connection):
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         self._counter[0] += 1
         super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]
+
+
+class AsyncCountingConnection(AsyncConnection):
+    """The ``redis.asyncio`` twin of :class:`CountingConnection`."""
+
+    def __init__(self, *args: Any, counter: list[int], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._counter = counter
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        self._counter[0] += 1
+        await super().send_packed_command(command, check_health)
+
+
+def async_twin(client: redis.Redis) -> aredis.Redis:
+    """A ``redis.asyncio`` client of the same server and database as ``client``; if ``client``
+    is a :class:`CountingRedis`, the twin adds its round trips to the same count.
+
+    Create it inside the event loop that will use it.
+    """
+    kwargs = client.get_connection_kwargs()
+    host, port, db = kwargs.get("host", "localhost"), kwargs.get("port", 6379), kwargs.get("db", 0)
+    if isinstance(client, CountingRedis):
+        pool = aredis.ConnectionPool(
+            connection_class=AsyncCountingConnection,
+            host=host,
+            port=port,
+            db=db,
+            counter=client._counter,
+        )
+        return aredis.Redis(connection_pool=pool)
+    return aredis.Redis(host=host, port=port, db=db, socket_timeout=5, socket_connect_timeout=5)
 
 
 class CountingRedis(redis.Redis):
