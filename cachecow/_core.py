@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterable
 from typing import Any, TypeVar, overload
 
@@ -11,7 +10,17 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
-from ._protocol import CacheCowBase, Command, Fetch, FetchMany, Flow, Pipeline, Script, Sleep
+from ._protocol import (
+    CacheCowBase,
+    Command,
+    Fetch,
+    FetchMany,
+    Flow,
+    Pipeline,
+    Script,
+    Sleep,
+    refuse_awaitable,
+)
 from ._scripts import SCRIPT_NAMES, script_source
 from .exceptions import ConfigurationError
 from .keys import normalize_lookup
@@ -160,9 +169,11 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
                 if isinstance(op, Script):
                     result = self._scripts[op.name](keys=op.keys, args=op.args, client=self.redis)
                 elif isinstance(op, Fetch):
-                    result = _no_coroutine(self.fetch(cls, id_field, id_val), "fetch")
+                    result = refuse_awaitable(self.fetch(cls, id_field, id_val), "fetch")
                 elif isinstance(op, FetchMany):
-                    result = _no_coroutine(self.fetch_many(cls, id_field, op.id_vals), "fetch_many")
+                    result = refuse_awaitable(
+                        self.fetch_many(cls, id_field, op.id_vals), "fetch_many"
+                    )
                 elif isinstance(op, Command):
                     result = self._execute(*op.args)
                 elif isinstance(op, Pipeline):
@@ -185,13 +196,3 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
                 pipe.execute_command(*item.args)
         replies: list[Any] = pipe.execute(raise_on_error=True)
         return replies
-
-
-def _no_coroutine(result: Any, hook: str) -> Any:
-    if inspect.isawaitable(result):
-        if inspect.iscoroutine(result):
-            result.close()
-        raise TypeError(
-            f"{hook}() returned an awaitable: use cachecow.AsyncCacheCow for async hooks"
-        )
-    return result

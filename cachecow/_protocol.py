@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import inspect
 import logging
 import math
 import random
@@ -205,6 +206,17 @@ def backoff_delay(attempt: int, unit_random: float, *, first: float, cap: float)
     return base / 2.0 + base / 2.0 * unit_random
 
 
+def refuse_awaitable(result: Any, hook: str) -> Any:
+    """``result``, unless a hook of a synchronous cache returned an awaitable (an ``async def``)."""
+    if inspect.isawaitable(result):
+        if inspect.iscoroutine(result):
+            result.close()
+        raise TypeError(
+            f"{hook}() returned an awaitable: use cachecow.AsyncCacheCow for async hooks"
+        )
+    return result
+
+
 def _non_negative(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigurationError(f"{name} must be a number of seconds >= 0, got {value!r}")
@@ -333,7 +345,7 @@ class CacheCowBase(Generic[ClientT]):
         found: dict[Any, Any] = {}
         for id_val in id_vals:
             try:
-                obj = self.fetch(cls, id_field, id_val)
+                obj = refuse_awaitable(self.fetch(cls, id_field, id_val), "fetch")
             except NotFound:
                 continue
             if obj is not None:
@@ -875,18 +887,19 @@ class CacheCowBase(Generic[ClientT]):
     def _invalidate_keys_flow(self, pairs: list[tuple[str, str]]) -> Flow:
         """Delete many lookups' keys in one round trip (one DEL per cluster slot)."""
         flags = dict(pairs)
+        if not flags:
+            return
         groups = self._slot_groups(list(flags))
         ops = tuple(
             Command(("DEL", *(k for vk in group for k in (vk, flags[vk])))) for group in groups
         )
-        if ops:
-            try:
-                if len(ops) == 1:
-                    yield ops[0]
-                else:
-                    yield Pipeline(ops)
-            except RedisError as exc:
-                self._invalidation_failed(exc, tuple(k for pair in pairs for k in pair))
+        try:
+            if len(ops) == 1:
+                yield ops[0]
+            else:
+                yield Pipeline(ops)
+        except RedisError as exc:
+            self._invalidation_failed(exc, tuple(k for pair in pairs for k in pair))
         self.metrics.incr("invalidations", len(flags))
 
     def _invalidation_failed(self, exc: BaseException, keys: tuple[str, ...]) -> NoReturn:

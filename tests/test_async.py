@@ -1,0 +1,203 @@
+"""AsyncCacheCow beyond the contract: plain asyncio use, coroutine hooks, cancellation, errors."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio as aredis
+
+import cachecow
+from cachecow import (
+    AsyncCacheCow,
+    CacheCow,
+    CacheUnavailable,
+    ConfigurationError,
+    InvalidationFailed,
+    NotFound,
+)
+from cachecow.testing import free_port
+from cachecow.testing.contract import FakeClock
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+class Rows(AsyncCacheCow):
+    def __init__(self, redis: aredis.Redis, **options: Any) -> None:
+        super().__init__(redis, **options)
+        self.db: dict[int, dict[str, Any]] = {i: {"id": i} for i in range(1, 6)}
+        self.calls = 0
+        self.gate: asyncio.Event | None = None
+
+    async def fetch(self, cls: Any, id_field: Any, id_val: Any) -> Any:
+        self.calls += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        return self.db.get(id_val)
+
+
+async def with_client(port: int, body: Any) -> Any:
+    client = aredis.Redis(port=port)
+    await client.flushall()
+    try:
+        return await body(client)
+    finally:
+        await client.aclose()
+
+
+def test_herd_of_64_tasks_makes_one_fetch(redis_server: Any) -> None:
+    async def body(client: aredis.Redis) -> None:
+        cache = Rows(client, wait_timeout=10.0)
+        cache.gate = asyncio.Event()
+        tasks = [asyncio.create_task(cache.get("row", "id", 1)) for _ in range(64)]
+        while cache.metrics.snapshot().waits < 63:
+            await asyncio.sleep(0.005)
+        assert cache.calls == 1  # one task holds the lease; 63 wait for its value
+        cache.gate.set()
+        assert await asyncio.gather(*tasks) == [{"id": 1}] * 64
+        assert cache.calls == 1
+        snap = cache.metrics.snapshot()
+        assert (snap.leases, snap.hits, snap.waits, snap.wait_timeouts) == (1, 63, 63, 0)
+
+    run(with_client(redis_server.port, body))
+
+
+def test_get_many_herd_of_64_tasks_makes_one_fetch_many(redis_server: Any) -> None:
+    async def body(client: aredis.Redis) -> None:
+        calls: list[tuple[Any, ...]] = []
+        gate = asyncio.Event()
+
+        class Batch(Rows):
+            async def fetch_many(self, cls: Any, id_field: Any, id_vals: Any) -> Any:
+                calls.append(tuple(id_vals))
+                await gate.wait()
+                return {v: self.db[v] for v in id_vals if v in self.db}
+
+        cache = Batch(client, wait_timeout=10.0)
+        tasks = [asyncio.create_task(cache.get_many("row", "id", [1, 2, 3])) for _ in range(64)]
+        while cache.metrics.snapshot().waits < 63 * 3:
+            await asyncio.sleep(0.005)
+        gate.set()
+        results = await asyncio.gather(*tasks)
+        assert results == [[{"id": 1}, {"id": 2}, {"id": 3}]] * 64
+        assert calls == [(1, 2, 3)]
+
+    run(with_client(redis_server.port, body))
+
+
+def test_cancelled_fetch_releases_the_lease(redis_server: Any) -> None:
+    async def body(client: aredis.Redis) -> None:
+        cache = Rows(client)
+        cache.gate = asyncio.Event()
+        task = asyncio.create_task(cache.get("row", "id", 1))
+        flag_key = cache.get_keys("row", "id", 1)[1]
+        while not await client.exists(flag_key):
+            await asyncio.sleep(0.002)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not await client.exists(flag_key)  # released at once, not left to expire
+        cache.gate = None
+        assert await cache.get("row", "id", 1) == {"id": 1}
+
+    run(with_client(redis_server.port, body))
+
+
+def test_plain_method_hooks_work_too(redis_server: Any) -> None:
+    class Plain(AsyncCacheCow):
+        def fetch(self, cls: Any, id_field: Any, id_val: Any) -> Any:
+            return {"id": id_val}
+
+    async def body(client: aredis.Redis) -> None:
+        cache = Plain(client)
+        assert await cache.get("p", "id", 7) == {"id": 7}
+        assert await cache.get_many("p", "id", [7, 8]) == [{"id": 7}, {"id": 8}]
+        assert cache.metrics.snapshot().hits == 1
+
+    run(with_client(redis_server.port, body))
+
+
+def test_not_found_and_tombstone(redis_server: Any) -> None:
+    async def body(client: aredis.Redis) -> None:
+        cache = Rows(client)
+        for _ in range(2):
+            with pytest.raises(NotFound):
+                await cache.get("row", "id", 99)
+        assert cache.calls == 1
+        assert await cache.get_many("row", "id", [99, 1]) == [None, {"id": 1}]
+
+    run(with_client(redis_server.port, body))
+
+
+def test_wait_timeout_with_a_fake_clock(redis_server: Any) -> None:
+    async def body(client: aredis.Redis) -> None:
+        holder = Rows(client)
+        holder.gate = asyncio.Event()
+        clock = FakeClock()
+        waiter = Rows(client, wait_timeout=0.5, clock=clock)
+        task = asyncio.create_task(holder.get("row", "id", 1))
+        while holder.calls == 0:
+            await asyncio.sleep(0.002)
+        assert await waiter.get("row", "id", 1) == {"id": 1}
+        assert sum(clock.sleeps) == pytest.approx(0.5)
+        assert waiter.metrics.snapshot().wait_timeouts == 1
+        holder.gate.set()
+        await task
+
+    run(with_client(redis_server.port, body))
+
+
+def test_fail_open_and_invalidation_errors_on_a_closed_port() -> None:
+    async def body() -> None:
+        client = cachecow.connect_async(f"redis://127.0.0.1:{free_port()}/0", timeout=0.3)
+        try:
+            assert await Rows(client, fail_open=True).get("row", "id", 1) == {"id": 1}
+            assert await Rows(client, fail_open=True).get_many("row", "id", [1, 2]) == [
+                {"id": 1},
+                {"id": 2},
+            ]
+            with pytest.raises(CacheUnavailable):
+                await Rows(client).get("row", "id", 1)
+            with pytest.raises(CacheUnavailable):
+                await Rows(client).get_many("row", "id", [1])
+            with pytest.raises(InvalidationFailed):
+                await Rows(client, fail_open=True).invalidate_many("row", "id", [1])
+        finally:
+            await client.aclose()
+
+    run(body())
+
+
+def test_async_client_checks() -> None:
+    with pytest.raises(ConfigurationError, match=r"redis\.asyncio client"):
+        Rows(redis.Redis())  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="decode_responses"):
+        Rows(aredis.Redis(decode_responses=True))
+
+    class SyncOnlyClock:
+        def monotonic(self) -> float:
+            return 0.0
+
+        def sleep(self, seconds: float) -> None:
+            pass
+
+    with pytest.raises(ConfigurationError, match="async_sleep"):
+        Rows(aredis.Redis(), clock=SyncOnlyClock())
+
+
+def test_sync_class_refuses_coroutine_hooks(redis_client: redis.Redis) -> None:
+    class Confused(CacheCow):
+        async def fetch(self, cls: Any, id_field: Any, id_val: Any) -> Any:  # type: ignore[override]
+            return {"id": id_val}
+
+    cache = Confused(redis_client)
+    with pytest.raises(TypeError, match="AsyncCacheCow"):
+        cache.get("c", "id", 1)
+    assert redis_client.dbsize() == 0  # and the lease was released
+    with pytest.raises(TypeError, match="AsyncCacheCow"):
+        cache.get_many("c", "id", [1, 2])
+    assert redis_client.dbsize() == 0
