@@ -7,10 +7,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar, overload
 
 import redis.asyncio as aredis
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.retry import Retry
 
+from ._client import bounded_kwargs, check_client, register_scripts
 from ._protocol import (
     AsyncClock,
     CacheCowBase,
@@ -22,7 +20,6 @@ from ._protocol import (
     Script,
     Sleep,
 )
-from ._scripts import SCRIPT_NAMES, script_source
 from .exceptions import ConfigurationError, NotFound
 from .keys import Field, normalize_lookup
 
@@ -35,10 +32,7 @@ def connect_async(
     url: str = "redis://127.0.0.1:6379/0", *, timeout: float = 0.5, **kwargs: Any
 ) -> aredis.Redis:
     """The ``redis.asyncio`` twin of :func:`cachecow.connect`: every call bounded by ``timeout``."""
-    kwargs.setdefault("socket_timeout", timeout)
-    kwargs.setdefault("socket_connect_timeout", timeout)
-    kwargs.setdefault("retry", Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
-    client: aredis.Redis = aredis.Redis.from_url(url, **kwargs)
+    client: aredis.Redis = aredis.Redis.from_url(url, **bounded_kwargs(timeout, kwargs))
     return client
 
 
@@ -52,25 +46,14 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
     """
 
     def _check_client(self, redis: aredis.Redis) -> None:
-        if not hasattr(redis, "register_script") or not inspect.iscoroutinefunction(
-            getattr(redis, "execute_command", None)
-        ):
-            raise ConfigurationError(
-                f"redis must be a redis.asyncio client (see cachecow.connect_async), got {redis!r}"
-            )
-        get_kwargs = getattr(redis, "get_connection_kwargs", None)
-        if callable(get_kwargs) and get_kwargs().get("decode_responses"):
-            raise ConfigurationError(
-                "the Redis client has decode_responses=True; cachecow stores bytes and needs "
-                "a client with decode_responses=False"
-            )
+        check_client(redis, is_async=True)
         if not isinstance(self.clock, AsyncClock):
             raise ConfigurationError(
                 "AsyncCacheCow needs a clock with monotonic(), sleep() and async_sleep()"
             )
         self._async_clock: AsyncClock = self.clock
         self._execute: Any = redis.execute_command
-        self._scripts = {name: redis.register_script(script_source(name)) for name in SCRIPT_NAMES}
+        self._scripts = register_scripts(redis)
 
     async def fetch_many(
         self, cls: Any, id_field: Field, id_vals: Sequence[Any]

@@ -6,10 +6,8 @@ from collections.abc import Iterable
 from typing import Any, TypeVar, overload
 
 import redis as redis_py
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.retry import Retry
 
+from ._client import bounded_kwargs, check_client, register_scripts
 from ._protocol import (
     CacheCowBase,
     Command,
@@ -21,8 +19,6 @@ from ._protocol import (
     Sleep,
     refuse_awaitable,
 )
-from ._scripts import SCRIPT_NAMES, script_source
-from .exceptions import ConfigurationError
 from .keys import normalize_lookup
 
 __all__ = ["CacheCow", "connect"]
@@ -42,10 +38,7 @@ def connect(
     retries a dropped connection once, at once. Extra keyword arguments go to
     :meth:`redis.Redis.from_url`.
     """
-    kwargs.setdefault("socket_timeout", timeout)
-    kwargs.setdefault("socket_connect_timeout", timeout)
-    kwargs.setdefault("retry", Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
-    client: redis_py.Redis = redis_py.Redis.from_url(url, **kwargs)
+    client: redis_py.Redis = redis_py.Redis.from_url(url, **bounded_kwargs(timeout, kwargs))
     return client
 
 
@@ -79,16 +72,9 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
     """
 
     def _check_client(self, redis: redis_py.Redis) -> None:
-        if not hasattr(redis, "register_script"):
-            raise ConfigurationError(f"redis must be a redis-py client, got {redis!r}")
-        get_kwargs = getattr(redis, "get_connection_kwargs", None)
-        if callable(get_kwargs) and get_kwargs().get("decode_responses"):
-            raise ConfigurationError(
-                "the Redis client has decode_responses=True; cachecow stores bytes and needs "
-                "a client with decode_responses=False"
-            )
+        check_client(redis, is_async=False)
         self._execute: Any = redis.execute_command
-        self._scripts = {name: redis.register_script(script_source(name)) for name in SCRIPT_NAMES}
+        self._scripts = register_scripts(redis)
 
     @overload
     def get(self, cls: type[T], id_field: str | tuple[str, ...], id_val: Any) -> T: ...

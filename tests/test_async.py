@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from typing import Any
 
 import pytest
@@ -201,3 +202,30 @@ def test_sync_class_refuses_coroutine_hooks(redis_client: redis.Redis) -> None:
     with pytest.raises(TypeError, match="AsyncCacheCow"):
         cache.get_many("c", "id", [1, 2])
     assert redis_client.dbsize() == 0
+
+
+IO_METHODS = {"get", "get_many", "invalidate", "invalidate_many", "invalidate_lookups"}
+IO_METHODS |= {"invalidate_object"}
+
+
+def test_sync_and_async_classes_offer_the_same_api() -> None:
+    """The twin is a thin shell: same public names, same parameters; I/O methods are coroutines."""
+
+    def public(cls: type) -> set[str]:
+        return {name for name in dir(cls) if not name.startswith("_")}
+
+    assert public(CacheCow) == public(AsyncCacheCow)
+    for name in sorted(public(CacheCow)):
+        sync, twin = getattr(CacheCow, name), getattr(AsyncCacheCow, name)
+        if not inspect.isfunction(sync):
+            continue
+        sync_params = [
+            (p.name, p.kind, p.default) for p in inspect.signature(sync).parameters.values()
+        ]
+        twin_params = [
+            (p.name, p.kind, p.default) for p in inspect.signature(twin).parameters.values()
+        ]
+        assert sync_params == twin_params, name
+        assert inspect.iscoroutinefunction(twin) == (name in IO_METHODS | {"fetch_many"}), name
+        assert not inspect.iscoroutinefunction(sync), name
+    assert public(CacheCow) >= IO_METHODS

@@ -1,0 +1,45 @@
+"""Client set-up shared by the sync and async cache classes (the part that knows redis-py)."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.retry import Retry
+
+from ._scripts import SCRIPT_NAMES, script_source
+from .exceptions import ConfigurationError
+
+__all__ = ["bounded_kwargs", "check_client", "register_scripts"]
+
+
+def bounded_kwargs(timeout: float, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Client options for calls bounded by ``timeout``: no retry of a timeout, one immediate
+    retry of a dropped connection. Options already in ``kwargs`` win."""
+    kwargs.setdefault("socket_timeout", timeout)
+    kwargs.setdefault("socket_connect_timeout", timeout)
+    kwargs.setdefault("retry", Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
+    return kwargs
+
+
+def check_client(redis: Any, *, is_async: bool) -> None:
+    """Refuse what is not a redis-py client of the right kind, or one that decodes replies."""
+    kind = "redis.asyncio client (see cachecow.connect_async)" if is_async else "redis-py client"
+    execute = getattr(redis, "execute_command", None)
+    if not hasattr(redis, "register_script") or execute is None:
+        raise ConfigurationError(f"redis must be a {kind}, got {redis!r}")
+    if inspect.iscoroutinefunction(execute) != is_async:
+        raise ConfigurationError(f"redis must be a {kind}, got {redis!r}")
+    get_kwargs = getattr(redis, "get_connection_kwargs", None)
+    if callable(get_kwargs) and get_kwargs().get("decode_responses"):
+        raise ConfigurationError(
+            "the Redis client has decode_responses=True; cachecow stores bytes and needs "
+            "a client with decode_responses=False"
+        )
+
+
+def register_scripts(redis: Any) -> dict[str, Any]:
+    """Each protocol script registered once on the client, by name."""
+    return {name: redis.register_script(script_source(name)) for name in SCRIPT_NAMES}
