@@ -30,7 +30,17 @@ DEMO_COMMAND = (
     "python3 -m venv .venv && .venv/bin/pip install -q -e '.[demo]' "
     "&& .venv/bin/python examples/quickstart.py"
 )
-HOOKS = ("fetch", "get_keys", "serialize", "deserialize", "verify", "not_found", "model_label")
+HOOKS = (
+    "fetch",
+    "fetch_many",
+    "unique_lookups",
+    "get_keys",
+    "serialize",
+    "deserialize",
+    "verify",
+    "not_found",
+    "model_label",
+)
 
 _FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
