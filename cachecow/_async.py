@@ -7,8 +7,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar, overload
 
 import redis.asyncio as aredis
+from redis.exceptions import NoScriptError
 
-from ._client import bounded_kwargs, check_client, register_scripts
+from ._client import bounded_kwargs, check_client, register_scripts, script_calls
 from ._protocol import (
     AsyncClock,
     CacheCowBase,
@@ -54,6 +55,7 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
         self._async_clock: AsyncClock = self.clock
         self._execute: Any = redis.execute_command
         self._scripts = register_scripts(redis)
+        self._calls = script_calls()
 
     async def fetch_many(
         self, cls: Any, id_field: Field, id_vals: Sequence[Any]
@@ -126,8 +128,7 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
             error = None
             try:
                 if isinstance(op, Script):
-                    script = self._scripts[op.name]
-                    result = await script(keys=op.keys, args=op.args, client=self.redis)
+                    result = await self._run_script(op)
                 elif isinstance(op, Fetch):
                     result = self.fetch(cls, id_field, id_val)
                     if inspect.isawaitable(result):
@@ -148,6 +149,14 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
             except BaseException as exc:
                 result = None
                 error = exc
+
+    async def _run_script(self, op: Script) -> Any:
+        call = self._calls[op.name]
+        try:
+            return await self._execute(*call.args(op.keys, op.args))
+        except NoScriptError:  # a restarted server, a failover, SCRIPT FLUSH
+            await self.redis.script_load(call.source)
+            return await self._execute(*call.args(op.keys, op.args))
 
     async def _pipeline(self, op: Pipeline) -> list[Any]:
         pipe: Any = self.redis.pipeline(transaction=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 from typing import Any
 
@@ -12,7 +13,7 @@ from redis.retry import Retry
 from ._scripts import SCRIPT_NAMES, script_source
 from .exceptions import ConfigurationError
 
-__all__ = ["bounded_kwargs", "check_client", "register_scripts"]
+__all__ = ["ScriptCall", "bounded_kwargs", "check_client", "register_scripts", "script_calls"]
 
 
 def bounded_kwargs(timeout: float, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -41,5 +42,29 @@ def check_client(redis: Any, *, is_async: bool) -> None:
 
 
 def register_scripts(redis: Any) -> dict[str, Any]:
-    """Each protocol script registered once on the client, by name."""
+    """Each protocol script registered once on the client, by name (used in pipelines)."""
     return {name: redis.register_script(script_source(name)) for name in SCRIPT_NAMES}
+
+
+class ScriptCall:
+    """The ``EVALSHA`` of one protocol script, sent straight through ``execute_command``.
+
+    redis-py's ``Script.__call__`` costs a few microseconds per call that a cache hit should
+    not pay; this does the same (``EVALSHA``, then on ``NOSCRIPT`` a ``SCRIPT LOAD`` and one
+    retry) with nothing else around it.
+    """
+
+    __slots__ = ("sha", "source")
+
+    def __init__(self, name: str, source: str | None = None) -> None:
+        self.source = script_source(name) if source is None else source
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+    def args(self, keys: tuple[str, ...], argv: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The ``EVALSHA`` command's arguments."""
+        return ("EVALSHA", self.sha, len(keys), *keys, *argv)
+
+
+def script_calls() -> dict[str, ScriptCall]:
+    """Every protocol script's :class:`ScriptCall`, by name."""
+    return {name: ScriptCall(name) for name in SCRIPT_NAMES}

@@ -6,8 +6,9 @@ from collections.abc import Iterable
 from typing import Any, TypeVar, overload
 
 import redis as redis_py
+from redis.exceptions import NoScriptError
 
-from ._client import bounded_kwargs, check_client, register_scripts
+from ._client import bounded_kwargs, check_client, register_scripts, script_calls
 from ._protocol import (
     CacheCowBase,
     Command,
@@ -75,6 +76,7 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         check_client(redis, is_async=False)
         self._execute: Any = redis.execute_command
         self._scripts = register_scripts(redis)
+        self._calls = script_calls()
 
     @overload
     def get(self, cls: type[T], id_field: str | tuple[str, ...], id_val: Any) -> T: ...
@@ -153,7 +155,7 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
             error = None
             try:
                 if isinstance(op, Script):
-                    result = self._scripts[op.name](keys=op.keys, args=op.args, client=self.redis)
+                    result = self._run_script(op)
                 elif isinstance(op, Fetch):
                     result = refuse_awaitable(self.fetch(cls, id_field, id_val), "fetch")
                 elif isinstance(op, FetchMany):
@@ -172,6 +174,14 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
             except BaseException as exc:
                 result = None
                 error = exc
+
+    def _run_script(self, op: Script) -> Any:
+        call = self._calls[op.name]
+        try:
+            return self._execute(*call.args(op.keys, op.args))
+        except NoScriptError:  # a restarted server, a failover, SCRIPT FLUSH
+            self.redis.script_load(call.source)
+            return self._execute(*call.args(op.keys, op.args))
 
     def _pipeline(self, op: Pipeline) -> list[Any]:
         pipe: Any = self.redis.pipeline(transaction=False)

@@ -36,9 +36,11 @@ from .exceptions import (
 from .keys import (
     Field,
     build_keys,
-    encode_value,
+    build_many_keys,
+    memo_key,
     model_label,
     normalize_lookup,
+    same_value,
     validate_prefix,
 )
 from .metrics import Metrics, MetricsHook
@@ -248,6 +250,9 @@ class CacheCowBase(Generic[ClientT]):
     documented on :class:`cachecow.CacheCow`.
     """
 
+    #: How many lookups' keys an instance remembers (hot keys are hashed once, not per read).
+    key_memo_size: int = 8192
+
     #: How long the first poll of a waiting reader waits, and the most any poll waits.
     wait_first_delay: float = 0.002
     wait_max_delay: float = 0.05
@@ -298,6 +303,7 @@ class CacheCowBase(Generic[ClientT]):
             raise ConfigurationError(f"clock must have monotonic() and sleep(), got {clock!r}")
         self.metrics = Metrics(metrics_hook)
         self._group_by_slot = False  # set by a client class for Redis Cluster clients
+        self._key_memo: dict[tuple[Any, ...], tuple[str, str]] = {}
         self._check_client(redis)
         self.redis: ClientT = redis
         self._flag_ttl_ms = max(1, int(self.flag_ttl * 1000))
@@ -318,7 +324,21 @@ class CacheCowBase(Generic[ClientT]):
         the same with ``:lease`` appended (see :mod:`cachecow.keys`). An override must give
         both keys one Redis Cluster hash tag, and distinct lookups distinct keys.
         """
-        return build_keys(self.prefix, self.model_label(cls), id_field, id_val)
+        memo = memo_key(cls, id_field, id_val)
+        if memo is not None:
+            try:
+                keys = self._key_memo.get(memo)
+            except TypeError:  # an unhashable model
+                memo = None
+            else:
+                if keys is not None:
+                    return keys
+        keys = build_keys(self.prefix, self.model_label(cls), id_field, id_val)
+        if memo is not None:
+            if len(self._key_memo) >= self.key_memo_size:
+                self._key_memo.clear()
+            self._key_memo[memo] = keys
+        return keys
 
     def model_label(self, cls: Any) -> str:
         """The model's name in keys: ``module.QualName`` (a string ``cls`` is used as it is)."""
@@ -383,19 +403,14 @@ class CacheCowBase(Generic[ClientT]):
         returned but not cached), so a cached entry is always reachable from the object's own
         values, which is what write hooks invalidate.
         """
-        fields = id_field if isinstance(id_field, tuple) else (id_field,)
-        values = id_val if isinstance(id_field, tuple) else (id_val,)
-        for name, expected in zip(fields, values, strict=True):
-            if isinstance(obj, Mapping):
-                actual = obj.get(name, _MISSING)
-            else:
-                actual = getattr(obj, name, _MISSING)
-            if actual is _MISSING:
-                return False
-            try:
-                if actual != expected or encode_value(actual) != encode_value(expected):
-                    return False
-            except Exception:
+        if isinstance(id_field, tuple):
+            pairs: Iterable[tuple[str, Any]] = zip(id_field, id_val, strict=True)
+        else:
+            pairs = ((id_field, id_val),)
+        is_mapping = isinstance(obj, Mapping)
+        for name, expected in pairs:
+            actual = obj.get(name, _MISSING) if is_mapping else getattr(obj, name, _MISSING)
+            if actual is _MISSING or not same_value(actual, expected):
                 return False
         return True
 
@@ -489,21 +504,35 @@ class CacheCowBase(Generic[ClientT]):
             raise self.not_found(cls, id_field, id_val)
         return obj
 
-    def _cached(self, cls: Any, id_field: Field, id_val: Any, reply: bytes) -> Any:
-        """Read a hit: the object, :data:`_TOMB` for a tombstone, or :data:`_UNUSABLE`."""
+    def _cached(
+        self,
+        cls: Any,
+        id_field: Field,
+        id_val: Any,
+        reply: bytes,
+        tally: dict[str, int] | None = None,
+    ) -> Any:
+        """Read a hit: the object, :data:`_TOMB` for a tombstone, or :data:`_UNUSABLE`.
+
+        What it finds is counted in the metrics, or in ``tally`` for the caller to add at once.
+        """
         if reply == TOMBSTONE:
-            self.metrics.incr("tombstone_hits")
-            return _TOMB
-        try:
-            obj = self.deserialize(cls, reply)
-        except Exception:
-            self.metrics.incr("decode_failures")
-            return _UNUSABLE
-        if not self._verified(cls, id_field, id_val, obj):
-            self.metrics.incr("verify_failures")
-            return _UNUSABLE
-        self.metrics.incr("hits")
-        return obj
+            outcome, counter = _TOMB, "tombstone_hits"
+        else:
+            try:
+                obj = self.deserialize(cls, reply)
+            except Exception:
+                outcome, counter = _UNUSABLE, "decode_failures"
+            else:
+                if self._verified(cls, id_field, id_val, obj):
+                    outcome, counter = obj, "hits"
+                else:
+                    outcome, counter = _UNUSABLE, "verify_failures"
+        if tally is None:
+            self.metrics.incr(counter)
+        else:
+            tally[counter] = tally.get(counter, 0) + 1
+        return outcome
 
     def _verified(self, cls: Any, id_field: Field, id_val: Any, obj: Any) -> bool:
         try:
@@ -665,6 +694,8 @@ class CacheCowBase(Generic[ClientT]):
             replies = yield Pipeline(tuple(ops))
         out: dict[str, Any] = {}
         for group, reply in zip(groups, replies, strict=True):
+            if isinstance(reply, bytes):  # commit_many: one character per lookup
+                reply = [code - 48 for code in reply]  # b"10" -> [1, 0]
             if not isinstance(reply, list) or len(reply) != len(group):
                 raise CacheUnavailable(
                     f"unexpected reply from {name}: {reply!r}", operation=name, keys=tuple(group)
@@ -685,10 +716,14 @@ class CacheCowBase(Generic[ClientT]):
         self, cls: Any, id_field: Field, id_vals: Iterable[Any]
     ) -> tuple[dict[str, _Lookup], list[str]]:
         """Each distinct lookup by its value key, and the value key of each input position."""
+        values = list(id_vals)
+        if type(self).get_keys is CacheCowBase.get_keys:  # the default keys, in one pass
+            pairs = build_many_keys(self.prefix, self.model_label(cls), id_field, values)
+        else:
+            pairs = [self.get_keys(cls, id_field, id_val) for id_val in values]
         lookups: dict[str, _Lookup] = {}
         order: list[str] = []
-        for id_val in id_vals:
-            value_key, flag_key = self.get_keys(cls, id_field, id_val)
+        for id_val, (value_key, flag_key) in zip(values, pairs, strict=True):
             order.append(value_key)
             if value_key not in lookups:
                 lookups[value_key] = _Lookup(id_val, flag_key)
@@ -721,13 +756,15 @@ class CacheCowBase(Generic[ClientT]):
                 uncached += waiting
                 break
             discards = {}
+            tally: dict[str, int] = {}
+            misses = busy_count = 0
             leased: list[str] = []
             busy: list[str] = []
             for value_key in pending:
                 reply = replies[value_key]
                 lookup = lookups[value_key]
                 if isinstance(reply, bytes):
-                    obj = self._cached(cls, id_field, lookup.id_val, reply)
+                    obj = self._cached(cls, id_field, lookup.id_val, reply, tally)
                     if obj is _TOMB:
                         found[value_key] = None
                     elif obj is not _UNUSABLE:
@@ -740,13 +777,13 @@ class CacheCowBase(Generic[ClientT]):
                     continue
                 if not lookup.missed:
                     lookup.missed = True
-                    self.metrics.incr("misses")
+                    misses += 1
                 if reply == _LEASED:
                     leased.append(value_key)
                 elif reply == _BUSY:
                     if not lookup.busy:
                         lookup.busy = True
-                        self.metrics.incr("busy")
+                        busy_count += 1
                     busy.append(value_key)
                 else:
                     raise CacheUnavailable(
@@ -754,6 +791,12 @@ class CacheCowBase(Generic[ClientT]):
                         operation="get_many",
                         keys=(value_key,),
                     )
+            for counter, amount in tally.items():
+                self.metrics.incr(counter, amount)
+            if misses:
+                self.metrics.incr("misses", misses)
+            if busy_count:
+                self.metrics.incr("busy", busy_count)
             extra: list[str] = []
             if busy and (self.busy is BusyPolicy.FETCH or self.wait_timeout <= 0):
                 extra, busy = busy, []
@@ -767,10 +810,11 @@ class CacheCowBase(Generic[ClientT]):
             if busy:
                 if deadline is None:
                     deadline = self.clock.monotonic() + self.wait_timeout
-                for value_key in busy:
-                    if not lookups[value_key].waited:
-                        lookups[value_key].waited = True
-                        self.metrics.incr("waits")
+                newly_waiting = [vk for vk in busy if not lookups[vk].waited]
+                for value_key in newly_waiting:
+                    lookups[value_key].waited = True
+                if newly_waiting:
+                    self.metrics.incr("waits", len(newly_waiting))
                 if not discards:
                     pause = self._wait_step(deadline, attempt)
                     if pause <= 0:
@@ -860,10 +904,18 @@ class CacheCowBase(Generic[ClientT]):
         except RedisError as exc:
             self._redis_failed(exc, "commit", tuple(leased))
             return
+        stored = refused = 0
         for value_key in leased:
             if entries[value_key][1] == 0:
                 continue  # released, not stored
-            self.metrics.incr("commits" if replies[value_key] == 1 else "stale_commits")
+            if replies[value_key] == 1:
+                stored += 1
+            else:
+                refused += 1
+        if stored:
+            self.metrics.incr("commits", stored)
+        if refused:
+            self.metrics.incr("stale_commits", refused)
 
     def _release_many(self, lookups: dict[str, _Lookup], leased: list[str], token: str) -> Flow:
         """Give back every lease of ``leased`` still ours; never raises."""

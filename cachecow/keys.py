@@ -26,9 +26,10 @@ from __future__ import annotations
 import datetime as _dt
 import decimal
 import enum
+import functools
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import xxhash
@@ -38,10 +39,13 @@ from .exceptions import ConfigurationError, InvalidLookup
 __all__ = [
     "Field",
     "build_keys",
+    "build_many_keys",
     "encode_lookup",
     "encode_value",
+    "memo_key",
     "model_label",
     "normalize_lookup",
+    "same_value",
     "validate_prefix",
 ]
 
@@ -153,11 +157,21 @@ def model_label(model: Any) -> str:
 
 def encode_lookup(label: str, field: Field, value: Any) -> bytes:
     """The canonical bytes hashed into a key: label, field names and typed values."""
+    return (_lookup_head(label, field) + encode_value(value)).encode("utf-8", "surrogatepass")
+
+
+@functools.lru_cache(maxsize=1024)
+def _lookup_head(label: str, field: Field) -> str:
+    """The part of :func:`encode_lookup` that does not depend on the value."""
     fields = field if isinstance(field, tuple) else (field,)
-    body = "\x00".join(
-        ["cachecow-key-v1", _text("", label), *(_text("", f) for f in fields), encode_value(value)]
-    )
-    return body.encode("utf-8", "surrogatepass")
+    return "\x00".join(["cachecow-key-v1", _text("", label), *(_text("", f) for f in fields), ""])
+
+
+@functools.lru_cache(maxsize=1024)
+def _readable(prefix: str, label: str, field: Field) -> str:
+    """The readable start of a key: ``<prefix><label>:<fields>:``."""
+    fields = "+".join(field) if isinstance(field, tuple) else field
+    return prefix + _UNSAFE_RE.sub("_", f"{label}:{fields}") + ":"
 
 
 def build_keys(
@@ -169,7 +183,46 @@ def build_keys(
     digest: Callable[[bytes], str] = xxhash.xxh3_128_hexdigest,
 ) -> tuple[str, str]:
     """Return ``(value_key, flag_key)`` for a normalized lookup (see the module docstring)."""
-    fields = "+".join(field) if isinstance(field, tuple) else field
-    readable = _UNSAFE_RE.sub("_", f"{label}:{fields}")
-    value_key = f"{prefix}{readable}:{{{digest(encode_lookup(label, field, value))}}}"
+    value_key = f"{_readable(prefix, label, field)}{{{digest(encode_lookup(label, field, value))}}}"
     return value_key, value_key + ":lease"
+
+
+def build_many_keys(
+    prefix: str, label: str, field: Field, values: Iterable[Any]
+) -> list[tuple[str, str]]:
+    """:func:`build_keys` for many values of one field: the same keys, computed in one pass."""
+    readable = _readable(prefix, label, field)
+    head = _lookup_head(label, field)
+    digest = xxhash.xxh3_128_hexdigest
+    out = []
+    for value in values:
+        body = (head + encode_value(value)).encode("utf-8", "surrogatepass")
+        value_key = f"{readable}{{{digest(body)}}}"
+        out.append((value_key, value_key + ":lease"))
+    return out
+
+
+_EXACT_TYPES = frozenset({int, str, bytes, bool, uuid.UUID})
+"""Types whose equality already implies equal encodings (no normalisation to compare)."""
+
+
+def same_value(actual: Any, expected: Any) -> bool:
+    """Whether two lookup values are one value: equal, with equal typed encodings."""
+    kind = type(actual)
+    if kind is type(expected) and kind in _EXACT_TYPES:
+        return bool(actual == expected)
+    try:
+        return bool(actual == expected) and encode_value(actual) == encode_value(expected)
+    except Exception:
+        return False
+
+
+def memo_key(model: Any, field: Field, value: Any) -> tuple[Any, ...] | None:
+    """A dict key that tells apart every lookup with a distinct cache key (types included),
+    for lookups of plain values; ``None`` for lookups that are not worth memoising."""
+    kind = type(value)
+    if kind in _EXACT_TYPES:
+        return (model, field, kind, value)
+    if kind is tuple and all(type(v) in _EXACT_TYPES for v in value):
+        return (model, field, tuple(type(v) for v in value), value)
+    return None

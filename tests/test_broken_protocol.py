@@ -18,6 +18,7 @@ import redis
 import redis.asyncio as aredis
 
 from cachecow import AsyncCacheCow, CacheCow
+from cachecow._client import ScriptCall
 from cachecow._scripts import script_source
 from cachecow.testing.contract import CacheCowContract
 from tests import test_contract_dict
@@ -25,8 +26,8 @@ from tests import test_contract_dict
 TOKEN_CHECK = "if redis.call('GET', flag_key) ~= token then"
 EXISTENCE_CHECK = "if redis.call('EXISTS', flag_key) == 0 then"
 NO_CHECK = "if false then"
-BATCH_TOKEN_CHECK = "if redis.call('GET', flag_key) == token then"
-BATCH_EXISTENCE_CHECK = "if redis.call('EXISTS', flag_key) == 1 then"
+BATCH_TOKEN_CHECK = "if flags[n] == token then"
+BATCH_EXISTENCE_CHECK = "if flags[n] then"
 
 
 def broken(name: str, good: str, bad: str) -> str:
@@ -42,7 +43,8 @@ class Breaks:
 
     def install(self, cache: Any, register: Callable[[str], Any]) -> None:
         for name, source in self.scripts.items():
-            cache._scripts[name] = register(source)
+            cache._scripts[name] = register(source)  # the pipelined path
+            cache._calls[name] = ScriptCall(name, source)  # the direct EVALSHA path
 
 
 class BrokenSync(Breaks, test_contract_dict.TestDictCacheContract):

@@ -15,12 +15,15 @@ import pytest
 from redis.crc import key_slot
 
 import cachecow
+from cachecow._protocol import CacheCowBase
 from cachecow.keys import (
     build_keys,
+    build_many_keys,
     encode_lookup,
     encode_value,
     model_label,
     normalize_lookup,
+    same_value,
     validate_prefix,
 )
 
@@ -506,3 +509,54 @@ def test_model_label_refuses_functions() -> None:
 
     with pytest.raises(cachecow.InvalidLookup, match="a class or a string"):
         model_label(not_a_model)
+
+
+def test_build_many_keys_equals_build_keys() -> None:
+    values = [1, "1", 1.0, True, None, b"\x00", Decimal("2.50"), (1, "a"), dt.date(2024, 1, 2)]
+    assert build_many_keys("p:", "app.User", "id", values) == [
+        build_keys("p:", "app.User", "id", v) for v in values
+    ]
+    composite = [(1, 2), (3, 4)]
+    assert build_many_keys("p:", "m", ("a", "b"), composite) == [
+        build_keys("p:", "m", ("a", "b"), v) for v in composite
+    ]
+
+
+def test_memoised_keys_keep_typed_lookups_apart() -> None:
+    cache = CacheCowBase(None)
+    first = {v: cache.get_keys("m", "id", v) for v in (1, True, 1.0, "1", (1, 2), (True, 2))}
+    again = {v: cache.get_keys("m", "id", v) for v in (1, True, 1.0, "1", (1, 2), (True, 2))}
+    assert first == again
+    assert cache.get_keys("m", "id", 1) != cache.get_keys("m", "id", True)
+    assert cache.get_keys("m", "id", (1, 2)) != cache.get_keys("m", "id", (True, 2))
+    assert cache.get_keys("m", "id", 1) == build_keys("cachecow:", "m", "id", 1)
+    assert cache.get_keys("m", "id", True) == build_keys("cachecow:", "m", "id", True)
+
+
+def test_key_memo_is_bounded() -> None:
+    cache = CacheCowBase(None)
+    cache.key_memo_size = 10
+    for i in range(35):
+        assert cache.get_keys("m", "id", i) == build_keys("cachecow:", "m", "id", i)
+    assert len(cache._key_memo) <= 10
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        (5, 5, True),
+        (5, "5", False),
+        (1, True, False),
+        (True, True, True),
+        (0.0, -0.0, True),
+        (Decimal("1.0"), Decimal("1.00"), True),
+        (Decimal("1"), 1, False),
+        ("a", "a", True),
+        (b"a", b"a", True),
+        ((1, "a"), (1, "a"), True),
+        ((1, "a"), (True, "a"), False),
+    ],
+)
+def test_same_value_agrees_with_the_typed_encoding(a: Any, b: Any, same: bool) -> None:
+    assert same_value(a, b) is same
+    assert (encode_value(a) == encode_value(b)) is same

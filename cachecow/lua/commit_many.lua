@@ -7,26 +7,35 @@
 -- ARGV[2i+1]  - the value's time to live in milliseconds; "0" means: store nothing, only
 --               release the lease (a fetch whose object may not be cached). Never an EXPIRE 0.
 --
--- returns an array with one entry per lookup, in order:
---   1 - done (stored, or released); the lease is gone
---   0 - refused: the lease was voided or expired, and may belong to another reader now
+-- returns a string with one character per lookup, in order:
+--   "1" - done (stored, or released); the lease is gone
+--   "0" - refused: the lease was voided or expired, and may belong to another reader now
 local token = ARGV[1]
+local count = #KEYS / 2
 
+local flag_keys = {}
+for n = 1, count do
+    flag_keys[n] = KEYS[2 * n]
+end
+-- NOTE: one MGET and one DEL for all the flags, instead of a GET and a DEL per lookup.
+local flags = redis.call('MGET', unpack(flag_keys))
+
+local owned = {}
 local replies = {}
-for n = 1, #KEYS / 2 do
-    local value_key = KEYS[2 * n - 1]
-    local flag_key = KEYS[2 * n]
-    local payload = ARGV[2 * n]
-    local ttl_ms = ARGV[2 * n + 1]
+for n = 1, count do
     -- NOTE: the token comparison, as in commit.lua: "a flag exists" is not enough.
-    if redis.call('GET', flag_key) == token then
+    if flags[n] == token then
+        local ttl_ms = ARGV[2 * n + 1]
         if ttl_ms ~= '0' then
-            redis.call('SET', value_key, payload, 'PX', ttl_ms)
+            redis.call('SET', KEYS[2 * n - 1], ARGV[2 * n], 'PX', ttl_ms)
         end
-        redis.call('DEL', flag_key)
-        replies[n] = 1
+        owned[#owned + 1] = flag_keys[n]
+        replies[n] = '1'
     else
-        replies[n] = 0
+        replies[n] = '0'
     end
 end
-return replies
+if #owned > 0 then
+    redis.call('DEL', unpack(owned))
+end
+return table.concat(replies)
