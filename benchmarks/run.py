@@ -633,7 +633,8 @@ def markdown(result: dict[str, Any]) -> str:
         "# cachecow benchmark results",
         "",
         f"{result['date']} on {result['machine']}; Python {result['python']}, "
-        f"redis-py {result['redis_py']}, Redis {result['redis_server']}, "
+        f"redis-py {result['redis_py']} (hiredis {result.get('hiredis') or 'absent'}), "
+        f"Redis {result['redis_server']}, "
         f"dogpile.cache {result['dogpile']}; {result['rounds']} rounds"
         + (" (quick smoke run: not a measurement)" if result["quick"] else "")
         + ".",
@@ -687,29 +688,51 @@ def chart(result: dict[str, Any], path: Path) -> None:
 
     figures = ["hit", "miss", "get_many 100 hits", "get_many 100 misses", "invalidate"]
     systems = list(result["timings"]["hit"])
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [3, 1]})
+    top = 3.5
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(14, 5.2), gridspec_kw={"width_ratios": [2.6, 1]}
+    )
     width = 0.8 / len(systems)
     for n, system in enumerate(systems):
         ratios = [result["timings"][f][system].get("ratio", 0.0) for f in figures]
-        left.bar([k + n * width for k in range(len(figures))], ratios, width, label=system)
+        xs = [k + n * width for k in range(len(figures))]
+        left.bar(xs, [min(r, top) for r in ratios], width, label=system)
+        for x, r in zip(xs, ratios, strict=True):
+            if r > top:
+                left.text(
+                    x, top * 0.97, f"{r:.0f}x", ha="center", va="top", fontsize=7, rotation=90
+                )
     left.axhline(1.0, color="black", linewidth=0.8)
+    left.set_ylim(0, top)
     left.set_xticks([k + width * (len(systems) - 1) / 2 for k in range(len(figures))])
-    left.set_xticklabels(figures, rotation=15)
+    left.set_xticklabels(figures)
     left.set_ylabel("time per operation, x raw redis-py (lower is better)")
     left.set_title("Cost against the limit, measured in the same rounds")
-    left.legend(fontsize=8)
+    left.legend(fontsize=8, loc="upper left")
     herd = result["herd_slow"]
-    names = list(herd)
-    right.bar(range(len(names)), [herd[n]["fetches"] for n in names], color="tab:red")
-    right.set_xticks(range(len(names)))
-    labels = [n.replace(" + ", "\n+ ").replace(" (", "\n(") for n in names]
-    right.set_xticklabels(labels, fontsize=7)
-    right.set_ylabel("database fetches")
-    right.set_title("64 readers of one cold key (1 ms fetch)")
+    names = list(herd)[::-1]
+    right.barh(range(len(names)), [herd[n]["fetches"] for n in names], color="tab:red")
+    right.set_yticks(range(len(names)))
+    right.set_yticklabels(names, fontsize=8)
+    for y, n in enumerate(names):
+        right.text(
+            herd[n]["fetches"] + 0.5, y, f"{herd[n]['fetches']:.0f}", va="center", fontsize=8
+        )
+    right.set_xlabel("database fetches (lower is better)")
+    right.set_title("64 readers of one cold key, 1 ms fetch")
     fig.suptitle(f"cachecow benchmarks, {result['date']}, {result['machine']}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _hiredis_version() -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version("hiredis")
+    except Exception:
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -732,6 +755,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{len(__import__('os').sched_getaffinity(0))} cores",
             "python": platform.python_version(),
             "redis_py": redis.__version__,
+            "hiredis": _hiredis_version(),
             "redis_server": bench.client.info("server")["redis_version"],
             "dogpile": dogpile.__version__,
             "cachecow": cachecow.__version__,
