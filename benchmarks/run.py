@@ -442,6 +442,21 @@ class Bench:
         async def raw_many(ids: Sequence[int]) -> Any:
             return [decode_json(v) for v in await client.mget([f"{tag}:{i}" for i in ids])]
 
+        async def raw_miss(i: int) -> Any:
+            data = await client.get(f"{tag}:{i}")
+            if data is not None:
+                return decode_json(data)
+            obj = await db.afetch(i)
+            await client.set(f"{tag}:{i}", encode_json(obj), ex=TTL)
+            return obj
+
+        async def raw_many_misses(ids: Sequence[int]) -> Any:
+            keys = [f"{tag}:{i}" for i in ids]
+            found = await client.mget(keys)
+            objs = await db.afetch_many([i for i, v in zip(ids, found, strict=True) if v is None])
+            await client.mset({f"{tag}:{o['id']}": encode_json(o) for o in objs})
+            return objs
+
         async def cow_hit(i: int) -> Any:
             return await cache.get(MODEL, "id", i)
 
@@ -458,9 +473,12 @@ class Bench:
         raw_name, cow_name = "raw redis.asyncio (limit)", "cachecow async"
         self.record("hit (async)", raw_name, await aper_op(raw_hit, hits))
         self.record("hit (async)", cow_name, await aper_op(cow_hit, hits))
+        self.record("miss (async)", raw_name, await aper_op(raw_miss, self.ids.take(self.n_single)))
         self.record("miss (async)", cow_name, await aper_op(cow_hit, self.ids.take(self.n_single)))
         self.record("get_many 100 hits (async)", raw_name, await aper_op(raw_many, hit_batches))
         self.record("get_many 100 hits (async)", cow_name, await aper_op(cow_many, hit_batches))
+        cold = batches(self.ids.take(100 * self.n_batches), 100)
+        self.record("get_many 100 misses (async)", raw_name, await aper_op(raw_many_misses, cold))
         cold = batches(self.ids.take(100 * self.n_batches), 100)
         self.record("get_many 100 misses (async)", cow_name, await aper_op(cow_many, cold))
         await client.aclose()
@@ -516,6 +534,7 @@ class Bench:
         caches = [
             ACow(client, db, prefix=f"ah{delay}{time.monotonic_ns()}:", wait_timeout=5.0)
         ] * readers
+        await asyncio.gather(*(client.ping() for _ in range(readers)))  # open the connections
         start = time.perf_counter()
         await asyncio.gather(*(c.get(MODEL, "id", 42) for c in caches))
         seconds = time.perf_counter() - start
