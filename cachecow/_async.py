@@ -22,7 +22,7 @@ from ._protocol import (
     Sleep,
 )
 from .exceptions import ConfigurationError, NotFound
-from .keys import Field, normalize_lookup
+from .keys import Field
 
 __all__ = ["AsyncCacheCow", "connect_async"]
 
@@ -81,14 +81,14 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
 
     async def get(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> Any:
         """The object whose ``id_field`` is ``id_val``; see :meth:`cachecow.CacheCow.get`."""
-        id_field, id_val = normalize_lookup(id_field, id_val)
+        id_field, id_val = self._normalize(cls, id_field, id_val)
         return await self._drive(self._get_flow(cls, id_field, id_val), cls, id_field, id_val)
 
     async def get_many(
         self, cls: Any, id_field: str | tuple[str, ...], id_vals: Iterable[Any]
     ) -> list[Any]:
         """The objects of many lookups, in order; see :meth:`cachecow.CacheCow.get_many`."""
-        field, values = self._normalize_many(id_field, id_vals)
+        field, values = self._normalize_many(cls, id_field, id_vals)
         result: list[Any] = await self._drive(
             self._get_many_flow(cls, field, values), cls, field, None
         )
@@ -96,14 +96,14 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
 
     async def invalidate(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> None:
         """Forget a lookup and void its leases; see :meth:`cachecow.CacheCow.invalidate`."""
-        id_field, id_val = normalize_lookup(id_field, id_val)
+        id_field, id_val = self._normalize(cls, id_field, id_val)
         await self._drive(self._invalidate_flow(cls, id_field, id_val), cls, id_field, id_val)
 
     async def invalidate_many(
         self, cls: Any, id_field: str | tuple[str, ...], id_vals: Iterable[Any]
     ) -> None:
         """:meth:`invalidate` many values of one field, in one round trip."""
-        field, values = self._normalize_many(id_field, id_vals)
+        field, values = self._normalize_many(cls, id_field, id_vals)
         pairs = [self.get_keys(cls, field, value) for value in values]
         await self._drive(self._invalidate_keys_flow(pairs), cls, field, None)
 

@@ -20,7 +20,6 @@ from ._protocol import (
     Sleep,
     refuse_awaitable,
 )
-from .keys import normalize_lookup
 
 __all__ = ["CacheCow", "connect"]
 
@@ -93,7 +92,7 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         object, whether the answer came from ``fetch`` or from a cached tombstone. Errors
         raised by ``fetch`` reach the caller unchanged.
         """
-        id_field, id_val = normalize_lookup(id_field, id_val)
+        id_field, id_val = self._normalize(cls, id_field, id_val)
         return self._drive(self._get_flow(cls, id_field, id_val), cls, id_field, id_val)
 
     def get_many(
@@ -108,7 +107,7 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         lookups follow the ``busy`` policy; errors of ``fetch_many`` reach the caller unchanged,
         with every lease released.
         """
-        field, values = self._normalize_many(id_field, id_vals)
+        field, values = self._normalize_many(cls, id_field, id_vals)
         return self._drive(self._get_many_flow(cls, field, values), cls, field, None)  # type: ignore[no-any-return]
 
     def invalidate(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> None:
@@ -118,14 +117,14 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         :class:`~cachecow.InvalidationFailed` if Redis cannot be reached, whatever
         ``fail_open`` says: the write path must learn that an invalidation was lost.
         """
-        id_field, id_val = normalize_lookup(id_field, id_val)
+        id_field, id_val = self._normalize(cls, id_field, id_val)
         self._drive(self._invalidate_flow(cls, id_field, id_val), cls, id_field, id_val)
 
     def invalidate_many(
         self, cls: Any, id_field: str | tuple[str, ...], id_vals: Iterable[Any]
     ) -> None:
         """:meth:`invalidate` many values of one field, in one round trip."""
-        field, values = self._normalize_many(id_field, id_vals)
+        field, values = self._normalize_many(cls, id_field, id_vals)
         pairs = [self.get_keys(cls, field, value) for value in values]
         self._drive(self._invalidate_keys_flow(pairs), cls, field, None)
 

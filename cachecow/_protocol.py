@@ -414,6 +414,14 @@ class CacheCowBase(Generic[ClientT]):
                 return False
         return True
 
+    def check_lookup(self, cls: Any, id_field: Field) -> None:
+        """Refuse a lookup this cache must not serve, with :class:`~cachecow.InvalidLookup`.
+
+        Called with the canonical field (composite fields sorted) by every public method
+        before it touches Redis. The default accepts every lookup; adapters accept only the
+        unique ones (a non-unique lookup has no one object to cache).
+        """
+
     def not_found(self, cls: Any, id_field: Field, id_val: Any) -> BaseException:
         """The exception ``get`` raises when there is no such object (fresh or cached answer).
 
@@ -462,7 +470,15 @@ class CacheCowBase(Generic[ClientT]):
 
     # -- lookups of the public calls ----------------------------------------------------------
 
-    def _normalize_many(self, id_field: Any, id_vals: Iterable[Any]) -> tuple[Field, list[Any]]:
+    def _normalize(self, cls: Any, id_field: Any, id_val: Any) -> tuple[Field, Any]:
+        """The canonical field and value of a lookup, checked by :meth:`check_lookup`."""
+        field, value = normalize_lookup(id_field, id_val)
+        self.check_lookup(cls, field)
+        return field, value
+
+    def _normalize_many(
+        self, cls: Any, id_field: Any, id_vals: Iterable[Any]
+    ) -> tuple[Field, list[Any]]:
         """The canonical field and values of a batch (composite values reordered like the field)."""
         if isinstance(id_vals, (str, bytes)) or not isinstance(id_vals, Iterable):
             raise InvalidLookup(f"id_vals must be an iterable of lookup values, got {id_vals!r}")
@@ -492,7 +508,7 @@ class CacheCowBase(Generic[ClientT]):
     def _triples_keys(self, lookups: Iterable[tuple[Any, Any, Any]]) -> list[tuple[str, str]]:
         pairs = []
         for cls, id_field, id_val in lookups:
-            field, value = normalize_lookup(id_field, id_val)
+            field, value = self._normalize(cls, id_field, id_val)
             pairs.append(self.get_keys(cls, field, value))
         return pairs
 

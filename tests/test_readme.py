@@ -40,6 +40,7 @@ HOOKS = (
     "verify",
     "not_found",
     "model_label",
+    "check_lookup",
 )
 
 _FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
