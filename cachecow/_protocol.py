@@ -493,6 +493,7 @@ class CacheCowBase(Generic[ClientT]):
                 if isinstance(id_field, (tuple, list))
                 else normalize_lookup(id_field, None)
             )
+        self.check_lookup(cls, field)
         return field, values
 
     def _object_keys(self, obj: Any, previous: Any, model: Any) -> list[tuple[str, str]]:

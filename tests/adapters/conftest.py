@@ -1,0 +1,27 @@
+"""Fixtures of the adapters' tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy.orm import sessionmaker
+
+from tests.adapters.sa_env import Database, open_database
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def database(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Database]:
+    """Each SQLAlchemy test runs on SQLite and on PostgreSQL."""
+    yield from open_database(request.param, tmp_path_factory.mktemp(request.param))
+
+
+@pytest.fixture
+def db(database: Database) -> Database:
+    """The database, emptied before each test, with a session factory of the test's own (a
+    watch() on it ends with the test)."""
+    database.clear()
+    database.Session = sessionmaker(database.engine)
+    return database

@@ -1,0 +1,504 @@
+"""The SQLAlchemy adapter on SQLite and PostgreSQL: lookups, exact types, detached objects, and
+every transaction rule of invalidation, each forced and checked against real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import decimal
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+import sqlalchemy as sa
+from sqlalchemy import delete, insert, update
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.orm import Session
+
+import cachecow
+from cachecow import InvalidationFailed, InvalidLookup, NotFound
+from cachecow.adapters.sqlalchemy import AsyncSQLAlchemyCache, SQLAlchemyCache
+from cachecow.testing import free_port
+from cachecow.testing.contract import FetchProbe
+from tests.adapters.sa_env import Color, Database, Everything, Membership, Org, User
+
+
+@pytest.fixture
+def cache(db: Database, redis_client: redis.Redis) -> SQLAlchemyCache:
+    cache = SQLAlchemyCache(redis_client, db.Session)
+    cache.watch(db.Session)
+    return cache
+
+
+def add(db: Database, *objs: Any) -> None:
+    with db.Session() as session:
+        session.add_all(objs)
+        session.commit()
+
+
+def cached(
+    cache: SQLAlchemyCache, redis_client: redis.Redis, model: Any, field: Any, value: Any
+) -> Any:
+    """The object the cache holds for a lookup right now (None: absent or a tombstone)."""
+    raw = redis_client.get(cache.get_keys(model, field, value)[0])
+    if raw is None or raw == cachecow.TOMBSTONE:
+        return None
+    return cache.deserialize(model, raw)
+
+
+class Queries:
+    """Counts the SELECT statements an engine runs."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.count = 0
+        sa.event.listen(engine, "before_cursor_execute", self._count)
+        self.engine = engine
+
+    def _count(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            self.count += 1
+
+    def close(self) -> None:
+        sa.event.remove(self.engine, "before_cursor_execute", self._count)
+
+
+@pytest.fixture
+def queries(db: Database) -> Iterator[Queries]:
+    q = Queries(db.engine)
+    yield q
+    q.close()
+
+
+# -- lookups ------------------------------------------------------------------------------------
+
+
+def test_unique_lookups_only(cache: SQLAlchemyCache, db: Database) -> None:
+    add(db, User(id=1, email="a@x.io", name="Ada"), Membership(id=1, org_id=7, user_id=1, role="r"))
+    assert cache.get(User, "id", 1).email == "a@x.io"
+    assert cache.get(User, "email", "a@x.io").id == 1
+    assert cache.get(Membership, ("user_id", "org_id"), (1, 7)).role == "r"
+    assert cache.get(Membership, ("org_id", "user_id"), (7, 1)).role == "r"
+    with pytest.raises(
+        InvalidLookup, match=r"'name' is not a unique lookup; valid lookups are 'id', 'email'"
+    ):
+        cache.get(User, "name", "Ada")
+    with pytest.raises(InvalidLookup, match=r"valid lookups are 'id', \(org_id, user_id\)"):
+        cache.get_many(Membership, "org_id", [7])
+    with pytest.raises(InvalidLookup):
+        cache.invalidate(User, "name", "Ada")
+    with pytest.raises(cachecow.ConfigurationError, match="not a mapped SQLAlchemy class"):
+        cache.get(dict, "id", 1)
+
+
+def test_get_many_is_one_in_query(cache: SQLAlchemyCache, db: Database, queries: Queries) -> None:
+    add(db, *[User(id=i, email=f"{i}@x.io") for i in range(1, 51)])
+    queries.count = 0
+    users = cache.get_many(User, "id", [*range(1, 51), 999])
+    assert [u.id for u in users[:-1]] == list(range(1, 51))
+    assert users[-1] is None
+    assert queries.count == 1
+    assert [u.email for u in cache.get_many(User, "email", ["3@x.io", "nope"]) if u] == ["3@x.io"]
+    queries.count = 0
+    cache.get_many(User, "id", range(1, 51))
+    assert queries.count == 0
+    members = [Membership(id=i, org_id=i % 3, user_id=i, role=f"r{i}") for i in range(1, 11)]
+    add(db, *members)
+    queries.count = 0
+    got = cache.get_many(Membership, ("user_id", "org_id"), [(i, i % 3) for i in range(1, 11)])
+    assert [m.role for m in got] == [f"r{i}" for i in range(1, 11)]
+    assert queries.count == 1
+
+
+def test_a_lookup_of_null_is_refused(cache: SQLAlchemyCache, db: Database) -> None:
+    with pytest.raises(InvalidLookup, match="NULL"):
+        cache.get(User, "email", None)
+
+
+# -- objects ------------------------------------------------------------------------------------
+
+
+def everything(db: Database) -> Everything:
+    aware = dt.datetime(2024, 5, 1, 12, 30, 45, 123456, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    return Everything(
+        id=1,
+        aware=aware if db.name == "postgresql" else aware.replace(tzinfo=None),
+        naive=dt.datetime(2023, 1, 2, 3, 4, 5, 6),
+        day=dt.date(1999, 12, 31),
+        clock=dt.time(23, 59, 58, 999999),
+        span=dt.timedelta(days=3, seconds=7, microseconds=11),
+        money=decimal.Decimal("123456.789012"),
+        ratio=0.1 + 0.2,
+        token=uuid.UUID("12345678-1234-5678-1234-567812345678"),
+        blob=b"\x00\xffbytes\n",
+        color=Color.BLUE,
+        doc={"a": [1, 2.5, None, {"b": "c"}], "u": "é"},
+        flag=False,
+        text="x" * 300,
+    )
+
+
+COLUMNS = ["aware", "naive", "day", "clock", "span", "money", "ratio", "token", "blob", "color",
+           "doc", "flag", "text"]  # fmt: skip
+
+
+def test_every_column_type_round_trips_exactly(cache: SQLAlchemyCache, db: Database) -> None:
+    add(db, everything(db), Everything(id=2))
+    with db.Session() as session:
+        loaded = session.get(Everything, 1)
+        expected = {c: getattr(loaded, c) for c in COLUMNS}
+    fetched = cache.get(Everything, "id", 1)  # a miss: the object fetch loaded
+    hit = cache.get(Everything, "id", 1)  # a hit: rebuilt from the cached bytes
+    assert cache.metrics.snapshot().hits == 1
+    for column in COLUMNS:
+        assert getattr(hit, column) == expected[column] == getattr(fetched, column), column
+        assert type(getattr(hit, column)) is type(expected[column]), column
+    if db.name == "postgresql":
+        assert hit.aware.utcoffset() == dt.timedelta(hours=2) or hit.aware.utcoffset() is not None
+    assert hit.naive.tzinfo is None
+    nulls = cache.get(Everything, "id", 2)
+    nulls = cache.get(Everything, "id", 2)
+    assert all(getattr(nulls, c) is None for c in COLUMNS)
+
+
+def test_cached_objects_are_detached_and_attach_without_a_query(
+    cache: SQLAlchemyCache, db: Database, queries: Queries
+) -> None:
+    add(db, Org(id=7, name="Acme"), User(id=1, email="a@x.io", name="Ada", org_id=7))
+    cache.get(User, "id", 1)
+    user = cache.get(User, "id", 1)
+    state = sa.inspect(user)
+    assert state.detached
+    assert state.key is not None
+    assert not state.expired_attributes
+    assert (user.id, user.email, user.name, user.org_id) == (1, "a@x.io", "Ada", 7)
+    queries.count = 0
+    with db.Session() as session:
+        session.add(user)  # attach: no query
+        assert queries.count == 0
+        assert sa.inspect(user).persistent
+        assert not session.is_modified(user)
+        assert user.org is not None
+        assert user.org.name == "Acme"
+        user.name = "Ada Lovelace"
+        session.commit()
+    assert cache.get(User, "id", 1).name == "Ada Lovelace"  # and the watch invalidated it
+
+
+def test_a_value_cached_under_another_schema_is_a_miss(
+    cache: SQLAlchemyCache, db: Database, redis_client: redis.Redis
+) -> None:
+    add(db, User(id=1, email="a@x.io", name="Ada"))
+    cache.get(User, "id", 1)
+    value_key = cache.get_keys(User, "id", 1)[0]
+    row = cache.serializer.loads(redis_client.get(value_key))
+    row[0] = "another-fingerprint"  # as if written by a process with another set of columns
+    redis_client.set(value_key, cache.serializer.dumps(row))
+    assert cache.get(User, "id", 1).name == "Ada"
+    assert cache.metrics.snapshot().decode_failures == 1
+    assert (
+        cache.serializer.loads(redis_client.get(value_key))[0] == cache.model_info(User).fingerprint
+    )
+
+
+# -- invalidation and transactions --------------------------------------------------------------
+
+
+def test_a_reader_racing_a_writers_transaction(
+    cache: SQLAlchemyCache, db: Database, redis_client: redis.Redis
+) -> None:
+    """The reader leases and reads the old row before the writer commits; the writer's commit
+    invalidates (the watch), so the reader's commit is refused; nobody calls invalidate."""
+    add(db, User(id=1, email="a@x.io", name="old"))
+    reader_cache = SQLAlchemyCache(redis_client, db.Session)
+    probe = FetchProbe(reader_cache)
+    probe.gate_next()
+    result: dict[str, Any] = {}
+    reader = threading.Thread(target=lambda: result.update(user=reader_cache.get(User, "id", 1)))
+    with db.Session() as writer:
+        user = writer.get(User, 1)
+        user.name = "new"
+        writer.flush()  # written, not committed
+        reader.start()
+        probe.wait_fetched()  # the reader read the committed row: the old one
+        writer.commit()  # after_commit invalidates: the reader's lease is void
+    probe.release()
+    reader.join(10)
+    assert result["user"].name == "old"
+    assert reader_cache.metrics.snapshot().stale_commits == 1
+    assert cached(cache, redis_client, User, "id", 1) is None
+    assert cache.get(User, "id", 1).name == "new"
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+def test_fetch_reads_past_the_callers_repeatable_read_snapshot(
+    cache: SQLAlchemyCache, db: Database, redis_client: redis.Redis
+) -> None:
+    """A caller inside a long REPEATABLE READ transaction that began before the writer
+    committed still gets, and caches, the committed row: fetch reads in a session of its own."""
+    add(db, User(id=1, email="a@x.io", name="old"))
+    caller = Session(db.engine.execution_options(isolation_level="REPEATABLE READ"))
+    try:
+        assert caller.get(User, 1).name == "old"  # the caller's snapshot starts here
+        with db.Session() as writer:
+            writer.get(User, 1).name = "new"
+            writer.commit()  # the watch invalidates
+        # The caller's own transaction still sees the old row...
+        assert caller.execute(sa.select(User.name).where(User.id == 1)).scalar_one() == "old"
+        # ...but the cache never serves or stores it.
+        assert cache.get(User, "id", 1).name == "new"
+        assert cached(cache, redis_client, User, "id", 1).name == "new"
+    finally:
+        caller.close()
+
+
+def test_rollback_leaves_the_cache_untouched(
+    cache: SQLAlchemyCache, db: Database, redis_client: redis.Redis
+) -> None:
+    add(db, User(id=1, email="a@x.io", name="old"))
+    cache.get(User, "id", 1)
+    before = cache.metrics.snapshot().invalidations
+    with db.Session() as session:
+        session.get(User, 1).name = "rolled back"
+        session.flush()
+        session.rollback()
+    assert cache.metrics.snapshot().invalidations == before
+    assert cached(cache, redis_client, User, "id", 1).name == "old"
+    assert cache.get(User, "id", 1).name == "old"
+
+
+def test_a_rolled_back_savepoint_drops_its_own_lookups(
+    cache: SQLAlchemyCache, db: Database, redis_client: redis.Redis
+) -> None:
+    add(db, User(id=1, email="a@x.io", name="a"), User(id=2, email="b@x.io", name="b"))
+    cache.get_many(User, "id", [1, 2])
+    with db.Session() as session:
+        session.get(User, 1).name = "a2"
+        session.flush()
+        try:
+            with session.begin_nested():
+                session.get(User, 2).name = "b2"
+                session.flush()
+                raise RuntimeError("undo the savepoint")
+        except RuntimeError:
+            pass
+        session.commit()
+    assert cached(cache, redis_client, User, "id", 1) is None  # the outer change: invalidated
+    assert cached(cache, redis_client, User, "id", 2).name == "b"  # the undone one: untouched
+    assert [u.name for u in cache.get_many(User, "id", [1, 2])] == ["a2", "b"]
+
+
+def test_a_released_savepoint_waits_for_the_outermost_commit(
+    cache: SQLAlchemyCache, db: Database, redis_client: redis.Redis
+) -> None:
+    add(db, User(id=1, email="a@x.io", name="a"))
+    cache.get(User, "id", 1)
+    start = cache.metrics.snapshot().invalidations
+    with db.Session() as session:
+        with session.begin_nested():
+            session.get(User, 1).name = "a2"
+        assert cached(cache, redis_client, User, "id", 1).name == "a"  # not yet
+        session.commit()
+    assert cached(cache, redis_client, User, "id", 1) is None
+    with db.Session() as session:
+        with session.begin_nested():
+            session.get(User, 1).name = "a3"
+        session.rollback()  # the outer transaction rolls back: nothing at all
+    assert cache.get(User, "id", 1).name == "a2"
+    assert cache.metrics.snapshot().invalidations == start + 2  # id and email, once
+
+
+def test_a_changed_unique_field_invalidates_old_and_new(
+    cache: SQLAlchemyCache, db: Database, redis_client: redis.Redis
+) -> None:
+    add(db, User(id=1, email="old@x.io", name="Ada"))
+    assert cache.get(User, "email", "old@x.io").id == 1
+    with pytest.raises(NotFound):
+        cache.get(User, "email", "new@x.io")  # a tombstone under the new value
+    with db.Session() as session:
+        session.get(User, 1).email = "new@x.io"
+        session.commit()
+    assert cache.get(User, "email", "new@x.io").id == 1
+    with pytest.raises(NotFound):
+        cache.get(User, "email", "old@x.io")
+
+
+def test_delete_leaves_a_tombstone_or_a_miss_never_the_old_row(
+    cache: SQLAlchemyCache, db: Database, redis_client: redis.Redis
+) -> None:
+    add(db, User(id=1, email="a@x.io", name="Ada"))
+    cache.get(User, "id", 1)
+    cache.get(User, "email", "a@x.io")
+    with db.Session() as session:
+        session.delete(session.get(User, 1))
+        session.commit()
+    for field, value in (("id", 1), ("email", "a@x.io")):
+        assert cached(cache, redis_client, User, field, value) is None
+        with pytest.raises(NotFound):
+            cache.get(User, field, value)
+
+
+def test_an_insert_clears_tombstones_of_its_lookups(cache: SQLAlchemyCache, db: Database) -> None:
+    for field, value in (("id", 5), ("email", "e@x.io")):
+        with pytest.raises(NotFound):
+            cache.get(User, field, value)
+    add(db, User(id=5, email="e@x.io"))
+    assert cache.get(User, "id", 5).email == "e@x.io"
+    assert cache.get(User, "email", "e@x.io").id == 5
+
+
+def test_bulk_update_of_1000_rows_leaves_no_stale_entry(
+    cache: SQLAlchemyCache, db: Database, redis_client: redis.Redis
+) -> None:
+    with db.Session() as session:
+        session.execute(
+            insert(User), [{"id": i, "email": f"{i}@x.io", "name": "v1"} for i in range(1, 1001)]
+        )
+        session.commit()
+    ids = list(range(1, 1001))
+    assert {u.name for u in cache.get_many(User, "id", ids)} == {"v1"}
+    assert {u.name for u in cache.get_many(User, "email", [f"{i}@x.io" for i in ids])} == {"v1"}
+    with db.Session() as session:
+        session.execute(update(User).where(User.id <= 1000).values(name="v2"))
+        session.commit()
+    stale = [
+        i
+        for i in ids
+        if (c := cached(cache, redis_client, User, "id", i)) is not None and c.name != "v2"
+    ]
+    stale += [
+        i
+        for i in ids
+        if (c := cached(cache, redis_client, User, "email", f"{i}@x.io")) is not None
+        and c.name != "v2"
+    ]
+    assert stale == []
+    assert {u.name for u in cache.get_many(User, "id", ids)} == {"v2"}
+
+
+def test_bulk_update_of_a_unique_field_and_bulk_delete(
+    cache: SQLAlchemyCache, db: Database
+) -> None:
+    add(db, User(id=1, email="old@x.io"), User(id=2, email="two@x.io"))
+    cache.get(User, "email", "old@x.io")
+    with pytest.raises(NotFound):
+        cache.get(User, "email", "new@x.io")
+    with db.Session() as session:
+        session.execute(update(User).where(User.id == 1).values(email="new@x.io"))
+        session.commit()
+    assert cache.get(User, "email", "new@x.io").id == 1
+    with pytest.raises(NotFound):
+        cache.get(User, "email", "old@x.io")
+    cache.get(User, "id", 2)
+    with db.Session() as session:
+        session.execute(delete(User).where(User.email == "two@x.io"))
+        session.commit()
+    with pytest.raises(NotFound):
+        cache.get(User, "id", 2)
+
+
+def test_a_rolled_back_bulk_update_invalidates_nothing(
+    cache: SQLAlchemyCache, db: Database
+) -> None:
+    add(db, User(id=1, email="a@x.io", name="v1"))
+    cache.get(User, "id", 1)
+    before = cache.metrics.snapshot().invalidations
+    with db.Session() as session:
+        session.execute(update(User).values(name="never"))
+        session.rollback()
+    assert cache.metrics.snapshot().invalidations == before
+
+
+def test_unwatched_sessions_do_not_invalidate(db: Database, redis_client: redis.Redis) -> None:
+    cache = SQLAlchemyCache(redis_client, db.Session)  # no watch()
+    add(db, User(id=1, email="a@x.io", name="v1"))
+    cache.get(User, "id", 1)
+    with db.Session() as session:
+        session.get(User, 1).name = "v2"
+        session.commit()
+    assert cache.get(User, "id", 1).name == "v1"  # stale until invalidated: why watch() exists
+    assert cache.metrics.snapshot().invalidations == 0
+
+
+def test_watching_one_session(db: Database, redis_client: redis.Redis) -> None:
+    cache = SQLAlchemyCache(redis_client, db.Session)
+    add(db, User(id=1, email="a@x.io", name="v1"))
+    cache.get(User, "id", 1)
+    with db.Session() as session:
+        cache.watch(session)
+        session.get(User, 1).name = "v2"
+        session.commit()
+    assert cache.get(User, "id", 1).name == "v2"
+
+
+def test_warm_on_write_refills_through_the_lease(db: Database, redis_client: redis.Redis) -> None:
+    cache = SQLAlchemyCache(redis_client, db.Session)
+    cache.watch(db.Session, warm=True)
+    add(db, User(id=1, email="a@x.io", name="v1"))  # a new row: warmed after commit
+    probe = FetchProbe(cache)
+    assert cache.get(User, "id", 1).name == "v1"
+    assert probe.calls == 0  # a hit: the commit refilled it
+    with db.Session() as session:
+        session.get(User, 1).name = "v2"
+        session.commit()
+    assert cache.get(User, "id", 1).name == "v2"
+    assert probe.calls == 0
+    assert cache.metrics.snapshot().stale_commits == 0
+
+
+def test_a_lost_invalidation_fails_the_commit_loudly(db: Database) -> None:
+    down = cachecow.connect(f"redis://127.0.0.1:{free_port()}/0", timeout=0.3)
+    cache = SQLAlchemyCache(down, db.Session, fail_open=True)
+    cache.watch(db.Session)
+    add_session = db.Session()
+    add_session.add(User(id=1, email="a@x.io"))
+    with pytest.raises(InvalidationFailed):
+        add_session.commit()  # the row is committed; the cache may be stale: the caller learns
+    add_session.close()
+    with db.Session() as session:
+        assert session.get(User, 1) is not None
+    assert cache.get(User, "id", 1).email == "a@x.io"  # fail_open reads still work
+
+
+# -- async ----------------------------------------------------------------------------------------
+
+
+def test_async_cache_with_a_watched_async_sessionmaker(db: Database, redis_server: Any) -> None:
+    import redis.asyncio as aredis
+
+    async def scenario() -> None:
+        engine = db.async_engine()
+        factory = async_sessionmaker(engine, expire_on_commit=False)
+        client = aredis.Redis(port=redis_server.port)
+        await client.flushall()
+        cache = AsyncSQLAlchemyCache(client, factory)
+        cache.watch(factory)
+        async with factory() as session:
+            session.add_all(
+                [User(id=1, email="a@x.io", name="v1"), User(id=2, email="b@x.io", name="b")]
+            )
+            await session.commit()
+        assert (await cache.get(User, "id", 1)).name == "v1"
+        assert [u.id for u in await cache.get_many(User, "email", ["a@x.io", "b@x.io"])] == [1, 2]
+        async with factory() as session:
+            (await session.get(User, 1)).email = "new@x.io"
+            await session.commit()
+        assert (await cache.get(User, "email", "new@x.io")).id == 1
+        with pytest.raises(NotFound):
+            await cache.get(User, "email", "a@x.io")
+        before = cache.metrics.snapshot().invalidations
+        async with factory() as session:
+            (await session.get(User, 2)).name = "never"
+            await session.flush()
+            await session.rollback()
+        assert cache.metrics.snapshot().invalidations == before
+        async with factory() as session:
+            await session.execute(update(User).values(name="bulk"))
+            await session.commit()
+        assert {u.name for u in await cache.get_many(User, "id", [1, 2])} == {"bulk"}
+        await client.aclose()
+        await engine.dispose()
+
+    asyncio.run(scenario())
