@@ -2,8 +2,12 @@
 
 Each adapter is one module that subclasses :class:`cachecow.CacheCow` and supplies ``fetch``,
 ``serialize``, ``deserialize`` and invalidation wired into its ORM's write paths after commit.
-This package imports no framework. No adapter ships yet: SQLAlchemy, Django and MongoEngine
-adapters are planned, each as its own module behind its extra (``cachecow[sqlalchemy]`` ...).
+This package imports no framework: import the adapter you need once its extra is installed.
+
+- ``cachecow.adapters.sqlalchemy`` (``pip install 'cachecow[sqlalchemy]'``): SQLAlchemy 2,
+  sync and async.
+
+Django and MongoEngine adapters are planned.
 """
 
 __all__: list[str] = []

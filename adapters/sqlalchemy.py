@@ -228,6 +228,11 @@ class _Model:
             fingerprint=hashlib.sha1(shape.encode()).hexdigest()[:12],
         )
 
+    @property
+    def lookup_keys(self) -> list[str]:
+        """Every attribute that is part of a unique lookup, in lookup order."""
+        return list(dict.fromkeys(k for lookup in self.lookups for k in _keys(lookup)))
+
     def describe(self) -> str:
         return ", ".join(
             repr(lookup) if isinstance(lookup, str) else "(" + ", ".join(lookup) + ")"
@@ -367,7 +372,7 @@ class _SQLAlchemyModels:
                 return stmt.where(column == id_vals[0])
             return stmt.where(column.in_(id_vals))
         cols = [info.columns[key] for key in id_field]
-        if dialect.name in ("postgresql", "sqlite", "mysql", "mariadb"):
+        if dialect.name in _TUPLE_IN:
             return stmt.where(tuple_(*cols).in_([tuple(v) for v in id_vals]))
         return stmt.where(
             or_(*(and_(*(c == x for c, x in zip(cols, v, strict=True))) for v in id_vals))
@@ -389,14 +394,20 @@ class _SQLAlchemyModels:
             return found
 
         def before_flush(session: Session, flush_context: Any, instances: Any) -> None:
-            # Old values (and current ones) of changed and deleted instances, read now: the
-            # session may still load an unloaded attribute here.
+            # Old values (and current ones) of changed and deleted instances, read now, while
+            # the database still holds the old row.
             lookups: list[Lookup] = []
+            unknown: dict[type, list[Any]] = {}
             with session.no_autoflush:
                 for obj in list(session.dirty) + list(session.deleted):
                     lookups += self._lookups_of(obj, old=True)
+                    cls = self._old_values_unknown(obj)
+                    if cls is not None:
+                        unknown.setdefault(cls, []).append(obj)
                     if warm and obj not in session.deleted:
                         tracker(session).changed.append(obj)
+                for cls, objs in unknown.items():
+                    lookups += self._stored_lookups(session, cls, objs)
             tracker(session).add(session, lookups)
 
         def after_flush(session: Session, flush_context: Any) -> None:
@@ -477,37 +488,90 @@ class _SQLAlchemyModels:
                 out.append((info.cls, lookup, value))
         return out
 
+    def _old_values_unknown(self, obj: Any) -> type | None:
+        """The model of ``obj`` if a lookup field was set without its old value ever loaded
+        (expired by a commit, deferred, never read): then only the database knows it."""
+        try:
+            info = self.model_info(type(obj))
+        except ConfigurationError:
+            return None
+        state = sa_inspect(obj)
+        for key in info.lookup_keys:
+            history = state.attrs[key].history
+            if history.added and not history.deleted and not history.unchanged:
+                return info.cls
+        return None
+
+    def _stored_lookups(self, session: Session, cls: Any, objs: list[Any]) -> list[Lookup]:
+        """The lookups of these instances as the database holds them (one SELECT)."""
+        info = self.model_info(cls)
+        pks = [sa_inspect(obj).identity for obj in objs]
+        pk_cols = [info.columns[k] for k in _keys(info.primary_key)]
+        stmt = select(*[info.columns[k] for k in info.lookup_keys]).where(
+            _in(pk_cols, [tuple(pk) for pk in pks if pk is not None], session)
+        )
+        rows = session.execute(stmt).all()
+        return [
+            lk
+            for row in rows
+            for lk in _row_lookups(info, dict(zip(info.lookup_keys, row, strict=True)))
+        ]
+
     def _bulk(self, state: ORMExecuteState, cls: Any, tracker: _Tracker) -> Any:
         """A bulk ``update()`` / ``delete()`` / ``insert()``: invalidate every affected row."""
         info = self.model_info(cls)
         session = state.session
+        statement: Any = state.statement
+        given: Any = state.parameters
+        many = isinstance(given, list)
         if state.is_insert:
             result = state.invoke_statement()
-            given: Any = state.parameters
-            params: list[Mapping[str, Any]] = (
-                list(given) if isinstance(given, list) else [given] if given else []
-            )
-            tracker.add(session, [lk for row in params for lk in _row_lookups(info, row)])
+            rows: list[Mapping[str, Any]] = list(given) if many else []
+            if not many:
+                # insert().values(...) and a single parameter dict: the compiled statement's
+                # parameters name every value it inserts.
+                compiled = statement.compile(dialect=session.get_bind(mapper=info.mapper).dialect)
+                row = dict(compiled.params)
+                row.update(given or {})
+                rows = [{key: row[c.name] for key, c in info.columns.items() if c.name in row}]
+            tracker.add(session, [lk for row in rows for lk in _row_lookups(info, row)])
             return result
-        keys = list(dict.fromkeys(k for lookup in info.lookups for k in _keys(lookup)))
-        pk_keys = list(_keys(info.primary_key))
+        keys = info.lookup_keys
         columns = [info.columns[k] for k in keys]
-        pre = select(*columns)
-        statement: Any = state.statement
-        where = statement.whereclause
-        if where is not None:
-            pre = pre.where(where)
-        if session.get_bind(mapper=info.mapper).dialect.name in ("postgresql", "mysql", "mariadb"):
+        pk_keys = list(_keys(info.primary_key))
+        pk_cols = [info.columns[k] for k in pk_keys]
+        dialect = session.get_bind(mapper=info.mapper).dialect
+        if many:
+            # Bulk UPDATE by primary key (a list of parameter rows): the rows are those keys.
+            pks = [tuple(row[k] for k in pk_keys) for row in given]
+            pre = select(*columns).where(_in(pk_cols, pks, session))
+            params: Any = {}
+        else:
+            pre = select(*columns)
+            if statement.whereclause is not None:
+                pre = pre.where(statement.whereclause)
+            params = given or {}
+        if dialect.name in ("postgresql", "mysql", "mariadb"):
             pre = pre.with_for_update()
-        before = [dict(zip(keys, row, strict=True)) for row in session.execute(pre).all()]
+        found = [dict(zip(keys, r, strict=True)) for r in session.execute(pre, params).all()]
         result = state.invoke_statement()
-        rows = list(before)
-        if state.is_update and before:
-            pk_cols = [info.columns[k] for k in pk_keys]
-            pks = [tuple(r[k] for k in pk_keys) for r in before]
-            post = select(*columns).where(tuple_(*pk_cols).in_(pks))
-            rows += [dict(zip(keys, row, strict=True)) for row in session.execute(post).all()]
-        tracker.add(session, [lk for row in rows for lk in _row_lookups(info, row)])
+        if state.is_update:
+            # New values of the rows found, and any row that matches the statement only now
+            # (changed by another transaction between the pre-select and the UPDATE).
+            post = select(*columns)
+            conditions = []
+            if found:
+                conditions.append(
+                    _in(pk_cols, [tuple(r[k] for k in pk_keys) for r in found], session)
+                )
+            if not many and statement.whereclause is not None:
+                conditions.append(statement.whereclause)
+            if conditions:
+                post = post.where(or_(*conditions))
+                found += [
+                    dict(zip(keys, r, strict=True)) for r in session.execute(post, params).all()
+                ]
+        tracker.add(session, [lk for row in found for lk in _row_lookups(info, row)])
         return result
 
     def _invalidate_committed(self, lookups: list[Lookup]) -> None:
@@ -538,6 +602,19 @@ def _row_lookups(info: _Model, row: Mapping[str, Any]) -> list[Lookup]:
             if not _has_null(value):
                 out.append((info.cls, lookup, value))
     return out
+
+
+def _in(cols: list[Any], values: list[tuple[Any, ...]], session: Any) -> Any:
+    """``cols IN values``: a tuple IN where the dialect has one, or an OR of ANDs."""
+    if len(cols) == 1:
+        return cols[0].in_([v[0] for v in values])
+    bind = session.get_bind() if hasattr(session, "get_bind") else session
+    if bind.dialect.name in _TUPLE_IN:
+        return tuple_(*cols).in_(values)
+    return or_(*(and_(*(c == x for c, x in zip(cols, v, strict=True))) for v in values))
+
+
+_TUPLE_IN = ("postgresql", "sqlite", "mysql", "mariadb")
 
 
 def _keys(lookup: Field) -> tuple[str, ...]:

@@ -502,3 +502,100 @@ def test_async_cache_with_a_watched_async_sessionmaker(db: Database, redis_serve
         await engine.dispose()
 
     asyncio.run(scenario())
+
+
+# -- regressions: what the first review of the adapter found ------------------------------------
+
+
+def test_an_expired_unique_field_still_invalidates_its_old_value(
+    cache: SQLAlchemyCache, db: Database
+) -> None:
+    """expire_on_commit (the default) expires every attribute: setting one then records no old
+    value, so the adapter reads the old values from the database before the flush."""
+    add(db, User(id=1, email="old@x.io", name="Ada"))
+    assert cache.get(User, "email", "old@x.io").id == 1
+    with db.Session() as session:
+        user = session.get(User, 1)
+        session.commit()  # expires user
+        user.email = "new@x.io"  # set without loading: no old value in the history
+        session.commit()
+    with pytest.raises(NotFound):
+        cache.get(User, "email", "old@x.io")
+    assert cache.get(User, "email", "new@x.io").id == 1
+
+
+def test_a_deferred_unique_field_still_invalidates_its_old_value(
+    cache: SQLAlchemyCache, db: Database
+) -> None:
+    from sqlalchemy.orm import load_only
+
+    add(db, User(id=1, email="old@x.io", name="Ada"))
+    cache.get(User, "email", "old@x.io")
+    with db.Session() as session:
+        user = session.scalars(sa.select(User).options(load_only(User.name))).one()
+        user.email = "new@x.io"
+        session.commit()
+    with pytest.raises(NotFound):
+        cache.get(User, "email", "old@x.io")
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+def test_a_row_that_matches_a_bulk_update_only_at_its_execution(
+    cache: SQLAlchemyCache, db: Database, redis_client: redis.Redis
+) -> None:
+    """Between the pre-select and the UPDATE, another transaction makes row 2 match the WHERE and
+    a reader caches it; the UPDATE changes it too, so the commit must invalidate it. (PostgreSQL:
+    under SQLite's locking the other writer cannot commit inside that window.)"""
+    add(db, User(id=1, email="z1@x.io", name="A"), User(id=2, email="b@x.io", name="B"))
+    fired = []
+
+    def interleave(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if fired or not statement.lstrip().upper().startswith("UPDATE"):
+            return
+        fired.append(True)
+        with db.Session() as other:  # watched: its commit invalidates row 2
+            other.get(User, 2).email = "z2@x.io"
+            other.commit()
+        assert cache.get(User, "id", 2).email == "z2@x.io"  # a reader caches the new row 2
+
+    sa.event.listen(db.engine, "before_cursor_execute", interleave)
+    try:
+        with db.Session() as session:
+            session.execute(update(User).where(User.email.like("z%")).values(name="Renamed"))
+            session.commit()
+    finally:
+        sa.event.remove(db.engine, "before_cursor_execute", interleave)
+    assert fired
+    assert cache.get(User, "id", 2).name == "Renamed"
+    assert cache.get(User, "email", "z2@x.io").name == "Renamed"
+
+
+def test_bulk_update_with_bound_parameters(cache: SQLAlchemyCache, db: Database) -> None:
+    add(db, User(id=1, email="a@x.io", name="v1"))
+    cache.get(User, "id", 1)
+    with db.Session() as session:
+        stmt = update(User).where(User.id == sa.bindparam("uid")).values(name="v2")
+        session.execute(stmt, {"uid": 1})
+        session.commit()
+    assert cache.get(User, "id", 1).name == "v2"
+
+
+def test_bulk_update_by_primary_key_touches_only_those_rows(
+    cache: SQLAlchemyCache, db: Database, redis_client: redis.Redis, queries: Queries
+) -> None:
+    add(db, *[User(id=i, email=f"{i}@x.io", name="v1") for i in (1, 2, 3)])
+    cache.get_many(User, "id", [1, 2, 3])
+    with db.Session() as session:
+        session.execute(update(User), [{"id": 1, "name": "n1"}, {"id": 2, "name": "n2"}])
+        session.commit()
+    assert cached(cache, redis_client, User, "id", 3).name == "v1"  # not invalidated
+    assert [u.name for u in cache.get_many(User, "id", [1, 2, 3])] == ["n1", "n2", "v1"]
+
+
+def test_insert_values_clears_tombstones(cache: SQLAlchemyCache, db: Database) -> None:
+    with pytest.raises(NotFound):
+        cache.get(User, "email", "v@x.io")
+    with db.Session() as session:
+        session.execute(insert(User).values(id=9, email="v@x.io", name="V"))
+        session.commit()
+    assert cache.get(User, "email", "v@x.io").id == 9
