@@ -45,14 +45,8 @@ its rows carry. Not covered: Core statements on a connection, raw SQL, and the l
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
-import decimal
-import enum
 import hashlib
 import logging
-import math
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,6 +75,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from cachecow import AsyncCacheCow, CacheCow, ConfigurationError, InvalidLookup, NotFound
 from cachecow.keys import Field, normalize_lookup
 
+from ._codecs import Codec, codec_for
+
 __all__ = ["AsyncSQLAlchemyCache", "SQLAlchemyCache"]
 
 logger = logging.getLogger("cachecow")
@@ -88,68 +84,12 @@ logger = logging.getLogger("cachecow")
 Lookup = tuple[Any, Field, Any]  # (model, field, value)
 
 
-# -- column codecs ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Codec:
-    """How one column's Python values become JSON-safe values, and back."""
-
-    encode: Callable[[Any], Any]
-    decode: Callable[[Any], Any]
-
-
-def _plain(name: str) -> _Codec:
-    def encode(value: Any) -> Any:
-        if isinstance(value, (str, int, float, bool, list, dict)):
-            return value
-        raise TypeError(
-            f"column {name!r} holds a {type(value).__name__}, which the SQLAlchemy adapter "
-            "cannot encode; override encode_value/decode_value for it"
-        )
-
-    return _Codec(encode, lambda value: value)
-
-
-def _float_encode(value: float) -> Any:
-    return value if math.isfinite(value) else repr(value)  # 'nan', 'inf', '-inf'
-
-
-def _float_decode(value: Any) -> float:
-    return float(value)
-
-
-def _codec_for(column: sa.Column[Any], name: str) -> _Codec:
+def _codec_for(column: sa.Column[Any], name: str) -> Codec:
     try:
         python_type: Any = column.type.python_type
     except NotImplementedError:
-        return _plain(name)
-    if python_type is dt.datetime:
-        return _Codec(lambda v: v.isoformat(), dt.datetime.fromisoformat)
-    if python_type is dt.date:
-        return _Codec(lambda v: v.isoformat(), dt.date.fromisoformat)
-    if python_type is dt.time:
-        return _Codec(lambda v: v.isoformat(), dt.time.fromisoformat)
-    if python_type is dt.timedelta:
-        return _Codec(
-            lambda v: [v.days, v.seconds, v.microseconds],
-            lambda v: dt.timedelta(days=v[0], seconds=v[1], microseconds=v[2]),
-        )
-    if python_type is decimal.Decimal:
-        return _Codec(str, decimal.Decimal)
-    if python_type is float:
-        return _Codec(_float_encode, _float_decode)
-    if python_type is uuid.UUID:
-        return _Codec(lambda v: v.hex, uuid.UUID)
-    if python_type is bytes:
-        return _Codec(
-            lambda v: base64.b64encode(bytes(v)).decode("ascii"),
-            lambda v: base64.b64decode(v),
-        )
-    if isinstance(python_type, type) and issubclass(python_type, enum.Enum):
-        enum_class = python_type
-        return _Codec(lambda v: v.name, lambda v: enum_class[v])
-    return _plain(name)
+        python_type = None
+    return codec_for(python_type, name)
 
 
 # -- what the adapter knows of a mapped class ---------------------------------------------------
@@ -163,7 +103,7 @@ class _Model:
     mapper: Mapper[Any]
     keys: list[str]  # mapped column attributes, in column order
     columns: dict[str, sa.Column[Any]]
-    codecs: list[_Codec]
+    codecs: list[Codec]
     primary_key: Field
     lookups: list[Field]
     fingerprint: str
