@@ -84,6 +84,11 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
         id_field, id_val = self._normalize(cls, id_field, id_val)
         return await self._drive(self._get_flow(cls, id_field, id_val), cls, id_field, id_val)
 
+    async def peek(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> Any:
+        """The cached object of a lookup, or ``None``; see :meth:`cachecow.CacheCow.peek`."""
+        id_field, id_val = self._normalize(cls, id_field, id_val)
+        return await self._drive(self._peek_flow(cls, id_field, id_val), cls, id_field, id_val)
+
     async def get_many(
         self, cls: Any, id_field: str | tuple[str, ...], id_vals: Iterable[Any]
     ) -> list[Any]:

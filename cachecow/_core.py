@@ -95,6 +95,15 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         id_field, id_val = self._normalize(cls, id_field, id_val)
         return self._drive(self._get_flow(cls, id_field, id_val), cls, id_field, id_val)
 
+    def peek(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> Any:
+        """The cached object of a lookup, or ``None`` when it is not cached: never fetches.
+
+        One round trip (a ``GET``). A cached "not found" raises like :meth:`get`. With
+        ``fail_open``, a Redis error gives ``None``.
+        """
+        id_field, id_val = self._normalize(cls, id_field, id_val)
+        return self._drive(self._peek_flow(cls, id_field, id_val), cls, id_field, id_val)
+
     def get_many(
         self, cls: Any, id_field: str | tuple[str, ...], id_vals: Iterable[Any]
     ) -> list[Any]:

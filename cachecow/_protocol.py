@@ -683,6 +683,23 @@ class CacheCowBase(Generic[ClientT]):
             self.metrics.incr("redis_errors")
             logger.warning("cachecow: could not release lease %s: %s", flag_key, exc)
 
+    def _peek_flow(self, cls: Any, id_field: Field, id_val: Any) -> Flow:
+        """Read a lookup from the cache only: the object, ``None`` if not cached; never
+        fetches, never leases (a tombstone raises the not-found exception, as ``get`` does)."""
+        value_key = self.get_keys(cls, id_field, id_val)[0]
+        try:
+            reply = yield Command(("GET", value_key))
+        except RedisError as exc:
+            self._redis_failed(exc, "peek", (value_key,))
+            return None
+        if reply is None:
+            self.metrics.incr("misses")
+            return None
+        obj = self._cached(cls, id_field, id_val, reply)
+        if obj is _TOMB:
+            raise self.not_found(cls, id_field, id_val)
+        return None if obj is _UNUSABLE else obj
+
     # -- flows: many lookups of one field -------------------------------------------------------
 
     def _batched(

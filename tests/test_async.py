@@ -204,7 +204,7 @@ def test_sync_class_refuses_coroutine_hooks(redis_client: redis.Redis) -> None:
     assert redis_client.dbsize() == 0
 
 
-IO_METHODS = {"get", "get_many", "invalidate", "invalidate_many", "invalidate_lookups"}
+IO_METHODS = {"get", "get_many", "peek", "invalidate", "invalidate_many", "invalidate_lookups"}
 IO_METHODS |= {"invalidate_object"}
 
 

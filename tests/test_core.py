@@ -256,3 +256,19 @@ def test_a_raising_metrics_hook_changes_nothing(
     assert redis_client.dbsize() == 0  # no lease left behind, the invalidation happened
     assert cache.metrics.snapshot().hits == 1
     assert len([r for r in caplog.records if "metrics hook raised" in r.getMessage()]) == 1
+
+
+def test_peek_reads_the_cache_only(redis_client: redis.Redis) -> None:
+    cache = MemberCache(redis_client)
+    assert cache.peek(Member, "id", 1) is None  # not cached: no fetch, no lease
+    assert cache.lookups == []
+    assert redis_client.dbsize() == 0
+    cache.get(Member, "id", 1)
+    assert cache.peek(Member, "id", 1) == {"id": 1}
+    with pytest.raises(NotFound):
+        cache.get(Member, "id", 500)
+    with pytest.raises(NotFound):
+        cache.peek(Member, "id", 500)  # a tombstone answers like get
+    redis_client.set(cache.get_keys(Member, "id", 1)[0], b"\xff garbage")
+    assert cache.peek(Member, "id", 1) is None  # unusable: a miss, left for get to repair
+    assert len(cache.lookups) == 2
