@@ -1,0 +1,68 @@
+"""Models of the Django adapter's tests."""
+
+from __future__ import annotations
+
+from django.db import models
+
+from cachecow.adapters.django import CachedManager
+
+
+class Item(models.Model):
+    """The contract suite's model (not watched: the contract invalidates by hand)."""
+
+    id = models.IntegerField(primary_key=True)
+    payload = models.CharField(max_length=100)
+
+
+class Org(models.Model):
+    name = models.CharField(max_length=50)
+    objects = models.Manager()
+    cached = CachedManager()
+
+
+class Person(models.Model):
+    email = models.EmailField(unique=True)
+    name = models.CharField(max_length=100, blank=True)
+    org = models.ForeignKey(Org, null=True, on_delete=models.CASCADE)
+    objects = models.Manager()
+    cached = CachedManager()
+
+
+class Account(models.Model):
+    """Opted in: Account.objects.get(...) itself is served from the cache."""
+
+    handle = models.CharField(max_length=50, unique=True)
+    balance = models.IntegerField(default=0)
+    objects = CachedManager()
+
+
+class Membership(models.Model):
+    org = models.ForeignKey(Org, on_delete=models.CASCADE)
+    person = models.ForeignKey(Person, on_delete=models.CASCADE)
+    role = models.CharField(max_length=20)
+    objects = models.Manager()
+    cached = CachedManager()
+
+    class Meta:
+        constraints = (models.UniqueConstraint(fields=["org", "person"], name="one_membership"),)
+
+
+class Everything(models.Model):
+    when = models.DateTimeField(null=True)
+    day = models.DateField(null=True)
+    clock = models.TimeField(null=True)
+    span = models.DurationField(null=True)
+    money = models.DecimalField(max_digits=20, decimal_places=6, null=True)
+    ratio = models.FloatField(null=True)
+    token = models.UUIDField(null=True)
+    blob = models.BinaryField(null=True)
+    doc = models.JSONField(null=True)
+    flag = models.BooleanField(null=True)
+    text = models.TextField(null=True)
+    objects = models.Manager()
+    cached = CachedManager()
+
+
+class ProxyPerson(Person):
+    class Meta:
+        proxy = True

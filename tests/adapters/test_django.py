@@ -1,0 +1,358 @@
+"""The Django adapter on SQLite and PostgreSQL (pytest-django, real Redis): lookups through the
+manager, from_db objects, invalidation on commit, bulk writes, atomic blocks, a forced race."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings
+from django.db import connections, transaction
+from django.test.utils import CaptureQueriesContext
+
+import cachecow
+from cachecow import ConfigurationError, InvalidLookup
+from cachecow.adapters.django import DjangoCache, set_default_cache
+from cachecow.testing.contract import CacheCowContract, FetchProbe
+from tests.adapters.djapp.models import (
+    Account,
+    Everything,
+    Item,
+    Membership,
+    Org,
+    Person,
+    ProxyPerson,
+)
+
+pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+
+
+@pytest.fixture(params=["default", "pg"])
+def alias(request: pytest.FixtureRequest) -> str:
+    if request.param not in settings.DATABASES:
+        pytest.skip("PostgreSQL at 127.0.0.1:5432 does not answer (required when CI=true)")
+    return str(request.param)
+
+
+class ThreadSafeDjangoCache(DjangoCache):
+    """Closes a reader thread's database connection after its fetch (test threads end
+    without Django's request cycle, which would close it)."""
+
+    def fetch(self, cls: Any, id_field: Any, id_val: Any) -> Any:
+        try:
+            return super().fetch(cls, id_field, id_val)
+        finally:
+            if threading.current_thread() is not threading.main_thread():
+                connections[self.db_for(cls)].close()
+
+    def fetch_many(self, cls: Any, id_field: Any, id_vals: Any) -> Any:
+        try:
+            return super().fetch_many(cls, id_field, id_vals)
+        finally:
+            if threading.current_thread() is not threading.main_thread():
+                connections[self.db_for(cls)].close()
+
+
+@pytest.fixture
+def cache(alias: str, redis_client: redis.Redis) -> Iterator[DjangoCache]:
+    cache = ThreadSafeDjangoCache(redis_client, using=alias)
+    set_default_cache(cache)  # the managers' cache; watches every model with a CachedManager
+    yield cache
+    set_default_cache(None)
+
+
+def queries(alias: str) -> CaptureQueriesContext:
+    return CaptureQueriesContext(connections[alias])
+
+
+def cached(cache: DjangoCache, model: Any, field: Any, value: Any) -> Any:
+    raw = cache.redis.get(cache.get_keys(model, field, value)[0])
+    if raw is None or raw == cachecow.TOMBSTONE:
+        return None
+    return cache.deserialize(model, raw)
+
+
+# -- the contract -------------------------------------------------------------------------------
+
+
+class TestDjangoContract(CacheCowContract):
+    model = Item
+    field = "id"
+
+    @pytest.fixture(autouse=True)
+    def _alias(self, alias: str) -> None:
+        self.alias = alias
+
+    def make_cache(self, redis: redis.Redis, **options: Any) -> Any:
+        return ThreadSafeDjangoCache(redis, using=self.alias, **options)
+
+    def write(self, key: int, payload: str) -> None:
+        Item.objects.using(self.alias).update_or_create(id=key, defaults={"payload": payload})
+
+    def delete(self, key: int) -> None:
+        Item.objects.using(self.alias).filter(id=key).delete()
+
+    def payload_of(self, obj: Any) -> str:
+        payload: str = obj.payload
+        return payload
+
+
+# -- lookups through the managers ---------------------------------------------------------------
+
+
+def test_manager_serves_unique_lookups_and_passes_the_rest(cache: DjangoCache, alias: str) -> None:
+    org = Org.objects.using(alias).create(name="Acme")
+    ada = Person.objects.using(alias).create(email="ada@x.io", name="Ada", org=org)
+    Membership.objects.using(alias).create(org=org, person=ada, role="owner")
+    Person.cached.get(email="ada@x.io")
+    with queries(alias) as ctx:
+        assert Person.cached.get(email="ada@x.io").pk == ada.pk
+        assert Person.cached.get(pk=ada.pk).email == "ada@x.io"
+        assert Person.cached.get(id=ada.pk).email == "ada@x.io"
+    assert len(ctx) == 1  # pk and id are one lookup: one miss between them, then hits
+    with queries(alias) as ctx:
+        assert Membership.cached.get(org=org, person=ada).role == "owner"
+        assert Membership.cached.get(person_id=ada.pk, org_id=org.pk).role == "owner"
+    assert len(ctx) == 1
+    before = cache.redis.dbsize()
+    assert Person.cached.using(alias).get(name="Ada").pk == ada.pk  # not unique: to the database
+    assert Person.cached.using(alias).filter(org=org).get(email="ada@x.io").pk == ada.pk
+    assert Person.cached.using(alias).get(email__iexact="ADA@x.io").pk == ada.pk
+    assert cache.redis.dbsize() == before
+
+
+def test_objects_opt_in(cache: DjangoCache, alias: str) -> None:
+    Account.objects.using(alias).create(handle="ada", balance=5)
+    Account.objects.get(handle="ada")
+    with queries(alias) as ctx:
+        assert Account.objects.get(handle="ada").balance == 5
+    assert len(ctx) == 0
+
+
+def test_cached_objects_behave_as_loaded(cache: DjangoCache, alias: str) -> None:
+    ada = Person.objects.using(alias).create(email="ada@x.io", name="Ada")
+    Person.cached.get(pk=ada.pk)
+    obj = Person.cached.get(pk=ada.pk)
+    assert cache.metrics.snapshot().hits == 1
+    assert obj._state.adding is False
+    assert obj._state.db == alias
+    assert obj == ada
+    obj.name = "Ada Lovelace"
+    obj.save()  # an UPDATE, not an INSERT
+    assert Person.objects.using(alias).count() == 1
+    assert Person.cached.get(pk=ada.pk).name == "Ada Lovelace"
+
+
+def test_does_not_exist_both_times(cache: DjangoCache, alias: str) -> None:
+    for _ in range(2):
+        with pytest.raises(Person.DoesNotExist):
+            Person.cached.get(email="nobody@x.io")
+    assert cache.metrics.snapshot().tombstone_hits == 1
+
+
+def test_only_unique_lookups_and_no_proxies(cache: DjangoCache) -> None:
+    with pytest.raises(InvalidLookup, match=r"valid lookups are 'id', 'email'"):
+        cache.get(Person, "name", "Ada")
+    with pytest.raises(ConfigurationError, match="proxy model"):
+        cache.get(ProxyPerson, "id", 1)
+
+
+def test_field_types_round_trip(cache: DjangoCache, alias: str) -> None:
+    row = Everything.objects.using(alias).create(
+        when=dt.datetime(2024, 5, 1, 12, 30, 45, 123456, tzinfo=dt.timezone.utc),
+        day=dt.date(1999, 12, 31),
+        clock=dt.time(23, 59, 58, 999999),
+        span=dt.timedelta(days=3, seconds=7, microseconds=11),
+        money=decimal.Decimal("123456.789012"),
+        ratio=0.1 + 0.2,
+        token=uuid.UUID("12345678-1234-5678-1234-567812345678"),
+        blob=b"\x00\xffbytes",
+        doc={"a": [1, 2.5, None, {"b": "c"}]},
+        flag=False,
+        text="x" * 300,
+    )
+    loaded = Everything.objects.using(alias).get(pk=row.pk)
+    Everything.cached.get(pk=row.pk)
+    hit = Everything.cached.get(pk=row.pk)
+    assert cache.metrics.snapshot().hits == 1
+    for name in ["when", "day", "clock", "span", "money", "ratio", "token", "doc", "flag", "text"]:
+        assert getattr(hit, name) == getattr(loaded, name), name
+        assert type(getattr(hit, name)) is type(getattr(loaded, name)), name
+    assert bytes(hit.blob) == bytes(loaded.blob)
+
+
+# -- invalidation -------------------------------------------------------------------------------
+
+
+def test_save_invalidates_old_and_new_unique_values(cache: DjangoCache, alias: str) -> None:
+    ada = Person.objects.using(alias).create(email="old@x.io", name="Ada")
+    Person.cached.get(email="old@x.io")
+    with pytest.raises(Person.DoesNotExist):
+        Person.cached.get(email="new@x.io")  # a tombstone under the new value
+    ada.email = "new@x.io"
+    ada.save()
+    assert Person.cached.get(email="new@x.io").pk == ada.pk
+    with pytest.raises(Person.DoesNotExist):
+        Person.cached.get(email="old@x.io")
+
+
+def test_save_of_an_unloaded_instance_reads_its_old_values(cache: DjangoCache, alias: str) -> None:
+    ada = Person.objects.using(alias).create(email="old@x.io", name="Ada")
+    Person.cached.get(email="old@x.io")
+    Person(pk=ada.pk, email="new@x.io", name="Ada").save(using=alias)  # never loaded
+    with pytest.raises(Person.DoesNotExist):
+        Person.cached.get(email="old@x.io")
+
+
+def test_invalidation_waits_for_the_outermost_commit(cache: DjangoCache, alias: str) -> None:
+    ada = Person.objects.using(alias).create(email="a@x.io", name="v1")
+    Person.cached.get(pk=ada.pk)
+    with transaction.atomic(using=alias):
+        ada.name = "v2"
+        ada.save()
+        with transaction.atomic(using=alias):
+            pass
+        assert cached(cache, Person, "id", ada.pk).name == "v1"  # not before the commit
+    assert cached(cache, Person, "id", ada.pk) is None
+    assert Person.cached.get(pk=ada.pk).name == "v2"
+
+
+def test_rollback_and_savepoint_rollback_invalidate_nothing(cache: DjangoCache, alias: str) -> None:
+    ada = Person.objects.using(alias).create(email="a@x.io", name="a")
+    bob = Person.objects.using(alias).create(email="b@x.io", name="b")
+    Person.cached.get(pk=ada.pk)
+    Person.cached.get(pk=bob.pk)
+    start = cache.metrics.snapshot().invalidations
+    try:
+        with transaction.atomic(using=alias):
+            ada.name = "never"
+            ada.save()
+            raise RuntimeError
+    except RuntimeError:
+        pass
+    assert cache.metrics.snapshot().invalidations == start
+    with transaction.atomic(using=alias):
+        bob.name = "b2"
+        bob.save()
+        try:
+            with transaction.atomic(using=alias):
+                ada.name = "undone"
+                ada.save()
+                raise RuntimeError
+        except RuntimeError:
+            pass
+    assert cached(cache, Person, "id", ada.pk).name == "a"  # its savepoint rolled back
+    assert cached(cache, Person, "id", bob.pk) is None
+    assert Person.cached.get(pk=ada.pk).name == "a"
+
+
+def test_delete_and_cascades(cache: DjangoCache, alias: str) -> None:
+    org = Org.objects.using(alias).create(name="Acme")
+    ada = Person.objects.using(alias).create(email="a@x.io", org=org)
+    Membership.objects.using(alias).create(org=org, person=ada, role="owner")
+    org_id, ada_id = org.pk, ada.pk
+    assert Person.cached.get(email="a@x.io").pk == ada_id
+    assert Membership.cached.get(org_id=org_id, person_id=ada_id).role == "owner"
+    org.delete()  # cascades to the person and the membership, sending their signals
+    with pytest.raises(Person.DoesNotExist):
+        Person.cached.get(email="a@x.io")
+    with pytest.raises(Person.DoesNotExist):
+        Person.cached.get(pk=ada_id)
+    with pytest.raises(Membership.DoesNotExist):
+        Membership.cached.get(org_id=org_id, person_id=ada_id)
+
+
+def test_queryset_update_and_delete_invalidate_every_row(cache: DjangoCache, alias: str) -> None:
+    people = [Person.objects.using(alias).create(email=f"{i}@x.io", name="v1") for i in range(20)]
+    ids = [p.pk for p in people]
+    assert {p.name for p in cache.get_many(Person, "id", ids)} == {"v1"}
+    assert Person.cached.using(alias).filter(pk__in=ids).update(name="v2") == 20
+    assert {p.name for p in cache.get_many(Person, "id", ids)} == {"v2"}
+    Person.cached.using(alias).filter(pk__in=ids[:5]).delete()
+    assert cache.get_many(Person, "id", ids[:5]) == [None] * 5
+    assert Person.cached.using(alias).filter(pk=ids[5]).update(email="moved@x.io") == 1
+    with pytest.raises(Person.DoesNotExist):
+        Person.cached.get(email="5@x.io")
+    assert Person.cached.get(email="moved@x.io").pk == ids[5]
+
+
+def test_bulk_create_and_bulk_update(cache: DjangoCache, alias: str) -> None:
+    with pytest.raises(Person.DoesNotExist):
+        Person.cached.get(email="new@x.io")
+    Person.cached.using(alias).bulk_create([Person(email="new@x.io", name="n")])
+    assert Person.cached.get(email="new@x.io").name == "n"
+    person = Person.objects.using(alias).get(email="new@x.io")
+    Person.cached.get(pk=person.pk)
+    person.name = "bulk"
+    Person.cached.using(alias).bulk_update([person], ["name"])
+    assert Person.cached.get(pk=person.pk).name == "bulk"
+
+
+# -- atomic blocks ------------------------------------------------------------------------------
+
+
+def test_inside_a_block_that_wrote_reads_see_its_own_data(cache: DjangoCache, alias: str) -> None:
+    ada = Person.objects.using(alias).create(email="a@x.io", name="v1")
+    Person.cached.get(pk=ada.pk)
+    with transaction.atomic(using=alias):
+        ada.name = "uncommitted"
+        ada.save()
+        assert Person.cached.get(pk=ada.pk).name == "uncommitted"
+        assert cached(cache, Person, "id", ada.pk).name == "v1"  # nothing cached
+    assert Person.cached.get(pk=ada.pk).name == "uncommitted"  # committed now
+
+
+def test_a_miss_inside_a_block_caches_nothing(cache: DjangoCache, alias: str) -> None:
+    ada = Person.objects.using(alias).create(email="a@x.io", name="v1")
+    with transaction.atomic(using=alias):
+        assert Person.cached.get(pk=ada.pk).name == "v1"
+        assert cache.redis.dbsize() == 0
+    Person.cached.get(pk=ada.pk)  # outside: leased and cached
+    with transaction.atomic(using=alias):
+        with queries(alias) as ctx:
+            assert Person.cached.get(pk=ada.pk).name == "v1"  # a hit is still served
+        assert len(ctx) == 0
+
+
+# -- a forced race --------------------------------------------------------------------------------
+
+
+def test_a_reader_racing_an_on_commit_invalidation(cache: DjangoCache, alias: str) -> None:
+    ada = Person.objects.using(alias).create(email="a@x.io", name="old")
+    reader_cache = ThreadSafeDjangoCache(cache.redis, using=alias)
+    probe = FetchProbe(reader_cache)
+    probe.gate_next()
+    got: dict[str, Any] = {}
+    reader = threading.Thread(target=lambda: got.update(p=reader_cache.get(Person, "id", ada.pk)))
+    reader.start()
+    probe.wait_fetched()  # the reader leased and read the old, committed row
+    with transaction.atomic(using=alias):
+        ada.name = "new"
+        ada.save()
+    # on_commit ran the invalidation: the reader's lease is void
+    probe.release()
+    reader.join(10)
+    assert got["p"].name == "old"
+    assert reader_cache.metrics.snapshot().stale_commits == 1
+    assert cached(cache, Person, "id", ada.pk) is None
+    assert Person.cached.get(pk=ada.pk).name == "new"
+
+
+def test_a_write_in_one_transaction_does_not_bypass_the_cache_in_the_next(
+    cache: DjangoCache, alias: str
+) -> None:
+    ada = Person.objects.using(alias).create(email="a@x.io", name="v1")
+    with transaction.atomic(using=alias):
+        ada.name = "v2"
+        ada.save()  # this transaction wrote Person: its reads skip the cache
+    Person.cached.get(pk=ada.pk)  # outside: cached
+    with transaction.atomic(using=alias):
+        with queries(alias) as ctx:
+            assert Person.cached.get(pk=ada.pk).name == "v2"
+        assert len(ctx) == 0  # a new transaction that wrote nothing: served from the cache
