@@ -6,8 +6,9 @@ This package imports no framework: import the adapter you need once its extra is
 
 - ``cachecow.adapters.sqlalchemy`` (``pip install 'cachecow[sqlalchemy]'``): SQLAlchemy 2,
   sync and async.
+- ``cachecow.adapters.django`` (``pip install 'cachecow[django]'``): Django 4.2 and newer.
 
-Django and MongoEngine adapters are planned.
+A MongoEngine adapter is planned.
 """
 
 __all__: list[str] = []
