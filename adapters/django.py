@@ -561,6 +561,9 @@ class CachedQuerySet(models.QuerySet[Any]):  # type: ignore[misc]
         count = int(super().update(**kwargs))
         pk = info.aliases["pk"]
         after = self._affected(cache, [row[pk] for row in before]) if before else []
+        # And any row that matches only now: changed by another transaction after the
+        # pre-select, then updated too.
+        after += self._affected(cache)
         lookups = [lk for row in before + after for lk in cache.lookups_of(self.model(), row)]
         cache.queue(lookups, self.db)
         return count

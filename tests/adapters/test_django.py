@@ -356,3 +356,36 @@ def test_a_write_in_one_transaction_does_not_bypass_the_cache_in_the_next(
         with queries(alias) as ctx:
             assert Person.cached.get(pk=ada.pk).name == "v2"
         assert len(ctx) == 0  # a new transaction that wrote nothing: served from the cache
+
+
+@pytest.mark.parametrize("alias", ["pg"], indirect=True)
+def test_a_row_that_matches_an_update_only_at_its_execution(cache: DjangoCache, alias: str) -> None:
+    """Between update()'s pre-select and its UPDATE, another connection makes row 2 match the
+    filter and a reader caches it; the UPDATE changes it too, so it must be invalidated.
+    (PostgreSQL: under SQLite's locking the other writer cannot commit inside that window.)"""
+    a = Person.objects.using(alias).create(email="z1@x.io", name="A")
+    b = Person.objects.using(alias).create(email="b@x.io", name="B")
+    fired: list[bool] = []
+
+    def elsewhere() -> None:  # another thread: another connection, autocommit
+        try:
+            moved = Person.objects.using(alias).get(pk=b.pk)
+            moved.email = "z2@x.io"
+            moved.save()  # its invalidation runs at once (autocommit)
+            assert cache.get(Person, "id", b.pk).email == "z2@x.io"  # a reader caches it
+        finally:
+            connections[alias].close()
+
+    def interleave(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if not fired and sql.lstrip().upper().startswith("UPDATE"):
+            fired.append(True)
+            thread = threading.Thread(target=elsewhere)
+            thread.start()
+            thread.join(10)
+        return execute(sql, params, many, context)
+
+    with connections[alias].execute_wrapper(interleave):
+        Person.cached.using(alias).filter(email__startswith="z").update(name="Renamed")
+    assert fired
+    assert Person.cached.get(pk=b.pk).name == "Renamed"
+    assert Person.cached.get(pk=a.pk).name == "Renamed"
