@@ -34,7 +34,9 @@ error.
 
 **Invalidation.** ``post_save`` and ``post_delete`` queue invalidations of the old and the new
 values of every unique lookup with ``transaction.on_commit`` (after the outermost commit, dropped
-on rollback, savepoints included). The adapter's queryset's ``update()``, ``delete()``
+on rollback, savepoints included). The old values come from the database: ``pre_save`` of an
+existing row and ``pre_delete`` read its unique fields (one SELECT), since an instance's own
+memory of them can be out of date (``refresh_from_db``, a rolled-back save, another process). The adapter's queryset's ``update()``, ``delete()``
 (cascades included: they send the signals), ``bulk_create()`` and ``bulk_update()`` invalidate
 every affected row. Writes through other managers' ``update()`` or raw SQL are not seen.
 
@@ -236,7 +238,12 @@ def _written(alias: str) -> set[type]:
 
 def _mark_written(alias: str, model: type) -> None:
     if connections[alias].in_atomic_block:
-        _written(alias).add(model)
+        written = _written(alias)
+        if not written:
+            # Forget it when this transaction commits: a decorated function's calls reuse one
+            # Atomic object, so the block's identity alone cannot tell its transactions apart.
+            transaction.on_commit(written.clear, using=alias)
+        written.add(model)
 
 
 class DjangoCache(CacheCow):
@@ -361,8 +368,8 @@ class DjangoCache(CacheCow):
         self._watched.add(model)
         uid = f"cachecow-{id(self)}-{model._meta.label}"
         for signal, receiver in [
-            (signals.post_init, self._remember),
             (signals.pre_save, self._before_save),
+            (signals.pre_delete, self._before_delete),
             (signals.post_save, self._after_save),
             (signals.post_delete, self._after_delete),
         ]:
@@ -399,40 +406,39 @@ class DjangoCache(CacheCow):
                 out.append((info.cls, lookup, value))
         return out
 
-    def _remember(self, sender: Any, instance: Any, **kwargs: Any) -> None:
+    def _stored(self, sender: Any, instance: Any, using: str) -> dict[str, Any] | None:
+        """The unique fields of ``instance``'s row as the database holds them now (one SELECT):
+        what its entries are cached under, whatever this instance remembers or was told."""
+        if instance.pk is None:
+            return None
         info = self.model_info(sender)
-        state = instance.__dict__
-        keys = {k for lookup in info.lookups for k in _keys(lookup)}
-        if all(k in state for k in keys):
-            instance._cachecow_loaded = {k: state[k] for k in keys}
+        keys = list(dict.fromkeys(k for lookup in info.lookups for k in _keys(lookup)))
+        row: dict[str, Any] | None = (
+            sender._base_manager.using(using).filter(pk=instance.pk).values(*keys).first()
+        )
+        return row
 
     def _before_save(self, sender: Any, instance: Any, raw: bool = False, **kwargs: Any) -> None:
         using = kwargs.get("using") or instance._state.db or "default"
-        old = None
-        if not instance._state.adding:
-            old = getattr(instance, "_cachecow_loaded", None)
-        if old is None and instance.pk is not None:
-            # A row saved without having been loaded (or without its unique fields): only the
-            # database knows the values its entries are cached under.
-            info = self.model_info(sender)
-            keys = list(dict.fromkeys(k for lookup in info.lookups for k in _keys(lookup)))
-            old = sender._base_manager.using(using).filter(pk=instance.pk).values(*keys).first()
-        instance._cachecow_old = old
+        instance._cachecow_old = self._stored(sender, instance, using)
+
+    def _before_delete(self, sender: Any, instance: Any, **kwargs: Any) -> None:
+        using = kwargs.get("using") or instance._state.db or "default"
+        instance._cachecow_old = self._stored(sender, instance, using)
 
     def _after_save(
         self, sender: Any, instance: Any, using: str = "default", **kwargs: Any
     ) -> None:
-        old = getattr(instance, "_cachecow_old", None)
+        old = instance.__dict__.pop("_cachecow_old", None)
         lookups = self.lookups_of(instance)
         if old:
             lookups += self.lookups_of(instance, old)
         self.queue(lookups, using)
-        self._remember(sender, instance)
 
     def _after_delete(
         self, sender: Any, instance: Any, using: str = "default", **kwargs: Any
     ) -> None:
-        old = getattr(instance, "_cachecow_loaded", None)
+        old = instance.__dict__.pop("_cachecow_old", None)
         lookups = self.lookups_of(instance)
         if old:
             lookups += self.lookups_of(instance, old)

@@ -389,3 +389,72 @@ def test_a_row_that_matches_an_update_only_at_its_execution(cache: DjangoCache, 
     assert fired
     assert Person.cached.get(pk=b.pk).name == "Renamed"
     assert Person.cached.get(pk=a.pk).name == "Renamed"
+
+
+def test_a_save_after_refresh_from_db_invalidates_what_the_row_held(
+    cache: DjangoCache, alias: str
+) -> None:
+    ada = Person.objects.using(alias).create(email="a1@x.io", name="Ada")
+    stale = Person.objects.using(alias).get(pk=ada.pk)
+    other = Person.objects.using(alias).get(pk=ada.pk)
+    other.email = "a2@x.io"
+    other.save()
+    stale.refresh_from_db()  # no post_init: only the database knows a2 now
+    assert Person.cached.get(email="a2@x.io").pk == ada.pk
+    stale.email = "a3@x.io"
+    stale.save()
+    with pytest.raises(Person.DoesNotExist):
+        Person.cached.get(email="a2@x.io")
+
+
+def test_a_save_after_a_rolled_back_save_invalidates_what_the_row_held(
+    cache: DjangoCache, alias: str
+) -> None:
+    bob = Person.objects.using(alias).create(email="b1@x.io", name="Bob")
+    try:
+        with transaction.atomic(using=alias):
+            bob.email = "rolled@x.io"
+            bob.save()
+            raise RuntimeError
+    except RuntimeError:
+        pass
+    bob.refresh_from_db()
+    assert Person.cached.get(email="b1@x.io").pk == bob.pk
+    bob.email = "b2@x.io"
+    bob.save()
+    with pytest.raises(Person.DoesNotExist):
+        Person.cached.get(email="b1@x.io")
+
+
+def test_a_delete_of_a_stale_instance_invalidates_what_the_row_held(
+    cache: DjangoCache, alias: str
+) -> None:
+    ada = Person.objects.using(alias).create(email="a1@x.io")
+    stale = Person.objects.using(alias).get(pk=ada.pk)
+    ada.email = "a2@x.io"
+    ada.save()
+    assert Person.cached.get(email="a2@x.io").pk == ada.pk
+    stale.delete()  # it still says a1
+    with pytest.raises(Person.DoesNotExist):
+        Person.cached.get(email="a2@x.io")
+
+
+def test_calls_of_an_atomic_decorated_function_are_separate_transactions(
+    cache: DjangoCache, alias: str
+) -> None:
+    ada = Person.objects.using(alias).create(email="a@x.io", name="v1")
+
+    @transaction.atomic(using=alias)
+    def rename(name: str | None) -> Any:
+        if name is not None:
+            person = Person.objects.using(alias).get(pk=ada.pk)
+            person.name = name
+            person.save()
+        with queries(alias) as ctx:
+            found = Person.cached.get(pk=ada.pk)
+        return found, len(ctx)
+
+    rename("v2")  # writes: its reads skip the cache
+    Person.cached.get(pk=ada.pk)  # cached outside
+    found, count = rename(None)  # the same Atomic object, a new transaction that wrote nothing
+    assert (found.name, count) == ("v2", 0)

@@ -1,0 +1,1 @@
+"""The example's app: customers and their orders, read through cachecow's CachedManager."""
