@@ -36,7 +36,8 @@ error.
 values of every unique lookup with ``transaction.on_commit`` (after the outermost commit, dropped
 on rollback, savepoints included). The old values come from the database: ``pre_save`` of an
 existing row and ``pre_delete`` read its unique fields (one SELECT), since an instance's own
-memory of them can be out of date (``refresh_from_db``, a rolled-back save, another process). The adapter's queryset's ``update()``, ``delete()``
+memory of them can be out of date (``refresh_from_db``, a rolled-back save, another process).
+The adapter's queryset's ``update()``, ``delete()``
 (cascades included: they send the signals), ``bulk_create()`` and ``bulk_update()`` invalidate
 every affected row. Writes through other managers' ``update()`` or raw SQL are not seen.
 
