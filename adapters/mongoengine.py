@@ -1,0 +1,344 @@
+"""MongoEngine adapter: the original MongoCacheCow, done right.
+
+::
+
+    import cachecow
+    from cachecow.adapters.mongoengine import MongoCache, CachedQuerySet, set_default_cache
+
+    cache = MongoCache(cachecow.connect())
+    cache.watch(BlogPost)                     # invalidate on save and delete (needs blinker)
+
+    post = cache.get(BlogPost, "title", "First Title")
+    post = cache.get(BlogPost, "id", post.id)
+    posts = cache.get_many(BlogPost, "id", ids)           # one $in query for the misses
+
+**Lookups.** Only unique lookups are served: the primary key (``id``, or the field declared
+``primary_key=True``), a ``unique=True`` field, and a ``unique_with`` compound key (a tuple of
+field names, in any order). Anything else raises :class:`~cachecow.InvalidLookup` listing the
+document's valid lookups. Pass ids as ``ObjectId``: values are typed (``"5f..."`` is not
+``ObjectId("5f...")``).
+
+**Reads.** ``fetch`` reads the primary with a plain queryset (never a cached one). A document
+comes back from the cache as one loaded from the database: rebuilt with ``_from_son`` from its
+stored form, which round-trips exactly (``ObjectId``, datetimes at MongoDB's millisecond
+precision, ``Decimal128``, embedded documents, lists, dicts, binary, references kept as ids and
+dereferenced on access as usual, ``None``). A stored form the class no longer accepts (a field
+removed) is a miss, not an error.
+
+**Invalidation.** :meth:`MongoCache.watch` connects ``pre_save``/``post_save`` and
+``pre_delete``/``post_delete`` (MongoEngine's signals need ``blinker``): the unique fields as the
+database holds them before the write (one read) and as the document holds them after are
+invalidated right after the write (MongoDB has no transaction to wait for).
+:class:`CachedQuerySet` (``meta = {"queryset_class": CachedQuerySet}``) serves ``objects.get()``
+of one unique lookup from the cache, and its ``update()`` (and so ``update_one()`` and a
+document's ``update()``), ``modify()``, ``delete()`` and ``insert()`` invalidate every document
+they touch. Writes through the collection itself (pymongo) are not seen.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+try:
+    from bson import json_util
+    from bson.json_util import JSONMode, JSONOptions
+    from mongoengine import Document, QuerySet, signals
+    from mongoengine.queryset.visitor import Q
+    from pymongo import ReadPreference
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "cachecow.adapters.mongoengine needs MongoEngine and blinker: "
+        "pip install 'cachecow[mongoengine]'"
+    ) from exc
+
+from cachecow import CacheCow, ConfigurationError, InvalidLookup, NotFound
+from cachecow.keys import Field, normalize_lookup
+
+__all__ = ["CachedQuerySet", "MongoCache", "default_cache", "set_default_cache"]
+
+Lookup = tuple[Any, Field, Any]
+
+# Relaxed Extended JSON: plain numbers stay plain, every BSON type keeps its own tag.
+_JSON = JSONOptions(json_mode=JSONMode.RELAXED, tz_aware=False)
+
+
+class _Doc:
+    """A document class as the adapter sees it: its unique lookups and their fields."""
+
+    def __init__(self, model: Any) -> None:
+        if not (isinstance(model, type) and issubclass(model, Document)):
+            raise ConfigurationError(f"{model!r} is not a MongoEngine Document class")
+        cls: Any = model
+        if cls._meta.get("abstract"):
+            raise ConfigurationError(f"{cls.__qualname__} is abstract")
+        self.cls = cls
+        pk = cls._meta["id_field"]
+        lookups: list[Field] = [pk]
+        for name, field in cls._fields.items():
+            if not getattr(field, "unique", False) or name == pk:
+                continue
+            unique_with = field.unique_with or ()
+            if isinstance(unique_with, str):
+                unique_with = (unique_with,)
+            names = (name, *unique_with)
+            lookup, _ = normalize_lookup(names, (None,) * len(names))
+            if lookup not in lookups:
+                lookups.append(lookup)
+        self.lookups = lookups
+        self.keys = list(dict.fromkeys(k for lookup in lookups for k in _keys(lookup)))
+        self.db_keys = {k: cls._fields[k].db_field for k in self.keys}
+
+    def value_of(self, doc: Any, lookup: Field) -> Any:
+        if isinstance(lookup, tuple):
+            return tuple(getattr(doc, key) for key in lookup)
+        return getattr(doc, lookup)
+
+    def describe(self) -> str:
+        return ", ".join(
+            repr(lookup) if isinstance(lookup, str) else "(" + ", ".join(lookup) + ")"
+            for lookup in self.lookups
+        )
+
+    def lookups_of(self, values: dict[str, Any]) -> list[Lookup]:
+        """The lookups whose every field ``values`` has (by field name), not None."""
+        out: list[Lookup] = []
+        for lookup in self.lookups:
+            keys = _keys(lookup)
+            if all(k in values for k in keys):
+                value = (
+                    tuple(values[k] for k in keys) if isinstance(lookup, tuple) else values[lookup]
+                )
+                if not _has_null(value):
+                    out.append((self.cls, lookup, value))
+        return out
+
+    def stored(self, query: dict[str, Any]) -> list[dict[str, Any]]:
+        """The unique fields of the documents matching a raw ``query``, as stored now."""
+        projection = dict.fromkeys(self.db_keys.values(), 1)
+        collection = self.cls._get_collection().with_options(read_preference=ReadPreference.PRIMARY)
+        out = []
+        for raw in collection.find(query, projection):
+            out.append({k: raw.get(db) for k, db in self.db_keys.items()})
+        return out
+
+
+def _keys(lookup: Field) -> tuple[str, ...]:
+    return lookup if isinstance(lookup, tuple) else (lookup,)
+
+
+def _has_null(value: Any) -> bool:
+    return value is None or (isinstance(value, tuple) and any(v is None for v in value))
+
+
+def _kwargs(id_field: Field, id_val: Any) -> dict[str, Any]:
+    if isinstance(id_field, tuple):
+        return dict(zip(id_field, id_val, strict=True))
+    return {id_field: id_val}
+
+
+class MongoCache(CacheCow):
+    """A :class:`~cachecow.CacheCow` of MongoEngine documents (see the module docstring).
+
+    :param redis: a redis-py client.
+    :param options: the options of :class:`~cachecow.CacheCow`.
+    """
+
+    def __init__(self, redis: Any, **options: Any) -> None:
+        super().__init__(redis, **options)
+        self._docs: dict[type, _Doc] = {}
+        self._receivers: list[tuple[Any, Any, Any]] = []
+
+    def doc_info(self, cls: Any) -> _Doc:
+        info = self._docs.get(cls)
+        if info is None:
+            info = self._docs[cls] = _Doc(cls)
+        return info
+
+    # -- hooks ----------------------------------------------------------------------------------
+
+    def check_lookup(self, cls: Any, id_field: Field) -> None:
+        info = self.doc_info(cls)
+        if id_field not in info.lookups:
+            shown = id_field if isinstance(id_field, str) else "(" + ", ".join(id_field) + ")"
+            raise InvalidLookup(
+                f"{cls.__qualname__}: {shown!r} is not a unique lookup; "
+                f"valid lookups are {info.describe()}"
+            )
+
+    def _plain_queryset(self, cls: Any) -> Any:
+        # Never the document's own queryset class: a CachedQuerySet would ask the cache back.
+        return QuerySet(cls, cls._get_collection()).read_preference(ReadPreference.PRIMARY)
+
+    def fetch(self, cls: Any, id_field: Field, id_val: Any) -> Any:
+        try:
+            return self._plain_queryset(cls).get(**_kwargs(id_field, id_val))
+        except cls.DoesNotExist:
+            raise NotFound(cls, id_field, id_val) from None
+
+    def fetch_many(self, cls: Any, id_field: Field, id_vals: Sequence[Any]) -> dict[Any, Any]:
+        info = self.doc_info(cls)
+        queryset = self._plain_queryset(cls)
+        if isinstance(id_field, str):
+            docs = queryset.filter(**{f"{id_field}__in": list(id_vals)})
+        else:
+            query = Q()
+            for value in id_vals:
+                query |= Q(**_kwargs(id_field, value))
+            docs = queryset.filter(query)
+        return {info.value_of(doc, id_field): doc for doc in docs}
+
+    def not_found(self, cls: Any, id_field: Field, id_val: Any) -> BaseException:
+        exc: BaseException = cls.DoesNotExist(
+            f"{cls.__name__} matching {_kwargs(id_field, id_val)} does not exist"
+        )
+        return exc
+
+    def unique_lookups(self, obj: Any) -> Iterable[tuple[Field, Any]]:
+        info = self.doc_info(type(obj))
+        values = ((lookup, info.value_of(obj, lookup)) for lookup in info.lookups)
+        return [(lookup, value) for lookup, value in values if not _has_null(value)]
+
+    def serialize(self, obj: Any) -> bytes:
+        return json_util.dumps(obj.to_mongo(), json_options=_JSON).encode()
+
+    def deserialize(self, cls: Any, data: bytes) -> Any:
+        return cls._from_son(json_util.loads(data, json_options=_JSON))
+
+    # -- invalidation ---------------------------------------------------------------------------
+
+    def watch(self, cls: Any) -> None:
+        """Invalidate ``cls``'s lookups right after every save and delete of a document."""
+        self.doc_info(cls)
+        for signal, receiver in [
+            (signals.pre_save, self._before_write),
+            (signals.post_save, self._after_write),
+            (signals.pre_delete, self._before_write),
+            (signals.post_delete, self._after_write),
+        ]:
+            signal.connect(receiver, sender=cls, weak=False)
+            self._receivers.append((signal, cls, receiver))
+
+    def unwatch(self) -> None:
+        """Disconnect every signal receiver :meth:`watch` connected."""
+        for signal, cls, receiver in self._receivers:
+            signal.disconnect(receiver, sender=cls)
+        self._receivers.clear()
+
+    def _before_write(self, sender: Any, document: Any, **kwargs: Any) -> None:
+        # What the database holds now: the values this document's entries are cached under,
+        # whatever the in-memory document remembers.
+        pk = document.pk
+        info = self.doc_info(sender)
+        document._cachecow_stored = info.stored({"_id": pk}) if pk is not None else []
+
+    def _after_write(self, sender: Any, document: Any, **kwargs: Any) -> None:
+        info = self.doc_info(sender)
+        stored = document.__dict__.pop("_cachecow_stored", [])
+        lookups = info.lookups_of({k: getattr(document, k) for k in info.keys})
+        for row in stored:
+            lookups += info.lookups_of(row)
+        self.invalidate_lookups(list(dict.fromkeys(lookups)))
+
+
+# -- the default cache, for CachedQuerySet ------------------------------------------------------
+
+_default: MongoCache | None = None
+_default_lock = threading.Lock()
+
+
+def default_cache() -> MongoCache:
+    """The cache :class:`CachedQuerySet` uses (set with :func:`set_default_cache`)."""
+    if _default is None:
+        raise ConfigurationError(
+            "no default cachecow cache: call cachecow.adapters.mongoengine.set_default_cache()"
+        )
+    return _default
+
+
+def set_default_cache(cache: MongoCache | None, *, watch: Iterable[type] = ()) -> None:
+    """Make ``cache`` the one :class:`CachedQuerySet` uses, and watch ``watch`` with it."""
+    global _default
+    with _default_lock:
+        previous, _default = _default, cache
+    if previous is not None and previous is not cache:
+        previous.unwatch()
+    if cache is not None:
+        for cls in watch:
+            cache.watch(cls)
+
+
+class CachedQuerySet(QuerySet):  # type: ignore[misc]
+    """A queryset whose ``get()`` of one unique lookup comes from the cache, and whose
+    ``update()``, ``modify()``, ``delete()`` and ``insert()`` invalidate every document they
+    touch. Use it with ``meta = {"queryset_class": CachedQuerySet}``."""
+
+    def _plain(self) -> bool:
+        return (
+            not self._query_obj
+            and not self._mongo_query
+            and not self._loaded_fields
+            and not self._ordering
+            and self._read_preference is None
+        )
+
+    def get(self, *q_objs: Any, **query: Any) -> Any:
+        if not q_objs and query and self._plain():
+            cache = default_cache()
+            info = cache.doc_info(self._document)
+            if "pk" in query:
+                query[self._document._meta["id_field"]] = query.pop("pk")
+            field, value = normalize_lookup(tuple(query), tuple(query.values()))
+            if field in info.lookups and not _has_null(value):
+                return cache.get(self._document, field, value)
+        return super().get(*q_objs, **query)
+
+    def _invalidate(self, rows: list[dict[str, Any]]) -> None:
+        cache = default_cache()
+        info = cache.doc_info(self._document)
+        lookups = [lk for row in rows for lk in info.lookups_of(row)]
+        if lookups:
+            cache.invalidate_lookups(list(dict.fromkeys(lookups)))
+
+    def _stored_matching(self) -> list[dict[str, Any]]:
+        info = default_cache().doc_info(self._document)
+        return info.stored(self._query)
+
+    def _stored_ids(self, ids: list[Any]) -> list[dict[str, Any]]:
+        info = default_cache().doc_info(self._document)
+        return info.stored({"_id": {"$in": ids}}) if ids else []
+
+    def update(self, *args: Any, **kwargs: Any) -> Any:
+        before = self._stored_matching()
+        result = super().update(*args, **kwargs)
+        pk = self._document._meta["id_field"]
+        after = self._stored_ids([row[pk] for row in before]) + self._stored_matching()
+        self._invalidate(before + after)
+        return result
+
+    def modify(self, *args: Any, **kwargs: Any) -> Any:
+        before = self._stored_matching()
+        result = super().modify(*args, **kwargs)
+        pk = default_cache().doc_info(self._document).cls._meta["id_field"]
+        self._invalidate(before + self._stored_ids([row[pk] for row in before]))
+        if result is not None:
+            self._invalidate(
+                [{k: getattr(result, k) for k in default_cache().doc_info(self._document).keys}]
+            )
+        return result
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        before = self._stored_matching()
+        result = super().delete(*args, **kwargs)
+        self._invalidate(before)
+        return result
+
+    def insert(self, doc_or_docs: Any, *args: Any, **kwargs: Any) -> Any:
+        result = super().insert(doc_or_docs, *args, **kwargs)
+        docs = result if isinstance(result, list) else [result]
+        keys = default_cache().doc_info(self._document).keys
+        self._invalidate(
+            [{k: getattr(doc, k) for k in keys} for doc in docs if isinstance(doc, Document)]
+        )
+        return result

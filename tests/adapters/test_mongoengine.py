@@ -1,0 +1,309 @@
+"""The MongoEngine adapter: the contract suite, every stored type's round trip, and invalidation
+through signals and the CachedQuerySet.
+
+MongoDB: mongomock by default (no MongoDB server can be installed on this machine: it is an
+in-process fake of the server, so the same tests run against a real MongoDB when MONGODB_URL is
+set); Redis: a real private redis-server, as everywhere.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+pytest.importorskip("mongoengine", reason="the mongoengine extra is not installed")
+
+import mongoengine as me
+from bson import Decimal128, ObjectId
+
+import cachecow
+from cachecow import InvalidLookup
+from cachecow.adapters.mongoengine import CachedQuerySet, MongoCache, set_default_cache
+from cachecow.testing.contract import CacheCowContract
+
+MONGODB_URL = os.environ.get("MONGODB_URL")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def mongo() -> Iterator[None]:
+    name = f"cachecow_test_{uuid.uuid4().hex[:8]}"
+    if MONGODB_URL:
+        me.connect(name, host=MONGODB_URL, uuidRepresentation="standard")
+    else:
+        import mongomock
+
+        me.connect(
+            name,
+            host="mongodb://localhost",
+            mongo_client_class=mongomock.MongoClient,
+            uuidRepresentation="standard",
+        )
+    try:
+        yield
+    finally:
+        me.connection.get_connection().drop_database(name)
+        me.disconnect()
+
+
+class Item(me.Document):
+    """The contract suite's document."""
+
+    id = me.IntField(primary_key=True)
+    payload = me.StringField()
+    meta = {"collection": "cc_items"}  # noqa: RUF012 - MongoEngine's declaration style
+
+
+class Author(me.Document):
+    name = me.StringField()
+    meta = {"collection": "cc_authors"}  # noqa: RUF012
+
+
+class Tag(me.EmbeddedDocument):
+    label = me.StringField()
+    weight = me.FloatField()
+
+
+class Post(me.Document):
+    title = me.StringField(unique=True)
+    slug = me.StringField(unique=True, unique_with="site")
+    site = me.StringField()
+    likes = me.IntField(default=0)
+    meta = {"collection": "cc_posts", "queryset_class": CachedQuerySet}  # noqa: RUF012
+
+
+class Everything(me.Document):
+    oid = me.ObjectIdField()
+    when = me.DateTimeField()
+    price = me.Decimal128Field()
+    tag = me.EmbeddedDocumentField(Tag)
+    tags = me.ListField(me.EmbeddedDocumentField(Tag))
+    numbers = me.ListField(me.IntField())
+    extra = me.DictField()
+    author = me.ReferenceField(Author)
+    blob = me.BinaryField()
+    flag = me.BooleanField()
+    ratio = me.FloatField()
+    text = me.StringField()
+    meta = {"collection": "cc_everything"}  # noqa: RUF012
+
+
+@pytest.fixture(autouse=True)
+def empty_collections() -> None:
+    for cls in (Item, Author, Post, Everything):
+        cls.drop_collection()
+
+
+@pytest.fixture
+def cache(redis_client: redis.Redis) -> Iterator[MongoCache]:
+    cache = MongoCache(redis_client)
+    set_default_cache(cache, watch=[Post])
+    yield cache
+    set_default_cache(None)
+
+
+def cached(cache: MongoCache, cls: Any, field: Any, value: Any) -> Any:
+    raw = cache.redis.get(cache.get_keys(cls, field, value)[0])
+    if raw is None or raw == cachecow.TOMBSTONE:
+        return None
+    return cache.deserialize(cls, raw)
+
+
+class TestMongoEngineContract(CacheCowContract):
+    model = Item
+    field = "id"
+
+    def make_cache(self, redis: redis.Redis, **options: Any) -> MongoCache:
+        return MongoCache(redis, **options)
+
+    def write(self, key: int, payload: str) -> None:
+        Item(id=key, payload=payload).save()
+
+    def delete(self, key: int) -> None:
+        Item.objects(id=key).delete()
+
+    def payload_of(self, obj: Any) -> str:
+        payload: str = obj.payload
+        return payload
+
+
+# -- stored types round-trip exactly, one test each -----------------------------------------------
+
+AUTHOR = ObjectId()
+VALUES: dict[str, Any] = {
+    "oid": ObjectId(),
+    "when": dt.datetime(2024, 5, 1, 12, 30, 45, 123000),  # MongoDB keeps milliseconds
+    "price": Decimal128("123456.789012"),
+    "tag": {"label": "x", "weight": 0.5},
+    "tags": [{"label": "a", "weight": 1.0}, {"label": "b", "weight": None}],
+    "numbers": [1, -2, 2**40],
+    "extra": {"nested": {"list": [1, "two", None, {"three": 3.5}]}, "empty": {}},
+    "author": AUTHOR,
+    "blob": b"\x00\xffbytes\n",
+    "flag": False,
+    "ratio": 0.1 + 0.2,
+    "text": "x" * 300,
+}
+
+
+def _stored(field: str) -> Any:
+    value = VALUES[field]
+    if field == "tag":
+        return Tag(**value)
+    if field == "tags":
+        return [Tag(**v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize("field", list(VALUES))
+def test_a_stored_type_round_trips(cache: MongoCache, field: str) -> None:
+    Author(id=AUTHOR, name="Ada").save()
+    doc = Everything(**{field: _stored(field)}).save()
+    stored = Everything._get_collection().find_one({"_id": doc.id})
+    cache.get(Everything, "id", doc.id)
+    hit = cache.get(Everything, "id", doc.id)
+    assert cache.metrics.snapshot().hits == 1
+    assert hit.to_mongo().to_dict() == stored  # the stored form, exactly, types included
+    assert type(hit.to_mongo().to_dict()[field]) is type(stored[field])
+    assert hit._created is False
+    assert hit.id == doc.id
+    assert not hit._get_changed_fields()
+    if field == "author":
+        assert hit._data["author"].id == AUTHOR  # kept as an id, not dereferenced
+        assert hit.author.name == "Ada"  # and dereferenced on access, as a loaded document
+
+
+def test_none_round_trips(cache: MongoCache) -> None:
+    doc = Everything().save()
+    cache.get(Everything, "id", doc.id)
+    hit = cache.get(Everything, "id", doc.id)
+    assert all(getattr(hit, name) in (None, [], {}) for name in VALUES)
+
+
+# -- lookups --------------------------------------------------------------------------------------
+
+
+def test_unique_lookups_only(cache: MongoCache) -> None:
+    post = Post(title="First Title", slug="first", site="s1").save()
+    assert cache.get(Post, "title", "First Title").id == post.id
+    assert cache.get(Post, "id", post.id).title == "First Title"
+    assert cache.get(Post, ("site", "slug"), ("s1", "first")).id == post.id
+    assert cache.get(Post, ("slug", "site"), ("first", "s1")).id == post.id
+    with pytest.raises(InvalidLookup, match=r"valid lookups are 'id', 'title', \(site, slug\)"):
+        cache.get(Post, "likes", 0)
+    with pytest.raises(Post.DoesNotExist):
+        cache.get(Post, "title", "nope")
+    with pytest.raises(Post.DoesNotExist):
+        cache.get(Post, "title", "nope")
+    assert cache.metrics.snapshot().tombstone_hits == 1
+
+
+def test_get_many_is_one_in_query(cache: MongoCache) -> None:
+    posts = [Post(title=f"t{i}", slug=f"s{i}", site="x").save() for i in range(10)]
+    calls: list[Any] = []
+    original = cache.fetch_many
+
+    def counting(cls: Any, field: Any, values: Any) -> Any:
+        calls.append(values)
+        return original(cls, field, values)
+
+    cache.fetch_many = counting  # type: ignore[method-assign]
+    got = cache.get_many(Post, "id", [p.id for p in posts] + [ObjectId()])
+    assert [p.title for p in got[:-1]] == [f"t{i}" for i in range(10)]
+    assert got[-1] is None
+    assert len(calls) == 1
+    assert [
+        p.title for p in cache.get_many(Post, ("site", "slug"), [("x", "s3"), ("x", "s4")])
+    ] == [
+        "t3",
+        "t4",
+    ]
+
+
+def test_objects_get_is_served_from_the_cache(cache: MongoCache) -> None:
+    post = Post(title="First Title", slug="first", site="s1").save()
+    Post.objects.get(title="First Title")
+    assert Post.objects.get(title="First Title").id == post.id
+    assert Post.objects.get(pk=post.id).title == "First Title"
+    assert Post.objects.get(slug="first", site="s1").id == post.id
+    assert cache.metrics.snapshot().hits == 1  # the title again; pk and the pair were misses
+    assert Post.objects.get(likes=0).id == post.id  # not unique: the database
+    assert Post.objects(site="s1").get(title="First Title").id == post.id  # filtered: same
+
+
+# -- invalidation ---------------------------------------------------------------------------------
+
+
+def test_save_invalidates_old_and_new_values(cache: MongoCache) -> None:
+    post = Post(title="Old", slug="s", site="x").save()
+    cache.get(Post, "title", "Old")
+    with pytest.raises(Post.DoesNotExist):
+        cache.get(Post, "title", "New")  # a tombstone under the new value
+    post.title = "New"
+    post.save()
+    assert cache.get(Post, "title", "New").id == post.id
+    with pytest.raises(Post.DoesNotExist):
+        cache.get(Post, "title", "Old")
+
+
+def test_save_of_a_stale_document_invalidates_what_the_database_held(cache: MongoCache) -> None:
+    post = Post(title="t1", slug="s", site="x").save()
+    stale = Post.objects(id=post.id).first()
+    post.title = "t2"
+    post.save()  # another process, say
+    assert cache.get(Post, "title", "t2").id == post.id
+    stale.title = "t3"  # it still believes t1
+    stale.save()
+    with pytest.raises(Post.DoesNotExist):
+        cache.get(Post, "title", "t2")
+
+
+def test_delete_invalidates(cache: MongoCache) -> None:
+    post = Post(title="t", slug="s", site="x").save()
+    cache.get(Post, "title", "t")
+    cache.get(Post, ("site", "slug"), ("x", "s"))
+    post.delete()
+    for field, value in (("title", "t"), ("id", post.id), (("site", "slug"), ("x", "s"))):
+        assert cached(cache, Post, field, value) is None
+        with pytest.raises(Post.DoesNotExist):
+            cache.get(Post, field, value)
+
+
+def test_queryset_update_and_delete_invalidate_every_document(cache: MongoCache) -> None:
+    posts = [Post(title=f"t{i}", slug=f"s{i}", site="x").save() for i in range(20)]
+    ids = [p.id for p in posts]
+    assert {p.likes for p in cache.get_many(Post, "id", ids)} == {0}
+    Post.objects(site="x").update(inc__likes=1)
+    assert {p.likes for p in cache.get_many(Post, "id", ids)} == {1}
+    Post.objects(id=ids[0]).update_one(set__title="moved")
+    with pytest.raises(Post.DoesNotExist):
+        cache.get(Post, "title", "t0")
+    assert cache.get(Post, "title", "moved").id == ids[0]
+    posts[1].update(set__likes=7)  # a document's own update()
+    assert cache.get(Post, "id", ids[1]).likes == 7
+    Post.objects(id=ids[2]).modify(set__likes=9)
+    assert cache.get(Post, "id", ids[2]).likes == 9
+    Post.objects(id__in=ids[3:8]).delete()
+    assert cache.get_many(Post, "id", ids[3:8]) == [None] * 5
+
+
+def test_insert_clears_tombstones(cache: MongoCache) -> None:
+    with pytest.raises(Post.DoesNotExist):
+        cache.get(Post, "title", "new")
+    Post.objects.insert([Post(title="new", slug="n", site="x")])
+    assert cache.get(Post, "title", "new").slug == "n"
+
+
+def test_a_stored_form_the_class_no_longer_accepts_is_a_miss(cache: MongoCache) -> None:
+    post = Post(title="t", slug="s", site="x").save()
+    cache.get(Post, "id", post.id)
+    key = cache.get_keys(Post, "id", post.id)[0]
+    raw = cache.redis.get(key)
+    cache.redis.set(key, raw.replace(b'"likes"', b'"removed_field"'))
+    assert cache.get(Post, "id", post.id).title == "t"
+    assert cache.metrics.snapshot().decode_failures == 1
