@@ -7,8 +7,7 @@ This package imports no framework: import the adapter you need once its extra is
 - ``cachecow.adapters.sqlalchemy`` (``pip install 'cachecow[sqlalchemy]'``): SQLAlchemy 2,
   sync and async.
 - ``cachecow.adapters.django`` (``pip install 'cachecow[django]'``): Django 4.2 and newer.
-
-A MongoEngine adapter is planned.
+- ``cachecow.adapters.mongoengine`` (``pip install 'cachecow[mongoengine]'``): MongoEngine.
 """
 
 __all__: list[str] = []
