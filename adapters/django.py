@@ -261,6 +261,7 @@ class DjangoCache(CacheCow):
         self._models: dict[type, _Model] = {}
         self._watched: set[type] = set()
         self._receivers: list[tuple[Any, Any, str]] = []
+        self._stash = f"_cachecow_old_{id(self)}"  # one per cache: two may watch a model
 
     def model_info(self, model: Any) -> _Model:
         info = self._models.get(model)
@@ -299,6 +300,19 @@ class DjangoCache(CacheCow):
                 query |= models.Q(**_kwargs(id_field, value))
             objs = manager.filter(query)
         return {info.value_of(obj, id_field): obj for obj in objs}
+
+    def coerce_lookup(self, cls: Any, id_field: Field, id_val: Any) -> Any:
+        meta = cls._meta
+
+        def convert(name: str, value: Any) -> Any:
+            try:
+                return meta.get_field(name).to_python(value)
+            except Exception:
+                return value
+
+        if isinstance(id_field, tuple):
+            return tuple(convert(n, v) for n, v in zip(id_field, id_val, strict=True))
+        return convert(id_field, id_val)
 
     def not_found(self, cls: Any, id_field: Field, id_val: Any) -> BaseException:
         shown = _kwargs(id_field, id_val)
@@ -421,16 +435,16 @@ class DjangoCache(CacheCow):
 
     def _before_save(self, sender: Any, instance: Any, raw: bool = False, **kwargs: Any) -> None:
         using = kwargs.get("using") or instance._state.db or "default"
-        instance._cachecow_old = self._stored(sender, instance, using)
+        instance.__dict__[self._stash] = self._stored(sender, instance, using)
 
     def _before_delete(self, sender: Any, instance: Any, **kwargs: Any) -> None:
         using = kwargs.get("using") or instance._state.db or "default"
-        instance._cachecow_old = self._stored(sender, instance, using)
+        instance.__dict__[self._stash] = self._stored(sender, instance, using)
 
     def _after_save(
         self, sender: Any, instance: Any, using: str = "default", **kwargs: Any
     ) -> None:
-        old = instance.__dict__.pop("_cachecow_old", None)
+        old = instance.__dict__.pop(self._stash, None)
         lookups = self.lookups_of(instance)
         if old:
             lookups += self.lookups_of(instance, old)
@@ -439,7 +453,7 @@ class DjangoCache(CacheCow):
     def _after_delete(
         self, sender: Any, instance: Any, using: str = "default", **kwargs: Any
     ) -> None:
-        old = instance.__dict__.pop("_cachecow_old", None)
+        old = instance.__dict__.pop(self._stash, None)
         lookups = self.lookups_of(instance)
         if old:
             lookups += self.lookups_of(instance, old)

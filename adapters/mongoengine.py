@@ -45,6 +45,7 @@ try:
     from bson import json_util
     from bson.json_util import JSONMode, JSONOptions
     from mongoengine import Document, QuerySet, signals
+    from mongoengine import fields as me_fields
     from mongoengine.queryset.visitor import Q
     from pymongo import ReadPreference
 except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -73,7 +74,12 @@ class _Doc:
         cls: Any = model
         if cls._meta.get("abstract"):
             raise ConfigurationError(f"{cls.__qualname__} is abstract")
+        if cls._meta.get("allow_inheritance"):
+            raise ConfigurationError(
+                f"{cls.__qualname__} allows inheritance, which cachecow does not cache yet"
+            )
         self.cls = cls
+        self.place = _place(cls)
         pk = cls._meta["id_field"]
         lookups: list[Field] = [pk]
         for name, field in cls._fields.items():
@@ -83,6 +89,8 @@ class _Doc:
             if isinstance(unique_with, str):
                 unique_with = (unique_with,)
             names = (name, *unique_with)
+            if any(isinstance(cls._fields[n], _NOT_LOOKUPS) for n in names):
+                continue  # a reference or an embedded document: no stable value to key by
             lookup, _ = normalize_lookup(names, (None,) * len(names))
             if lookup not in lookups:
                 lookups.append(lookup)
@@ -124,6 +132,24 @@ class _Doc:
         return out
 
 
+_NOT_LOOKUPS = (
+    me_fields.ReferenceField,
+    me_fields.LazyReferenceField,
+    me_fields.GenericReferenceField,
+    me_fields.GenericLazyReferenceField,
+    me_fields.EmbeddedDocumentField,
+    me_fields.GenericEmbeddedDocumentField,
+    me_fields.ListField,
+    me_fields.DictField,
+)
+
+
+def _place(cls: Any) -> tuple[str, str]:
+    """Where a document class reads and writes right now: its database alias and collection
+    (switch_db and switch_collection change them)."""
+    return cls._meta.get("db_alias", "default"), cls._get_collection_name()
+
+
 def _keys(lookup: Field) -> tuple[str, ...]:
     return lookup if isinstance(lookup, tuple) else (lookup,)
 
@@ -149,6 +175,7 @@ class MongoCache(CacheCow):
         super().__init__(redis, **options)
         self._docs: dict[type, _Doc] = {}
         self._receivers: list[tuple[Any, Any, Any]] = []
+        self._stash = f"_cachecow_stored_{id(self)}"  # one per cache: two may watch a class
 
     def doc_info(self, cls: Any) -> _Doc:
         info = self._docs.get(cls)
@@ -160,12 +187,30 @@ class MongoCache(CacheCow):
 
     def check_lookup(self, cls: Any, id_field: Field) -> None:
         info = self.doc_info(cls)
+        if _place(cls) != info.place:
+            raise ConfigurationError(
+                f"{cls.__qualname__} is switched to {_place(cls)} (switch_db/switch_collection): "
+                f"cachecow caches its documents in {info.place} only"
+            )
         if id_field not in info.lookups:
             shown = id_field if isinstance(id_field, str) else "(" + ", ".join(id_field) + ")"
             raise InvalidLookup(
                 f"{cls.__qualname__}: {shown!r} is not a unique lookup; "
                 f"valid lookups are {info.describe()}"
             )
+
+    def coerce_lookup(self, cls: Any, id_field: Field, id_val: Any) -> Any:
+        fields = self.doc_info(cls).cls._fields
+
+        def convert(name: str, value: Any) -> Any:
+            try:
+                return fields[name].to_python(value)
+            except Exception:
+                return value
+
+        if isinstance(id_field, tuple):
+            return tuple(convert(n, v) for n, v in zip(id_field, id_val, strict=True))
+        return convert(id_field, id_val)
 
     def _plain_queryset(self, cls: Any) -> Any:
         # Never the document's own queryset class: a CachedQuerySet would ask the cache back.
@@ -231,11 +276,11 @@ class MongoCache(CacheCow):
         # whatever the in-memory document remembers.
         pk = document.pk
         info = self.doc_info(sender)
-        document._cachecow_stored = info.stored({"_id": pk}) if pk is not None else []
+        document.__dict__[self._stash] = info.stored({"_id": pk}) if pk is not None else []
 
     def _after_write(self, sender: Any, document: Any, **kwargs: Any) -> None:
         info = self.doc_info(sender)
-        stored = document.__dict__.pop("_cachecow_stored", [])
+        stored = document.__dict__.pop(self._stash, [])
         lookups = info.lookups_of({k: getattr(document, k) for k in info.keys})
         for row in stored:
             lookups += info.lookups_of(row)
@@ -275,12 +320,23 @@ class CachedQuerySet(QuerySet):  # type: ignore[misc]
     touch. Use it with ``meta = {"queryset_class": CachedQuerySet}``."""
 
     def _plain(self) -> bool:
+        """Nothing narrows, reshapes or redirects this queryset: a get() of it is a lookup."""
         return (
             not self._query_obj
             and not self._mongo_query
             and not self._loaded_fields
             and not self._ordering
             and self._read_preference is None
+            and not self._none
+            and not self._as_pymongo
+            and not self._scalar
+            and self._skip is None
+            and self._limit is None
+            and not self._empty
+            and self._where_clause is None
+            and self._search_text is None
+            and self._collation is None
+            and self._collection_obj is self._document._get_collection()
         )
 
     def get(self, *q_objs: Any, **query: Any) -> Any:
@@ -311,21 +367,30 @@ class CachedQuerySet(QuerySet):  # type: ignore[misc]
 
     def update(self, *args: Any, **kwargs: Any) -> Any:
         before = self._stored_matching()
-        result = super().update(*args, **kwargs)
+        wants_full = kwargs.pop("full_result", False)
+        result = super().update(*args, full_result=True, **kwargs)
         pk = self._document._meta["id_field"]
-        after = self._stored_ids([row[pk] for row in before]) + self._stored_matching()
+        ids = [row[pk] for row in before]
+        upserted = getattr(result, "upserted_id", None)
+        if upserted is not None:
+            ids.append(upserted)  # an upsert: a new document, whatever the filter says
+        after = self._stored_ids(ids) + self._stored_matching()
         self._invalidate(before + after)
-        return result
+        if wants_full:
+            return result
+        raw = getattr(result, "raw_result", None)
+        return raw["n"] if raw else None
 
     def modify(self, *args: Any, **kwargs: Any) -> Any:
         before = self._stored_matching()
         result = super().modify(*args, **kwargs)
-        pk = default_cache().doc_info(self._document).cls._meta["id_field"]
-        self._invalidate(before + self._stored_ids([row[pk] for row in before]))
+        info = default_cache().doc_info(self._document)
+        pk = self._document._meta["id_field"]
+        # The filter again afterwards: an upsert's new document (new=False returns None).
+        after = self._stored_ids([row[pk] for row in before]) + self._stored_matching()
         if result is not None:
-            self._invalidate(
-                [{k: getattr(result, k) for k in default_cache().doc_info(self._document).keys}]
-            )
+            after.append({k: getattr(result, k) for k in info.keys})
+        self._invalidate(before + after)
         return result
 
     def delete(self, *args: Any, **kwargs: Any) -> Any:
@@ -336,9 +401,15 @@ class CachedQuerySet(QuerySet):  # type: ignore[misc]
 
     def insert(self, doc_or_docs: Any, *args: Any, **kwargs: Any) -> Any:
         result = super().insert(doc_or_docs, *args, **kwargs)
-        docs = result if isinstance(result, list) else [result]
-        keys = default_cache().doc_info(self._document).keys
-        self._invalidate(
-            [{k: getattr(doc, k) for k in keys} for doc in docs if isinstance(doc, Document)]
-        )
+        given = doc_or_docs if isinstance(doc_or_docs, list) else [doc_or_docs]
+        returned = result if isinstance(result, list) else [result]
+        info = default_cache().doc_info(self._document)
+        pk = self._document._meta["id_field"]
+        rows = []
+        for doc, back in zip(given, returned, strict=False):
+            row = {k: getattr(doc, k) for k in info.keys}
+            if row.get(pk) is None:  # load_bulk=False returns the new ids, not documents
+                row[pk] = back.pk if isinstance(back, Document) else back
+            rows.append(row)
+        self._invalidate(rows)
         return result

@@ -422,6 +422,16 @@ class CacheCowBase(Generic[ClientT]):
         unique ones (a non-unique lookup has no one object to cache).
         """
 
+    def coerce_lookup(self, cls: Any, id_field: Field, id_val: Any) -> Any:
+        """Convert a (canonical) lookup value to its field's own type; the default keeps it.
+
+        Adapters convert with their ORM's field (``"5"`` to ``5`` for an integer key), so a value
+        given in another type reaches the same entry as the object's own, and so does its
+        invalidation (a "not found" cached under ``"5"`` would otherwise outlive the insert
+        of row 5 until its TTL).
+        """
+        return id_val
+
     def not_found(self, cls: Any, id_field: Field, id_val: Any) -> BaseException:
         """The exception ``get`` raises when there is no such object (fresh or cached answer).
 
@@ -471,10 +481,11 @@ class CacheCowBase(Generic[ClientT]):
     # -- lookups of the public calls ----------------------------------------------------------
 
     def _normalize(self, cls: Any, id_field: Any, id_val: Any) -> tuple[Field, Any]:
-        """The canonical field and value of a lookup, checked by :meth:`check_lookup`."""
+        """The canonical field and value of a lookup, checked by :meth:`check_lookup` and
+        converted by :meth:`coerce_lookup`."""
         field, value = normalize_lookup(id_field, id_val)
         self.check_lookup(cls, field)
-        return field, value
+        return field, self.coerce_lookup(cls, field, value)
 
     def _normalize_many(
         self, cls: Any, id_field: Any, id_vals: Iterable[Any]
@@ -494,7 +505,7 @@ class CacheCowBase(Generic[ClientT]):
                 else normalize_lookup(id_field, None)
             )
         self.check_lookup(cls, field)
-        return field, values
+        return field, [self.coerce_lookup(cls, field, value) for value in values]
 
     def _object_keys(self, obj: Any, previous: Any, model: Any) -> list[tuple[str, str]]:
         """The keys of every unique lookup of ``obj`` (and of ``previous``, its old values)."""

@@ -41,6 +41,7 @@ HOOKS = (
     "not_found",
     "model_label",
     "check_lookup",
+    "coerce_lookup",
 )
 
 _FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)

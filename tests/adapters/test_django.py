@@ -458,3 +458,29 @@ def test_calls_of_an_atomic_decorated_function_are_separate_transactions(
     Person.cached.get(pk=ada.pk)  # cached outside
     found, count = rename(None)  # the same Atomic object, a new transaction that wrote nothing
     assert (found.name, count) == ("v2", 0)
+
+
+def test_two_caches_watching_one_model_both_invalidate(
+    cache: DjangoCache, alias: str, redis_client: redis.Redis
+) -> None:
+    other = ThreadSafeDjangoCache(redis_client, using=alias, prefix="other:")
+    other.watch(Person)
+    try:
+        ada = Person.objects.using(alias).create(email="old@x.io")
+        cache.get(Person, "email", "old@x.io")
+        other.get(Person, "email", "old@x.io")
+        ada.email = "new@x.io"
+        ada.save()
+        for c in (cache, other):
+            with pytest.raises(Person.DoesNotExist):
+                c.get(Person, "email", "old@x.io")
+    finally:
+        other.unwatch()
+
+
+def test_a_lookup_in_another_type_reaches_the_same_entry(cache: DjangoCache, alias: str) -> None:
+    with pytest.raises(Person.DoesNotExist):
+        cache.get(Person, "id", "4242")  # converted to 4242: the tombstone is the id's
+    Person.objects.using(alias).create(id=4242, email="late@x.io")
+    assert cache.get(Person, "id", "4242").email == "late@x.io"
+    assert cache.metrics.snapshot().uncacheable == 0

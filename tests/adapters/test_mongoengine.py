@@ -307,3 +307,93 @@ def test_a_stored_form_the_class_no_longer_accepts_is_a_miss(cache: MongoCache) 
     cache.redis.set(key, raw.replace(b'"likes"', b'"removed_field"'))
     assert cache.get(Post, "id", post.id).title == "t"
     assert cache.metrics.snapshot().decode_failures == 1
+
+
+# -- regressions: what the first review of the adapter found --------------------------------------
+
+
+def test_upserts_clear_tombstones(cache: MongoCache) -> None:
+    with pytest.raises(Post.DoesNotExist):
+        cache.get(Post, "title", "b")
+    Post.objects(title="a").update_one(set__title="b", set__slug="b", set__site="x", upsert=True)
+    assert cache.get(Post, "title", "b").slug == "b"
+    with pytest.raises(Post.DoesNotExist):
+        cache.get(Post, "title", "m")
+    Post.objects(title="m").modify(upsert=True, set__slug="m", set__site="x")  # new=False
+    assert cache.get(Post, "title", "m").slug == "m"
+    assert Post.objects(title="b").update(set__likes=1) == 1  # the count, as without cachecow
+
+
+def test_insert_without_loading_clears_tombstones(cache: MongoCache) -> None:
+    with pytest.raises(Post.DoesNotExist):
+        cache.get(Post, "title", "ins")
+    Post.objects.insert([Post(title="ins", slug="i", site="x")], load_bulk=False)
+    assert cache.get(Post, "title", "ins").slug == "i"
+
+
+def test_inheritance_and_references_are_not_lookups(cache: MongoCache) -> None:
+    class Animal(me.Document):
+        name = me.StringField(unique=True)
+        meta = {"allow_inheritance": True, "collection": "cc_animals"}  # noqa: RUF012
+
+    class Owner(me.Document):
+        author = me.ReferenceField(Author, unique=True)
+        handle = me.StringField(unique=True)
+        meta = {"collection": "cc_owners"}  # noqa: RUF012
+
+    with pytest.raises(cachecow.ConfigurationError, match="inheritance"):
+        cache.get(Animal, "name", "rex")
+    with pytest.raises(InvalidLookup, match=r"valid lookups are 'id', 'handle'"):
+        cache.get(Owner, "author", Author(name="x"))
+
+
+def test_get_of_a_narrowed_queryset_is_not_a_lookup(cache: MongoCache) -> None:
+    Post(title="t", slug="s", site="x", likes=1).save()
+    cache.get(Post, "title", "t")  # cached
+    with pytest.raises(Post.DoesNotExist):
+        Post.objects.none().get(title="t")
+    with pytest.raises(Post.DoesNotExist):
+        Post.objects.skip(1).get(title="t")
+    raw = Post.objects.as_pymongo().get(title="t")
+    assert isinstance(raw, dict)
+    assert raw["likes"] == 1
+
+
+def test_switched_collections_are_refused(cache: MongoCache) -> None:
+    from mongoengine.context_managers import switch_collection
+
+    Post(title="t", slug="s", site="x").save()
+    with (
+        switch_collection(Post, "cc_posts_old"),
+        pytest.raises(cachecow.ConfigurationError, match="switch"),
+    ):
+        cache.get(Post, "title", "t")
+    assert cache.get(Post, "title", "t").slug == "s"
+
+
+def test_two_caches_watching_one_class_both_invalidate(
+    cache: MongoCache, redis_client: redis.Redis
+) -> None:
+    other = MongoCache(redis_client, prefix="other:")
+    other.watch(Post)
+    try:
+        post = Post(title="old", slug="s", site="x").save()
+        cache.get(Post, "title", "old")
+        other.get(Post, "title", "old")
+        post.title = "new"
+        post.save()
+        for c in (cache, other):
+            with pytest.raises(Post.DoesNotExist):
+                c.get(Post, "title", "old")
+    finally:
+        other.unwatch()
+
+
+def test_a_lookup_in_another_type_reaches_the_same_entry(cache: MongoCache) -> None:
+    oid = ObjectId()
+    with pytest.raises(Post.DoesNotExist):
+        Post.objects.get(pk=str(oid))  # a string id: converted, so the tombstone is the id's
+    Post(id=oid, title="t", slug="s", site="x").save()  # clears the id's tombstone
+    assert Post.objects.get(pk=str(oid)).title == "t"
+    assert cache.get(Post, "id", str(oid)).id == oid
+    assert cache.metrics.snapshot().uncacheable == 0
