@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -263,6 +264,31 @@ class _SQLAlchemyModels:
                 f"{cls.__qualname__}: {shown!r} is not a unique lookup; "
                 f"valid lookups are {info.describe()}"
             )
+
+    def coerce_lookup(self, cls: Any, id_field: Field, id_val: Any) -> Any:
+        """Convert a lookup value to its column's Python type where that is unambiguous:
+        ``"42"`` to ``42`` for an integer column, a string to a ``UUID`` for a UUID column."""
+        info = self.model_info(cls)
+
+        def convert(key: str, value: Any) -> Any:
+            if value is None or isinstance(value, bool):
+                return value
+            try:
+                python_type = info.columns[key].type.python_type
+            except (KeyError, NotImplementedError):
+                return value
+            try:
+                if python_type is int and isinstance(value, str):
+                    return int(value)
+                if python_type is uuid.UUID and isinstance(value, str):
+                    return uuid.UUID(value)
+            except ValueError:
+                return value
+            return value
+
+        if isinstance(id_field, tuple):
+            return tuple(convert(k, v) for k, v in zip(id_field, id_val, strict=True))
+        return convert(id_field, id_val)
 
     def unique_lookups(self, obj: Any) -> Iterable[tuple[Field, Any]]:
         info = self.model_info(type(obj))

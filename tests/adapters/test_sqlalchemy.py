@@ -599,3 +599,14 @@ def test_insert_values_clears_tombstones(cache: SQLAlchemyCache, db: Database) -
         session.execute(insert(User).values(id=9, email="v@x.io", name="V"))
         session.commit()
     assert cache.get(User, "email", "v@x.io").id == 9
+
+
+def test_a_lookup_in_another_type_reaches_the_same_entry(
+    cache: SQLAlchemyCache, db: Database
+) -> None:
+    with pytest.raises(NotFound):
+        cache.get(User, "id", "4242")  # converted to 4242: the tombstone is the id's
+    add(db, User(id=4242, email="late@x.io"))  # its invalidation clears that tombstone
+    assert cache.get(User, "id", "4242").email == "late@x.io"
+    assert cache.get_many(User, "id", ["4242"])[0].id == 4242
+    assert cache.metrics.snapshot().uncacheable == 0
