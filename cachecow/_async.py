@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar, overload
 
 import redis.asyncio as aredis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.exceptions import NoScriptError
 
 from ._client import bounded_kwargs, check_client, register_scripts, script_calls
@@ -48,6 +50,8 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
 
     def _check_client(self, redis: aredis.Redis) -> None:
         check_client(redis, is_async=True)
+        self._cluster = isinstance(redis, AsyncRedisCluster)
+        self._group_by_slot = self._cluster
         if not isinstance(self.clock, AsyncClock):
             raise ConfigurationError(
                 "AsyncCacheCow needs a clock with monotonic(), sleep() and async_sleep()"
@@ -155,15 +159,34 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
                 result = None
                 error = exc
 
+    async def _alone(self, item: Script | Command) -> Any:
+        if isinstance(item, Script):
+            return await self._run_script(item)
+        return await self._execute(*item.args)
+
     async def _run_script(self, op: Script) -> Any:
         call = self._calls[op.name]
         try:
             return await self._execute(*call.args(op.keys, op.args))
         except NoScriptError:  # a restarted server, a failover, SCRIPT FLUSH
-            await self.redis.script_load(call.source)
+            if self._cluster:  # every primary at once, not one node per NOSCRIPT
+                primaries = self.redis.get_primaries()  # type: ignore[attr-defined]
+                await self._execute("SCRIPT", "LOAD", call.source, target_nodes=primaries)
+            else:
+                await self.redis.script_load(call.source)
             return await self._execute(*call.args(op.keys, op.args))
 
     async def _pipeline(self, op: Pipeline) -> list[Any]:
+        if self._cluster:
+            # Redis Cluster: each item touches one slot; the cluster client routes them, all
+            # in flight at once (and loads scripts and follows moves as it goes).
+            slots = asyncio.Semaphore(8)  # a bounded number in flight: each needs a connection
+
+            async def one(item: Script | Command) -> Any:
+                async with slots:
+                    return await self._alone(item)
+
+            return list(await asyncio.gather(*(one(item) for item in op.ops)))
         pipe: Any = self.redis.pipeline(transaction=False)
         for item in op.ops:
             if isinstance(item, Script):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar, overload
 
 import redis as redis_py
+from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from ._client import bounded_kwargs, check_client, register_scripts, script_calls
@@ -24,6 +26,13 @@ from ._protocol import (
 __all__ = ["CacheCow", "connect"]
 
 T = TypeVar("T")
+
+
+def _op_args(calls: Any, item: Script | Command) -> tuple[Any, ...]:
+    if isinstance(item, Script):
+        args: tuple[Any, ...] = calls[item.name].args(item.keys, item.args)
+        return args
+    return item.args
 
 
 def connect(
@@ -73,6 +82,9 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
 
     def _check_client(self, redis: redis_py.Redis) -> None:
         check_client(redis, is_async=False)
+        self._cluster = isinstance(redis, RedisCluster)
+        self._group_by_slot = self._cluster
+        self._nodes_pool: ThreadPoolExecutor | None = None
         self._execute: Any = redis.execute_command
         self._scripts = register_scripts(redis)
         self._calls = script_calls()
@@ -183,15 +195,57 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
                 result = None
                 error = exc
 
+    def _cluster_pipeline(self, op: Pipeline) -> list[Any]:
+        """A batch on Redis Cluster: one pipeline per node (each item touches one slot), the
+        nodes in parallel. An item a node refuses (NOSCRIPT, MOVED/ASK during resharding) is
+        sent again alone through the cluster client, which loads scripts and follows moves."""
+        cluster: Any = self.redis
+        by_node: dict[str, tuple[Any, list[int]]] = {}
+        for index, item in enumerate(op.ops):
+            key = item.keys[0] if isinstance(item, Script) else item.args[1]
+            node = cluster.get_node_from_key(key)
+            by_node.setdefault(node.name, (node, []))[1].append(index)
+        results: list[Any] = [None] * len(op.ops)
+
+        def run(node: Any, indexes: list[int]) -> None:
+            pipe = cluster.get_redis_connection(node).pipeline(transaction=False)
+            for index in indexes:
+                pipe.execute_command(*_op_args(self._calls, op.ops[index]))
+            for index, reply in zip(indexes, pipe.execute(raise_on_error=False), strict=True):
+                if isinstance(reply, Exception):
+                    reply = self._alone(op.ops[index])
+                results[index] = reply
+
+        groups = list(by_node.values())
+        if len(groups) == 1:
+            run(*groups[0])
+        else:
+            if self._nodes_pool is None:
+                self._nodes_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="cachecow")
+            for future in [self._nodes_pool.submit(run, *group) for group in groups]:
+                future.result()
+        return results
+
+    def _alone(self, item: Script | Command) -> Any:
+        if isinstance(item, Script):
+            return self._run_script(item)
+        return self._execute(*item.args)
+
     def _run_script(self, op: Script) -> Any:
         call = self._calls[op.name]
         try:
             return self._execute(*call.args(op.keys, op.args))
         except NoScriptError:  # a restarted server, a failover, SCRIPT FLUSH
-            self.redis.script_load(call.source)
+            if self._cluster:  # every primary at once, not one node per NOSCRIPT
+                primaries = self.redis.get_primaries()  # type: ignore[attr-defined]
+                self._execute("SCRIPT", "LOAD", call.source, target_nodes=primaries)
+            else:
+                self.redis.script_load(call.source)
             return self._execute(*call.args(op.keys, op.args))
 
     def _pipeline(self, op: Pipeline) -> list[Any]:
+        if self._cluster:
+            return self._cluster_pipeline(op)
         pipe: Any = self.redis.pipeline(transaction=False)
         for item in op.ops:
             if isinstance(item, Script):

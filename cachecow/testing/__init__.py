@@ -9,6 +9,6 @@
 Importing this package needs pytest (``pip install 'cachecow[dev]'``); the library itself does not.
 """
 
-from .server import RedisServer, RedisServerUnavailable, free_port
+from .server import RedisClusterServers, RedisServer, RedisServerUnavailable, free_port
 
-__all__ = ["RedisServer", "RedisServerUnavailable", "free_port"]
+__all__ = ["RedisClusterServers", "RedisServer", "RedisServerUnavailable", "free_port"]

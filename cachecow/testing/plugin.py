@@ -25,7 +25,7 @@ import redis.asyncio as aredis
 from redis.asyncio.connection import Connection as AsyncConnection
 from redis.connection import Connection
 
-from .server import RedisServer, RedisServerUnavailable
+from .server import RedisClusterServers, RedisServer, RedisServerUnavailable
 
 __all__ = [
     "AsyncCountingConnection",
@@ -42,8 +42,9 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 
 
-def require_server(server: RedisServer) -> RedisServer:
-    """Start ``server``, or skip the test (fail it under CI) saying why it could not start."""
+def require_server(server: Any) -> Any:
+    """Start ``server`` (a RedisServer or RedisClusterServers), or skip the test (fail it under
+    CI) saying why it could not start."""
     try:
         return server.start()
     except RedisServerUnavailable as exc:
@@ -164,3 +165,13 @@ def own_redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_servers() -> Iterator[RedisClusterServers]:
+    """A private 3-master Redis Cluster for the whole test session."""
+    cluster = require_server(RedisClusterServers())
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

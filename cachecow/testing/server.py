@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import tempfile
 import time
 from types import TracebackType
+from typing import Any
 
 import redis
 
@@ -26,6 +28,25 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def free_cluster_port(attempts: int = 200) -> int:
+    """A port for a cluster node: it and its bus port (10000 higher) both free, at most 55535."""
+    rng = random.Random()
+    for _ in range(attempts):
+        port = rng.randrange(20000, 45000)
+        if all(_bindable(p) for p in (port, port + 10000)):
+            return port
+    raise RedisServerUnavailable("no free port pair for a cluster node")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 class RedisServer:
@@ -75,6 +96,10 @@ class RedisServer:
             while True:
                 if self.process.poll() is not None:
                     err = self.process.stderr.read().decode() if self.process.stderr else ""
+                    log = os.path.join(self._dir.name, "redis.log")
+                    if os.path.exists(log):
+                        with open(log, encoding="utf-8", errors="replace") as lines:
+                            err += "".join(lines.readlines()[-5:])
                     raise RedisServerUnavailable(f"redis-server exited at start: {err.strip()}")
                 try:
                     if client.ping():
@@ -143,3 +168,60 @@ class RedisServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class RedisClusterServers:
+    """A Redis Cluster of ``masters`` private ``redis-server`` processes on free ports, created
+    with ``redis-cli --cluster create``; stopped (and their directories removed) on :meth:`stop`."""
+
+    def __init__(self, masters: int = 3) -> None:
+        self.servers = [
+            RedisServer(
+                extra_args=("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+            )
+            for _ in range(masters)
+        ]
+        for server in self.servers:
+            server.port = free_cluster_port()
+
+    @property
+    def ports(self) -> list[int]:
+        """The masters' ports."""
+        return [server.port for server in self.servers]
+
+    def start(self, *, timeout: float = 20.0) -> RedisClusterServers:
+        """Start the servers, join them into one cluster and wait until it reports ``ok``."""
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RedisServerUnavailable("redis-cli is not on PATH (needed to create a cluster)")
+        try:
+            for server in self.servers:
+                server.start(timeout=timeout)
+            nodes = [f"127.0.0.1:{port}" for port in self.ports]
+            created = subprocess.run(
+                [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+            if created.returncode != 0:
+                raise RedisServerUnavailable(f"redis-cli --cluster create failed: {created.stdout}")
+            deadline = time.monotonic() + timeout
+            for port in self.ports:
+                client: Any = redis.Redis(port=port, socket_timeout=1)
+                try:
+                    while b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
+                        if time.monotonic() > deadline:
+                            raise RedisServerUnavailable("the cluster never reached state ok")
+                        time.sleep(0.05)
+                finally:
+                    client.close()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop every server."""
+        for server in self.servers:
+            server.stop()

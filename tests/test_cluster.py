@@ -1,0 +1,139 @@
+"""The contract suite on a real Redis Cluster (3 masters started from redis-server): every race,
+herd and promise, sync and async, with keys spread over many slots and nodes.
+
+On a cluster a batch is one script call per slot group, one pipeline per node, the nodes in
+parallel: the contract's round-trip tests (which count one standalone client's requests) are
+replaced here by per-node command counts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio as aredis
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
+
+from cachecow import AsyncCacheCow, CacheCow
+from cachecow.testing import RedisClusterServers
+from cachecow.testing.bridge import SyncFacade
+from cachecow.testing.contract import AsyncCacheCowContract, CacheCowContract, FetchProbe
+from tests import test_contract_dict
+
+
+@pytest.fixture
+def cluster(redis_cluster_servers: RedisClusterServers) -> Any:
+    client = RedisCluster(host="127.0.0.1", port=redis_cluster_servers.ports[0])
+    client.flushall()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def commandstats(cluster: Any) -> dict[str, int]:
+    """Calls per command, summed over the cluster's primaries."""
+    totals: dict[str, int] = {}
+    for node in cluster.get_primaries():
+        stats = cluster.get_redis_connection(node).info("commandstats")
+        for name, value in stats.items():
+            totals[name] = totals.get(name, 0) + int(value["calls"])
+    return totals
+
+
+def delta(cluster: Any, before: dict[str, int]) -> dict[str, int]:
+    after = commandstats(cluster)
+    out = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    out.pop("cmdstat_info", None)
+    return out
+
+
+class ClusterCounts:
+    """The round-trip tests of the contract, as command counts on a cluster."""
+
+    def test_round_trips(self, counting_redis: Any) -> None:  # type: ignore[override]
+        self.write(1, "v1")
+        cache: Any = self.cache()
+        self.write(2, "v2")
+        self.get(cache, 2)  # load the scripts into the node of key 2 (maybe not key 1's)
+        before = commandstats(self.redis)
+        self.get(cache, 1)
+        assert delta(self.redis, before)["cmdstat_evalsha"] == 2  # miss: lease, commit
+        before = commandstats(self.redis)
+        self.get(cache, 1)
+        assert delta(self.redis, before) == {"cmdstat_evalsha": 1, "cmdstat_get": 1}  # hit
+        before = commandstats(self.redis)
+        self.invalidate(cache, 1)
+        assert delta(self.redis, before) == {"cmdstat_del": 1}
+
+    def test_get_many_round_trips(self, counting_redis: Any) -> None:  # type: ignore[override]
+        keys = list(range(1, 101))
+        for key in keys:
+            self.write(key, f"v{key}")
+        cache: Any = self.cache()
+        slots = {key_slot(self.keys(cache, k)[0].encode()) for k in keys}
+        assert len(slots) > 50  # the batch really spans many slots (and the three nodes)
+        self.get_many(cache, list(range(1001, 1041)))  # load the scripts on every node
+        before = commandstats(self.redis)
+        assert self.get_many(cache, keys) == [f"v{k}" for k in keys]
+        assert delta(self.redis, before)["cmdstat_evalsha"] == 2 * len(slots)  # lease, commit
+        before = commandstats(self.redis)
+        assert self.get_many(cache, keys) == [f"v{k}" for k in keys]
+        assert delta(self.redis, before)["cmdstat_evalsha"] == len(slots)  # hits: one per slot
+        before = commandstats(self.redis)
+        cache.invalidate_many(self.model, self.field, [self.lookup(k) for k in keys])
+        assert delta(self.redis, before)["cmdstat_del"] == len(slots)
+        assert all(self.cached_payload(cache, k) is None for k in keys)
+
+    def test_invalidate_lookups(self, counting_redis: Any) -> None:  # type: ignore[override]
+        for key in (1, 2):
+            self.write(key, f"v{key}")
+        cache: Any = self.cache()
+        self.get_many(cache, [1, 2])
+        cache.invalidate_lookups([(self.model, self.field, self.lookup(k)) for k in (1, 2)])
+        assert self.cached_payload(cache, 1) is None
+        assert self.cached_payload(cache, 2) is None
+
+
+class TestClusterContract(ClusterCounts, test_contract_dict.DictDatabase, CacheCowContract):
+    @pytest.fixture(autouse=True)
+    def _contract_redis(self, cluster: Any) -> Any:  # type: ignore[override]
+        self.redis = cluster
+        return
+
+    def make_cache(self, redis: redis.Redis, **options: Any) -> CacheCow:
+        return test_contract_dict.DictCache(self.redis, self.db, **options)
+
+
+class TestAsyncClusterContract(
+    ClusterCounts, test_contract_dict.DictDatabase, AsyncCacheCowContract
+):
+    @pytest.fixture(autouse=True)
+    def _contract_redis(self, cluster: Any) -> Any:  # type: ignore[override]
+        self.redis = cluster
+        return
+
+    def make_cache(self, redis: redis.Redis, **options: Any) -> Any:
+        nodes = self.redis.get_primaries()
+
+        async def build() -> AsyncCacheCow:
+            client = aredis.RedisCluster(host=nodes[0].host, port=nodes[0].port)
+            self._async_clients.append(client)
+            return test_contract_dict.AsyncDictCache(client, self.db, **options)
+
+        return SyncFacade(self._runner.run(build()), self._runner)
+
+
+def test_script_flush_on_every_node_recovers(cluster: Any) -> None:
+    db = {i: {"id": i, "payload": f"p{i}"} for i in range(60)}
+    cache = test_contract_dict.DictCache(cluster, db)
+    probe = FetchProbe(cache)
+    ids = list(range(60))
+    cache.get_many("item", "id", ids)
+    cluster.script_flush()
+    assert [r["payload"] for r in cache.get_many("item", "id", ids)] == [f"p{i}" for i in ids]
+    assert cache.get("item", "id", 7)["payload"] == "p7"
+    assert probe.many_calls == 1  # after the flush, hits again: the scripts were reloaded
+    assert cache.metrics.snapshot().redis_errors == 0
