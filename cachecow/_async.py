@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar, overload
@@ -178,15 +177,11 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
 
     async def _pipeline(self, op: Pipeline) -> list[Any]:
         if self._cluster:
-            # Redis Cluster: each item touches one slot; the cluster client routes them, all
-            # in flight at once (and loads scripts and follows moves as it goes).
-            slots = asyncio.Semaphore(8)  # a bounded number in flight: each needs a connection
-
-            async def one(item: Script | Command) -> Any:
-                async with slots:
-                    return await self._alone(item)
-
-            return list(await asyncio.gather(*(one(item) for item in op.ops)))
+            # Redis Cluster: each item touches one slot; the cluster client routes it, loads
+            # scripts and follows moves. One at a time: with several in flight on one
+            # redis.asyncio RedisCluster, a connection's writer vanished mid-write now and then
+            # in our tests (redis-py 8.1; cf. redis/redis-py#3546).
+            return [await self._alone(item) for item in op.ops]
         pipe: Any = self.redis.pipeline(transaction=False)
         for item in op.ops:
             if isinstance(item, Script):
