@@ -70,10 +70,14 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 import cachecow
-from cachecow import CacheCow, ConfigurationError, InvalidLookup, NotFound
+from cachecow import CacheCow, ConfigurationError, NotFound
 from cachecow.keys import Field, normalize_lookup
 
 from ._codecs import Codec, codec_for
+from ._lookups import Lookup, coerce, describe, refuse
+from ._lookups import has_null as _has_null
+from ._lookups import keys_of as _keys
+from ._lookups import kwargs_of as _kwargs
 
 __all__ = [
     "CachecowConfig",
@@ -84,7 +88,6 @@ __all__ = [
     "set_default_cache",
 ]
 
-Lookup = tuple[Any, Field, Any]
 
 _PYTHON_TYPES: list[tuple[type[models.Field[Any, Any]], Any]] = [
     (models.DateTimeField, dt.datetime),
@@ -174,10 +177,7 @@ class _Model:
         return getattr(obj, lookup)
 
     def describe(self) -> str:
-        return ", ".join(
-            repr(lookup) if isinstance(lookup, str) else "(" + ", ".join(lookup) + ")"
-            for lookup in self.lookups
-        )
+        return describe(self.lookups)
 
     def lookup_from_kwargs(self, kwargs: dict[str, Any]) -> tuple[Field, Any] | None:
         """The canonical unique lookup that ``get(**kwargs)`` asks for, or None if it is not one."""
@@ -206,10 +206,6 @@ class _Model:
 
 def _plain_value(value: Any) -> bool:
     return isinstance(value, (int, str, uuid.UUID))
-
-
-def _has_null(value: Any) -> bool:
-    return value is None or (isinstance(value, tuple) and any(v is None for v in value))
 
 
 # -- the cache ----------------------------------------------------------------------------------
@@ -277,11 +273,8 @@ class DjangoCache(CacheCow):
     def check_lookup(self, cls: Any, id_field: Field) -> None:
         info = self.model_info(cls)
         if id_field not in info.lookups:
-            shown = id_field if isinstance(id_field, str) else "(" + ", ".join(id_field) + ")"
-            raise InvalidLookup(
-                f"{cls._meta.label}: {shown!r} is not a unique lookup; "
-                f"valid lookups are {info.describe()} (attribute names: 'org_id', not 'org')"
-            )
+            hint = " (attribute names: 'org_id', not 'org')"
+            raise refuse(cls._meta.label, id_field, info.lookups, hint)
 
     def fetch(self, cls: Any, id_field: Field, id_val: Any) -> Any:
         try:
@@ -310,9 +303,7 @@ class DjangoCache(CacheCow):
             except Exception:
                 return value
 
-        if isinstance(id_field, tuple):
-            return tuple(convert(n, v) for n, v in zip(id_field, id_val, strict=True))
-        return convert(id_field, id_val)
+        return coerce(id_field, id_val, convert)
 
     def not_found(self, cls: Any, id_field: Field, id_val: Any) -> BaseException:
         shown = _kwargs(id_field, id_val)
@@ -383,10 +374,10 @@ class DjangoCache(CacheCow):
         self._watched.add(model)
         uid = f"cachecow-{id(self)}-{model._meta.label}"
         for signal, receiver in [
-            (signals.pre_save, self._before_save),
-            (signals.pre_delete, self._before_delete),
-            (signals.post_save, self._after_save),
-            (signals.post_delete, self._after_delete),
+            (signals.pre_save, self._before_write),
+            (signals.pre_delete, self._before_write),
+            (signals.post_save, self._after_write),
+            (signals.post_delete, self._after_write),
         ]:
             signal.connect(receiver, sender=model, weak=False, dispatch_uid=uid)
             self._receivers.append((signal, model, uid))
@@ -433,41 +424,20 @@ class DjangoCache(CacheCow):
         )
         return row
 
-    def _before_save(self, sender: Any, instance: Any, raw: bool = False, **kwargs: Any) -> None:
+    def _before_write(self, sender: Any, instance: Any, **kwargs: Any) -> None:
+        """pre_save and pre_delete: remember what the row holds before the write."""
         using = kwargs.get("using") or instance._state.db or "default"
         instance.__dict__[self._stash] = self._stored(sender, instance, using)
 
-    def _before_delete(self, sender: Any, instance: Any, **kwargs: Any) -> None:
-        using = kwargs.get("using") or instance._state.db or "default"
-        instance.__dict__[self._stash] = self._stored(sender, instance, using)
-
-    def _after_save(
+    def _after_write(
         self, sender: Any, instance: Any, using: str = "default", **kwargs: Any
     ) -> None:
+        """post_save and post_delete: queue the old and the new values' invalidation."""
         old = instance.__dict__.pop(self._stash, None)
         lookups = self.lookups_of(instance)
         if old:
             lookups += self.lookups_of(instance, old)
         self.queue(lookups, using)
-
-    def _after_delete(
-        self, sender: Any, instance: Any, using: str = "default", **kwargs: Any
-    ) -> None:
-        old = instance.__dict__.pop(self._stash, None)
-        lookups = self.lookups_of(instance)
-        if old:
-            lookups += self.lookups_of(instance, old)
-        self.queue(lookups, using)
-
-
-def _keys(lookup: Field) -> tuple[str, ...]:
-    return lookup if isinstance(lookup, tuple) else (lookup,)
-
-
-def _kwargs(id_field: Field, id_val: Any) -> dict[str, Any]:
-    if isinstance(id_field, tuple):
-        return dict(zip(id_field, id_val, strict=True))
-    return {id_field: id_val}
 
 
 # -- the default cache, from settings -----------------------------------------------------------

@@ -54,12 +54,16 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "pip install 'cachecow[mongoengine]'"
     ) from exc
 
-from cachecow import CacheCow, ConfigurationError, InvalidLookup, NotFound
+from cachecow import CacheCow, ConfigurationError, NotFound
 from cachecow.keys import Field, normalize_lookup
+
+from ._lookups import Lookup, coerce, describe, refuse, row_lookups
+from ._lookups import has_null as _has_null
+from ._lookups import keys_of as _keys
+from ._lookups import kwargs_of as _kwargs
 
 __all__ = ["CachedQuerySet", "MongoCache", "default_cache", "set_default_cache"]
 
-Lookup = tuple[Any, Field, Any]
 
 # Relaxed Extended JSON: plain numbers stay plain, every BSON type keeps its own tag.
 _JSON = JSONOptions(json_mode=JSONMode.RELAXED, tz_aware=False)
@@ -104,23 +108,11 @@ class _Doc:
         return getattr(doc, lookup)
 
     def describe(self) -> str:
-        return ", ".join(
-            repr(lookup) if isinstance(lookup, str) else "(" + ", ".join(lookup) + ")"
-            for lookup in self.lookups
-        )
+        return describe(self.lookups)
 
     def lookups_of(self, values: dict[str, Any]) -> list[Lookup]:
         """The lookups whose every field ``values`` has (by field name), not None."""
-        out: list[Lookup] = []
-        for lookup in self.lookups:
-            keys = _keys(lookup)
-            if all(k in values for k in keys):
-                value = (
-                    tuple(values[k] for k in keys) if isinstance(lookup, tuple) else values[lookup]
-                )
-                if not _has_null(value):
-                    out.append((self.cls, lookup, value))
-        return out
+        return row_lookups(self.cls, self.lookups, values)
 
     def stored(self, query: dict[str, Any]) -> list[dict[str, Any]]:
         """The unique fields of the documents matching a raw ``query``, as stored now."""
@@ -148,20 +140,6 @@ def _place(cls: Any) -> tuple[str, str]:
     """Where a document class reads and writes right now: its database alias and collection
     (switch_db and switch_collection change them)."""
     return cls._meta.get("db_alias", "default"), cls._get_collection_name()
-
-
-def _keys(lookup: Field) -> tuple[str, ...]:
-    return lookup if isinstance(lookup, tuple) else (lookup,)
-
-
-def _has_null(value: Any) -> bool:
-    return value is None or (isinstance(value, tuple) and any(v is None for v in value))
-
-
-def _kwargs(id_field: Field, id_val: Any) -> dict[str, Any]:
-    if isinstance(id_field, tuple):
-        return dict(zip(id_field, id_val, strict=True))
-    return {id_field: id_val}
 
 
 class MongoCache(CacheCow):
@@ -193,11 +171,7 @@ class MongoCache(CacheCow):
                 f"cachecow caches its documents in {info.place} only"
             )
         if id_field not in info.lookups:
-            shown = id_field if isinstance(id_field, str) else "(" + ", ".join(id_field) + ")"
-            raise InvalidLookup(
-                f"{cls.__qualname__}: {shown!r} is not a unique lookup; "
-                f"valid lookups are {info.describe()}"
-            )
+            raise refuse(cls.__qualname__, id_field, info.lookups)
 
     def coerce_lookup(self, cls: Any, id_field: Field, id_val: Any) -> Any:
         fields = self.doc_info(cls).cls._fields
@@ -208,9 +182,7 @@ class MongoCache(CacheCow):
             except Exception:
                 return value
 
-        if isinstance(id_field, tuple):
-            return tuple(convert(n, v) for n, v in zip(id_field, id_val, strict=True))
-        return convert(id_field, id_val)
+        return coerce(id_field, id_val, convert)
 
     def _plain_queryset(self, cls: Any) -> Any:
         # Never the document's own queryset class: a CachedQuerySet would ask the cache back.

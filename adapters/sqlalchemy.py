@@ -77,12 +77,13 @@ from cachecow import AsyncCacheCow, CacheCow, ConfigurationError, InvalidLookup,
 from cachecow.keys import Field, normalize_lookup
 
 from ._codecs import Codec, codec_for
+from ._lookups import Lookup, coerce, describe, refuse, row_lookups
+from ._lookups import has_null as _has_null
+from ._lookups import keys_of as _keys
 
 __all__ = ["AsyncSQLAlchemyCache", "SQLAlchemyCache"]
 
 logger = logging.getLogger("cachecow")
-
-Lookup = tuple[Any, Field, Any]  # (model, field, value)
 
 
 def _codec_for(column: sa.Column[Any], name: str) -> Codec:
@@ -175,10 +176,7 @@ class _Model:
         return list(dict.fromkeys(k for lookup in self.lookups for k in _keys(lookup)))
 
     def describe(self) -> str:
-        return ", ".join(
-            repr(lookup) if isinstance(lookup, str) else "(" + ", ".join(lookup) + ")"
-            for lookup in self.lookups
-        )
+        return describe(self.lookups)
 
     def value_of(self, obj: Any, lookup: Field) -> Any:
         if isinstance(lookup, tuple):
@@ -259,11 +257,7 @@ class _SQLAlchemyModels:
     def check_lookup(self, cls: Any, id_field: Field) -> None:
         info = self.model_info(cls)
         if id_field not in info.lookups:
-            shown = id_field if isinstance(id_field, str) else "(" + ", ".join(id_field) + ")"
-            raise InvalidLookup(
-                f"{cls.__qualname__}: {shown!r} is not a unique lookup; "
-                f"valid lookups are {info.describe()}"
-            )
+            raise refuse(cls.__qualname__, id_field, info.lookups)
 
     def coerce_lookup(self, cls: Any, id_field: Field, id_val: Any) -> Any:
         """Convert a lookup value to its column's Python type where that is unambiguous:
@@ -286,9 +280,7 @@ class _SQLAlchemyModels:
                 return value
             return value
 
-        if isinstance(id_field, tuple):
-            return tuple(convert(k, v) for k, v in zip(id_field, id_val, strict=True))
-        return convert(id_field, id_val)
+        return coerce(id_field, id_val, convert)
 
     def unique_lookups(self, obj: Any) -> Iterable[tuple[Field, Any]]:
         info = self.model_info(type(obj))
@@ -560,14 +552,7 @@ class _SQLAlchemyModels:
 
 def _row_lookups(info: _Model, row: Mapping[str, Any]) -> list[Lookup]:
     """The lookups a row of attribute values carries (those it has every field of, not NULL)."""
-    out: list[Lookup] = []
-    for lookup in info.lookups:
-        keys = _keys(lookup)
-        if all(k in row for k in keys):
-            value = tuple(row[k] for k in keys) if isinstance(lookup, tuple) else row[lookup]
-            if not _has_null(value):
-                out.append((info.cls, lookup, value))
-    return out
+    return row_lookups(info.cls, info.lookups, row)
 
 
 def _in(cols: list[Any], values: list[tuple[Any, ...]], session: Any) -> Any:
@@ -581,14 +566,6 @@ def _in(cols: list[Any], values: list[tuple[Any, ...]], session: Any) -> Any:
 
 
 _TUPLE_IN = ("postgresql", "sqlite", "mysql", "mariadb")
-
-
-def _keys(lookup: Field) -> tuple[str, ...]:
-    return lookup if isinstance(lookup, tuple) else (lookup,)
-
-
-def _has_null(value: Any) -> bool:
-    return value is None or (isinstance(value, tuple) and any(v is None for v in value))
 
 
 class SQLAlchemyCache(_SQLAlchemyModels, CacheCow):

@@ -13,34 +13,18 @@ under the example's random prefix.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import redis
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.examples_support import ROOT, run_script
+
 EXAMPLE = ROOT / "examples" / "django_app" / "run.py"
 
 
 def run_example(**env_vars: str) -> str:
-    env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "REDIS_URL")}
-    env.update(env_vars)
-    proc = subprocess.run(
-        [sys.executable, str(EXAMPLE)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, (
-        f"example failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-    )
-    return proc.stdout
+    return run_script(EXAMPLE, without=("DJANGO_SETTINGS_MODULE", "REDIS_URL"), **env_vars)
 
 
 def assert_key_lines(out: str) -> None:

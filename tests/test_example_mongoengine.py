@@ -8,38 +8,21 @@ at the plugin's private redis-server and checks that nothing stays under its ran
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import redis
 
+from tests.examples_support import ROOT, run_script
+
 pytest.importorskip("mongoengine", reason="the mongoengine extra is not installed")
 pytest.importorskip("mongomock", reason="mongomock (the example's default MongoDB) is missing")
 
-ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "mongoengine_app.py"
 
 
 def run_example(**env_vars: str) -> str:
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "MONGODB_URL")}
-    env.update(env_vars)
-    proc = subprocess.run(
-        [sys.executable, str(EXAMPLE)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, (
-        f"example failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-    )
-    return proc.stdout
+    return run_script(EXAMPLE, without=("REDIS_URL", "MONGODB_URL"), **env_vars)
 
 
 def assert_key_lines(out: str) -> None:

@@ -6,38 +6,20 @@ needs no service at all. Run (b) uses the plugin's private Redis, run (c) a real
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import redis
 
 from cachecow.testing.plugin import in_ci
+from tests.examples_support import ROOT, run_script
 
-ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "sqlalchemy_app.py"
 POSTGRES_URL = "postgresql+psycopg://root@127.0.0.1:5432/test"
 
 
 def run_example(**env_vars: str) -> str:
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
-    env.update(env_vars)
-    proc = subprocess.run(
-        [sys.executable, str(EXAMPLE)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, (
-        f"example failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-    )
-    return proc.stdout
+    return run_script(EXAMPLE, without=("REDIS_URL", "DATABASE_URL"), **env_vars)
 
 
 def assert_key_lines(out: str) -> None:
