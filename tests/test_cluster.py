@@ -53,7 +53,7 @@ def delta(cluster: Any, before: dict[str, int]) -> dict[str, int]:
 class ClusterCounts:
     """The round-trip tests of the contract, as command counts on a cluster."""
 
-    def test_round_trips(self, counting_redis: Any) -> None:  # type: ignore[override]
+    def test_round_trips(self) -> None:  # type: ignore[override]
         self.write(1, "v1")
         cache: Any = self.cache()
         self.write(2, "v2")
@@ -68,7 +68,7 @@ class ClusterCounts:
         self.invalidate(cache, 1)
         assert delta(self.redis, before) == {"cmdstat_del": 1}
 
-    def test_get_many_round_trips(self, counting_redis: Any) -> None:  # type: ignore[override]
+    def test_get_many_round_trips(self) -> None:  # type: ignore[override]
         keys = list(range(1, 101))
         for key in keys:
             self.write(key, f"v{key}")
@@ -87,7 +87,7 @@ class ClusterCounts:
         assert delta(self.redis, before)["cmdstat_del"] == len(slots)
         assert all(self.cached_payload(cache, k) is None for k in keys)
 
-    def test_invalidate_lookups(self, counting_redis: Any) -> None:  # type: ignore[override]
+    def test_invalidate_lookups(self) -> None:  # type: ignore[override]
         for key in (1, 2):
             self.write(key, f"v{key}")
         cache: Any = self.cache()
