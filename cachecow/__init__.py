@@ -6,7 +6,7 @@ value read before an invalidation is never cached after it.
 """
 
 from ._async import AsyncCacheCow, connect_async
-from ._core import CacheCow, connect
+from ._core import CacheCow, connect, connect_cluster, connect_sentinel
 from ._protocol import TOMBSTONE, AsyncClock, BusyPolicy, Clock, SystemClock
 from ._version import __version__
 from .exceptions import (
@@ -45,4 +45,6 @@ __all__ = [
     "__version__",
     "connect",
     "connect_async",
+    "connect_cluster",
+    "connect_sentinel",
 ]

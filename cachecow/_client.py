@@ -13,7 +13,15 @@ from redis.retry import Retry
 from ._scripts import SCRIPT_NAMES, script_source
 from .exceptions import ConfigurationError
 
-__all__ = ["ScriptCall", "bounded_kwargs", "check_client", "register_scripts", "script_calls"]
+__all__ = [
+    "ScriptCall",
+    "bounded_cluster_kwargs",
+    "bounded_kwargs",
+    "check_client",
+    "register_scripts",
+    "script_calls",
+    "sentinel_kwargs",
+]
 
 
 def bounded_kwargs(timeout: float, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -23,6 +31,24 @@ def bounded_kwargs(timeout: float, kwargs: dict[str, Any]) -> dict[str, Any]:
     kwargs.setdefault("socket_connect_timeout", timeout)
     kwargs.setdefault("retry", Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
     return kwargs
+
+
+def bounded_cluster_kwargs(timeout: float, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Cluster client options: calls bounded by ``timeout``, one retry after a connection
+    error (the cluster client refreshes its map of the cluster before it). Options already in
+    ``kwargs`` win."""
+    kwargs.setdefault("socket_timeout", timeout)
+    kwargs.setdefault("socket_connect_timeout", timeout)
+    kwargs.setdefault("retry", Retry(NoBackoff(), 1))
+    return kwargs
+
+
+def sentinel_kwargs(timeout: float, options: dict[str, Any] | None) -> dict[str, Any]:
+    """Options of the connections to the Sentinels themselves, bounded by ``timeout``."""
+    out = dict(options or {})
+    out.setdefault("socket_timeout", timeout)
+    out.setdefault("socket_connect_timeout", timeout)
+    return out
 
 
 def check_client(redis: Any, *, is_async: bool) -> None:

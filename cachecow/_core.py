@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar, overload
 
 import redis as redis_py
 from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError
+from redis.sentinel import Sentinel
 
-from ._client import bounded_kwargs, check_client, register_scripts, script_calls
+from ._client import (
+    bounded_cluster_kwargs,
+    bounded_kwargs,
+    check_client,
+    register_scripts,
+    script_calls,
+    sentinel_kwargs,
+)
 from ._protocol import (
     CacheCowBase,
     Command,
@@ -18,12 +26,13 @@ from ._protocol import (
     FetchMany,
     Flow,
     Pipeline,
+    Replicated,
     Script,
     Sleep,
     refuse_awaitable,
 )
 
-__all__ = ["CacheCow", "connect"]
+__all__ = ["CacheCow", "connect", "connect_cluster", "connect_sentinel"]
 
 T = TypeVar("T")
 
@@ -51,6 +60,46 @@ def connect(
     return client
 
 
+def connect_cluster(
+    url: str = "redis://127.0.0.1:7000/0", *, timeout: float = 0.5, **kwargs: Any
+) -> RedisCluster:
+    """A Redis Cluster client (any node's URL) whose calls are bounded like :func:`connect`'s.
+
+    Reads and writes time out after ``timeout`` seconds. A call that fails on a node's
+    connection is retried once, after the client has refreshed its map of the cluster (so a
+    call made just after a failover reaches the new master): a call to a stalled node can take
+    about twice ``timeout``. Extra keyword arguments go to :meth:`RedisCluster.from_url`.
+    """
+    client: RedisCluster = RedisCluster.from_url(url, **bounded_cluster_kwargs(timeout, kwargs))
+    return client
+
+
+def connect_sentinel(
+    sentinels: Sequence[tuple[str, int]],
+    service_name: str,
+    *,
+    timeout: float = 0.5,
+    sentinel_options: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> redis_py.Redis:
+    """A client of the master of a Sentinel-managed group, bounded like :func:`connect`'s.
+
+    ``sentinels`` are ``(host, port)`` pairs; ``service_name`` is the name the Sentinels
+    monitor. Each new connection asks the Sentinels where the master is; a connection to a
+    master that was demoted (``READONLY``) is dropped and the call fails, the next one goes to
+    the new master. Pass ``wait_replicas=1`` to the cache so no acknowledged invalidation is
+    lost in a failover. ``sentinel_options`` go to the Sentinel connections (e.g. a password);
+    extra keyword arguments go to the master's connections.
+    """
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinels,
+        sentinel_kwargs=sentinel_kwargs(timeout, sentinel_options),
+        **bounded_kwargs(timeout, kwargs),
+    )
+    client: redis_py.Redis = sentinel.master_for(service_name)  # type: ignore[no-untyped-call]
+    return client
+
+
 class CacheCow(CacheCowBase[redis_py.Redis]):
     """A leased cache-aside cache of objects in Redis. Subclass it and implement ``fetch``.
 
@@ -74,6 +123,13 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
     :param fail_open: on a Redis error during ``get``, serve from ``fetch`` and cache nothing
         (default False: raise :class:`~cachecow.CacheUnavailable`). Invalidations always raise.
     :param fail_open_log_interval: log a Redis failure at most once per this many seconds.
+    :param wait_replicas: how many replicas must acknowledge each invalidation (``WAIT``) before
+        it returns (default 0). With Sentinel or a cluster with replicas, set it to 1 or more:
+        replication is asynchronous, and a failover to a replica that never received an
+        invalidation would bring the old value back. Too few acknowledgements in time raise
+        :class:`~cachecow.InvalidationFailed`.
+    :param wait_replicas_timeout: seconds an invalidation waits for them (default 0.1); keep
+        it below the client's socket timeout.
     :param serializer: how objects become bytes (default :class:`~cachecow.JsonSerializer`).
     :param prefix: the start of every key (default ``"cachecow:"``); no braces or spaces.
     :param clock: time source for waiting and log rate limits (default: the system clock).
@@ -186,6 +242,8 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
                     result = self._execute(*op.args)
                 elif isinstance(op, Pipeline):
                     result = self._pipeline(op)
+                elif isinstance(op, Replicated):
+                    result = self._replicated(op)
                 elif isinstance(op, Sleep):
                     self.clock.sleep(op.seconds)
                     result = None
@@ -195,36 +253,83 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
                 result = None
                 error = exc
 
-    def _cluster_pipeline(self, op: Pipeline) -> list[Any]:
-        """A batch on Redis Cluster: one pipeline per node (each item touches one slot), the
-        nodes in parallel. An item a node refuses (NOSCRIPT, MOVED/ASK during resharding) is
-        sent again alone through the cluster client, which loads scripts and follows moves."""
+    def _per_node(self, ops: tuple[Script | Command, ...], run: Any) -> None:
+        """Group a cluster batch's items by the node that owns their slot and call
+        ``run(node, indexes)`` for each node, the nodes in parallel."""
         cluster: Any = self.redis
         by_node: dict[str, tuple[Any, list[int]]] = {}
-        for index, item in enumerate(op.ops):
+        for index, item in enumerate(ops):
             key = item.keys[0] if isinstance(item, Script) else item.args[1]
             node = cluster.get_node_from_key(key)
             by_node.setdefault(node.name, (node, []))[1].append(index)
+        groups = list(by_node.values())
+        if len(groups) == 1:
+            run(*groups[0])
+            return
+        if self._nodes_pool is None:
+            self._nodes_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="cachecow")
+        futures = [self._nodes_pool.submit(run, *group) for group in groups]
+        errors = [future.exception() for future in futures]
+        for error in errors:
+            if error is not None:
+                raise error
+
+    def _cluster_pipeline(self, op: Pipeline) -> list[Any]:
+        """A batch on Redis Cluster: one pipeline per node (each item touches one slot), the
+        nodes in parallel. An item a node refuses (NOSCRIPT, MOVED/ASK during resharding) is
+        sent again alone through the cluster client, which loads scripts and follows moves; so
+        are all of a node's items when the node fails as a whole (a dead node, a failover): the
+        cluster client then refreshes its view of the cluster, retries, or raises."""
+        cluster: Any = self.redis
         results: list[Any] = [None] * len(op.ops)
 
         def run(node: Any, indexes: list[int]) -> None:
             pipe = cluster.get_redis_connection(node).pipeline(transaction=False)
             for index in indexes:
                 pipe.execute_command(*_op_args(self._calls, op.ops[index]))
-            for index, reply in zip(indexes, pipe.execute(raise_on_error=False), strict=True):
+            try:
+                replies = pipe.execute(raise_on_error=False)
+            except redis_py.RedisError:
+                for index in indexes:
+                    results[index] = self._alone(op.ops[index])
+                return
+            for index, reply in zip(indexes, replies, strict=True):
                 if isinstance(reply, Exception):
                     reply = self._alone(op.ops[index])
                 results[index] = reply
 
-        groups = list(by_node.values())
-        if len(groups) == 1:
-            run(*groups[0])
-        else:
-            if self._nodes_pool is None:
-                self._nodes_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="cachecow")
-            for future in [self._nodes_pool.submit(run, *group) for group in groups]:
-                future.result()
+        self._per_node(op.ops, run)
         return results
+
+    def _replicated(self, op: Replicated) -> int:
+        """Commands, then WAIT on the same connection; the fewest replicas that acknowledged."""
+        if not self._cluster:
+            pipe: Any = self.redis.pipeline(transaction=False)
+            for item in op.ops:
+                pipe.execute_command(*item.args)
+            pipe.execute_command("WAIT", op.replicas, op.timeout_ms)
+            return int(pipe.execute(raise_on_error=True)[-1])
+        cluster: Any = self.redis
+        acked: list[int] = []
+
+        def run(node: Any, indexes: list[int]) -> None:
+            pipe = cluster.get_redis_connection(node).pipeline(transaction=False)
+            for index in indexes:
+                pipe.execute_command(*op.ops[index].args)
+            pipe.execute_command("WAIT", op.replicas, op.timeout_ms)
+            acked.append(int(pipe.execute(raise_on_error=True)[-1]))
+
+        try:
+            self._per_node(op.ops, run)
+        except redis_py.RedisError:
+            # A moved slot or a failed node: through the cluster client, which follows moves
+            # and refreshes its view of the cluster, then once more with the WAIT (deleting
+            # twice is harmless).
+            for item in op.ops:
+                self._alone(item)
+            acked.clear()
+            self._per_node(op.ops, run)
+        return min(acked, default=op.replicas)
 
     def _alone(self, item: Script | Command) -> Any:
         if isinstance(item, Script):

@@ -175,8 +175,20 @@ class Pipeline:
     ops: tuple[Script | Command, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Replicated:
+    """Send these commands and then ``WAIT replicas timeout_ms`` on the same connection (on a
+    cluster: per node, each node's commands and its WAIT on one connection); the result is the
+    fewest replicas that acknowledged the writes on any node (a reply that is an error is
+    raised)."""
+
+    ops: tuple[Command, ...]
+    replicas: int
+    timeout_ms: int
+
+
 FETCH = Fetch()
-Op = Script | Command | Fetch | FetchMany | Sleep | Pipeline
+Op = Script | Command | Fetch | FetchMany | Sleep | Pipeline | Replicated
 Flow = Generator[Op, Any, Any]
 
 
@@ -269,6 +281,8 @@ class CacheCowBase(Generic[ClientT]):
         wait_timeout: float = 1.0,
         fail_open: bool = False,
         fail_open_log_interval: float = 60.0,
+        wait_replicas: int = 0,
+        wait_replicas_timeout: float = 0.1,
         serializer: Serializer | None = None,
         prefix: str = "cachecow:",
         clock: Clock | None = None,
@@ -292,6 +306,15 @@ class CacheCowBase(Generic[ClientT]):
         self.fail_open_log_interval = _non_negative(
             "fail_open_log_interval", fail_open_log_interval
         )
+        if isinstance(wait_replicas, bool) or not isinstance(wait_replicas, int):
+            raise ConfigurationError(
+                f"wait_replicas must be a whole number of replicas, got {wait_replicas!r}"
+            )
+        if wait_replicas < 0:
+            raise ConfigurationError(f"wait_replicas must be 0 or more, got {wait_replicas!r}")
+        self.wait_replicas = wait_replicas
+        self.wait_replicas_timeout = _positive("wait_replicas_timeout", wait_replicas_timeout)
+        self._wait_replicas_ms = max(1, int(self.wait_replicas_timeout * 1000))
         self.serializer: Serializer = JsonSerializer() if serializer is None else serializer
         if not isinstance(self.serializer, Serializer):
             raise ConfigurationError(
@@ -975,10 +998,16 @@ class CacheCowBase(Generic[ClientT]):
     def _invalidate_flow(self, cls: Any, id_field: Field, id_val: Any) -> Flow:
         """Delete a lookup's value and flag in one command: voids every lease in flight."""
         keys = self.get_keys(cls, id_field, id_val)
+        delete = Command(("DEL", *keys))
         try:
-            yield Command(("DEL", *keys))
+            if self.wait_replicas:
+                acked = yield Replicated((delete,), self.wait_replicas, self._wait_replicas_ms)
+            else:
+                yield delete
         except RedisError as exc:
             self._invalidation_failed(exc, keys)
+        if self.wait_replicas:
+            self._check_replicated(acked, keys)
         self.metrics.incr("invalidations")
 
     def _invalidate_keys_flow(self, pairs: list[tuple[str, str]]) -> Flow:
@@ -990,14 +1019,34 @@ class CacheCowBase(Generic[ClientT]):
         ops = tuple(
             Command(("DEL", *(k for vk in group for k in (vk, flags[vk])))) for group in groups
         )
+        keys = tuple(k for pair in pairs for k in pair)
         try:
-            if len(ops) == 1:
+            if self.wait_replicas:
+                acked = yield Replicated(ops, self.wait_replicas, self._wait_replicas_ms)
+            elif len(ops) == 1:
                 yield ops[0]
             else:
                 yield Pipeline(ops)
         except RedisError as exc:
-            self._invalidation_failed(exc, tuple(k for pair in pairs for k in pair))
+            self._invalidation_failed(exc, keys)
+        if self.wait_replicas:
+            self._check_replicated(acked, keys)
         self.metrics.incr("invalidations", len(flags))
+
+    def _check_replicated(self, acked: Any, keys: tuple[str, ...]) -> None:
+        """Raise unless ``wait_replicas`` replicas acknowledged an invalidation in time: a
+        failover to a replica that never received it would bring the old values back."""
+        if int(acked) >= self.wait_replicas:
+            return
+        self.metrics.incr("redis_errors")
+        raise InvalidationFailed(
+            f"invalidation of {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} reached "
+            f"the master but only {int(acked)} of wait_replicas={self.wait_replicas} replicas "
+            f"within {self.wait_replicas_timeout}s; a failover now could bring old values back: "
+            "retry it",
+            operation="invalidate",
+            keys=keys,
+        )
 
     def _invalidation_failed(self, exc: BaseException, keys: tuple[str, ...]) -> NoReturn:
         self.metrics.incr("redis_errors")

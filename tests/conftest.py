@@ -1,1 +1,24 @@
-"""Shared test setup: the Redis fixtures come from cachecow.testing.plugin (see pyproject)."""
+"""Shared test setup: the Redis fixtures come from cachecow.testing.plugin (see pyproject).
+
+At the end of a run, the fault suite's figures (tests/test_faults.py) are printed as a table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.faults import REPORTS, Report
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not REPORTS:
+        return
+    terminalreporter.section("fault suite: what callers saw under each failure")
+    terminalreporter.write_line(
+        "ops: calls made; reads failed / inv.err: errors raised to callers (invalidations are "
+        "retried until they succeed); stale: reads older than an invalidation that had returned; "
+        "after: stale entries once recovered; worst ms: slowest single call"
+    )
+    terminalreporter.write_line(Report.header())
+    for report in REPORTS:
+        terminalreporter.write_line(report.row())

@@ -9,6 +9,18 @@
 Importing this package needs pytest (``pip install 'cachecow[dev]'``); the library itself does not.
 """
 
-from .server import RedisClusterServers, RedisServer, RedisServerUnavailable, free_port
+from .server import (
+    RedisClusterServers,
+    RedisSentinelGroup,
+    RedisServer,
+    RedisServerUnavailable,
+    free_port,
+)
 
-__all__ = ["RedisClusterServers", "RedisServer", "RedisServerUnavailable", "free_port"]
+__all__ = [
+    "RedisClusterServers",
+    "RedisSentinelGroup",
+    "RedisServer",
+    "RedisServerUnavailable",
+    "free_port",
+]

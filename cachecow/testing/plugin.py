@@ -11,6 +11,11 @@ Fixtures:
 - ``redis_client`` (function): a client of it, the database flushed before each test.
 - ``counting_redis`` (function): a client whose round trips are counted (``.round_trips``).
 - ``own_redis_server`` (function): a server of the test's own, to pause, kill or restart.
+- ``redis_cluster_servers`` (session): a 3-master Redis Cluster.
+- ``own_redis_cluster`` (function): a 3-master cluster with a replica per master, the test's
+  own, to fail over.
+- ``redis_sentinel_group`` (session): a master, a replica and three Sentinels.
+- ``own_redis_sentinel_group`` (function): the same, the test's own, to fail over.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import redis.asyncio as aredis
 from redis.asyncio.connection import Connection as AsyncConnection
 from redis.connection import Connection
 
-from .server import RedisClusterServers, RedisServer, RedisServerUnavailable
+from .server import RedisClusterServers, RedisSentinelGroup, RedisServer, RedisServerUnavailable
 
 __all__ = [
     "AsyncCountingConnection",
@@ -43,8 +48,8 @@ def in_ci() -> bool:
 
 
 def require_server(server: Any) -> Any:
-    """Start ``server`` (a RedisServer or RedisClusterServers), or skip the test (fail it under
-    CI) saying why it could not start."""
+    """Start ``server`` (a RedisServer, RedisClusterServers or RedisSentinelGroup), or skip
+    the test (fail it under CI) saying why it could not start."""
     try:
         return server.start()
     except RedisServerUnavailable as exc:
@@ -175,3 +180,33 @@ def redis_cluster_servers() -> Iterator[RedisClusterServers]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+def own_redis_cluster() -> Iterator[RedisClusterServers]:
+    """A private cluster of 3 masters, each with a replica, for this test alone."""
+    cluster = require_server(RedisClusterServers(replicas=1))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel_group() -> Iterator[RedisSentinelGroup]:
+    """A private Sentinel group (a master, a replica, three Sentinels) for the whole session."""
+    group = require_server(RedisSentinelGroup())
+    try:
+        yield group
+    finally:
+        group.stop()
+
+
+@pytest.fixture
+def own_redis_sentinel_group() -> Iterator[RedisSentinelGroup]:
+    """A private Sentinel group for this test alone, free to fail over."""
+    group = require_server(RedisSentinelGroup())
+    try:
+        yield group
+    finally:
+        group.stop()

@@ -15,7 +15,13 @@ from typing import Any
 
 import redis
 
-__all__ = ["RedisServer", "RedisServerUnavailable", "free_port"]
+__all__ = [
+    "RedisClusterServers",
+    "RedisSentinelGroup",
+    "RedisServer",
+    "RedisServerUnavailable",
+    "free_port",
+]
 
 
 class RedisServerUnavailable(RuntimeError):
@@ -57,9 +63,16 @@ class RedisServer:
     :meth:`restart` starts it again, empty, on the same port.
     """
 
-    def __init__(self, binary: str | None = None, *, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        binary: str | None = None,
+        *,
+        extra_args: tuple[str, ...] = (),
+        sentinel_config: str | None = None,
+    ) -> None:
         self.binary = binary or os.environ.get("REDIS_SERVER_BIN") or "redis-server"
         self.extra_args = extra_args
+        self.sentinel_config = sentinel_config
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
@@ -79,12 +92,20 @@ class RedisServer:
             self._dir = tempfile.TemporaryDirectory(prefix="cachecow-redis-")
         if not self.port:
             self.port = free_port()
+        head = [path]
+        # Nothing on disk; a replica's full sync starts at once (the default waits 5 s).
+        persistence = ["--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0"]
+        if self.sentinel_config is not None:  # its configuration file must be writable
+            conf = os.path.join(self._dir.name, "sentinel.conf")
+            if not os.path.exists(conf):  # a restart keeps what the Sentinel learned
+                with open(conf, "w", encoding="utf-8") as out:
+                    out.write(self.sentinel_config)
+            head, persistence = [path, conf, "--sentinel"], []
         args = [
-            path,
+            *head,
             "--port", str(self.port),
             "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
+            *persistence,
             "--dir", self._dir.name,
             "--logfile", os.path.join(self._dir.name, "redis.log"),
             *self.extra_args,
@@ -171,23 +192,98 @@ class RedisServer:
 
 
 class RedisClusterServers:
-    """A Redis Cluster of ``masters`` private ``redis-server`` processes on free ports, created
-    with ``redis-cli --cluster create``; stopped (and their directories removed) on :meth:`stop`."""
+    """A Redis Cluster of ``masters`` private ``redis-server`` processes on free ports, each with
+    ``replicas`` replicas, created with ``redis-cli --cluster create``; stopped (and their
+    directories removed) on :meth:`stop`.
 
-    def __init__(self, masters: int = 3) -> None:
-        self.servers = [
-            RedisServer(
-                extra_args=("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
-            )
-            for _ in range(masters)
-        ]
+    ``node_timeout_ms`` is the cluster's ``cluster-node-timeout``: how long a silent master
+    takes to be failed over (short here, so failover tests take seconds, not minutes).
+    """
+
+    def __init__(self, masters: int = 3, *, replicas: int = 0, node_timeout_ms: int = 1000) -> None:
+        self.masters = masters
+        self.replicas = replicas
+        node_args = (
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", str(node_timeout_ms),
+        )  # fmt: skip
+        self.servers = [RedisServer(extra_args=node_args) for _ in range(masters * (1 + replicas))]
         for server in self.servers:
             server.port = free_cluster_port()
 
     @property
     def ports(self) -> list[int]:
-        """The masters' ports."""
+        """Every node's port (the first ``masters`` were created as masters)."""
         return [server.port for server in self.servers]
+
+    def server(self, port: int) -> RedisServer:
+        """The node listening on ``port``."""
+        return next(server for server in self.servers if server.port == port)
+
+    def role(self, port: int) -> str:
+        """``"master"`` or ``"slave"``, as the node on ``port`` says now."""
+        with redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1) as client:
+            reply: Any = client.execute_command("ROLE")
+            return reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+
+    def replica_ports(self, master_port: int) -> list[int]:
+        """The ports of the live replicas of the master on ``master_port``."""
+        with redis.Redis(port=master_port, socket_timeout=1) as client:
+            reply: Any = client.execute_command("ROLE")
+        return [int(entry[1]) for entry in reply[2]]
+
+    def failover(self, replica_port: int, *, takeover: bool = False, timeout: float = 15.0) -> None:
+        """Promote a replica with ``CLUSTER FAILOVER`` (``TAKEOVER`` when its master is dead),
+        and wait until every live node agrees on the new topology and reports ``ok``."""
+        with redis.Redis(port=replica_port, socket_timeout=2) as client:
+            args = ("CLUSTER", "FAILOVER", *(("TAKEOVER",) if takeover else ()))
+            client.execute_command(*args)
+            deadline = time.monotonic() + timeout
+            while self.role(replica_port) != "master":
+                if time.monotonic() > deadline:
+                    raise RedisServerUnavailable(f"node {replica_port} never became a master")
+                time.sleep(0.05)
+        self.wait_ok(timeout=timeout)
+
+    def live_ports(self) -> list[int]:
+        """The ports of the nodes whose process runs."""
+        return [s.port for s in self.servers if s.process is not None and s.process.poll() is None]
+
+    def wait_ok(self, *, timeout: float = 20.0) -> None:
+        """Wait until every live node reports ``cluster_state:ok`` and sees the same masters,
+        and every live replica's link to its master is up."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self._settled():
+                    return
+            except redis.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                raise RedisServerUnavailable("the cluster never settled in state ok")
+            time.sleep(0.05)
+
+    def _settled(self) -> bool:
+        views = set()
+        for port in self.live_ports():
+            with redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1) as client:
+                if b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
+                    return False
+                info = client.info("replication")
+                if info["role"] == "slave" and info.get("master_link_status") != "up":
+                    return False
+                nodes = client.execute_command("CLUSTER", "NODES")
+                text = nodes.decode() if isinstance(nodes, bytes) else str(nodes)
+                masters = frozenset(
+                    line.split()[1].split("@")[0]
+                    for line in text.splitlines()
+                    if "master" in line.split()[2]
+                    and "fail" not in line.split()[2]
+                    and len(line.split()) > 8
+                )
+                views.add(masters)
+        return len(views) == 1
 
     def start(self, *, timeout: float = 20.0) -> RedisClusterServers:
         """Start the servers, join them into one cluster and wait until it reports ``ok``."""
@@ -198,24 +294,16 @@ class RedisClusterServers:
             for server in self.servers:
                 server.start(timeout=timeout)
             nodes = [f"127.0.0.1:{port}" for port in self.ports]
+            replicas = ("--cluster-replicas", str(self.replicas), "--cluster-yes")
             created = subprocess.run(
-                [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+                [cli, "--cluster", "create", *nodes, *replicas],
                 capture_output=True,
                 text=True,
                 timeout=timeout,
             )
             if created.returncode != 0:
                 raise RedisServerUnavailable(f"redis-cli --cluster create failed: {created.stdout}")
-            deadline = time.monotonic() + timeout
-            for port in self.ports:
-                client: Any = redis.Redis(port=port, socket_timeout=1)
-                try:
-                    while b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
-                        if time.monotonic() > deadline:
-                            raise RedisServerUnavailable("the cluster never reached state ok")
-                        time.sleep(0.05)
-                finally:
-                    client.close()
+            self.wait_ok(timeout=timeout)
         except BaseException:
             self.stop()
             raise
@@ -225,3 +313,147 @@ class RedisClusterServers:
         """Stop every server."""
         for server in self.servers:
             server.stop()
+
+
+class RedisSentinelGroup:
+    """A Sentinel-managed Redis: a master, ``replicas`` replicas and ``sentinels`` Sentinels
+    (quorum: a majority), private processes on free ports, stopped on :meth:`stop`.
+
+    The service name is :attr:`service_name`; :attr:`sentinel_addresses` is what
+    ``redis.sentinel.Sentinel`` takes. :meth:`failover` runs ``SENTINEL FAILOVER`` and waits
+    until the Sentinels, the new master and the old one all agree.
+    """
+
+    service_name = "cachecow"
+
+    def __init__(self, *, replicas: int = 1, sentinels: int = 3, down_after_ms: int = 1000) -> None:
+        self.master = RedisServer()
+        self.replicas = [RedisServer() for _ in range(replicas)]
+        self.sentinels: list[RedisServer] = []
+        self._sentinel_count = sentinels
+        self._down_after_ms = down_after_ms
+
+    @property
+    def data_servers(self) -> list[RedisServer]:
+        """The master the group started with, then its replicas."""
+        return [self.master, *self.replicas]
+
+    @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """``[("127.0.0.1", port), ...]`` of the Sentinels."""
+        return [("127.0.0.1", sentinel.port) for sentinel in self.sentinels]
+
+    def start(self, *, timeout: float = 30.0) -> RedisSentinelGroup:
+        """Start the master, its replicas and the Sentinels; wait until every Sentinel knows
+        every replica and every other Sentinel (until then a failover could not be agreed)."""
+        try:
+            self.master.start()
+            for replica in self.replicas:
+                replica.extra_args = ("--replicaof", "127.0.0.1", str(self.master.port))
+                replica.start()
+            config = (
+                f"sentinel monitor {self.service_name} 127.0.0.1 {self.master.port} "
+                f"{self._sentinel_count // 2 + 1}\n"
+                f"sentinel down-after-milliseconds {self.service_name} {self._down_after_ms}\n"
+                f"sentinel failover-timeout {self.service_name} 10000\n"
+                f"sentinel parallel-syncs {self.service_name} 1\n"
+            )
+            self.sentinels = [
+                RedisServer(sentinel_config=config) for _ in range(self._sentinel_count)
+            ]
+            for sentinel in self.sentinels:
+                sentinel.start()
+            self.wait_settled(self.master.port, timeout=timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def master_port(self) -> int:
+        """The master's port, as the first Sentinel that answers tells it."""
+        for sentinel in self.sentinels:
+            try:
+                with redis.Redis(port=sentinel.port, socket_timeout=1) as client:
+                    reply: Any = client.execute_command(
+                        "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service_name
+                    )
+                return int(reply[1])
+            except redis.RedisError:
+                continue
+        raise RedisServerUnavailable("no Sentinel answered")
+
+    def server(self, port: int) -> RedisServer:
+        """The data server listening on ``port``."""
+        return next(server for server in self.data_servers if server.port == port)
+
+    def failover(self, *, timeout: float = 30.0) -> int:
+        """``SENTINEL FAILOVER``: promote a replica; return the new master's port once every
+        Sentinel names it and every other live data server replicates from it."""
+        old = self.master_port()
+        with redis.Redis(port=self.sentinels[0].port, socket_timeout=2) as client:
+            client.execute_command("SENTINEL", "FAILOVER", self.service_name)
+        deadline = time.monotonic() + timeout
+        while self.master_port() == old:
+            if time.monotonic() > deadline:
+                raise RedisServerUnavailable("the Sentinels never failed over")
+            time.sleep(0.05)
+        new = self.master_port()
+        self.wait_settled(new, timeout=max(1.0, deadline - time.monotonic()))
+        return new
+
+    def wait_settled(self, master_port: int, *, timeout: float = 30.0) -> None:
+        """Wait until every Sentinel names ``master_port`` and knows the other Sentinels and
+        every live replica, ``master_port`` is a master and every live replica's link to it is
+        up."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self._settled(master_port):
+                    return
+            except redis.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                raise RedisServerUnavailable(f"the Sentinel group never settled on {master_port}")
+            time.sleep(0.05)
+
+    def _settled(self, master_port: int) -> bool:
+        live = [s for s in self.data_servers if s.process is not None and s.process.poll() is None]
+        replicas = [s.port for s in live if s.port != master_port]
+        for sentinel in self.sentinels:
+            with redis.Redis(port=sentinel.port, socket_timeout=1) as client:
+                addr: Any = client.execute_command(
+                    "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service_name
+                )
+                if int(addr[1]) != master_port:
+                    return False
+                known: Any = client.sentinel_slaves(self.service_name)
+                up = {
+                    int(entry["port"])
+                    for entry in known
+                    if not {"disconnected", "s_down", "o_down"} & _flags(entry["flags"])
+                }
+                if not set(replicas) <= up:
+                    return False
+                if len(client.sentinel_sentinels(self.service_name)) < len(self.sentinels) - 1:
+                    return False
+        with redis.Redis(port=master_port, socket_timeout=1) as client:
+            if client.info("replication")["role"] != "master":
+                return False
+        for port in replicas:
+            with redis.Redis(port=port, socket_timeout=1) as client:
+                info = client.info("replication")
+                if info.get("master_port") != master_port or info.get("master_link_status") != "up":
+                    return False
+        return True
+
+    def stop(self) -> None:
+        """Stop the Sentinels, then the data servers."""
+        for server in [*self.sentinels, *self.data_servers]:
+            server.stop()
+
+
+def _flags(flags: Any) -> set[str]:
+    """A Sentinel entry's flags, as redis-py gives them (a set, or a comma-separated string)."""
+    if isinstance(flags, (set, frozenset, list, tuple)):
+        return {str(flag) for flag in flags}
+    return set(str(flags).split(","))

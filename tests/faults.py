@@ -1,0 +1,214 @@
+"""A workload for the fault suite: readers and writers on a small table while Redis misbehaves.
+
+Readers call ``get`` (and now and then ``get_many``) and check every answer against the
+*floor* of each row: the newest version whose invalidation had returned before the read began.
+An answer older than its floor is a stale read: exactly what the protocol promises never to
+give. Writers bump a row's version and invalidate it; an invalidation that raises is a failure
+the caller sees, and the writer retries it until it succeeds, as the write path of an
+application must (nothing else would ever clear that entry before its TTL).
+
+Each run gives a :class:`Report`: operations attempted, failures the callers saw (by kind),
+stale reads during the run, stale values left in Redis after recovery, and the worst latency
+of any single call. Reports are collected in :data:`REPORTS` and printed at the end of the
+test session (see ``tests/conftest.py``).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cachecow import CacheCow, InvalidationFailed
+
+KEYS = 24
+
+REPORTS: list[Report] = []
+
+
+@dataclass
+class Report:
+    scenario: str
+    setting: str
+    attempted: int = 0
+    read_failures: dict[str, int] = field(default_factory=dict)
+    invalidation_failures: int = 0
+    stale_reads: int = 0
+    stale_after_recovery: int = 0
+    worst_latency: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def failures(self) -> int:
+        """Every failure a caller saw: reads that raised and invalidations that raised."""
+        return sum(self.read_failures.values()) + self.invalidation_failures
+
+    def row(self) -> str:
+        reads = ", ".join(f"{k} {v}" for k, v in sorted(self.read_failures.items())) or "0"
+        return (
+            f"{self.scenario:<38} {self.setting:<26} {self.attempted:>7} {reads:>22} "
+            f"{self.invalidation_failures:>7} {self.stale_reads:>6} "
+            f"{self.stale_after_recovery:>6} {self.worst_latency * 1000:>8.0f}"
+        )
+
+    @staticmethod
+    def header() -> str:
+        return (
+            f"{'scenario':<38} {'setting':<26} {'ops':>7} {'reads failed':>22} "
+            f"{'inv.err':>7} {'stale':>6} {'after':>6} {'worst ms':>8}"
+        )
+
+
+class Table:
+    """The database: versioned rows, each write under a lock."""
+
+    def __init__(self) -> None:
+        self.rows = {k: {"id": k, "version": 0} for k in range(KEYS)}
+        self.lock = threading.Lock()
+
+    def read(self, key: int) -> dict[str, int] | None:
+        with self.lock:
+            row = self.rows.get(key)
+            return dict(row) if row is not None else None
+
+    def bump(self, key: int) -> int:
+        with self.lock:
+            self.rows[key]["version"] += 1
+            return self.rows[key]["version"]
+
+
+class TableCache(CacheCow):
+    """The sync cache of a :class:`Table`."""
+
+    def __init__(self, redis: Any, table: Table, **options: Any) -> None:
+        super().__init__(redis, **options)
+        self.table = table
+
+    def fetch(self, cls: Any, id_field: Any, id_val: Any) -> Any:
+        return self.table.read(id_val)
+
+
+class Workload:
+    """Readers and writers on ``cache`` until :meth:`stop`; the fault is injected between."""
+
+    def __init__(
+        self,
+        cache: TableCache,
+        report: Report,
+        *,
+        readers: int = 4,
+        writers: int = 2,
+        write_pause: float = 0.005,
+    ) -> None:
+        self.cache = cache
+        self.table = cache.table
+        self.report = report
+        self.floor = dict.fromkeys(range(KEYS), 0)
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.write_pause = write_pause
+        self.threads = [
+            threading.Thread(target=self._reader, args=(i,), daemon=True) for i in range(readers)
+        ] + [threading.Thread(target=self._writer, args=(i,), daemon=True) for i in range(writers)]
+        self.started = 0.0
+
+    def __enter__(self) -> Workload:
+        self.started = time.monotonic()
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(30)
+            assert not thread.is_alive(), "a workload thread did not stop"
+        self.report.seconds = time.monotonic() - self.started
+
+    def _timed(self, call: Callable[[], Any]) -> Any:
+        start = time.monotonic()
+        try:
+            return call()
+        finally:
+            elapsed = time.monotonic() - start
+            with self.lock:
+                self.report.attempted += 1
+                self.report.worst_latency = max(self.report.worst_latency, elapsed)
+
+    def _reader(self, seed: int) -> None:
+        rng = random.Random(seed)
+        while not self.stopping.is_set():
+            keys = rng.sample(range(KEYS), 4) if rng.random() < 0.25 else [rng.randrange(KEYS)]
+            floors = [self.floor[k] for k in keys]
+            try:
+                if len(keys) == 1:
+                    rows = [self._timed(lambda k=keys[0]: self.cache.get("row", "id", k))]
+                else:
+                    rows = self._timed(lambda ks=keys: self.cache.get_many("row", "id", ks))
+            except Exception as exc:
+                with self.lock:
+                    name = type(exc).__name__
+                    self.report.read_failures[name] = self.report.read_failures.get(name, 0) + 1
+                time.sleep(0.002)
+                continue
+            for key, row, floor in zip(keys, rows, floors, strict=True):
+                if row is None or row["id"] != key or row["version"] < floor:
+                    with self.lock:
+                        self.report.stale_reads += 1
+
+    def _writer(self, seed: int) -> None:
+        rng = random.Random(1000 + seed)
+        while not self.stopping.is_set():
+            keys = rng.sample(range(KEYS), 3) if rng.random() < 0.25 else [rng.randrange(KEYS)]
+            versions = [self.table.bump(k) for k in keys]
+            self._invalidate(keys)
+            for key, version in zip(keys, versions, strict=True):
+                with self.lock:
+                    self.floor[key] = max(self.floor[key], version)
+            time.sleep(self.write_pause)
+
+    def _invalidate(self, keys: list[int]) -> None:
+        """Invalidate until it succeeds (the stop flag does not interrupt a lost invalidation:
+        the run's recovery must let it through)."""
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if len(keys) == 1:
+                    self._timed(lambda: self.cache.invalidate("row", "id", keys[0]))
+                else:
+                    self._timed(lambda: self.cache.invalidate_many("row", "id", keys))
+                return
+            except InvalidationFailed:
+                with self.lock:
+                    self.report.invalidation_failures += 1
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
+
+def stale_after_recovery(cache: TableCache, raw_get: Callable[[str], bytes | None]) -> int:
+    """Entries left in Redis that disagree with the table, and ``get`` answers that do: each
+    key counts once. ``raw_get`` reads a value key straight from Redis."""
+    stale = 0
+    for key in range(KEYS):
+        want = cache.table.read(key)
+        value_key, _ = cache.get_keys("row", "id", key)
+        raw = raw_get(value_key)
+        cached = None if raw is None else cache.serializer.loads(raw)
+        if (raw is not None and cached != want) or cache.get("row", "id", key) != want:
+            stale += 1
+    return stale
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)

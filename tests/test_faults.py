@@ -1,0 +1,323 @@
+"""The fault suite: real Redis processes killed, paused, restarted empty, failed over (Redis
+Cluster and Sentinel) and stripped of their scripts while readers and writers run.
+
+Each scenario runs the workload of ``tests/faults.py`` and reports what the callers saw
+(operations, failures, stale reads, stale values after recovery, worst latency); the figures
+are printed at the end of the run. What each one asserts is the promise under that failure:
+
+- with ``fail_open``, every read answers (from the database while Redis is away); without it,
+  reads fail with ``CacheUnavailable``; invalidations raise ``InvalidationFailed`` either way;
+- no call waits longer than the socket timeout plus a margin (a paused server);
+- no read ever returns a value older than an invalidation that had returned before it began,
+  and nothing stale is left once Redis is back.
+
+Every run is bounded in time: the workload's threads stop within seconds of the fault ending,
+and each wait for a deployment to settle has its own deadline.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+import redis
+
+import cachecow
+from cachecow import CacheUnavailable, InvalidationFailed
+from cachecow.testing import RedisClusterServers, RedisSentinelGroup, RedisServer
+from cachecow.testing.contract import FetchProbe
+from tests.faults import REPORTS, Report, Table, TableCache, Workload, stale_after_recovery
+
+TIMEOUT = 0.25  # the clients' socket timeout
+MARGIN = 0.75  # scheduling noise on a shared 2-core machine
+SETTINGS = {"fail_open": True, "strict": False}
+
+
+def finish(report: Report) -> Report:
+    REPORTS.append(report)
+    return report
+
+
+def check_reads(report: Report, fail_open: bool) -> None:
+    """With fail_open no read fails; without it, reads fail only with CacheUnavailable."""
+    if fail_open:
+        assert report.read_failures == {}, report
+    else:
+        assert set(report.read_failures) <= {"CacheUnavailable"}, report
+
+
+# -- a standalone Redis --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("setting", list(SETTINGS))
+def test_killed_mid_run(own_redis_server: RedisServer, setting: str) -> None:
+    fail_open = SETTINGS[setting]
+    client = cachecow.connect(own_redis_server.url, timeout=TIMEOUT)
+    cache = TableCache(client, Table(), fail_open=fail_open, wait_timeout=0.1)
+    report = Report("standalone killed, restarted 1 s later", setting)
+    with Workload(cache, report):
+        time.sleep(0.4)
+        own_redis_server.kill()
+        time.sleep(1.0)
+        failures_while_down = report.failures
+        own_redis_server.start()
+        time.sleep(0.5)
+    report.stale_after_recovery = stale_after_recovery(cache, client.get)
+    finish(report)
+    check_reads(report, fail_open)
+    if not fail_open:
+        assert report.read_failures.get("CacheUnavailable", 0) > 0, report
+    assert report.invalidation_failures > 0, report  # invalidations raise either way
+    assert failures_while_down > 0
+    assert (report.stale_reads, report.stale_after_recovery) == (0, 0), report
+    assert report.worst_latency < TIMEOUT + MARGIN, report
+
+
+@pytest.mark.parametrize("setting", list(SETTINGS))
+def test_paused_mid_run(own_redis_server: RedisServer, setting: str) -> None:
+    fail_open = SETTINGS[setting]
+    client = cachecow.connect(own_redis_server.url, timeout=TIMEOUT)
+    cache = TableCache(client, Table(), fail_open=fail_open, wait_timeout=0.1)
+    report = Report("standalone paused (SIGSTOP) 1 s", setting)
+    with Workload(cache, report):
+        time.sleep(0.4)
+        own_redis_server.pause()
+        time.sleep(1.0)
+        own_redis_server.resume()
+        time.sleep(0.5)
+    report.stale_after_recovery = stale_after_recovery(cache, client.get)
+    finish(report)
+    check_reads(report, fail_open)
+    assert report.invalidation_failures > 0, report
+    assert (report.stale_reads, report.stale_after_recovery) == (0, 0), report
+    # The promise under test (DESIGN.md invariant 8): every call returns within the timeout.
+    assert report.worst_latency < TIMEOUT + MARGIN, report
+
+
+@pytest.mark.parametrize("setting", list(SETTINGS))
+def test_restarted_empty_mid_run(own_redis_server: RedisServer, setting: str) -> None:
+    fail_open = SETTINGS[setting]
+    client = cachecow.connect(own_redis_server.url, timeout=TIMEOUT)
+    cache = TableCache(client, Table(), fail_open=fail_open, wait_timeout=0.1)
+    report = Report("standalone restarted empty", setting)
+    with Workload(cache, report):
+        time.sleep(0.4)
+        own_redis_server.restart()  # values, leases and scripts all gone
+        time.sleep(0.6)
+    report.stale_after_recovery = stale_after_recovery(cache, client.get)
+    finish(report)
+    check_reads(report, fail_open)
+    assert (report.stale_reads, report.stale_after_recovery) == (0, 0), report
+
+
+def test_a_lease_taken_before_a_restart_is_void_after_it(own_redis_server: RedisServer) -> None:
+    """Reader A leases and reads v1; Redis restarts empty; the row changes; reader B leases and
+    reads v2. A's commit must be refused (B's token is not A's): checking only that *a* flag
+    exists would cache v1 over B's lease."""
+    client = cachecow.connect(own_redis_server.url, timeout=TIMEOUT)
+    table = Table()
+    cache = TableCache(client, table)
+    probe = FetchProbe(cache)
+    probe.gate_next()
+    results: dict[str, Any] = {}
+    reader_a = threading.Thread(target=lambda: results.update(a=cache.get("row", "id", 1)))
+    reader_a.start()
+    probe.wait_fetched()  # A holds a lease and has read version 0
+    own_redis_server.restart()
+    table.bump(1)  # the write lands while Redis is empty: nothing to invalidate
+    probe.gate_next()
+    reader_b = threading.Thread(target=lambda: results.update(b=cache.get("row", "id", 1)))
+    reader_b.start()
+    probe.wait_fetched()  # B holds a new lease and has read version 1
+    probe.release()  # both gates open: A commits first (its fetch returned first)
+    reader_a.join(10)
+    reader_b.join(10)
+    assert (results["a"]["version"], results["b"]["version"]) == (0, 1)
+    value_key, _ = cache.get_keys("row", "id", 1)
+    raw = client.get(value_key)
+    assert raw is not None
+    assert cache.serializer.loads(raw) == {"id": 1, "version": 1}
+    assert cache.get("row", "id", 1) == {"id": 1, "version": 1}
+    assert cache.metrics.snapshot().stale_commits >= 1
+
+
+@pytest.mark.parametrize("setting", list(SETTINGS))
+def test_script_flush_mid_run(own_redis_server: RedisServer, setting: str) -> None:
+    fail_open = SETTINGS[setting]
+    client = cachecow.connect(own_redis_server.url, timeout=TIMEOUT)
+    cache = TableCache(client, Table(), fail_open=fail_open, wait_timeout=0.1)
+    report = Report("standalone SCRIPT FLUSH x10", setting)
+    admin = redis.Redis(port=own_redis_server.port)
+    with Workload(cache, report):
+        for _ in range(10):
+            time.sleep(0.08)
+            admin.script_flush()
+        time.sleep(0.2)
+    report.stale_after_recovery = stale_after_recovery(cache, client.get)
+    finish(report)
+    assert (report.failures, report.stale_reads, report.stale_after_recovery) == (0, 0, 0), report
+    assert cache.metrics.snapshot().redis_errors == 0
+
+
+# -- Redis Cluster --------------------------------------------------------------------------------
+
+
+def cluster_cache(cluster: RedisClusterServers, table: Table, **options: Any) -> TableCache:
+    client = cachecow.connect_cluster(f"redis://127.0.0.1:{cluster.ports[0]}", timeout=TIMEOUT)
+    return TableCache(client, table, wait_timeout=0.1, **options)
+
+
+def test_cluster_failover_mid_run(own_redis_cluster: RedisClusterServers) -> None:
+    """A manual failover (``CLUSTER FAILOVER`` on a replica) under load."""
+    cache = cluster_cache(own_redis_cluster, Table(), fail_open=True, wait_replicas=1)
+    report = Report("cluster: CLUSTER FAILOVER", "fail_open, wait_replicas=1")
+    master = own_redis_cluster.ports[0]
+    with Workload(cache, report):
+        time.sleep(0.4)
+        own_redis_cluster.failover(own_redis_cluster.replica_ports(master)[0])
+        time.sleep(0.6)
+    report.stale_after_recovery = stale_after_recovery(cache, cache.redis.get)
+    finish(report)
+    check_reads(report, True)
+    assert own_redis_cluster.role(master) == "slave"
+    assert (report.stale_reads, report.stale_after_recovery) == (0, 0), report
+
+
+@pytest.mark.parametrize("setting", list(SETTINGS))
+def test_cluster_master_killed_mid_run(
+    own_redis_cluster: RedisClusterServers, setting: str
+) -> None:
+    """A master dies: its replica takes over after the node timeout (1 s here); the old master
+    comes back as a replica of the new one, so ``wait_replicas=1`` can be met again."""
+    fail_open = SETTINGS[setting]
+    cache = cluster_cache(own_redis_cluster, Table(), fail_open=fail_open, wait_replicas=1)
+    report = Report("cluster: master killed, failover", f"{setting}, wait_replicas=1")
+    victim = own_redis_cluster.ports[1]
+    replica = own_redis_cluster.replica_ports(victim)[0]
+    with Workload(cache, report):
+        time.sleep(0.4)
+        own_redis_cluster.server(victim).kill()
+        own_redis_cluster.wait_ok(timeout=30)
+        own_redis_cluster.server(victim).start()  # rejoins as a replica
+        own_redis_cluster.wait_ok(timeout=30)
+        time.sleep(0.5)
+    report.stale_after_recovery = stale_after_recovery(cache, cache.redis.get)
+    finish(report)
+    check_reads(report, fail_open)
+    assert own_redis_cluster.role(replica) == "master"
+    assert report.invalidation_failures > 0, report
+    assert (report.stale_reads, report.stale_after_recovery) == (0, 0), report
+
+
+def test_cluster_script_flush_mid_run(redis_cluster_servers: RedisClusterServers) -> None:
+    client = cachecow.connect_cluster(
+        f"redis://127.0.0.1:{redis_cluster_servers.ports[0]}", timeout=TIMEOUT
+    )
+    client.flushall()
+    cache = TableCache(client, Table(), wait_timeout=0.1)
+    report = Report("cluster: SCRIPT FLUSH x10", "strict")
+    with Workload(cache, report):
+        for _ in range(10):
+            time.sleep(0.08)
+            client.execute_command("SCRIPT", "FLUSH", target_nodes=client.get_primaries())
+        time.sleep(0.2)
+    report.stale_after_recovery = stale_after_recovery(cache, client.get)
+    finish(report)
+    assert (report.failures, report.stale_reads, report.stale_after_recovery) == (0, 0, 0), report
+
+
+# -- Sentinel -------------------------------------------------------------------------------------
+
+
+def sentinel_cache(group: RedisSentinelGroup, table: Table, **options: Any) -> TableCache:
+    client = cachecow.connect_sentinel(
+        group.sentinel_addresses, group.service_name, timeout=TIMEOUT
+    )
+    return TableCache(client, table, wait_timeout=0.1, **options)
+
+
+@pytest.mark.parametrize("setting", list(SETTINGS))
+def test_sentinel_master_killed_mid_run(
+    own_redis_sentinel_group: RedisSentinelGroup, setting: str
+) -> None:
+    """The master dies; the Sentinels promote the replica (down-after 1 s here); the old master
+    comes back and the Sentinels make it a replica of the new one."""
+    group = own_redis_sentinel_group
+    fail_open = SETTINGS[setting]
+    cache = sentinel_cache(group, Table(), fail_open=fail_open, wait_replicas=1)
+    report = Report("sentinel: master killed, failover", f"{setting}, wait_replicas=1")
+    old = group.master_port()
+    with Workload(cache, report):
+        time.sleep(0.4)
+        group.server(old).kill()
+        deadline = time.monotonic() + 30
+        while group.master_port() == old:
+            assert time.monotonic() < deadline, "the Sentinels never failed over"
+            time.sleep(0.05)
+        group.server(old).start()
+        group.wait_settled(group.master_port(), timeout=30)
+        time.sleep(0.5)
+    report.stale_after_recovery = stale_after_recovery(cache, cache.redis.get)
+    finish(report)
+    check_reads(report, fail_open)
+    assert report.invalidation_failures > 0, report
+    assert (report.stale_reads, report.stale_after_recovery) == (0, 0), report
+
+
+@pytest.mark.parametrize("wait_replicas", [0, 1])
+def test_an_invalidation_the_replica_never_got(
+    own_redis_sentinel_group: RedisSentinelGroup, wait_replicas: int
+) -> None:
+    """Replication is asynchronous: an invalidation the master acknowledged but never passed
+    on is lost when the replica takes over, and the old value comes back. With
+    ``wait_replicas=1`` the invalidation raises instead, so the writer knows to retry it."""
+    group = own_redis_sentinel_group
+    table = Table()
+    cache = sentinel_cache(group, table, wait_replicas=wait_replicas)
+    assert cache.get("row", "id", 1) == {"id": 1, "version": 0}
+    replica = group.replicas[0]
+    group.wait_settled(group.master_port())  # the cached value has reached the replica
+    admin = redis.Redis(port=replica.port)
+    value_key, _ = cache.get_keys("row", "id", 1)
+    wait_until_replicated = time.monotonic() + 10
+    while admin.get(value_key) is None:
+        assert time.monotonic() < wait_until_replicated
+        time.sleep(0.01)
+    table.bump(1)
+    # Cut the replication link: the replica stops, the master drops its connection (what
+    # the replica had received so far stays in its socket; what follows never reaches it).
+    replica.pause()
+    redis.Redis(port=group.master.port).client_kill_filter(_type="replica")
+    try:
+        if wait_replicas:
+            with pytest.raises(InvalidationFailed) as raised:
+                cache.invalidate("row", "id", 1)
+            assert "replicas" in str(raised.value)
+            assert isinstance(raised.value, CacheUnavailable)
+        else:
+            cache.invalidate("row", "id", 1)  # acknowledged by the master alone
+        group.master.kill()
+    finally:
+        replica.resume()
+    deadline = time.monotonic() + 30
+    while group.master_port() != replica.port:
+        assert time.monotonic() < deadline, "the Sentinels never promoted the replica"
+        time.sleep(0.05)
+    answer = None
+    while time.monotonic() < deadline:
+        try:
+            answer = cache.get("row", "id", 1)
+            break
+        except CacheUnavailable:
+            time.sleep(0.05)
+    if not wait_replicas:
+        assert answer == {"id": 1, "version": 0}  # stale: the acknowledged invalidation is lost
+        return
+    # The writer was told. Its retry succeeds once the new master has a replica again (the
+    # old master, back as one), and clears the old value for good.
+    group.master.start()
+    group.wait_settled(replica.port, timeout=30)
+    cache.invalidate("row", "id", 1)
+    assert cache.get("row", "id", 1) == {"id": 1, "version": 1}
