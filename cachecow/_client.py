@@ -45,10 +45,7 @@ def bounded_cluster_kwargs(timeout: float, kwargs: dict[str, Any]) -> dict[str, 
 
 def sentinel_kwargs(timeout: float, options: dict[str, Any] | None) -> dict[str, Any]:
     """Options of the connections to the Sentinels themselves, bounded by ``timeout``."""
-    out = dict(options or {})
-    out.setdefault("socket_timeout", timeout)
-    out.setdefault("socket_connect_timeout", timeout)
-    return out
+    return bounded_kwargs(timeout, dict(options or {}))
 
 
 def check_client(redis: Any, *, is_async: bool) -> None:

@@ -13,11 +13,14 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio as aredis
+from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
+from redis.retry import Retry
 
-from cachecow import AsyncCacheCow, CacheCow
-from cachecow.testing import RedisClusterServers
+import cachecow
+from cachecow import AsyncCacheCow, CacheCow, InvalidationFailed
+from cachecow.testing import RedisClusterServers, free_port
 from cachecow.testing.bridge import SyncFacade
 from cachecow.testing.contract import AsyncCacheCowContract, CacheCowContract, FetchProbe
 from tests import test_contract_dict
@@ -137,3 +140,65 @@ def test_script_flush_on_every_node_recovers(cluster: Any) -> None:
     assert cache.get("item", "id", 7)["payload"] == "p7"
     assert probe.many_calls == 1  # after the flush, hits again: the scripts were reloaded
     assert cache.metrics.snapshot().redis_errors == 0
+
+
+def test_a_node_failing_a_whole_batch_falls_back_to_the_cluster_client(cluster: Any) -> None:
+    """When a node's pipeline fails as a whole (a dead node, a failover), its items go through
+    the cluster client one by one, which refreshes its map of the cluster and retries."""
+    db = {i: {"id": i, "payload": f"p{i}"} for i in range(40)}
+    cache = test_contract_dict.DictCache(cluster, db)
+    ids = list(range(40))
+    cache.get_many("item", "id", ids)  # cached; scripts loaded everywhere
+    real = cluster.get_redis_connection
+    broken: list[str] = []
+
+    def dead_once(node: Any) -> Any:
+        if not broken:  # the first node asked for gets a client of a closed port
+            broken.append(node.name)
+            return redis.Redis(port=free_port(), retry=Retry(NoBackoff(), 0))
+        return real(node)
+
+    cluster.get_redis_connection = dead_once
+    try:
+        assert [r["payload"] for r in cache.get_many("item", "id", ids)] == [f"p{i}" for i in ids]
+    finally:
+        cluster.get_redis_connection = real
+    assert broken
+    assert cache.metrics.snapshot().redis_errors == 0
+
+
+def test_wait_replicas_on_a_cluster(own_redis_cluster: RedisClusterServers) -> None:
+    """Each node touched by an invalidation gets its DELs and a WAIT on one connection; a node
+    whose replica does not answer makes the invalidation raise."""
+    client = cachecow.connect_cluster(f"redis://127.0.0.1:{own_redis_cluster.ports[0]}")
+    cache = test_contract_dict.DictCache(
+        client, {i: {"id": i} for i in range(30)}, wait_replicas=1, wait_replicas_timeout=0.2
+    )
+    ids = list(range(30))
+    cache.get_many("item", "id", ids)
+    primaries = {node.port: node for node in client.get_primaries()}
+    owners = {client.get_node_from_key(cache.get_keys("item", "id", i)[0]).port for i in ids}
+    assert len(owners) == 3
+
+    def waits() -> dict[int, int]:
+        stats = {
+            p: client.get_redis_connection(n).info("commandstats") for p, n in primaries.items()
+        }
+        return {p: int(s.get("cmdstat_wait", {"calls": 0})["calls"]) for p, s in stats.items()}
+
+    before = waits()
+    cache.invalidate_many("item", "id", ids)
+    after = waits()
+    assert {p: after[p] - before[p] for p in primaries} == dict.fromkeys(primaries, 1)
+    assert client.exists(*(k for i in ids for k in cache.get_keys("item", "id", i))) == 0
+
+    replica = own_redis_cluster.server(
+        own_redis_cluster.replica_ports(own_redis_cluster.ports[0])[0]
+    )
+    replica.pause()
+    try:
+        with pytest.raises(InvalidationFailed, match="replicas"):
+            cache.invalidate_many("item", "id", ids)
+    finally:
+        replica.resume()
+    cache.invalidate_many("item", "id", ids)  # the replica is back: acknowledged again

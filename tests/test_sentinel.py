@@ -1,0 +1,174 @@
+"""The contract suite on a Sentinel-managed Redis (a master, a replica, three Sentinels, all real
+processes), through :func:`cachecow.connect_sentinel`, with ``wait_replicas=1``: every
+invalidation waits until the replica has it.
+
+The contract's round-trip tests (which count one standalone client's requests) are replaced
+here by the master's command counts: a hit is one EVALSHA, a miss two, an invalidation one DEL
+and one WAIT (sent together, in one round trip).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+import cachecow
+from cachecow import CacheCow, ConfigurationError, InvalidationFailed
+from cachecow.testing import RedisSentinelGroup, RedisServer
+from cachecow.testing.contract import CacheCowContract
+from tests import test_contract_dict
+
+
+def commandstats(client: Any) -> dict[str, int]:
+    return {name: int(v["calls"]) for name, v in client.info("commandstats").items()}
+
+
+def delta(client: Any, before: dict[str, int]) -> dict[str, int]:
+    """The data commands run since ``before`` (not the replica's REPLCONF, the Sentinels' INFO,
+    PING and PUBLISH)."""
+    after = commandstats(client)
+    data = {"cmdstat_evalsha", "cmdstat_get", "cmdstat_mget", "cmdstat_del", "cmdstat_wait"}
+    return {
+        k: after[k] - before.get(k, 0) for k in data & set(after) if after[k] != before.get(k, 0)
+    }
+
+
+class SentinelCounts:
+    """The round-trip tests of the contract, as the master's command counts."""
+
+    redis: Any
+
+    def master(self) -> redis.Redis:
+        host, port = self.redis.connection_pool.get_master_address()
+        return redis.Redis(host=host, port=port)
+
+    def test_round_trips(self) -> None:  # type: ignore[override]
+        self.write(1, "v1")  # type: ignore[attr-defined]
+        self.write(2, "v2")  # type: ignore[attr-defined]
+        cache: Any = self.cache()  # type: ignore[attr-defined]
+        cache.get(self.model, self.field, 2)  # type: ignore[attr-defined]  # loads the scripts
+        master = self.master()
+        before = commandstats(master)
+        cache.get(self.model, self.field, 1)  # type: ignore[attr-defined]
+        miss = delta(master, before)  # (the scripts' own GET and DEL are counted too)
+        assert (miss["cmdstat_evalsha"], "cmdstat_wait" in miss) == (2, False)  # lease, commit
+        before = commandstats(master)
+        cache.get(self.model, self.field, 1)  # type: ignore[attr-defined]
+        assert delta(master, before) == {"cmdstat_evalsha": 1, "cmdstat_get": 1}  # hit
+        before = commandstats(master)
+        cache.invalidate(self.model, self.field, 1)  # type: ignore[attr-defined]
+        assert delta(master, before) == {"cmdstat_del": 1, "cmdstat_wait": 1}
+
+    def test_get_many_round_trips(self) -> None:  # type: ignore[override]
+        keys = list(range(1, 101))
+        for key in keys:
+            self.write(key, f"v{key}")  # type: ignore[attr-defined]
+        cache: Any = self.cache()  # type: ignore[attr-defined]
+        self.write(1000, "v")  # type: ignore[attr-defined]
+        cache.get(self.model, self.field, 1000)  # type: ignore[attr-defined]
+        master = self.master()
+        before = commandstats(master)
+        assert [r["payload"] for r in cache.get_many(self.model, self.field, keys)] == [  # type: ignore[attr-defined]
+            f"v{k}" for k in keys
+        ]
+        assert delta(master, before)["cmdstat_evalsha"] == 2  # one lease, one commit
+        before = commandstats(master)
+        cache.invalidate_many(self.model, self.field, keys)  # type: ignore[attr-defined]
+        assert delta(master, before) == {"cmdstat_del": 1, "cmdstat_wait": 1}
+
+    def test_invalidate_lookups(self) -> None:  # type: ignore[override]
+        for key in (1, 2):
+            self.write(key, f"v{key}")  # type: ignore[attr-defined]
+        cache: Any = self.cache()  # type: ignore[attr-defined]
+        cache.get_many(self.model, self.field, [1, 2])  # type: ignore[attr-defined]
+        master = self.master()
+        before = commandstats(master)
+        cache.invalidate_lookups([(self.model, self.field, k) for k in (1, 2)])  # type: ignore[attr-defined]
+        assert delta(master, before) == {"cmdstat_del": 1, "cmdstat_wait": 1}
+        assert self.cached_payload(cache, 1) is None  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def sentinel_client(redis_sentinel_group: RedisSentinelGroup) -> Iterator[redis.Redis]:
+    group = redis_sentinel_group
+    client = cachecow.connect_sentinel(group.sentinel_addresses, group.service_name, timeout=2.0)
+    client.flushall()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+class TestSentinelContract(SentinelCounts, test_contract_dict.DictDatabase, CacheCowContract):
+    @pytest.fixture(autouse=True)
+    def _contract_redis(self, sentinel_client: redis.Redis) -> Any:  # type: ignore[override]
+        self.redis = sentinel_client
+        return
+
+    def make_cache(self, redis: redis.Redis, **options: Any) -> CacheCow:
+        options.setdefault("wait_replicas", 1)
+        options.setdefault("wait_replicas_timeout", 1.0)
+        return test_contract_dict.DictCache(self.redis, self.db, **options)
+
+
+def test_the_replica_holds_what_the_master_acknowledged(sentinel_client: redis.Redis) -> None:
+    cache = test_contract_dict.DictCache(
+        sentinel_client, {1: {"id": 1, "payload": "p"}}, wait_replicas=1, wait_replicas_timeout=1
+    )
+    cache.get("item", "id", 1)
+    cache.invalidate("item", "id", 1)
+    value_key, flag_key = cache.get_keys("item", "id", 1)
+    host, port = sentinel_client.connection_pool.get_master_address()
+    replica = redis.Redis(
+        port=redis.Redis(host=host, port=port).info("replication")["slave0"]["port"]
+    )
+    assert replica.exists(value_key, flag_key) == 0  # WAIT returned: the replica has the DEL
+
+
+def test_wait_replicas_without_replicas_raises(redis_client: redis.Redis) -> None:
+    """A standalone server has no replica: every invalidation is reported as not replicated."""
+    cache = test_contract_dict.DictCache(
+        redis_client, {}, wait_replicas=1, wait_replicas_timeout=0.05
+    )
+    with pytest.raises(InvalidationFailed, match="only 0 of wait_replicas=1 replicas"):
+        cache.invalidate("item", "id", 1)
+    with pytest.raises(InvalidationFailed):
+        cache.invalidate_many("item", "id", [1, 2, 3])
+    assert cache.metrics.snapshot().redis_errors == 2
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"wait_replicas": -1}, "wait_replicas must be 0 or more"),
+        ({"wait_replicas": 1.5}, "wait_replicas must be a whole number"),
+        ({"wait_replicas": True}, "wait_replicas must be a whole number"),
+        ({"wait_replicas_timeout": 0}, "wait_replicas_timeout"),
+    ],
+)
+def test_wait_replicas_options_are_checked(
+    redis_client: redis.Redis, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        test_contract_dict.DictCache(redis_client, {}, **options)
+
+
+def test_connect_sentinel_bounds_its_calls(own_redis_server: RedisServer) -> None:
+    """The Sentinel client times out like connect()'s: here the 'Sentinel' is a stalled server."""
+    own_redis_server.pause()
+    try:
+        client = cachecow.connect_sentinel([("127.0.0.1", own_redis_server.port)], "x", timeout=0.2)
+        cache = test_contract_dict.DictCache(client, {1: {"id": 1}}, fail_open=True)
+        start = time.monotonic()
+        assert cache.get("item", "id", 1) == {"id": 1}  # no master found: served from fetch
+        elapsed = time.monotonic() - start
+        assert cache.metrics.snapshot().redis_errors == 1
+    finally:
+        own_redis_server.resume()
+    # The bound under test (two Sentinel queries: one retry of a connection error); with
+    # redis-py's default retries on the Sentinel connections it took 10.8 s here.
+    assert elapsed < 0.2 * 2 + 0.7
