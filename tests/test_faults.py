@@ -327,3 +327,34 @@ def test_an_invalidation_the_replica_never_got(
     # Either way the new master serves the old value: the invalidation never reached it. Only
     # with wait_replicas did the writer learn that (above), and so only then can it retry.
     assert answer == {"id": 1, "version": 0}
+
+
+@pytest.mark.parametrize("wait_replicas", [1, 2])
+def test_sentinel_manual_failover_mid_run(
+    sentinel_group_of_three: RedisSentinelGroup, wait_replicas: int
+) -> None:
+    """``SENTINEL FAILOVER``: one replica is promoted while the old master stays up and keeps
+    its connections, and the Sentinels demote it only at their next look (up to 10 s). Until
+    then, an invalidation sent to the old master can be acknowledged by the *other* replica,
+    which then resyncs from the new master and drops it: with ``wait_replicas=1`` that
+    acknowledged invalidation is lost (stale reads until the key is written again). With
+    ``wait_replicas`` equal to the number of replicas, no invalidation is acknowledged unless
+    every replica that could be promoted has it: invalidations raise (and are retried) until
+    the old master is back as a replica, and no read is stale."""
+    group = sentinel_group_of_three
+    cache = sentinel_cache(group, Table(), fail_open=True, wait_replicas=wait_replicas)
+    report = Report(
+        "sentinel: SENTINEL FAILOVER (2 replicas)", f"fail_open, wait_replicas={wait_replicas}"
+    )
+    old = group.master_port()
+    with Workload(cache, report):
+        time.sleep(0.4)
+        new = group.failover(timeout=40)  # returns once the old master replicates the new one
+        time.sleep(0.5)
+    report.stale_after_recovery = stale_after_recovery(cache, cache.redis.get)
+    finish(report)
+    check_reads(report, True)
+    assert new != old
+    assert report.stale_after_recovery == 0, report
+    if wait_replicas == len(group.replicas):
+        assert report.stale_reads == 0, report
