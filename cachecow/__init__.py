@@ -5,7 +5,7 @@ token) before it reads the database, and stores what it read only if its lease s
 value read before an invalidation is never cached after it.
 """
 
-from ._async import AsyncCacheCow, connect_async
+from ._async import AsyncCacheCow, connect_async, connect_cluster_async, connect_sentinel_async
 from ._core import CacheCow, connect, connect_cluster, connect_sentinel
 from ._protocol import TOMBSTONE, AsyncClock, BusyPolicy, Clock, SystemClock
 from ._version import __version__
@@ -46,5 +46,7 @@ __all__ = [
     "connect",
     "connect_async",
     "connect_cluster",
+    "connect_cluster_async",
     "connect_sentinel",
+    "connect_sentinel_async",
 ]

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, cast, overload
 
 import redis.asyncio as aredis
+from redis.asyncio.cluster import ClusterNode, PipelineCommand
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
-from redis.exceptions import NoScriptError
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.exceptions import NoScriptError, RedisError
 
-from ._client import bounded_kwargs, check_client, register_scripts, script_calls
+from ._client import (
+    bounded_cluster_kwargs,
+    bounded_kwargs,
+    check_client,
+    register_scripts,
+    script_calls,
+    sentinel_kwargs,
+)
+from ._core import _op_args
 from ._protocol import (
     AsyncClock,
     CacheCowBase,
@@ -19,15 +30,18 @@ from ._protocol import (
     FetchMany,
     Flow,
     Pipeline,
+    Replicated,
     Script,
     Sleep,
 )
 from .exceptions import ConfigurationError, NotFound
 from .keys import Field
 
-__all__ = ["AsyncCacheCow", "connect_async"]
+__all__ = ["AsyncCacheCow", "connect_async", "connect_cluster_async", "connect_sentinel_async"]
 
 T = TypeVar("T")
+
+_UNREAD: Any = object()  # a node pipeline's command whose reply was never read
 
 
 def connect_async(
@@ -35,6 +49,34 @@ def connect_async(
 ) -> aredis.Redis:
     """The ``redis.asyncio`` twin of :func:`cachecow.connect`: every call bounded by ``timeout``."""
     client: aredis.Redis = aredis.Redis.from_url(url, **bounded_kwargs(timeout, kwargs))
+    return client
+
+
+def connect_cluster_async(
+    url: str = "redis://127.0.0.1:7000/0", *, timeout: float = 0.5, **kwargs: Any
+) -> AsyncRedisCluster:
+    """The ``redis.asyncio`` twin of :func:`cachecow.connect_cluster`."""
+    client: AsyncRedisCluster = AsyncRedisCluster.from_url(
+        url, **bounded_cluster_kwargs(timeout, kwargs)
+    )
+    return client
+
+
+def connect_sentinel_async(
+    sentinels: Sequence[tuple[str, int]],
+    service_name: str,
+    *,
+    timeout: float = 0.5,
+    sentinel_options: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> aredis.Redis:
+    """The ``redis.asyncio`` twin of :func:`cachecow.connect_sentinel`."""
+    sentinel = AsyncSentinel(  # type: ignore[no-untyped-call]
+        sentinels,
+        sentinel_kwargs=sentinel_kwargs(timeout, sentinel_options),
+        **bounded_kwargs(timeout, kwargs),
+    )
+    client: aredis.Redis = sentinel.master_for(service_name)
     return client
 
 
@@ -128,6 +170,14 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
         """Perform each operation a flow yields, awaiting it, until the flow returns or raises."""
         result: Any = None
         error: BaseException | None = None
+        if self._cluster:
+            # Load the cluster's map before the first command (a no-op once loaded): without
+            # it, redis-py 8.1 routes a script to a random node, and every 5th MOVED reply
+            # closes every connection, those of concurrent calls too.
+            try:
+                await self.redis.initialize()
+            except RedisError as exc:
+                error = exc
         while True:
             try:
                 op = flow.send(result) if error is None else flow.throw(error)
@@ -149,6 +199,8 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
                     result = await self._execute(*op.args)
                 elif isinstance(op, Pipeline):
                     result = await self._pipeline(op)
+                elif isinstance(op, Replicated):
+                    result = await self._replicated(op)
                 elif isinstance(op, Sleep):
                     await self._async_clock.async_sleep(op.seconds)
                     result = None
@@ -177,11 +229,7 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
 
     async def _pipeline(self, op: Pipeline) -> list[Any]:
         if self._cluster:
-            # Redis Cluster: each item touches one slot; the cluster client routes it, loads
-            # scripts and follows moves. One at a time: with several in flight on one
-            # redis.asyncio RedisCluster, a connection's writer vanished mid-write now and then
-            # in our tests (redis-py 8.1; cf. redis/redis-py#3546).
-            return [await self._alone(item) for item in op.ops]
+            return await self._cluster_pipeline(op)
         pipe: Any = self.redis.pipeline(transaction=False)
         for item in op.ops:
             if isinstance(item, Script):
@@ -190,3 +238,102 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
                 pipe.execute_command(*item.args)
         replies: list[Any] = await pipe.execute(raise_on_error=True)
         return replies
+
+    async def _replicated(self, op: Replicated) -> int:
+        """Commands, then WAIT on the same connection; the fewest replicas that acknowledged."""
+        if not self._cluster:
+            pipe: Any = self.redis.pipeline(transaction=False)
+            for item in op.ops:
+                pipe.execute_command(*item.args)
+            pipe.execute_command("WAIT", op.replicas, op.timeout_ms)
+            replies = await pipe.execute(raise_on_error=True)
+            return int(replies[-1])
+        try:
+            return await self._replicated_per_node(op)
+        except Exception:
+            # A moved slot or a failed node: through the cluster client, which follows moves
+            # and refreshes its map, then once more with the WAIT (deleting twice is harmless).
+            for item in op.ops:
+                await self._alone(item)
+            return await self._replicated_per_node(op)
+
+    async def _replicated_per_node(self, op: Replicated) -> int:
+        cluster = cast(AsyncRedisCluster, self.redis)
+        by_node: dict[str, tuple[ClusterNode, list[PipelineCommand]]] = {}
+        for index, item in enumerate(op.ops):
+            node = cluster.get_node_from_key(item.args[1])
+            if node is None:
+                raise RedisError(f"no node serves the slot of {item.args[1]!r} now")
+            by_node.setdefault(node.name, (node, []))[1].append(PipelineCommand(index, *item.args))
+        groups = [
+            (node, [*commands, PipelineCommand(-1, "WAIT", op.replicas, op.timeout_ms)])
+            for node, commands in by_node.values()
+        ]
+        await asyncio.gather(*(node.execute_pipeline(commands) for node, commands in groups))
+        acked = []
+        for _node, commands in groups:
+            for command in commands:
+                if isinstance(command.result, Exception):
+                    raise command.result
+            acked.append(int(cast(Any, commands[-1].result)))
+        return min(acked, default=op.replicas)
+
+    async def _cluster_pipeline(self, op: Pipeline) -> list[Any]:
+        """A batch on Redis Cluster: one pipeline per node (each item touches one slot), the
+        nodes concurrently, each pipeline on a connection of its own from its node's pool.
+
+        Then, one at a time, every item that got no good reply goes again alone through the
+        cluster client, which loads scripts, follows moves, refreshes its map of the cluster
+        and retries (and raises if the error persists): an item whose reply is an error
+        (NOSCRIPT after SCRIPT FLUSH or a failover, MOVED/ASK during resharding), and each
+        unread item of a node whose pipeline failed as a whole (a dead node, a failover).
+
+        Why the pipelines bypass the cluster client's error handling, and the items sent alone
+        go one at a time once every pipeline is done: redis-py 8.1's asyncio cluster client
+        picks a command's route before it loads its map of the cluster, so on a fresh client a
+        keyed script goes to some other node and comes back MOVED; at every 5th MOVED the
+        client closes all its connections, those of the calls in flight too, which then fail
+        on a vanished writer (an AttributeError: not a ConnectionError, never retried). For
+        the same reason the map is loaded here first.
+        """
+        cluster = cast(AsyncRedisCluster, self.redis)
+        await cluster.initialize()  # a no-op once the client knows the cluster
+        by_node: dict[str, tuple[ClusterNode, list[PipelineCommand]]] = {}
+        alone: list[int] = []  # the indexes of the items to send alone
+        for index, item in enumerate(op.ops):
+            key = item.keys[0] if isinstance(item, Script) else item.args[1]
+            try:
+                node = cluster.get_node_from_key(key)
+            except RedisError:  # a slot no node serves now: the cluster client will find one
+                node = None
+            if node is None:
+                alone.append(index)
+                continue
+            command = PipelineCommand(index, *_op_args(self._calls, item))
+            command.result = _UNREAD
+            by_node.setdefault(node.name, (node, []))[1].append(command)
+        groups = list(by_node.values())
+        if len(groups) == 1:
+            await _node_pipeline(*groups[0])
+        elif groups:
+            await asyncio.gather(*(_node_pipeline(node, commands) for node, commands in groups))
+        results: list[Any] = [None] * len(op.ops)
+        for _node, commands in groups:
+            for command in commands:
+                if command.result is _UNREAD or isinstance(command.result, Exception):
+                    alone.append(command.position)
+                else:
+                    results[command.position] = command.result
+        for index in sorted(alone):
+            results[index] = await self._alone(op.ops[index])
+        return results
+
+
+async def _node_pipeline(node: ClusterNode, commands: list[PipelineCommand]) -> None:
+    """Send ``commands`` to ``node`` in one round trip; each reply (or error) lands in its
+    command's ``result``. If the pipeline fails as a whole, the commands whose replies were
+    not read keep the ``_UNREAD`` mark."""
+    try:
+        await node.execute_pipeline(commands)
+    except Exception:  # a connection lost, refused, timed out, closed under it: not cancelled
+        return

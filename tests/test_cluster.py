@@ -8,6 +8,7 @@ replaced here by per-node command counts.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -170,9 +171,11 @@ def test_a_node_failing_a_whole_batch_falls_back_to_the_cluster_client(cluster: 
 def test_wait_replicas_on_a_cluster(own_redis_cluster: RedisClusterServers) -> None:
     """Each node touched by an invalidation gets its DELs and a WAIT on one connection; a node
     whose replica does not answer makes the invalidation raise."""
-    client = cachecow.connect_cluster(f"redis://127.0.0.1:{own_redis_cluster.ports[0]}")
+    client = cachecow.connect_cluster(
+        f"redis://127.0.0.1:{own_redis_cluster.ports[0]}", timeout=3.0
+    )
     cache = test_contract_dict.DictCache(
-        client, {i: {"id": i} for i in range(30)}, wait_replicas=1, wait_replicas_timeout=0.2
+        client, {i: {"id": i} for i in range(30)}, wait_replicas=1, wait_replicas_timeout=1.0
     )
     ids = list(range(30))
     cache.get_many("item", "id", ids)
@@ -202,3 +205,49 @@ def test_wait_replicas_on_a_cluster(own_redis_cluster: RedisClusterServers) -> N
     finally:
         replica.resume()
     cache.invalidate_many("item", "id", ids)  # the replica is back: acknowledged again
+
+
+def test_async_wait_replicas_on_a_cluster(own_redis_cluster: RedisClusterServers) -> None:
+    """The asyncio class: one WAIT per node touched, and a silent replica makes it raise."""
+    port = own_redis_cluster.ports[0]
+    db = {i: {"id": i} for i in range(30)}
+    ids = list(range(30))
+
+    async def scenario() -> dict[int, int]:
+        client = cachecow.connect_cluster_async(f"redis://127.0.0.1:{port}", timeout=3.0)
+        cache = test_contract_dict.AsyncDictCache(
+            client, db, wait_replicas=1, wait_replicas_timeout=1.0
+        )
+        try:
+            await cache.get_many("item", "id", ids)
+            sync = RedisCluster(host="127.0.0.1", port=port)
+            before = {
+                n.port: sync.get_redis_connection(n).info("commandstats")
+                for n in sync.get_primaries()
+            }
+            await cache.invalidate_many("item", "id", ids)
+            after = {
+                n.port: sync.get_redis_connection(n).info("commandstats")
+                for n in sync.get_primaries()
+            }
+            waits = {
+                p: int(after[p].get("cmdstat_wait", {"calls": 0})["calls"])
+                - int(before[p].get("cmdstat_wait", {"calls": 0})["calls"])
+                for p in after
+            }
+            assert sync.exists(*(k for i in ids for k in cache.get_keys("item", "id", i))) == 0
+            sync.close()
+            replica = own_redis_cluster.server(own_redis_cluster.replica_ports(port)[0])
+            replica.pause()
+            try:
+                with pytest.raises(InvalidationFailed, match="replicas"):
+                    await cache.invalidate_many("item", "id", ids)
+            finally:
+                replica.resume()
+            await cache.invalidate_many("item", "id", ids)
+            return waits
+        finally:
+            await client.aclose()
+
+    waits = asyncio.run(scenario())
+    assert sorted(waits.values()) == [1, 1, 1]

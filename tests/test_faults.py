@@ -171,10 +171,12 @@ def cluster_cache(cluster: RedisClusterServers, table: Table, **options: Any) ->
     return TableCache(client, table, wait_timeout=0.1, **options)
 
 
-def test_cluster_failover_mid_run(own_redis_cluster: RedisClusterServers) -> None:
+@pytest.mark.parametrize("setting", list(SETTINGS))
+def test_cluster_failover_mid_run(own_redis_cluster: RedisClusterServers, setting: str) -> None:
     """A manual failover (``CLUSTER FAILOVER`` on a replica) under load."""
-    cache = cluster_cache(own_redis_cluster, Table(), fail_open=True, wait_replicas=1)
-    report = Report("cluster: CLUSTER FAILOVER", "fail_open, wait_replicas=1")
+    fail_open = SETTINGS[setting]
+    cache = cluster_cache(own_redis_cluster, Table(), fail_open=fail_open, wait_replicas=1)
+    report = Report("cluster: CLUSTER FAILOVER", f"{setting}, wait_replicas=1")
     master = own_redis_cluster.ports[0]
     with Workload(cache, report):
         time.sleep(0.4)
@@ -182,7 +184,7 @@ def test_cluster_failover_mid_run(own_redis_cluster: RedisClusterServers) -> Non
         time.sleep(0.6)
     report.stale_after_recovery = stale_after_recovery(cache, cache.redis.get)
     finish(report)
-    check_reads(report, True)
+    check_reads(report, fail_open)
     assert own_redis_cluster.role(master) == "slave"
     assert (report.stale_reads, report.stale_after_recovery) == (0, 0), report
 

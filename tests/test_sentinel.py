@@ -17,9 +17,10 @@ import pytest
 import redis
 
 import cachecow
-from cachecow import CacheCow, ConfigurationError, InvalidationFailed
+from cachecow import AsyncCacheCow, CacheCow, ConfigurationError, InvalidationFailed
 from cachecow.testing import RedisSentinelGroup, RedisServer
-from cachecow.testing.contract import CacheCowContract
+from cachecow.testing.bridge import SyncFacade
+from cachecow.testing.contract import AsyncCacheCowContract, CacheCowContract
 from tests import test_contract_dict
 
 
@@ -172,3 +173,31 @@ def test_connect_sentinel_bounds_its_calls(own_redis_server: RedisServer) -> Non
     # The bound under test (two Sentinel queries: one retry of a connection error); with
     # redis-py's default retries on the Sentinel connections it took 10.8 s here.
     assert elapsed < 0.2 * 2 + 0.7
+
+
+class TestAsyncSentinelContract(
+    SentinelCounts, test_contract_dict.DictDatabase, AsyncCacheCowContract
+):
+    """The same, with the asyncio class on ``connect_sentinel_async``."""
+
+    @pytest.fixture(autouse=True)
+    def _contract_redis(  # type: ignore[override]
+        self, sentinel_client: redis.Redis, redis_sentinel_group: RedisSentinelGroup
+    ) -> Any:
+        self.redis = sentinel_client
+        self.group = redis_sentinel_group
+        return
+
+    def make_cache(self, redis: redis.Redis, **options: Any) -> Any:
+        options.setdefault("wait_replicas", 1)
+        options.setdefault("wait_replicas_timeout", 1.0)
+        group = self.group
+
+        async def build() -> AsyncCacheCow:
+            client = cachecow.connect_sentinel_async(
+                group.sentinel_addresses, group.service_name, timeout=2.0
+            )
+            self._async_clients.append(client)
+            return test_contract_dict.AsyncDictCache(client, self.db, **options)
+
+        return SyncFacade(self._runner.run(build()), self._runner)
