@@ -21,6 +21,7 @@ from ._client import (
     script_calls,
     sentinel_kwargs,
 )
+from ._cluster import async_cluster_execute
 from ._core import _op_args
 from ._protocol import (
     AsyncClock,
@@ -98,7 +99,9 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
                 "AsyncCacheCow needs a clock with monotonic(), sleep() and async_sleep()"
             )
         self._async_clock: AsyncClock = self.clock
-        self._execute: Any = redis.execute_command
+        self._execute: Any = (
+            async_cluster_execute(redis) if self._cluster else redis.execute_command
+        )
         self._scripts = register_scripts(redis)
         self._calls = script_calls()
 

@@ -19,6 +19,7 @@ from ._client import (
     script_calls,
     sentinel_kwargs,
 )
+from ._cluster import cluster_execute
 from ._protocol import (
     CacheCowBase,
     Command,
@@ -141,7 +142,7 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         self._cluster = isinstance(redis, RedisCluster)
         self._group_by_slot = self._cluster
         self._nodes_pool: ThreadPoolExecutor | None = None
-        self._execute: Any = redis.execute_command
+        self._execute: Any = cluster_execute(redis) if self._cluster else redis.execute_command
         self._scripts = register_scripts(redis)
         self._calls = script_calls()
 

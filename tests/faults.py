@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cachecow import CacheCow, InvalidationFailed
+from cachecow import AsyncCacheCow, CacheCow, InvalidationFailed
 
 KEYS = 24
 
@@ -91,12 +91,24 @@ class TableCache(CacheCow):
         return self.table.read(id_val)
 
 
+class AsyncTableCache(AsyncCacheCow):
+    """The asyncio cache of a :class:`Table` (drive it through a ``SyncFacade``)."""
+
+    def __init__(self, redis: Any, table: Table, **options: Any) -> None:
+        super().__init__(redis, **options)
+        self.table = table
+
+    async def fetch(self, cls: Any, id_field: Any, id_val: Any) -> Any:
+        return self.table.read(id_val)
+
+
 class Workload:
-    """Readers and writers on ``cache`` until :meth:`stop`; the fault is injected between."""
+    """Readers and writers on ``cache`` (a :class:`TableCache`, or a ``SyncFacade`` of an
+    :class:`AsyncTableCache`) until :meth:`stop`; the fault is injected between."""
 
     def __init__(
         self,
-        cache: TableCache,
+        cache: Any,
         report: Report,
         *,
         readers: int = 4,
@@ -192,7 +204,7 @@ class Workload:
                 time.sleep(0.01)
 
 
-def stale_after_recovery(cache: TableCache, raw_get: Callable[[str], bytes | None]) -> int:
+def stale_after_recovery(cache: Any, raw_get: Callable[[str], bytes | None]) -> int:
     """Entries left in Redis that disagree with the table, and ``get`` answers that do: each
     key counts once. ``raw_get`` reads a value key straight from Redis."""
     stale = 0

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -203,12 +204,16 @@ class RedisClusterServers:
     def __init__(self, masters: int = 3, *, replicas: int = 0, node_timeout_ms: int = 1000) -> None:
         self.masters = masters
         self.replicas = replicas
-        node_args = (
+        self._node_args = (
             "--cluster-enabled", "yes",
             "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", str(node_timeout_ms),
+            # a master that a resharding empties stays a master (Redis 7 would make it a
+            # replica), so tests can move slots to a new master and back
+            "--cluster-allow-replica-migration", "no",
         )  # fmt: skip
-        self.servers = [RedisServer(extra_args=node_args) for _ in range(masters * (1 + replicas))]
+        count = masters * (1 + replicas)
+        self.servers = [RedisServer(extra_args=self._node_args) for _ in range(count)]
         for server in self.servers:
             server.port = free_cluster_port()
 
@@ -245,6 +250,109 @@ class RedisClusterServers:
                     raise RedisServerUnavailable(f"node {replica_port} never became a master")
                 time.sleep(0.05)
         self.wait_ok(timeout=timeout)
+
+    def node_id(self, port: int) -> str:
+        """The cluster node id of the node on ``port``."""
+        with redis.Redis(port=port, socket_timeout=1, decode_responses=True) as client:
+            return str(client.execute_command("CLUSTER", "MYID"))
+
+    def slot_owner(self, slot: int) -> int:
+        """The port of the master that serves ``slot``, as the node on the first live port
+        says now."""
+        with redis.Redis(port=self.live_ports()[0], socket_timeout=1) as client:
+            ranges: Any = client.execute_command("CLUSTER", "SLOTS")
+        for entry in ranges:
+            if int(entry[0]) <= slot <= int(entry[1]):
+                return int(entry[2][1])
+        raise RedisServerUnavailable(f"no node serves slot {slot}")
+
+    def slots_served_by(self, port: int) -> list[int]:
+        """Every slot the master on ``port`` serves, as the node on the first live port says."""
+        with redis.Redis(port=self.live_ports()[0], socket_timeout=1) as client:
+            ranges: Any = client.execute_command("CLUSTER", "SLOTS")
+        return [
+            slot
+            for entry in ranges
+            if int(entry[2][1]) == port
+            for slot in range(int(entry[0]), int(entry[1]) + 1)
+        ]
+
+    def add_master(self, *, timeout: float = 20.0) -> int:
+        """Start one more node and join it as a master that serves no slots yet (``redis-cli
+        --cluster add-node``); its port. Its script cache is empty, as on any new node."""
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RedisServerUnavailable("redis-cli is not on PATH (needed to add a node)")
+        server = RedisServer(extra_args=self._node_args)
+        server.port = free_cluster_port()
+        self.servers.append(server)
+        server.start(timeout=timeout)
+        added = subprocess.run(
+            [cli, "--cluster", "add-node", f"127.0.0.1:{server.port}",
+             f"127.0.0.1:{self.live_ports()[0]}"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )  # fmt: skip
+        if added.returncode != 0:
+            raise RedisServerUnavailable(f"redis-cli --cluster add-node failed: {added.stdout}")
+        deadline = time.monotonic() + timeout
+        while len(self._known_by_all()) < len(self.live_ports()):
+            if time.monotonic() > deadline:
+                raise RedisServerUnavailable(f"node {server.port} never joined the cluster")
+            time.sleep(0.05)
+        self.wait_ok(timeout=timeout)
+        return server.port
+
+    def _known_by_all(self) -> set[str]:
+        """The node ids every live node knows."""
+        known: set[str] | None = None
+        for port in self.live_ports():
+            with redis.Redis(port=port, socket_timeout=1, decode_responses=True) as client:
+                text = str(client.execute_command("CLUSTER", "NODES"))
+            ids = {line.split()[0] for line in text.splitlines() if line.strip()}
+            known = ids if known is None else known & ids
+        return known or set()
+
+    def migrate_slot(
+        self,
+        slot: int,
+        to_port: int,
+        *,
+        midway: Callable[[], None] | None = None,
+        moved: Callable[[], None] | None = None,
+    ) -> None:
+        """Move ``slot`` and its keys to the master on ``to_port``, the way ``redis-cli
+        --cluster reshard`` does: mark it importing there and migrating here, ``MIGRATE`` its
+        keys in rounds, then give the slot to the new owner on every master.
+
+        Tests can act while the slot is half-migrated: ``midway`` is called once the slot is
+        marked on both sides and before any key moves, ``moved`` once every key has moved and
+        before the slot changes owner. Meanwhile the old owner answers ``ASK`` for the keys it
+        no longer holds, and a command on several keys of which only some are present gets
+        ``TRYAGAIN``."""
+        source = self.slot_owner(slot)
+        if source == to_port:
+            return
+        source_id, target_id = self.node_id(source), self.node_id(to_port)
+        with (
+            redis.Redis(port=source, socket_timeout=5) as src,
+            redis.Redis(port=to_port, socket_timeout=5) as dst,
+        ):
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+            if midway is not None:
+                midway()
+            while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+                src.execute_command("MIGRATE", "127.0.0.1", to_port, "", 0, 5000, "KEYS", *keys)
+            if moved is not None:
+                moved()  # new keys of the slot are made on the new owner (after ASK)
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        for port in self.live_ports():
+            if port not in (source, to_port) and self.role(port) == "master":
+                with redis.Redis(port=port, socket_timeout=5) as other:
+                    other.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
 
     def live_ports(self) -> list[int]:
         """The ports of the nodes whose process runs."""
