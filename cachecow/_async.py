@@ -49,7 +49,9 @@ def connect_async(
     url: str = "redis://127.0.0.1:6379/0", *, timeout: float = 0.5, **kwargs: Any
 ) -> aredis.Redis:
     """The ``redis.asyncio`` twin of :func:`cachecow.connect`: every call bounded by ``timeout``."""
-    client: aredis.Redis = aredis.Redis.from_url(url, **bounded_kwargs(timeout, kwargs))
+    client: aredis.Redis = aredis.Redis.from_url(
+        url, **bounded_kwargs(timeout, kwargs, is_async=True)
+    )
     return client
 
 
@@ -58,7 +60,7 @@ def connect_cluster_async(
 ) -> AsyncRedisCluster:
     """The ``redis.asyncio`` twin of :func:`cachecow.connect_cluster`."""
     client: AsyncRedisCluster = AsyncRedisCluster.from_url(
-        url, **bounded_cluster_kwargs(timeout, kwargs)
+        url, **bounded_cluster_kwargs(timeout, kwargs, is_async=True)
     )
     return client
 
@@ -74,8 +76,8 @@ def connect_sentinel_async(
     """The ``redis.asyncio`` twin of :func:`cachecow.connect_sentinel`."""
     sentinel = AsyncSentinel(  # type: ignore[no-untyped-call]
         sentinels,
-        sentinel_kwargs=sentinel_kwargs(timeout, sentinel_options),
-        **bounded_kwargs(timeout, kwargs),
+        sentinel_kwargs=sentinel_kwargs(timeout, sentinel_options, is_async=True),
+        **bounded_kwargs(timeout, kwargs, is_async=True),
     )
     client: aredis.Redis = sentinel.master_for(service_name)
     return client

@@ -6,6 +6,7 @@ import hashlib
 import inspect
 from typing import Any
 
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
@@ -24,28 +25,42 @@ __all__ = [
 ]
 
 
-def bounded_kwargs(timeout: float, kwargs: dict[str, Any]) -> dict[str, Any]:
+def _retry(is_async: bool, **options: Any) -> Retry | AsyncRetry:
+    # redis.asyncio needs its own Retry: given redis-py's sync one, it awaits the coroutine
+    # that the sync Retry returns unawaited, outside the retry loop, and never retries.
+    if is_async:
+        return AsyncRetry(NoBackoff(), 1, **options)
+    return Retry(NoBackoff(), 1, **options)
+
+
+def bounded_kwargs(
+    timeout: float, kwargs: dict[str, Any], *, is_async: bool = False
+) -> dict[str, Any]:
     """Client options for calls bounded by ``timeout``: no retry of a timeout, one immediate
     retry of a dropped connection. Options already in ``kwargs`` win."""
     kwargs.setdefault("socket_timeout", timeout)
     kwargs.setdefault("socket_connect_timeout", timeout)
-    kwargs.setdefault("retry", Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
+    kwargs.setdefault("retry", _retry(is_async, supported_errors=(RedisConnectionError,)))
     return kwargs
 
 
-def bounded_cluster_kwargs(timeout: float, kwargs: dict[str, Any]) -> dict[str, Any]:
+def bounded_cluster_kwargs(
+    timeout: float, kwargs: dict[str, Any], *, is_async: bool = False
+) -> dict[str, Any]:
     """Cluster client options: calls bounded by ``timeout``, one retry after a connection
     error (the cluster client refreshes its map of the cluster before it). Options already in
     ``kwargs`` win."""
     kwargs.setdefault("socket_timeout", timeout)
     kwargs.setdefault("socket_connect_timeout", timeout)
-    kwargs.setdefault("retry", Retry(NoBackoff(), 1))
+    kwargs.setdefault("retry", _retry(is_async))
     return kwargs
 
 
-def sentinel_kwargs(timeout: float, options: dict[str, Any] | None) -> dict[str, Any]:
+def sentinel_kwargs(
+    timeout: float, options: dict[str, Any] | None, *, is_async: bool = False
+) -> dict[str, Any]:
     """Options of the connections to the Sentinels themselves, bounded by ``timeout``."""
-    return bounded_kwargs(timeout, dict(options or {}))
+    return bounded_kwargs(timeout, dict(options or {}), is_async=is_async)
 
 
 def check_client(redis: Any, *, is_async: bool) -> None:

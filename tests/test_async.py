@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio as aredis
+from redis.asyncio.retry import Retry as AsyncRetry
 
 import cachecow
 from cachecow import (
@@ -229,3 +230,38 @@ def test_sync_and_async_classes_offer_the_same_api() -> None:
         assert inspect.iscoroutinefunction(twin) == (name in IO_METHODS | {"fetch_many"}), name
         assert not inspect.iscoroutinefunction(sync), name
     assert public(CacheCow) >= IO_METHODS
+
+
+def test_connect_async_retries_a_dropped_connection_once(own_redis_server: Any) -> None:
+    """The asyncio helpers give redis.asyncio its own Retry (one immediate retry of a dropped
+    connection, none of a timeout): handed redis-py's sync Retry, it never retries, and the
+    first call after a Redis restart failed on the pooled connection the restart had closed."""
+
+    async def body() -> None:
+        client = cachecow.connect_async(own_redis_server.url, timeout=0.3)
+        try:
+            retry = client.get_connection_kwargs()["retry"]
+            assert isinstance(retry, AsyncRetry)
+            assert retry.get_retries() == 1
+            assert redis.TimeoutError not in retry._supported_errors
+            rows = Rows(client)
+            assert await rows.get("row", "id", 1) == {"id": 1}  # a pooled connection now
+            own_redis_server.restart()
+            assert await rows.get("row", "id", 2) == {"id": 2}  # retried on a new connection
+            assert rows.metrics.snapshot().redis_errors == 0
+        finally:
+            await client.aclose()
+
+    run(body())
+
+
+def test_the_async_cluster_and_sentinel_helpers_use_the_async_retry() -> None:
+    cluster = cachecow.connect_cluster_async("redis://127.0.0.1:7000", timeout=0.3)
+    assert isinstance(cluster.retry, AsyncRetry)
+    sentinel_client = cachecow.connect_sentinel_async([("127.0.0.1", 26379)], "svc", timeout=0.3)
+    pool: Any = sentinel_client.connection_pool
+    assert isinstance(pool.connection_kwargs["retry"], AsyncRetry)
+    sentinels: Any = pool.sentinel_manager.sentinels
+    assert all(
+        isinstance(s.connection_pool.connection_kwargs["retry"], AsyncRetry) for s in sentinels
+    )

@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -28,9 +29,18 @@ import redis
 import cachecow
 from cachecow import CacheUnavailable, InvalidationFailed
 from cachecow.testing import RedisClusterServers, RedisSentinelGroup, RedisServer
+from cachecow.testing.bridge import LoopThread, SyncFacade
 from cachecow.testing.contract import FetchProbe
 from cachecow.testing.plugin import require_server
-from tests.faults import REPORTS, Report, Table, TableCache, Workload, stale_after_recovery
+from tests.faults import (
+    REPORTS,
+    AsyncTableCache,
+    Report,
+    Table,
+    TableCache,
+    Workload,
+    stale_after_recovery,
+)
 
 TIMEOUT = 0.25  # the clients' socket timeout
 MARGIN = 0.75  # scheduling noise on a shared 2-core machine
@@ -51,22 +61,61 @@ def check_reads(report: Report, fail_open: bool) -> None:
 
 
 # -- a standalone Redis --------------------------------------------------------------------------
+# Each scenario runs the sync class and the asyncio class (through a blocking facade: every
+# call of the workload's threads is a task on one event loop).
+
+MODES = ["sync", "asyncio"]
 
 
+@contextmanager
+def standalone_cache(server: RedisServer, mode: str, table: Table, **options: Any) -> Iterator[Any]:
+    """A :class:`TableCache` over ``cachecow.connect``, or a facade of an
+    :class:`AsyncTableCache` over ``cachecow.connect_async``, with the suite's timeout."""
+    if mode == "sync":
+        client = cachecow.connect(server.url, timeout=TIMEOUT)
+        try:
+            yield TableCache(client, table, **options)
+        finally:
+            client.close()
+        return
+    loop = LoopThread()
+
+    async def connect() -> Any:
+        return cachecow.connect_async(server.url, timeout=TIMEOUT)
+
+    aclient = loop.run(connect())
+    try:
+        yield SyncFacade(AsyncTableCache(aclient, table, **options), loop)
+    finally:
+        loop.run(aclient.aclose())
+        loop.close()
+
+
+def label(setting: str, mode: str) -> str:
+    return setting if mode == "sync" else f"{setting}, asyncio"
+
+
+def raw_get(server: RedisServer) -> Any:
+    """A function reading a key straight from ``server``, for the check after recovery."""
+    return redis.Redis(port=server.port, socket_timeout=5).get
+
+
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("setting", list(SETTINGS))
-def test_killed_mid_run(own_redis_server: RedisServer, setting: str) -> None:
+def test_killed_mid_run(own_redis_server: RedisServer, setting: str, mode: str) -> None:
     fail_open = SETTINGS[setting]
-    client = cachecow.connect(own_redis_server.url, timeout=TIMEOUT)
-    cache = TableCache(client, Table(), fail_open=fail_open, wait_timeout=0.1)
-    report = Report("standalone killed, restarted 1 s later", setting)
-    with Workload(cache, report):
-        time.sleep(0.4)
-        own_redis_server.kill()
-        time.sleep(1.0)
-        failures_while_down = report.failures
-        own_redis_server.start()
-        time.sleep(0.5)
-    report.stale_after_recovery = stale_after_recovery(cache, client.get)
+    report = Report("standalone killed, restarted 1 s later", label(setting, mode))
+    with standalone_cache(
+        own_redis_server, mode, Table(), fail_open=fail_open, wait_timeout=0.1
+    ) as cache:
+        with Workload(cache, report):
+            time.sleep(0.4)
+            own_redis_server.kill()
+            time.sleep(1.0)
+            failures_while_down = report.failures
+            own_redis_server.start()
+            time.sleep(0.5)
+        report.stale_after_recovery = stale_after_recovery(cache, raw_get(own_redis_server))
     finish(report)
     check_reads(report, fail_open)
     if not fail_open:
@@ -77,19 +126,21 @@ def test_killed_mid_run(own_redis_server: RedisServer, setting: str) -> None:
     assert report.worst_latency < TIMEOUT + MARGIN, report
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("setting", list(SETTINGS))
-def test_paused_mid_run(own_redis_server: RedisServer, setting: str) -> None:
+def test_paused_mid_run(own_redis_server: RedisServer, setting: str, mode: str) -> None:
     fail_open = SETTINGS[setting]
-    client = cachecow.connect(own_redis_server.url, timeout=TIMEOUT)
-    cache = TableCache(client, Table(), fail_open=fail_open, wait_timeout=0.1)
-    report = Report("standalone paused (SIGSTOP) 1 s", setting)
-    with Workload(cache, report):
-        time.sleep(0.4)
-        own_redis_server.pause()
-        time.sleep(1.0)
-        own_redis_server.resume()
-        time.sleep(0.5)
-    report.stale_after_recovery = stale_after_recovery(cache, client.get)
+    report = Report("standalone paused (SIGSTOP) 1 s", label(setting, mode))
+    with standalone_cache(
+        own_redis_server, mode, Table(), fail_open=fail_open, wait_timeout=0.1
+    ) as cache:
+        with Workload(cache, report):
+            time.sleep(0.4)
+            own_redis_server.pause()
+            time.sleep(1.0)
+            own_redis_server.resume()
+            time.sleep(0.5)
+        report.stale_after_recovery = stale_after_recovery(cache, raw_get(own_redis_server))
     finish(report)
     check_reads(report, fail_open)
     assert report.invalidation_failures > 0, report
@@ -98,69 +149,76 @@ def test_paused_mid_run(own_redis_server: RedisServer, setting: str) -> None:
     assert report.worst_latency < TIMEOUT + MARGIN, report
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("setting", list(SETTINGS))
-def test_restarted_empty_mid_run(own_redis_server: RedisServer, setting: str) -> None:
+def test_restarted_empty_mid_run(own_redis_server: RedisServer, setting: str, mode: str) -> None:
     fail_open = SETTINGS[setting]
-    client = cachecow.connect(own_redis_server.url, timeout=TIMEOUT)
-    cache = TableCache(client, Table(), fail_open=fail_open, wait_timeout=0.1)
-    report = Report("standalone restarted empty", setting)
-    with Workload(cache, report):
-        time.sleep(0.4)
-        own_redis_server.restart()  # values, leases and scripts all gone
-        time.sleep(0.6)
-    report.stale_after_recovery = stale_after_recovery(cache, client.get)
+    report = Report("standalone restarted empty", label(setting, mode))
+    with standalone_cache(
+        own_redis_server, mode, Table(), fail_open=fail_open, wait_timeout=0.1
+    ) as cache:
+        with Workload(cache, report):
+            time.sleep(0.4)
+            own_redis_server.restart()  # values, leases and scripts all gone
+            time.sleep(0.6)
+        report.stale_after_recovery = stale_after_recovery(cache, raw_get(own_redis_server))
     finish(report)
     check_reads(report, fail_open)
     assert (report.stale_reads, report.stale_after_recovery) == (0, 0), report
 
 
-def test_a_lease_taken_before_a_restart_is_void_after_it(own_redis_server: RedisServer) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_a_lease_taken_before_a_restart_is_void_after_it(
+    own_redis_server: RedisServer, mode: str
+) -> None:
     """Reader A leases and reads v1; Redis restarts empty; the row changes; reader B leases and
     reads v2. A's commit must be refused (B's token is not A's): checking only that *a* flag
     exists would cache v1 over B's lease."""
-    client = cachecow.connect(own_redis_server.url, timeout=TIMEOUT)
     table = Table()
-    cache = TableCache(client, table)
-    probe = FetchProbe(cache)
-    probe.gate_next()
-    results: dict[str, Any] = {}
-    reader_a = threading.Thread(target=lambda: results.update(a=cache.get("row", "id", 1)))
-    reader_a.start()
-    probe.wait_fetched()  # A holds a lease and has read version 0
-    own_redis_server.restart()
-    table.bump(1)  # the write lands while Redis is empty: nothing to invalidate
-    probe.gate_next()
-    reader_b = threading.Thread(target=lambda: results.update(b=cache.get("row", "id", 1)))
-    reader_b.start()
-    probe.wait_fetched()  # B holds a new lease and has read version 1
-    probe.release()  # both gates open: A commits first (its fetch returned first)
-    reader_a.join(10)
-    reader_b.join(10)
-    assert (results["a"]["version"], results["b"]["version"]) == (0, 1)
-    value_key, _ = cache.get_keys("row", "id", 1)
-    raw = client.get(value_key)
-    assert raw is not None
-    assert cache.serializer.loads(raw) == {"id": 1, "version": 1}
-    assert cache.get("row", "id", 1) == {"id": 1, "version": 1}
-    assert cache.metrics.snapshot().stale_commits >= 1
+    with standalone_cache(own_redis_server, mode, table) as cache:
+        probe = FetchProbe(cache)
+        probe.gate_next()
+        results: dict[str, Any] = {}
+        reader_a = threading.Thread(target=lambda: results.update(a=cache.get("row", "id", 1)))
+        reader_a.start()
+        probe.wait_fetched()  # A holds a lease and has read version 0
+        own_redis_server.restart()
+        table.bump(1)  # the write lands while Redis is empty: nothing to invalidate
+        probe.gate_next()
+        reader_b = threading.Thread(target=lambda: results.update(b=cache.get("row", "id", 1)))
+        reader_b.start()
+        probe.wait_fetched()  # B holds a new lease and has read version 1
+        probe.release()  # both gates open: A commits first (its fetch returned first)
+        reader_a.join(10)
+        reader_b.join(10)
+        assert (results["a"]["version"], results["b"]["version"]) == (0, 1)
+        value_key, _ = cache.get_keys("row", "id", 1)
+        raw = raw_get(own_redis_server)(value_key)
+        assert raw is not None
+        assert cache.serializer.loads(raw) == {"id": 1, "version": 1}
+        assert cache.get("row", "id", 1) == {"id": 1, "version": 1}
+        assert cache.metrics.snapshot().stale_commits >= 1
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("setting", list(SETTINGS))
-def test_script_flush_mid_run(own_redis_server: RedisServer, setting: str) -> None:
+def test_script_flush_mid_run(own_redis_server: RedisServer, setting: str, mode: str) -> None:
     fail_open = SETTINGS[setting]
-    client = cachecow.connect(own_redis_server.url, timeout=TIMEOUT)
-    cache = TableCache(client, Table(), fail_open=fail_open, wait_timeout=0.1)
-    report = Report("standalone SCRIPT FLUSH x10", setting)
+    report = Report("standalone SCRIPT FLUSH x10", label(setting, mode))
     admin = redis.Redis(port=own_redis_server.port)
-    with Workload(cache, report):
-        for _ in range(10):
-            time.sleep(0.08)
-            admin.script_flush()
-        time.sleep(0.2)
-    report.stale_after_recovery = stale_after_recovery(cache, client.get)
+    with standalone_cache(
+        own_redis_server, mode, Table(), fail_open=fail_open, wait_timeout=0.1
+    ) as cache:
+        with Workload(cache, report):
+            for _ in range(10):
+                time.sleep(0.08)
+                admin.script_flush()
+            time.sleep(0.2)
+        report.stale_after_recovery = stale_after_recovery(cache, raw_get(own_redis_server))
+        redis_errors = cache.metrics.snapshot().redis_errors
     finish(report)
     assert (report.failures, report.stale_reads, report.stale_after_recovery) == (0, 0, 0), report
-    assert cache.metrics.snapshot().redis_errors == 0
+    assert redis_errors == 0
 
 
 # -- Redis Cluster --------------------------------------------------------------------------------
