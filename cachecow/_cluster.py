@@ -7,29 +7,43 @@ serve slots, and follows an ``ASK`` only to a node on that map: to the new maste
 with an ``AttributeError`` on ``None`` (redis/redis-py#4015, sync and asyncio alike), not a
 ``RedisError``, so neither ``fail_open`` nor ``InvalidationFailed`` would see it.
 
-:func:`cluster_execute` and :func:`async_cluster_execute` wrap ``execute_command``: on an
-``AttributeError`` they add every live master missing from the client's map (from ``CLUSTER
-NODES``) and send the command once more; if it fails again the error becomes a
-:class:`~redis.exceptions.ClusterError`, which cachecow handles like any Redis failure. The
-one retry is safe for every command cachecow sends: each either never reached Redis (the
-failure is on the way out) or is harmless twice (a ``DEL``; a commit whose lease is gone is
-refused).
+Worse, the sync client's failure is not clean. Its retry loop keeps the connection of the
+attempt that got the ``ASK`` (already back in the pool, maybe lent to another thread by then)
+and, on the ``AttributeError``, disconnects it and puts it back in the pool a second time: two
+threads can then share one connection and read each other's replies (seen here as a
+``CLUSTER NODES`` answered with another connection's ``CLIENT SETINFO`` error).
 
-The asyncio client fails the same way when, at every 5th ``MOVED`` reply, it closes every
-connection under the calls in flight (an ``AttributeError`` on a vanished writer); the same
-retry covers it.
+So the failure must not happen at all. :func:`cluster_execute` and
+:func:`async_cluster_execute` wrap ``execute_command``, and :func:`mend_ask_target` makes the
+client's ``get_node`` (which the ``ASK`` path calls with the redirect's ``host:port``) answer a
+node it does not know with a new primary node of that address, registered in the client's
+map, instead of ``None``; it does so only inside cachecow's own calls (a context variable set
+by the wrappers), so the user's own calls of ``get_node`` see redis-py's answers unchanged.
+
+Any other ``AttributeError`` out of the client (the asyncio client closes every connection
+under the calls in flight at every 5th ``MOVED`` reply, and a call then fails on a vanished
+writer) is met by the wrappers as before: they add every live master missing from the
+client's map (from ``CLUSTER NODES``) and send the command once more; if it fails again the
+error becomes a :class:`~redis.exceptions.ClusterError`, which cachecow handles like any Redis
+failure. The one retry is safe for every command cachecow sends: each either never reached
+Redis (the failure is on the way out) or is harmless twice (a ``DEL``; a commit whose lease is
+gone is refused).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.cluster import PRIMARY, ClusterNode
 from redis.exceptions import ClusterError
 
-__all__ = ["async_cluster_execute", "cluster_execute", "missing_masters"]
+__all__ = ["async_cluster_execute", "cluster_execute", "mend_ask_target", "missing_masters"]
+
+# True while cachecow's own call runs through a cluster client (in this thread, or this task).
+_IN_CACHECOW_CALL: ContextVar[bool] = ContextVar("cachecow_cluster_call", default=False)
 
 
 def missing_masters(nodes: dict[str, Any], known: Any) -> list[tuple[str, int]]:
@@ -50,8 +64,41 @@ def _failed(exc: AttributeError) -> ClusterError:
     return ClusterError(f"redis-py's cluster client failed mid-command: {exc}")
 
 
+def mend_ask_target(cluster: Any, *, is_async: bool) -> None:
+    """Make ``cluster.get_node(node_name=...)`` answer an unknown ``host:port`` with a new
+    primary node, registered in the client's map, while a cachecow call runs (see above)."""
+    if getattr(cluster, "_cachecow_mended", False):
+        return  # a second cache on the same client
+    real = cluster.get_node
+    manager: Any = cluster.nodes_manager
+
+    def new_node(name: str) -> Any:
+        host, _, port = name.rpartition(":")
+        if is_async:
+            node: Any = AsyncClusterNode(host, int(port), PRIMARY, **manager.connection_kwargs)
+            if node.name not in manager.nodes_cache:
+                manager.set_nodes(manager.nodes_cache, {node.name: node})
+            return manager.nodes_cache[node.name]
+        node = ClusterNode(host, int(port), server_type=PRIMARY)  # type: ignore[no-untyped-call]
+        return manager.nodes_cache.setdefault(node.name, node)
+
+    def get_node(
+        host: str | None = None, port: int | None = None, node_name: str | None = None
+    ) -> Any:
+        node = real(host=host, port=port, node_name=node_name)
+        if node is None and node_name and not (host or port) and _IN_CACHECOW_CALL.get():
+            host_part, _, port_part = node_name.rpartition(":")
+            if host_part and port_part.isdigit():
+                node = new_node(node_name)
+        return node
+
+    cluster.get_node = get_node
+    cluster._cachecow_mended = True
+
+
 def cluster_execute(cluster: Any) -> Callable[..., Any]:
     """``cluster.execute_command``, mended as this module describes."""
+    mend_ask_target(cluster, is_async=False)
     execute = cluster.execute_command
 
     def learn_masters() -> None:
@@ -62,20 +109,25 @@ def cluster_execute(cluster: Any) -> Callable[..., Any]:
             manager.nodes_cache.setdefault(node.name, node)
 
     def run(*args: Any, **kwargs: Any) -> Any:
+        mark = _IN_CACHECOW_CALL.set(True)
         try:
-            return execute(*args, **kwargs)
-        except AttributeError:
-            learn_masters()
-        try:
-            return execute(*args, **kwargs)
-        except AttributeError as again:
-            raise _failed(again) from again
+            try:
+                return execute(*args, **kwargs)
+            except AttributeError:
+                learn_masters()
+            try:
+                return execute(*args, **kwargs)
+            except AttributeError as again:
+                raise _failed(again) from again
+        finally:
+            _IN_CACHECOW_CALL.reset(mark)
 
     return run
 
 
 def async_cluster_execute(cluster: Any) -> Callable[..., Awaitable[Any]]:
     """``cluster.execute_command`` of an asyncio cluster client, mended the same way."""
+    mend_ask_target(cluster, is_async=True)
     execute = cluster.execute_command
 
     async def learn_masters() -> None:
@@ -87,13 +139,17 @@ def async_cluster_execute(cluster: Any) -> Callable[..., Awaitable[Any]]:
                 manager.set_nodes(manager.nodes_cache, {node.name: node})
 
     async def run(*args: Any, **kwargs: Any) -> Any:
+        mark = _IN_CACHECOW_CALL.set(True)
         try:
-            return await execute(*args, **kwargs)
-        except AttributeError:
-            await learn_masters()
-        try:
-            return await execute(*args, **kwargs)
-        except AttributeError as again:
-            raise _failed(again) from again
+            try:
+                return await execute(*args, **kwargs)
+            except AttributeError:
+                await learn_masters()
+            try:
+                return await execute(*args, **kwargs)
+            except AttributeError as again:
+                raise _failed(again) from again
+        finally:
+            _IN_CACHECOW_CALL.reset(mark)
 
     return run
