@@ -198,12 +198,16 @@ def test_wait_replicas_on_a_cluster(own_redis_cluster: RedisClusterServers) -> N
     replica = own_redis_cluster.server(
         own_redis_cluster.replica_ports(own_redis_cluster.ports[0])[0]
     )
+    # Cached again, so the DELs below delete something: a DEL of absent keys writes nothing,
+    # replicates nothing, and WAIT then has nothing to wait for (it may answer at once).
+    cache.get_many("item", "id", ids)
     replica.pause()
     try:
         with pytest.raises(InvalidationFailed, match="replicas"):
             cache.invalidate_many("item", "id", ids)
     finally:
         replica.resume()
+    cache.get_many("item", "id", ids)
     cache.invalidate_many("item", "id", ids)  # the replica is back: acknowledged again
 
 
@@ -238,12 +242,14 @@ def test_async_wait_replicas_on_a_cluster(own_redis_cluster: RedisClusterServers
             assert sync.exists(*(k for i in ids for k in cache.get_keys("item", "id", i))) == 0
             sync.close()
             replica = own_redis_cluster.server(own_redis_cluster.replica_ports(port)[0])
+            await cache.get_many("item", "id", ids)  # so the DELs delete (and replicate) something
             replica.pause()
             try:
                 with pytest.raises(InvalidationFailed, match="replicas"):
                     await cache.invalidate_many("item", "id", ids)
             finally:
                 replica.resume()
+            await cache.get_many("item", "id", ids)
             await cache.invalidate_many("item", "id", ids)
             return waits
         finally:
