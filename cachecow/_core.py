@@ -263,14 +263,21 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
             key = item.keys[0] if isinstance(item, Script) else item.args[1]
             node = cluster.get_node_from_key(key)
             by_node.setdefault(node.name, (node, []))[1].append(index)
-        groups = list(by_node.values())
-        if len(groups) == 1:
-            run(*groups[0])
+        first, *others = by_node.values()
+        if not others:
+            run(*first)
             return
         if self._nodes_pool is None:
             self._nodes_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="cachecow")
-        futures = [self._nodes_pool.submit(run, *group) for group in groups]
-        errors = [future.exception() for future in futures]
+        # The other nodes in the pool, the first in this thread (a batch on 3 nodes takes 2 of
+        # the pool's threads, not 3); every node's call ends before any error is raised.
+        futures = [self._nodes_pool.submit(run, *group) for group in others]
+        errors: list[BaseException | None] = []
+        try:
+            run(*first)
+        except BaseException as exc:
+            errors.append(exc)
+        errors.extend(future.exception() for future in futures)
         for error in errors:
             if error is not None:
                 raise error

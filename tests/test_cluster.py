@@ -9,6 +9,7 @@ replaced here by per-node command counts.
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import pytest
@@ -165,6 +166,54 @@ def test_a_node_failing_a_whole_batch_falls_back_to_the_cluster_client(cluster: 
     finally:
         cluster.get_redis_connection = real
     assert broken
+    assert cache.metrics.snapshot().redis_errors == 0
+
+
+def test_a_batch_reaches_its_nodes_in_parallel(cluster: Any) -> None:
+    """The sync class sends a batch's pipelines to its nodes at once. Each node's pipeline is
+    held at a barrier until all three are in flight: sent one node after another, the first
+    would wait alone and the barrier would break (``BrokenBarrierError`` out of the call)."""
+    db = {i: {"id": i, "payload": f"p{i}"} for i in range(60)}
+    cache = test_contract_dict.DictCache(cluster, db)
+    ids = list(range(60))
+    owners = {cluster.get_node_from_key(cache.get_keys("item", "id", i)[0]).name for i in ids}
+    assert len(owners) == 3
+    cache.get_many("item", "id", list(range(1000, 1060)))  # load the scripts on every node
+    barrier = threading.Barrier(3, timeout=5)
+    held: list[str] = []
+    real = cluster.get_redis_connection
+
+    class Gated:
+        def __init__(self, client: redis.Redis) -> None:
+            self.client = client
+
+        def pipeline(self, **options: Any) -> Any:
+            pipe = self.client.pipeline(**options)
+            execute = pipe.execute
+
+            def gated(**kwargs: Any) -> Any:
+                held.append(threading.current_thread().name)
+                barrier.wait()
+                return execute(**kwargs)
+
+            pipe.execute = gated  # type: ignore[method-assign]
+            return pipe
+
+    cluster.get_redis_connection = lambda node: Gated(real(node))
+    try:
+        misses = cache.get_many("item", "id", ids)  # two phases: lease, commit
+        assert len(held) == 6
+        hits = cache.get_many("item", "id", ids)  # one phase
+        assert len(held) == 9
+        cache.invalidate_many("item", "id", ids)
+        assert len(held) == 12
+    finally:
+        cluster.get_redis_connection = real
+    assert [r["payload"] for r in misses] == [f"p{i}" for i in ids]
+    assert hits == misses
+    assert all(cache.peek("item", "id", i) is None for i in ids)
+    # one node's pipeline ran in the caller's thread, the other two in the pool
+    assert held.count(threading.current_thread().name) == 4
     assert cache.metrics.snapshot().redis_errors == 0
 
 
