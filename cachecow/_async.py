@@ -10,7 +10,6 @@ from typing import Any, TypeVar, cast, overload
 import redis.asyncio as aredis
 from redis.asyncio.cluster import ClusterNode, PipelineCommand
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
-from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.exceptions import NoScriptError, RedisError
 
 from ._client import (
@@ -35,6 +34,7 @@ from ._protocol import (
     Script,
     Sleep,
 )
+from ._sentinel import AsyncSentinel, AsyncSentinelMaster
 from .exceptions import ConfigurationError, NotFound
 from .keys import Field
 
@@ -79,7 +79,7 @@ def connect_sentinel_async(
         sentinel_kwargs=sentinel_kwargs(timeout, sentinel_options, is_async=True),
         **bounded_kwargs(timeout, kwargs, is_async=True),
     )
-    client: aredis.Redis = sentinel.master_for(service_name)
+    client: aredis.Redis = sentinel.master_for(service_name, redis_class=AsyncSentinelMaster)
     return client
 
 

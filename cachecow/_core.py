@@ -9,7 +9,6 @@ from typing import Any, TypeVar, overload
 import redis as redis_py
 from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError
-from redis.sentinel import Sentinel
 
 from ._client import (
     bounded_cluster_kwargs,
@@ -32,6 +31,7 @@ from ._protocol import (
     Sleep,
     refuse_awaitable,
 )
+from ._sentinel import Sentinel, SentinelMaster
 
 __all__ = ["CacheCow", "connect", "connect_cluster", "connect_sentinel"]
 
@@ -92,12 +92,14 @@ def connect_sentinel(
     lost in a failover. ``sentinel_options`` go to the Sentinel connections (e.g. a password);
     extra keyword arguments go to the master's connections.
     """
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(
         sentinels,
         sentinel_kwargs=sentinel_kwargs(timeout, sentinel_options),
         **bounded_kwargs(timeout, kwargs),
     )
-    client: redis_py.Redis = sentinel.master_for(service_name)  # type: ignore[no-untyped-call]
+    client: redis_py.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        service_name, redis_class=SentinelMaster
+    )
     return client
 
 

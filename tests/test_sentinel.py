@@ -9,6 +9,8 @@ and one WAIT (sent together, in one round trip).
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -201,3 +203,119 @@ class TestAsyncSentinelContract(
             return test_contract_dict.AsyncDictCache(client, self.db, **options)
 
         return SyncFacade(self._runner.run(build()), self._runner)
+
+
+NAME = "cachecow-closing-test"
+
+
+def named_sentinel_connections(group: RedisSentinelGroup) -> int:
+    """Connections open to the Sentinels under the test's client name (their own links to each
+    other come and go as they find each other, so they are not counted)."""
+    total = 0
+    for address in group.sentinel_addresses:
+        with redis.Redis(*address, socket_timeout=2) as admin:
+            total += sum(1 for c in admin.client_list() if c.get("name") == NAME)
+    return total
+
+
+def wait_for_connections(group: RedisSentinelGroup, want: int) -> int:
+    deadline = time.monotonic() + 5
+    while (now := named_sentinel_connections(group)) != want and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return now
+
+
+@pytest.mark.parametrize("mode", ["sync", "asyncio"])
+def test_closing_the_client_closes_its_sentinel_connections(
+    redis_sentinel_group: RedisSentinelGroup, mode: str
+) -> None:
+    """The Sentinel object that ``connect_sentinel`` makes is the client's alone: closing the
+    client closes its connections to the Sentinels too (redis-py's master client leaves them
+    open until the garbage collector finds them: a ResourceWarning, and a leak until then)."""
+    group = redis_sentinel_group
+    options = {"client_name": NAME}
+    if mode == "sync":
+        client = cachecow.connect_sentinel(
+            group.sentinel_addresses, group.service_name, sentinel_options=options
+        )
+        client.set("closing-test", b"1")
+        assert named_sentinel_connections(group) == 1  # asked a Sentinel for the master
+        client.close()
+    else:
+
+        async def use_and_close() -> Any:
+            client = cachecow.connect_sentinel_async(
+                group.sentinel_addresses, group.service_name, sentinel_options=options
+            )
+            await client.set("closing-test", b"1")
+            opened = named_sentinel_connections(group)
+            await client.aclose()
+            return client, opened
+
+        client, opened = asyncio.run(use_and_close())
+        assert opened == 1
+    assert wait_for_connections(group, 0) == 0
+    del client
+
+
+@pytest.mark.parametrize("mode", ["sync", "asyncio"])
+def test_concurrent_master_lookups_keep_every_sentinel(
+    own_redis_sentinel_group: RedisSentinelGroup, mode: str
+) -> None:
+    """The first Sentinel is down; two callers look the master up at once and both get their
+    answer from the second. Each then moves the second to the head of the list: redis-py's
+    swap, by the place each saw it at, writes it twice and drops the first Sentinel for good
+    (forced here: the second Sentinel's answer is held until both callers wait for it)."""
+    group = own_redis_sentinel_group
+    group.sentinels[0].kill()
+    master = group.master_port()
+
+    if mode == "sync":
+        client: Any = cachecow.connect_sentinel(group.sentinel_addresses, group.service_name)
+        manager = client.connection_pool.sentinel_manager
+        barrier = threading.Barrier(2, timeout=5)
+        second = manager.sentinels[1]
+        real = second.sentinel_masters
+
+        def held() -> Any:
+            barrier.wait()
+            return real()
+
+        second.sentinel_masters = held
+        found: list[Any] = []
+        callers = [
+            threading.Thread(target=lambda: found.append(manager.discover_master("cachecow")))
+            for _ in range(2)
+        ]
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join(10)
+        client.close()
+    else:
+
+        async def lookups() -> tuple[Any, list[Any]]:
+            client = cachecow.connect_sentinel_async(group.sentinel_addresses, group.service_name)
+            manager = client.connection_pool.sentinel_manager
+            both_waiting = asyncio.Event()
+            waiting = [0]
+            second = manager.sentinels[1]
+            real = second.sentinel_masters
+
+            async def held() -> Any:
+                waiting[0] += 1
+                if waiting[0] == 2:
+                    both_waiting.set()
+                await asyncio.wait_for(both_waiting.wait(), 5)
+                return await real()
+
+            second.sentinel_masters = held
+            found = await asyncio.gather(
+                manager.discover_master("cachecow"), manager.discover_master("cachecow")
+            )
+            await client.aclose()
+            return manager, list(found)
+
+        manager, found = asyncio.run(lookups())
+    assert [port for _, port in found] == [master, master]
+    assert len({id(sentinel) for sentinel in manager.sentinels}) == 3  # none lost, none twice

@@ -1,0 +1,121 @@
+"""The Sentinel clients that :func:`cachecow.connect_sentinel` and
+:func:`cachecow.connect_sentinel_async` build, mended where redis-py 8.1 fails under load.
+
+redis-py's ``Sentinel.discover_master`` asks each Sentinel in turn and then moves the one that
+answered to the head of its list with ``sentinels[0], sentinels[i] = sentinel, sentinels[0]``,
+``i`` being where it stood when the loop reached it. Every new connection to the master asks,
+so after a failover many callers (threads, or tasks between their awaits) do this at once; a
+caller whose ``i`` is out of date by then writes one Sentinel into two places and drops
+another. The client then never asks the dropped Sentinel again, and its open connections can
+no longer be closed (seen in the fault suite: after a master was killed under load, the
+client's list held one of the three Sentinels twice and six connections to the lost one
+were left to the garbage collector). :class:`Sentinel` and :class:`AsyncSentinel` ask a copy of
+the list and move the Sentinel that answered by its place at that moment, under a lock (sync)
+or with no ``await`` in between (asyncio).
+
+The master clients they return (:class:`SentinelMaster`, :class:`AsyncSentinelMaster`) close
+the connections to the Sentinels when they are closed: those Sentinel objects were made for
+them alone.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import redis as redis_py
+import redis.asyncio as aredis
+from redis.asyncio.sentinel import Sentinel as _AsyncSentinel
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.sentinel import MasterNotFoundError
+from redis.sentinel import Sentinel as _Sentinel
+
+__all__ = ["AsyncSentinel", "AsyncSentinelMaster", "Sentinel", "SentinelMaster"]
+
+
+def _to_front(sentinels: list[Any], sentinel: Any) -> None:
+    """Swap ``sentinel`` with the head of ``sentinels``, wherever it stands now."""
+    for index, candidate in enumerate(sentinels):
+        if candidate is sentinel:
+            sentinels[0], sentinels[index] = sentinel, sentinels[0]
+            return
+
+
+def _master_address(sentinel: Any, state: Any) -> tuple[Any, Any]:
+    forced = getattr(sentinel, "_force_master_ip", None)
+    return (forced if forced is not None else state["ip"]), state["port"]
+
+
+def _not_found(service_name: str, errors: list[str]) -> MasterNotFoundError:
+    info = f" : {', '.join(errors)}" if errors else ""
+    return MasterNotFoundError(f"No master found for {service_name!r}{info}")
+
+
+class Sentinel(_Sentinel):
+    """redis-py's ``Sentinel`` whose ``discover_master`` is safe to call from many threads."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self._order = threading.Lock()
+
+    def discover_master(self, service_name: str) -> tuple[Any, Any]:
+        errors: list[str] = []
+        for sentinel in list(self.sentinels):
+            try:
+                masters: Any = sentinel.sentinel_masters()
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                errors.append(f"{sentinel} - {exc!r}")
+                continue
+            state = masters.get(service_name)
+            if state and self.check_master_state(state, service_name):  # type: ignore[no-untyped-call]
+                with self._order:
+                    _to_front(self.sentinels, sentinel)
+                return _master_address(self, state)
+        raise _not_found(service_name, errors)
+
+
+class AsyncSentinel(_AsyncSentinel):
+    """redis-py's asyncio ``Sentinel`` whose ``discover_master`` is safe from many tasks."""
+
+    async def discover_master(self, service_name: str) -> tuple[Any, Any]:
+        errors: list[str] = []
+        for sentinel in list(self.sentinels):
+            try:
+                masters: Any = await sentinel.sentinel_masters()
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                errors.append(f"{sentinel} - {exc!r}")
+                continue
+            state = masters.get(service_name)
+            if state and self.check_master_state(state, service_name):
+                _to_front(self.sentinels, sentinel)  # no await since the list was read
+                return _master_address(self, state)
+        raise _not_found(service_name, errors)
+
+
+class SentinelMaster(redis_py.Redis):
+    """The client :func:`cachecow.connect_sentinel` returns: closing it also closes the
+    connections to the Sentinels, which were opened for it alone."""
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if getattr(self, "auto_close_connection_pool", False):
+                for client in self.connection_pool.sentinel_manager.sentinels:  # type: ignore[attr-defined]
+                    client.close()
+
+
+class AsyncSentinelMaster(aredis.Redis):
+    """The client :func:`cachecow.connect_sentinel_async` returns: closing it (with its pool)
+    also closes the connections to the Sentinels, which were opened for it alone."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        try:
+            await super().aclose(close_connection_pool)
+        finally:
+            if close_connection_pool or (
+                close_connection_pool is None and self.auto_close_connection_pool
+            ):
+                for client in self.connection_pool.sentinel_manager.sentinels:  # type: ignore[attr-defined]
+                    await client.aclose()
