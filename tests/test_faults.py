@@ -25,20 +25,22 @@ from typing import Any
 
 import pytest
 import redis
+from redis.cluster import RedisCluster
 
 import cachecow
 from cachecow import CacheUnavailable, InvalidationFailed
 from cachecow.testing import RedisClusterServers, RedisSentinelGroup, RedisServer
-from cachecow.testing.bridge import LoopThread, SyncFacade
 from cachecow.testing.contract import FetchProbe
 from cachecow.testing.plugin import require_server
 from tests.faults import (
+    CLUSTER_MODES,
+    MODES,
     REPORTS,
-    AsyncTableCache,
     Report,
     Table,
-    TableCache,
     Workload,
+    cache_over,
+    label,
     stale_after_recovery,
 )
 
@@ -64,40 +66,28 @@ def check_reads(report: Report, fail_open: bool) -> None:
 # Each scenario runs the sync class and the asyncio class (through a blocking facade: every
 # call of the workload's threads is a task on one event loop).
 
-MODES = ["sync", "asyncio"]
-
 
 @contextmanager
 def standalone_cache(server: RedisServer, mode: str, table: Table, **options: Any) -> Iterator[Any]:
-    """A :class:`TableCache` over ``cachecow.connect``, or a facade of an
-    :class:`AsyncTableCache` over ``cachecow.connect_async``, with the suite's timeout."""
-    if mode == "sync":
-        client = cachecow.connect(server.url, timeout=TIMEOUT)
-        try:
-            yield TableCache(client, table, **options)
-        finally:
-            client.close()
-        return
-    loop = LoopThread()
-
-    async def connect() -> Any:
-        return cachecow.connect_async(server.url, timeout=TIMEOUT)
-
-    aclient = loop.run(connect())
-    try:
-        yield SyncFacade(AsyncTableCache(aclient, table, **options), loop)
-    finally:
-        loop.run(aclient.aclose())
-        loop.close()
-
-
-def label(setting: str, mode: str) -> str:
-    return setting if mode == "sync" else f"{setting}, asyncio"
+    """The sync or asyncio cache over ``cachecow.connect`` / ``connect_async``."""
+    with cache_over(
+        mode,
+        lambda: cachecow.connect(server.url, timeout=TIMEOUT),
+        lambda: cachecow.connect_async(server.url, timeout=TIMEOUT),
+        table,
+        **options,
+    ) as cache:
+        yield cache
 
 
 def raw_get(server: RedisServer) -> Any:
     """A function reading a key straight from ``server``, for the check after recovery."""
-    return redis.Redis(port=server.port, socket_timeout=5).get
+
+    def get(key: str) -> Any:
+        with redis.Redis(port=server.port, socket_timeout=5) as client:
+            return client.get(key)
+
+    return get
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -224,48 +214,82 @@ def test_script_flush_mid_run(own_redis_server: RedisServer, setting: str, mode:
 # -- Redis Cluster --------------------------------------------------------------------------------
 
 
-def cluster_cache(cluster: RedisClusterServers, table: Table, **options: Any) -> TableCache:
-    client = cachecow.connect_cluster(f"redis://127.0.0.1:{cluster.ports[0]}", timeout=TIMEOUT)
-    return TableCache(client, table, wait_timeout=0.1, **options)
+@contextmanager
+def cluster_cache(
+    cluster: RedisClusterServers, mode: str, table: Table, **options: Any
+) -> Iterator[Any]:
+    """The sync or asyncio cache over ``connect_cluster`` / ``connect_cluster_async``."""
+    url = f"redis://127.0.0.1:{cluster.ports[0]}"
+    with cache_over(
+        mode,
+        lambda: cachecow.connect_cluster(url, timeout=TIMEOUT),
+        lambda: cachecow.connect_cluster_async(url, timeout=TIMEOUT),
+        table,
+        wait_timeout=0.1,
+        **options,
+    ) as cache:
+        yield cache
 
 
+def cluster_raw_get(cluster: RedisClusterServers) -> Any:
+    """A function reading a key straight from the cluster (a new client, after recovery)."""
+
+    def get(key: str) -> Any:
+        with RedisCluster(host="127.0.0.1", port=cluster.live_ports()[0]) as client:
+            return client.get(key)
+
+    return get
+
+
+@pytest.mark.parametrize("mode", CLUSTER_MODES)
 @pytest.mark.parametrize("setting", list(SETTINGS))
-def test_cluster_failover_mid_run(own_redis_cluster: RedisClusterServers, setting: str) -> None:
+def test_cluster_failover_mid_run(
+    own_redis_cluster: RedisClusterServers, setting: str, mode: str
+) -> None:
     """A manual failover (``CLUSTER FAILOVER`` on a replica) under load."""
     fail_open = SETTINGS[setting]
-    cache = cluster_cache(own_redis_cluster, Table(), fail_open=fail_open, wait_replicas=1)
-    report = Report("cluster: CLUSTER FAILOVER", f"{setting}, wait_replicas=1")
+    report = Report("cluster: CLUSTER FAILOVER", label(f"{setting}, wait_replicas=1", mode))
     master = own_redis_cluster.ports[0]
-    with Workload(cache, report):
-        time.sleep(0.4)
-        own_redis_cluster.failover(own_redis_cluster.replica_ports(master)[0])
-        time.sleep(0.6)
-    report.stale_after_recovery = stale_after_recovery(cache, cache.redis.get)
+    with cluster_cache(
+        own_redis_cluster, mode, Table(), fail_open=fail_open, wait_replicas=1
+    ) as cache:
+        with Workload(cache, report):
+            time.sleep(0.4)
+            own_redis_cluster.failover(own_redis_cluster.replica_ports(master)[0])
+            time.sleep(0.6)
+        report.stale_after_recovery = stale_after_recovery(
+            cache, cluster_raw_get(own_redis_cluster)
+        )
     finish(report)
     check_reads(report, fail_open)
     assert own_redis_cluster.role(master) == "slave"
     assert (report.stale_reads, report.stale_after_recovery) == (0, 0), report
 
 
+@pytest.mark.parametrize("mode", CLUSTER_MODES)
 @pytest.mark.parametrize("setting", list(SETTINGS))
 def test_cluster_master_killed_mid_run(
-    own_redis_cluster: RedisClusterServers, setting: str
+    own_redis_cluster: RedisClusterServers, setting: str, mode: str
 ) -> None:
     """A master dies: its replica takes over after the node timeout (1 s here); the old master
     comes back as a replica of the new one, so ``wait_replicas=1`` can be met again."""
     fail_open = SETTINGS[setting]
-    cache = cluster_cache(own_redis_cluster, Table(), fail_open=fail_open, wait_replicas=1)
-    report = Report("cluster: master killed, failover", f"{setting}, wait_replicas=1")
+    report = Report("cluster: master killed, failover", label(f"{setting}, wait_replicas=1", mode))
     victim = own_redis_cluster.ports[1]
     replica = own_redis_cluster.replica_ports(victim)[0]
-    with Workload(cache, report):
-        time.sleep(0.4)
-        own_redis_cluster.server(victim).kill()
-        own_redis_cluster.wait_ok(timeout=30)
-        own_redis_cluster.server(victim).start()  # rejoins as a replica
-        own_redis_cluster.wait_ok(timeout=30)
-        time.sleep(0.5)
-    report.stale_after_recovery = stale_after_recovery(cache, cache.redis.get)
+    with cluster_cache(
+        own_redis_cluster, mode, Table(), fail_open=fail_open, wait_replicas=1
+    ) as cache:
+        with Workload(cache, report):
+            time.sleep(0.4)
+            own_redis_cluster.server(victim).kill()
+            own_redis_cluster.wait_ok(timeout=30)
+            own_redis_cluster.server(victim).start()  # rejoins as a replica
+            own_redis_cluster.wait_ok(timeout=30)
+            time.sleep(0.5)
+        report.stale_after_recovery = stale_after_recovery(
+            cache, cluster_raw_get(own_redis_cluster)
+        )
     finish(report)
     check_reads(report, fail_open)
     assert own_redis_cluster.role(replica) == "master"
@@ -273,31 +297,50 @@ def test_cluster_master_killed_mid_run(
     assert (report.stale_reads, report.stale_after_recovery) == (0, 0), report
 
 
-def test_cluster_script_flush_mid_run(redis_cluster_servers: RedisClusterServers) -> None:
-    client = cachecow.connect_cluster(
-        f"redis://127.0.0.1:{redis_cluster_servers.ports[0]}", timeout=TIMEOUT
-    )
-    client.flushall()
-    cache = TableCache(client, Table(), wait_timeout=0.1)
-    report = Report("cluster: SCRIPT FLUSH x10", "strict")
-    with Workload(cache, report):
-        for _ in range(10):
-            time.sleep(0.08)
-            client.execute_command("SCRIPT", "FLUSH", target_nodes=client.get_primaries())
-        time.sleep(0.2)
-    report.stale_after_recovery = stale_after_recovery(cache, client.get)
+@pytest.mark.parametrize("mode", MODES)
+def test_cluster_script_flush_mid_run(
+    redis_cluster_servers: RedisClusterServers, mode: str
+) -> None:
+    admin = RedisCluster(host="127.0.0.1", port=redis_cluster_servers.ports[0])
+    admin.flushall()
+    report = Report("cluster: SCRIPT FLUSH x10", label("strict", mode))
+    try:
+        with cluster_cache(redis_cluster_servers, mode, Table()) as cache:
+            with Workload(cache, report):
+                for _ in range(10):
+                    time.sleep(0.08)
+                    admin.execute_command("SCRIPT", "FLUSH", target_nodes=admin.get_primaries())
+                time.sleep(0.2)
+            report.stale_after_recovery = stale_after_recovery(cache, admin.get)
+            redis_errors = cache.metrics.snapshot().redis_errors
+    finally:
+        admin.close()
     finish(report)
     assert (report.failures, report.stale_reads, report.stale_after_recovery) == (0, 0, 0), report
+    assert redis_errors == 0
 
 
 # -- Sentinel -------------------------------------------------------------------------------------
 
 
-def sentinel_cache(group: RedisSentinelGroup, table: Table, **options: Any) -> TableCache:
-    client = cachecow.connect_sentinel(
-        group.sentinel_addresses, group.service_name, timeout=TIMEOUT
-    )
-    return TableCache(client, table, wait_timeout=0.1, **options)
+@contextmanager
+def sentinel_cache_of(
+    group: RedisSentinelGroup, mode: str, table: Table, **options: Any
+) -> Iterator[Any]:
+    """The sync or asyncio cache over ``connect_sentinel`` / ``connect_sentinel_async``."""
+    with cache_over(
+        mode,
+        lambda: cachecow.connect_sentinel(
+            group.sentinel_addresses, group.service_name, timeout=TIMEOUT
+        ),
+        lambda: cachecow.connect_sentinel_async(
+            group.sentinel_addresses, group.service_name, timeout=TIMEOUT
+        ),
+        table,
+        wait_timeout=0.1,
+        **options,
+    ) as cache:
+        yield cache
 
 
 @pytest.fixture
@@ -310,27 +353,30 @@ def sentinel_group_of_three() -> Iterator[RedisSentinelGroup]:
         group.stop()
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("setting", list(SETTINGS))
 def test_sentinel_master_killed_mid_run(
-    sentinel_group_of_three: RedisSentinelGroup, setting: str
+    sentinel_group_of_three: RedisSentinelGroup, setting: str, mode: str
 ) -> None:
     """The master dies; the Sentinels promote a replica (down-after 1 s here) and make the
     other one replicate from it."""
     group = sentinel_group_of_three
     fail_open = SETTINGS[setting]
-    cache = sentinel_cache(group, Table(), fail_open=fail_open, wait_replicas=1)
-    report = Report("sentinel: master killed, failover", f"{setting}, wait_replicas=1")
+    report = Report("sentinel: master killed, failover", label(f"{setting}, wait_replicas=1", mode))
     old = group.master_port()
-    with Workload(cache, report):
-        time.sleep(0.4)
-        group.server(old).kill()
-        deadline = time.monotonic() + 30
-        while group.master_port() == old:
-            assert time.monotonic() < deadline, "the Sentinels never failed over"
-            time.sleep(0.05)
-        group.wait_settled(group.master_port(), timeout=30)
-        time.sleep(0.5)
-    report.stale_after_recovery = stale_after_recovery(cache, cache.redis.get)
+    with sentinel_cache_of(group, mode, Table(), fail_open=fail_open, wait_replicas=1) as cache:
+        with Workload(cache, report):
+            time.sleep(0.4)
+            group.server(old).kill()
+            deadline = time.monotonic() + 30
+            while group.master_port() == old:
+                assert time.monotonic() < deadline, "the Sentinels never failed over"
+                time.sleep(0.05)
+            group.wait_settled(group.master_port(), timeout=30)
+            time.sleep(0.5)
+        report.stale_after_recovery = stale_after_recovery(
+            cache, raw_get(group.server(group.master_port()))
+        )
     finish(report)
     check_reads(report, fail_open)
     assert report.invalidation_failures > 0, report
@@ -347,51 +393,55 @@ def test_an_invalidation_the_replica_never_got(
     (the retry, once the new master has a replica, is the workload's job in the tests above)."""
     group = own_redis_sentinel_group
     table = Table()
-    cache = sentinel_cache(group, table, wait_replicas=wait_replicas)
-    assert cache.get("row", "id", 1) == {"id": 1, "version": 0}
     replica = group.replicas[0]
-    group.wait_settled(group.master_port())  # the cached value has reached the replica
-    admin = redis.Redis(port=replica.port)
-    value_key, _ = cache.get_keys("row", "id", 1)
-    wait_until_replicated = time.monotonic() + 10
-    while admin.get(value_key) is None:
-        assert time.monotonic() < wait_until_replicated
-        time.sleep(0.01)
-    table.bump(1)
-    # Cut the replication link: the replica stops, the master drops its connection (what
-    # the replica had received so far stays in its socket; what follows never reaches it).
-    replica.pause()
-    redis.Redis(port=group.master.port).client_kill_filter(_type="replica")
-    try:
-        if wait_replicas:
-            with pytest.raises(InvalidationFailed) as raised:
-                cache.invalidate("row", "id", 1)
-            assert "replicas" in str(raised.value)
-            assert isinstance(raised.value, CacheUnavailable)
-        else:
-            cache.invalidate("row", "id", 1)  # acknowledged by the master alone
-        group.master.kill()
-    finally:
-        replica.resume()
-    deadline = time.monotonic() + 30
-    while group.master_port() != replica.port:
-        assert time.monotonic() < deadline, "the Sentinels never promoted the replica"
-        time.sleep(0.05)
-    answer = None
-    while time.monotonic() < deadline:
+    with (
+        sentinel_cache_of(group, "sync", table, wait_replicas=wait_replicas) as cache,
+        redis.Redis(port=replica.port) as admin,
+    ):
+        assert cache.get("row", "id", 1) == {"id": 1, "version": 0}
+        group.wait_settled(group.master_port())  # the cached value has reached the replica
+        value_key, _ = cache.get_keys("row", "id", 1)
+        wait_until_replicated = time.monotonic() + 10
+        while admin.get(value_key) is None:
+            assert time.monotonic() < wait_until_replicated
+            time.sleep(0.01)
+        table.bump(1)
+        # Cut the replication link: the replica stops, the master drops its connection (what
+        # the replica had received so far stays in its socket; what follows never reaches it).
+        replica.pause()
+        with redis.Redis(port=group.master.port) as master_admin:
+            master_admin.client_kill_filter(_type="replica")
         try:
-            answer = cache.get("row", "id", 1)
-            break
-        except CacheUnavailable:
+            if wait_replicas:
+                with pytest.raises(InvalidationFailed) as raised:
+                    cache.invalidate("row", "id", 1)
+                assert "replicas" in str(raised.value)
+                assert isinstance(raised.value, CacheUnavailable)
+            else:
+                cache.invalidate("row", "id", 1)  # acknowledged by the master alone
+            group.master.kill()
+        finally:
+            replica.resume()
+        deadline = time.monotonic() + 30
+        while group.master_port() != replica.port:
+            assert time.monotonic() < deadline, "the Sentinels never promoted the replica"
             time.sleep(0.05)
-    # Either way the new master serves the old value: the invalidation never reached it. Only
-    # with wait_replicas did the writer learn that (above), and so only then can it retry.
-    assert answer == {"id": 1, "version": 0}
+        answer = None
+        while time.monotonic() < deadline:
+            try:
+                answer = cache.get("row", "id", 1)
+                break
+            except CacheUnavailable:
+                time.sleep(0.05)
+        # Either way the new master serves the old value: the invalidation never reached it. Only
+        # with wait_replicas did the writer learn that (above), and so only then can it retry.
+        assert answer == {"id": 1, "version": 0}
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("wait_replicas", [1, 2])
 def test_sentinel_manual_failover_mid_run(
-    sentinel_group_of_three: RedisSentinelGroup, wait_replicas: int
+    sentinel_group_of_three: RedisSentinelGroup, wait_replicas: int, mode: str
 ) -> None:
     """``SENTINEL FAILOVER``: one replica is promoted while the old master stays up and keeps
     its connections, and the Sentinels demote it only at their next look (up to 10 s). Until
@@ -402,16 +452,21 @@ def test_sentinel_manual_failover_mid_run(
     every replica that could be promoted has it: invalidations raise (and are retried) until
     the old master is back as a replica, and no read is stale."""
     group = sentinel_group_of_three
-    cache = sentinel_cache(group, Table(), fail_open=True, wait_replicas=wait_replicas)
     report = Report(
-        "sentinel: SENTINEL FAILOVER (2 replicas)", f"fail_open, wait_replicas={wait_replicas}"
+        "sentinel: SENTINEL FAILOVER (2 replicas)",
+        label(f"fail_open, wait_replicas={wait_replicas}", mode),
     )
     old = group.master_port()
-    with Workload(cache, report):
-        time.sleep(0.4)
-        new = group.failover(timeout=40)  # returns once the old master replicates the new one
-        time.sleep(0.5)
-    report.stale_after_recovery = stale_after_recovery(cache, cache.redis.get)
+    with sentinel_cache_of(
+        group, mode, Table(), fail_open=True, wait_replicas=wait_replicas
+    ) as cache:
+        with Workload(cache, report):
+            time.sleep(0.4)
+            new = group.failover(timeout=40)  # returns once the old master replicates the new one
+            time.sleep(0.5)
+        report.stale_after_recovery = stale_after_recovery(
+            cache, raw_get(group.server(group.master_port()))
+        )
     finish(report)
     check_reads(report, True)
     assert new != old
