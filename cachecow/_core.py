@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar, overload
 
 import redis as redis_py
@@ -32,6 +32,7 @@ from ._protocol import (
     refuse_awaitable,
 )
 from ._sentinel import Sentinel, SentinelMaster
+from ._threads import node_runner
 
 __all__ = ["CacheCow", "connect", "connect_cluster", "connect_sentinel"]
 
@@ -143,7 +144,6 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         check_client(redis, is_async=False)
         self._cluster = isinstance(redis, RedisCluster)
         self._group_by_slot = self._cluster
-        self._nodes_pool: ThreadPoolExecutor | None = None
         self._execute: Any = cluster_execute(redis) if self._cluster else redis.execute_command
         self._scripts = register_scripts(redis)
         self._calls = script_calls()
@@ -265,21 +265,13 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
             key = item.keys[0] if isinstance(item, Script) else item.args[1]
             node = cluster.get_node_from_key(key)
             by_node.setdefault(node.name, (node, []))[1].append(index)
-        first, *others = by_node.values()
-        if not others:
-            run(*first)
+        groups = list(by_node.values())
+        if len(groups) == 1:
+            run(*groups[0])
             return
-        if self._nodes_pool is None:
-            self._nodes_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="cachecow")
-        # The other nodes in the pool, the first in this thread (a batch on 3 nodes takes 2 of
-        # the pool's threads, not 3); every node's call ends before any error is raised.
-        futures = [self._nodes_pool.submit(run, *group) for group in others]
-        errors: list[BaseException | None] = []
-        try:
-            run(*first)
-        except BaseException as exc:
-            errors.append(exc)
-        errors.extend(future.exception() for future in futures)
+        # One node's call in this thread, the others in workers that never queue a call
+        # behind another (see cachecow/_threads.py); every call ends before any error rises.
+        errors = node_runner().run_all([functools.partial(run, *group) for group in groups])
         for error in errors:
             if error is not None:
                 raise error

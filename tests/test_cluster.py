@@ -9,7 +9,11 @@ replaced here by per-node command counts.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
+import time
+import warnings
 from typing import Any
 
 import pytest
@@ -215,6 +219,110 @@ def test_a_batch_reaches_its_nodes_in_parallel(cluster: Any) -> None:
     # one node's pipeline ran in the caller's thread, the other two in the pool
     assert held.count(threading.current_thread().name) == 4
     assert cache.metrics.snapshot().redis_errors == 0
+
+
+def ids_by_owner(cluster: Any, cache: Any, count: int = 200) -> dict[str, list[int]]:
+    """Lookup ids 0..count-1 grouped by the name of the node that owns their value key."""
+    owners: dict[str, list[int]] = {}
+    for i in range(count):
+        node = cluster.get_node_from_key(cache.get_keys("item", "id", i)[0])
+        owners.setdefault(node.name, []).append(i)
+    return owners
+
+
+def test_a_stalled_node_does_not_hold_up_batches_on_other_nodes(cluster: Any) -> None:
+    """Twelve batches each wait on node C (their pipelines to C are held at a gate, as if C
+    were stalled); a batch on nodes A and B alone must not wait behind them. With a fixed pool
+    of 8 threads, C's calls would fill it and the batch's call to B would queue."""
+    db = {i: {"id": i, "payload": f"p{i}"} for i in range(200)}
+    cache = test_contract_dict.DictCache(cluster, db)
+    a, b, c = sorted(ids_by_owner(cluster, cache).values(), key=lambda ids: ids[0])[:3]
+    cache.get_many("item", "id", list(range(200)))  # scripts loaded, values cached
+    gate = threading.Event()
+    held = threading.Semaphore(0)
+    stalled = cluster.get_node_from_key(cache.get_keys("item", "id", c[0])[0]).name
+    real = cluster.get_redis_connection
+
+    class Gated:
+        def __init__(self, client: redis.Redis) -> None:
+            self.client = client
+
+        def pipeline(self, **options: Any) -> Any:
+            pipe = self.client.pipeline(**options)
+            execute = pipe.execute
+
+            def gated(**kwargs: Any) -> Any:
+                held.release()
+                assert gate.wait(10)
+                return execute(**kwargs)
+
+            pipe.execute = gated  # type: ignore[method-assign]
+            return pipe
+
+    def connection(node: Any) -> Any:
+        return Gated(real(node)) if node.name == stalled else real(node)
+
+    cluster.get_redis_connection = connection
+    answers: list[Any] = []
+    # node A's key first: A's pipeline runs in the caller's thread, C's in a worker
+    waiting = [
+        threading.Thread(target=lambda: answers.append(cache.get_many("item", "id", [a[0], c[0]])))
+        for _ in range(12)
+    ]
+    try:
+        for caller in waiting:
+            caller.start()
+        for _ in range(12):
+            assert held.acquire(timeout=5)  # twelve calls to C are held
+        healthy: list[Any] = []
+        other = threading.Thread(
+            target=lambda: healthy.append(cache.get_many("item", "id", [a[1], b[0]]))
+        )
+        other.start()
+        other.join(5)
+        assert healthy == [[db[a[1]], db[b[0]]]], "the batch on A and B waited behind node C"
+    finally:
+        gate.set()
+        for caller in waiting:
+            caller.join(10)
+        cluster.get_redis_connection = real
+    assert answers == [[db[a[0]], db[c[0]]]] * 12
+
+
+def test_batches_in_a_forked_child(cluster: Any) -> None:
+    """A process that ran batches forks (a preloading web server, a prefork worker pool): the
+    child's batches over several nodes answer, and its invalidations land (the parent's
+    worker threads do not exist in the child)."""
+    db = {i: {"id": i, "payload": f"p{i}"} for i in range(60)}
+    cache = test_contract_dict.DictCache(cluster, db)
+    ids = list(range(60))
+    cache.get_many("item", "id", ids)  # workers started, now idle
+    with warnings.catch_warnings():
+        # Python 3.12 warns that forking a process with threads may deadlock: that hazard is
+        # what this test checks cachecow survives.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child
+        code = 1
+        try:
+            hits = cache.get_many("item", "id", ids)
+            cache.invalidate_many("item", "id", ids)
+            gone = all(cache.peek("item", "id", i) is None for i in ids)
+            code = 0 if hits == [db[i] for i in ids] and gone else 1
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 15
+    while True:
+        finished, status = os.waitpid(pid, os.WNOHANG)
+        if finished:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child's batches never finished")
+        time.sleep(0.02)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert all(cache.peek("item", "id", i) is None for i in ids)  # the child's invalidations
 
 
 def test_wait_replicas_on_a_cluster(own_redis_cluster: RedisClusterServers) -> None:

@@ -45,7 +45,7 @@ from tests.faults import (
 )
 
 TIMEOUT = 0.25  # the clients' socket timeout
-MARGIN = 0.25  # scheduling noise on a shared 2-core machine (measured: under 10 ms)
+MARGIN = 0.25  # scheduling noise on a shared 2-core machine (seen: up to 90 ms over)
 SETTINGS = {"fail_open": True, "strict": False}
 
 
