@@ -33,6 +33,7 @@ from ._protocol import (
     Replicated,
     Script,
     Sleep,
+    all_answered,
 )
 from ._sentinel import AsyncSentinel, AsyncSentinelMaster
 from .exceptions import ConfigurationError, NotFound
@@ -329,9 +330,16 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
                     alone.append(command.position)
                 else:
                     results[command.position] = command.result
+        failed: RedisError | None = None
         for index in sorted(alone):
-            results[index] = await self._alone(op.ops[index])
-        return results
+            if failed is not None:  # the cluster is failing: send nothing more alone
+                results[index] = failed
+                continue
+            try:
+                results[index] = await self._alone(op.ops[index])
+            except RedisError as exc:
+                failed = results[index] = exc
+        return all_answered(results)
 
 
 async def _node_pipeline(node: ClusterNode, commands: list[PipelineCommand]) -> None:

@@ -29,6 +29,7 @@ from ._protocol import (
     Replicated,
     Script,
     Sleep,
+    all_answered,
     refuse_awaitable,
 )
 from ._sentinel import Sentinel, SentinelMaster
@@ -37,6 +38,9 @@ from ._threads import node_runner
 __all__ = ["CacheCow", "connect", "connect_cluster", "connect_sentinel"]
 
 T = TypeVar("T")
+
+
+_UNSENT: Any = object()  # a batch item with no reply yet
 
 
 def _op_args(calls: Any, item: Script | Command) -> tuple[Any, ...]:
@@ -281,27 +285,33 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         nodes in parallel. An item a node refuses (NOSCRIPT, MOVED/ASK during resharding) is
         sent again alone through the cluster client, which loads scripts and follows moves; so
         are all of a node's items when the node fails as a whole (a dead node, a failover): the
-        cluster client then refreshes its view of the cluster, retries, or raises."""
+        cluster client then refreshes its view of the cluster, retries, or raises. If some
+        items still fail while others were answered, :class:`PartialPipelineError` says which."""
         cluster: Any = self.redis
-        results: list[Any] = [None] * len(op.ops)
+        results: list[Any] = [_UNSENT] * len(op.ops)
 
         def run(node: Any, indexes: list[int]) -> None:
             pipe = cluster.get_redis_connection(node).pipeline(transaction=False)
             for index in indexes:
                 pipe.execute_command(*_op_args(self._calls, op.ops[index]))
             try:
-                replies = pipe.execute(raise_on_error=False)
-            except redis_py.RedisError:
+                try:
+                    replies = pipe.execute(raise_on_error=False)
+                except redis_py.RedisError:
+                    for index in indexes:
+                        results[index] = self._alone(op.ops[index])
+                    return
+                for index, reply in zip(indexes, replies, strict=True):
+                    if isinstance(reply, Exception):
+                        reply = self._alone(op.ops[index])
+                    results[index] = reply
+            except redis_py.RedisError as exc:  # this node's other items are not sent again
                 for index in indexes:
-                    results[index] = self._alone(op.ops[index])
-                return
-            for index, reply in zip(indexes, replies, strict=True):
-                if isinstance(reply, Exception):
-                    reply = self._alone(op.ops[index])
-                results[index] = reply
+                    if results[index] is _UNSENT:
+                        results[index] = exc
 
         self._per_node(op.ops, run)
-        return results
+        return all_answered(results)
 
     def _replicated(self, op: Replicated) -> int:
         """Commands, then WAIT on the same connection; the fewest replicas that acknowledged."""

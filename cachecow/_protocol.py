@@ -170,9 +170,36 @@ class FetchMany:
 @dataclass(frozen=True, slots=True)
 class Pipeline:
     """Send these scripts and commands in one round trip; the result is their replies, in order
-    (a reply that is an error is raised)."""
+    (a reply that is an error is raised). On a cluster, when some calls fail and others were
+    answered, the driver raises :class:`PartialPipelineError`."""
 
     ops: tuple[Script | Command, ...]
+
+
+class PartialPipelineError(RedisError):
+    """A :class:`Pipeline` on Redis Cluster of which some calls failed (a node down) while
+    others were answered: ``replies`` holds each call's reply, or the error it failed with, and
+    ``error`` is the first error. ``by_key`` (set by the batch that sent it) maps the value key
+    of each lookup in an answered call to its reply, so a batch can give back the leases it
+    won on the nodes that answered instead of leaving them to block their keys until they
+    expire."""
+
+    def __init__(self, error: BaseException, replies: list[Any]) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.replies = replies
+        self.by_key: dict[str, Any] = {}
+
+
+def all_answered(results: list[Any]) -> list[Any]:
+    """A cluster pipeline's ``results`` (replies, or the errors items failed with) if none
+    failed; else the error, or a :class:`PartialPipelineError` when some were answered."""
+    errors = [result for result in results if isinstance(result, BaseException)]
+    if not errors:
+        return results
+    if len(errors) == len(results):
+        raise errors[0]
+    raise PartialPipelineError(errors[0], results)
 
 
 @dataclass(frozen=True, slots=True)
@@ -467,6 +494,8 @@ class CacheCowBase(Generic[ClientT]):
     def _redis_failed(self, exc: BaseException, operation: str, keys: tuple[str, ...]) -> None:
         """Count a Redis failure on a read; raise unless ``fail_open`` (then log, rate-limited)."""
         self.metrics.incr("redis_errors")
+        if isinstance(exc, PartialPipelineError):  # the callers see the error itself
+            exc = exc.error
         if not self.fail_open:
             raise CacheUnavailable(
                 f"Redis failed during {operation} ({type(exc).__name__}: {exc}); "
@@ -759,7 +788,13 @@ class CacheCowBase(Generic[ClientT]):
         if len(ops) == 1:
             replies = [(yield ops[0])]
         else:
-            replies = yield Pipeline(tuple(ops))
+            try:
+                replies = yield Pipeline(tuple(ops))
+            except PartialPipelineError as exc:
+                for group, reply in zip(groups, exc.replies, strict=True):
+                    if isinstance(reply, list) and len(reply) == len(group):
+                        exc.by_key.update(zip(group, reply, strict=True))
+                raise
         out: dict[str, Any] = {}
         for group, reply in zip(groups, replies, strict=True):
             if isinstance(reply, bytes):  # commit_many: one character per lookup
@@ -916,6 +951,13 @@ class CacheCowBase(Generic[ClientT]):
         try:
             return (yield from self._batched("get_or_lease_many", lookups, pending, head, per_key))
         except RedisError as exc:
+            if isinstance(exc, PartialPipelineError):
+                # Some nodes answered: give back the leases won there (the token is the head's
+                # first argument), or they would keep those keys from being cached, and make
+                # their readers wait, until they expire.
+                won = [vk for vk, reply in exc.by_key.items() if reply == _LEASED]
+                if won:
+                    yield from self._release_many(lookups, won, head[0])
             self._redis_failed(exc, "get_many", tuple(pending))
         self.metrics.incr("fail_open_fetches", len(pending))
         self.metrics.incr("fetches", len(pending))
@@ -1050,6 +1092,8 @@ class CacheCowBase(Generic[ClientT]):
 
     def _invalidation_failed(self, exc: BaseException, keys: tuple[str, ...]) -> NoReturn:
         self.metrics.incr("redis_errors")
+        if isinstance(exc, PartialPipelineError):  # the callers see the error itself
+            exc = exc.error
         raise InvalidationFailed(
             f"invalidation of {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} did not "
             f"reach Redis ({type(exc).__name__}: {exc}); the cache may still hold old values",
