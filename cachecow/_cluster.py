@@ -73,13 +73,17 @@ def mend_ask_target(cluster: Any, *, is_async: bool) -> None:
     manager: Any = cluster.nodes_manager
 
     def new_node(name: str) -> Any:
-        host, _, port = name.rpartition(":")
+        host, _, port_text = name.rpartition(":")
+        port = int(port_text)
+        remap = getattr(manager, "remap_host_port", None)
+        if remap is not None:  # the client's address_remap, as its own map applies it
+            host, port = remap(host, port)
         if is_async:
-            node: Any = AsyncClusterNode(host, int(port), PRIMARY, **manager.connection_kwargs)
+            node: Any = AsyncClusterNode(host, port, PRIMARY, **manager.connection_kwargs)
             if node.name not in manager.nodes_cache:
                 manager.set_nodes(manager.nodes_cache, {node.name: node})
             return manager.nodes_cache[node.name]
-        node = ClusterNode(host, int(port), server_type=PRIMARY)  # type: ignore[no-untyped-call]
+        node = ClusterNode(host, port, server_type=PRIMARY)  # type: ignore[no-untyped-call]
         return manager.nodes_cache.setdefault(node.name, node)
 
     def get_node(

@@ -93,6 +93,29 @@ class AsyncSentinel(_AsyncSentinel):
         raise _not_found(service_name, errors)
 
 
+def _closed(close: Any) -> BaseException | None:
+    try:
+        close()
+    except Exception as exc:
+        return exc
+    return None
+
+
+async def _aclosed(client: Any) -> BaseException | None:
+    try:
+        await client.aclose()
+    except Exception as exc:
+        return exc
+    return None
+
+
+def _first_error(errors: list[BaseException | None]) -> None:
+    """Every Sentinel client was closed; raise the first error, if one failed."""
+    for error in errors:
+        if error is not None:
+            raise error
+
+
 class SentinelMaster(redis_py.Redis):
     """The client :func:`cachecow.connect_sentinel` returns: closing it also closes the
     connections to the Sentinels, which were opened for it alone."""
@@ -102,8 +125,8 @@ class SentinelMaster(redis_py.Redis):
             super().close()
         finally:
             if getattr(self, "auto_close_connection_pool", False):
-                for client in self.connection_pool.sentinel_manager.sentinels:  # type: ignore[attr-defined]
-                    client.close()
+                sentinels = self.connection_pool.sentinel_manager.sentinels  # type: ignore[attr-defined]
+                _first_error([_closed(client.close) for client in sentinels])
 
 
 class AsyncSentinelMaster(aredis.Redis):
@@ -117,5 +140,5 @@ class AsyncSentinelMaster(aredis.Redis):
             if close_connection_pool or (
                 close_connection_pool is None and self.auto_close_connection_pool
             ):
-                for client in self.connection_pool.sentinel_manager.sentinels:  # type: ignore[attr-defined]
-                    await client.aclose()
+                sentinels = self.connection_pool.sentinel_manager.sentinels  # type: ignore[attr-defined]
+                _first_error([await _aclosed(client) for client in sentinels])
