@@ -9,11 +9,9 @@ replaced here by per-node command counts.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import threading
-import time
-import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -30,6 +28,7 @@ from cachecow.testing import RedisClusterServers, free_port
 from cachecow.testing.bridge import SyncFacade
 from cachecow.testing.contract import AsyncCacheCowContract, CacheCowContract, FetchProbe
 from tests import test_contract_dict
+from tests.forking import passes_in_a_forked_child
 
 
 @pytest.fixture
@@ -173,6 +172,39 @@ def test_a_node_failing_a_whole_batch_falls_back_to_the_cluster_client(cluster: 
     assert cache.metrics.snapshot().redis_errors == 0
 
 
+@contextmanager
+def held_pipelines(
+    cluster: Any, before: Callable[[], None], *, node: str | None = None
+) -> Iterator[None]:
+    """Every per-node pipeline the cache sends (to ``node`` only, if named) calls ``before``
+    just before it is executed."""
+    real = cluster.get_redis_connection
+
+    class Held:
+        def __init__(self, client: redis.Redis) -> None:
+            self.client = client
+
+        def pipeline(self, **options: Any) -> Any:
+            pipe = self.client.pipeline(**options)
+            execute = pipe.execute
+
+            def held(**kwargs: Any) -> Any:
+                before()
+                return execute(**kwargs)
+
+            pipe.execute = held  # type: ignore[method-assign]
+            return pipe
+
+    def connection(target: Any) -> Any:
+        return Held(real(target)) if node in (None, target.name) else real(target)
+
+    cluster.get_redis_connection = connection
+    try:
+        yield
+    finally:
+        cluster.get_redis_connection = real
+
+
 def test_a_batch_reaches_its_nodes_in_parallel(cluster: Any) -> None:
     """The sync class sends a batch's pipelines to its nodes at once. Each node's pipeline is
     held at a barrier until all three are in flight: sent one node after another, the first
@@ -185,34 +217,18 @@ def test_a_batch_reaches_its_nodes_in_parallel(cluster: Any) -> None:
     cache.get_many("item", "id", list(range(1000, 1060)))  # load the scripts on every node
     barrier = threading.Barrier(3, timeout=5)
     held: list[str] = []
-    real = cluster.get_redis_connection
 
-    class Gated:
-        def __init__(self, client: redis.Redis) -> None:
-            self.client = client
+    def wait_for_all() -> None:
+        held.append(threading.current_thread().name)
+        barrier.wait()
 
-        def pipeline(self, **options: Any) -> Any:
-            pipe = self.client.pipeline(**options)
-            execute = pipe.execute
-
-            def gated(**kwargs: Any) -> Any:
-                held.append(threading.current_thread().name)
-                barrier.wait()
-                return execute(**kwargs)
-
-            pipe.execute = gated  # type: ignore[method-assign]
-            return pipe
-
-    cluster.get_redis_connection = lambda node: Gated(real(node))
-    try:
+    with held_pipelines(cluster, wait_for_all):
         misses = cache.get_many("item", "id", ids)  # two phases: lease, commit
         assert len(held) == 6
         hits = cache.get_many("item", "id", ids)  # one phase
         assert len(held) == 9
         cache.invalidate_many("item", "id", ids)
         assert len(held) == 12
-    finally:
-        cluster.get_redis_connection = real
     assert [r["payload"] for r in misses] == [f"p{i}" for i in ids]
     assert hits == misses
     assert all(cache.peek("item", "id", i) is None for i in ids)
@@ -241,51 +257,34 @@ def test_a_stalled_node_does_not_hold_up_batches_on_other_nodes(cluster: Any) ->
     gate = threading.Event()
     held = threading.Semaphore(0)
     stalled = cluster.get_node_from_key(cache.get_keys("item", "id", c[0])[0]).name
-    real = cluster.get_redis_connection
 
-    class Gated:
-        def __init__(self, client: redis.Redis) -> None:
-            self.client = client
+    def stall() -> None:
+        held.release()
+        assert gate.wait(10)
 
-        def pipeline(self, **options: Any) -> Any:
-            pipe = self.client.pipeline(**options)
-            execute = pipe.execute
-
-            def gated(**kwargs: Any) -> Any:
-                held.release()
-                assert gate.wait(10)
-                return execute(**kwargs)
-
-            pipe.execute = gated  # type: ignore[method-assign]
-            return pipe
-
-    def connection(node: Any) -> Any:
-        return Gated(real(node)) if node.name == stalled else real(node)
-
-    cluster.get_redis_connection = connection
     answers: list[Any] = []
     # node A's key first: A's pipeline runs in the caller's thread, C's in a worker
     waiting = [
         threading.Thread(target=lambda: answers.append(cache.get_many("item", "id", [a[0], c[0]])))
         for _ in range(12)
     ]
-    try:
-        for caller in waiting:
-            caller.start()
-        for _ in range(12):
-            assert held.acquire(timeout=5)  # twelve calls to C are held
-        healthy: list[Any] = []
-        other = threading.Thread(
-            target=lambda: healthy.append(cache.get_many("item", "id", [a[1], b[0]]))
-        )
-        other.start()
-        other.join(5)
-        assert healthy == [[db[a[1]], db[b[0]]]], "the batch on A and B waited behind node C"
-    finally:
-        gate.set()
-        for caller in waiting:
-            caller.join(10)
-        cluster.get_redis_connection = real
+    with held_pipelines(cluster, stall, node=stalled):
+        try:
+            for caller in waiting:
+                caller.start()
+            for _ in range(12):
+                assert held.acquire(timeout=5)  # twelve calls to C are held
+            healthy: list[Any] = []
+            other = threading.Thread(
+                target=lambda: healthy.append(cache.get_many("item", "id", [a[1], b[0]]))
+            )
+            other.start()
+            other.join(5)
+            assert healthy == [[db[a[1]], db[b[0]]]], "the batch on A and B waited behind node C"
+        finally:
+            gate.set()
+            for caller in waiting:
+                caller.join(10)
     assert answers == [[db[a[0]], db[c[0]]]] * 12
 
 
@@ -297,31 +296,14 @@ def test_batches_in_a_forked_child(cluster: Any) -> None:
     cache = test_contract_dict.DictCache(cluster, db)
     ids = list(range(60))
     cache.get_many("item", "id", ids)  # workers started, now idle
-    with warnings.catch_warnings():
-        # Python 3.12 warns that forking a process with threads may deadlock: that hazard is
-        # what this test checks cachecow survives.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:  # the child
-        code = 1
-        try:
-            hits = cache.get_many("item", "id", ids)
-            cache.invalidate_many("item", "id", ids)
-            gone = all(cache.peek("item", "id", i) is None for i in ids)
-            code = 0 if hits == [db[i] for i in ids] and gone else 1
-        finally:
-            os._exit(code)
-    deadline = time.monotonic() + 15
-    while True:
-        finished, status = os.waitpid(pid, os.WNOHANG)
-        if finished:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            pytest.fail("the forked child's batches never finished")
-        time.sleep(0.02)
-    assert os.waitstatus_to_exitcode(status) == 0
+
+    def check() -> bool:
+        hits = cache.get_many("item", "id", ids)
+        cache.invalidate_many("item", "id", ids)
+        gone = all(cache.peek("item", "id", i) is None for i in ids)
+        return hits == [db[i] for i in ids] and gone
+
+    assert passes_in_a_forked_child(check, timeout=15)
     assert all(cache.peek("item", "id", i) is None for i in ids)  # the child's invalidations
 
 

@@ -4,15 +4,14 @@ when no thread can start the calls run in the caller's thread."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-import warnings
 from typing import Any
 
 import pytest
 
 from cachecow._threads import NodeRunner
+from tests.forking import passes_in_a_forked_child
 
 
 def test_every_call_runs_and_reports_what_it_raised() -> None:
@@ -90,30 +89,13 @@ def test_a_forked_child_starts_afresh() -> None:
     runner = NodeRunner()
     runner.run_all([lambda: None, lambda: None, lambda: None])
     assert runner.idle_workers() == 2
-    with warnings.catch_warnings():
-        # Python 3.12 warns that forking a process with threads may deadlock: that hazard is
-        # exactly what this test checks the runner survives.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:  # the child
-        code = 1
-        try:
-            done: list[int] = []
-            runner.run_all([lambda: done.append(1), lambda: done.append(2)])
-            code = 0 if sorted(done) == [1, 2] else 1
-        finally:
-            os._exit(code)
-    deadline = time.monotonic() + 10
-    while True:
-        finished, status = os.waitpid(pid, os.WNOHANG)
-        if finished:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            pytest.fail("the forked child's calls never finished")
-        time.sleep(0.02)
-    assert os.waitstatus_to_exitcode(status) == 0
+
+    def check() -> bool:
+        done: list[int] = []
+        runner.run_all([lambda: done.append(1), lambda: done.append(2)])
+        return sorted(done) == [1, 2]
+
+    assert passes_in_a_forked_child(check)
 
 
 def test_when_no_thread_can_start_calls_run_in_the_caller(

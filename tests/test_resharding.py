@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,17 +35,16 @@ from redis.exceptions import ClusterError
 import cachecow
 from cachecow import CacheUnavailable, InvalidationFailed
 from cachecow.testing import RedisClusterServers
-from cachecow.testing.bridge import LoopThread, SyncFacade
+from cachecow.testing.bridge import SyncFacade
 from cachecow.testing.contract import FetchProbe
 from cachecow.testing.plugin import require_server
 from tests.faults import (
     KEYS,
     REPORTS,
-    AsyncTableCache,
     Report,
     Table,
-    TableCache,
     Workload,
+    cache_over,
     stale_after_recovery,
 )
 
@@ -89,40 +88,29 @@ def grown(grown_cluster: Grown) -> Iterator[Grown]:
         node.config_resetstat()
 
 
-@contextmanager
 def table_cache(
     grown: Grown,
     mode: str,
     table: Table,
     prepare: Callable[[Any], None] | None = None,
     **options: Any,
-) -> Iterator[Any]:
+) -> AbstractContextManager[Any]:
     """A cache of ``table`` over a new cluster client (passed to ``prepare`` first): a
     :class:`TableCache`, or a blocking facade of an :class:`AsyncTableCache` whose loop runs
     in a thread of its own."""
-    if mode == "sync":
-        client = cachecow.connect_cluster(grown.url, timeout=TIMEOUT)
-        if prepare is not None:
-            prepare(client)
-        try:
-            yield TableCache(client, table, **options)
-        finally:
-            client.close()
-        return
-    loop = LoopThread()
 
-    async def connect() -> Any:
-        client = cachecow.connect_cluster_async(grown.url, timeout=TIMEOUT)
+    def prepared(client: Any) -> Any:
         if prepare is not None:
             prepare(client)
         return client
 
-    aclient = loop.run(connect())
-    try:
-        yield SyncFacade(AsyncTableCache(aclient, table, **options), loop)
-    finally:
-        loop.run(aclient.aclose())
-        loop.close()
+    return cache_over(
+        mode,
+        lambda: prepared(cachecow.connect_cluster(grown.url, timeout=TIMEOUT)),
+        lambda: prepared(cachecow.connect_cluster_async(grown.url, timeout=TIMEOUT)),
+        table,
+        **options,
+    )
 
 
 def peek(cache: Any, id_val: int) -> Any:
