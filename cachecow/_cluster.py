@@ -64,27 +64,27 @@ def _failed(exc: AttributeError) -> ClusterError:
     return ClusterError(f"redis-py's cluster client failed mid-command: {exc}")
 
 
+def _add_primary(manager: Any, host: str, port: int, is_async: bool) -> Any:
+    """The client's node for the master at ``host:port``, added to its map if missing (at the
+    address the client's ``address_remap`` gives, as its own map has it)."""
+    remap = getattr(manager, "remap_host_port", None)
+    if remap is not None:
+        host, port = remap(host, port)
+    if is_async:
+        node: Any = AsyncClusterNode(host, port, PRIMARY, **manager.connection_kwargs)
+        if node.name not in manager.nodes_cache:
+            manager.set_nodes(manager.nodes_cache, {node.name: node})
+        return manager.nodes_cache[node.name]
+    node = ClusterNode(host, port, server_type=PRIMARY)  # type: ignore[no-untyped-call]
+    return manager.nodes_cache.setdefault(node.name, node)
+
+
 def mend_ask_target(cluster: Any, *, is_async: bool) -> None:
     """Make ``cluster.get_node(node_name=...)`` answer an unknown ``host:port`` with a new
     primary node, registered in the client's map, while a cachecow call runs (see above)."""
     if getattr(cluster, "_cachecow_mended", False):
         return  # a second cache on the same client
     real = cluster.get_node
-    manager: Any = cluster.nodes_manager
-
-    def new_node(name: str) -> Any:
-        host, _, port_text = name.rpartition(":")
-        port = int(port_text)
-        remap = getattr(manager, "remap_host_port", None)
-        if remap is not None:  # the client's address_remap, as its own map applies it
-            host, port = remap(host, port)
-        if is_async:
-            node: Any = AsyncClusterNode(host, port, PRIMARY, **manager.connection_kwargs)
-            if node.name not in manager.nodes_cache:
-                manager.set_nodes(manager.nodes_cache, {node.name: node})
-            return manager.nodes_cache[node.name]
-        node = ClusterNode(host, port, server_type=PRIMARY)  # type: ignore[no-untyped-call]
-        return manager.nodes_cache.setdefault(node.name, node)
 
     def get_node(
         host: str | None = None, port: int | None = None, node_name: str | None = None
@@ -93,7 +93,7 @@ def mend_ask_target(cluster: Any, *, is_async: bool) -> None:
         if node is None and node_name and not (host or port) and _IN_CACHECOW_CALL.get():
             host_part, _, port_part = node_name.rpartition(":")
             if host_part and port_part.isdigit():
-                node = new_node(node_name)
+                node = _add_primary(cluster.nodes_manager, host_part, int(port_part), is_async)
         return node
 
     cluster.get_node = get_node
@@ -109,8 +109,7 @@ def cluster_execute(cluster: Any) -> Callable[..., Any]:
         manager: Any = cluster.nodes_manager
         nodes: dict[str, Any] = execute("CLUSTER NODES")
         for host, port in missing_masters(nodes, manager.nodes_cache):
-            node: Any = ClusterNode(host, port, server_type=PRIMARY)  # type: ignore[no-untyped-call]
-            manager.nodes_cache.setdefault(node.name, node)
+            _add_primary(manager, host, port, is_async=False)
 
     def run(*args: Any, **kwargs: Any) -> Any:
         mark = _IN_CACHECOW_CALL.set(True)
@@ -138,9 +137,7 @@ def async_cluster_execute(cluster: Any) -> Callable[..., Awaitable[Any]]:
         manager: Any = cluster.nodes_manager
         nodes: dict[str, Any] = await execute("CLUSTER NODES")
         for host, port in missing_masters(nodes, manager.nodes_cache):
-            node = AsyncClusterNode(host, port, PRIMARY, **manager.connection_kwargs)
-            if node.name not in manager.nodes_cache:
-                manager.set_nodes(manager.nodes_cache, {node.name: node})
+            _add_primary(manager, host, port, is_async=True)
 
     async def run(*args: Any, **kwargs: Any) -> Any:
         mark = _IN_CACHECOW_CALL.set(True)
