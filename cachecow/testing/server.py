@@ -15,6 +15,8 @@ from types import TracebackType
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 __all__ = [
     "RedisClusterServers",
@@ -30,21 +32,48 @@ class RedisServerUnavailable(RuntimeError):
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port on 127.0.0.1 that nothing listens on right now, outside the kernel's range
+    of ephemeral ports.
+
+    Outside it, because a client that keeps reconnecting to a port of that range where
+    nothing listens (a server starting, or killed by a test) can be given that very port as
+    its own source port, and then connect to itself (a TCP self-connect): it reads back what
+    it sent, and redis-py fails with errors such as ``'list' object has no attribute 'get'``.
+    """
+    return _free_port(bus_offset=None)
 
 
-def free_cluster_port(attempts: int = 200) -> int:
-    """A port for a cluster node: it and its bus port (10000 higher) both free, at most 55535."""
+def free_cluster_port() -> int:
+    """A port for a cluster node: it and its bus port (10000 higher) both free and both
+    outside the range of ephemeral ports."""
+    return _free_port(bus_offset=10000)
+
+
+def _free_port(*, bus_offset: int | None, attempts: int = 500) -> int:
+    low, high = _ephemeral_range()
+    offsets = (0,) if bus_offset is None else (0, bus_offset)
+    top = 65535 - max(offsets)
     rng = random.Random()
     for _ in range(attempts):
-        port = rng.randrange(20000, 45000)
-        if all(_bindable(p) for p in (port, port + 10000)):
+        port = rng.randrange(10000, top + 1)
+        wanted = [port + offset for offset in offsets]
+        if any(low <= p <= high for p in wanted):
+            continue
+        if all(_bindable(p) for p in wanted):
             return port
-    raise RedisServerUnavailable("no free port pair for a cluster node")
+    raise RedisServerUnavailable(
+        f"no free port {'pair ' if bus_offset else ''}outside the ephemeral range {low}-{high}"
+    )
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range of ephemeral (source) ports; Linux's default where it cannot be read."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as spec:
+            low, high = (int(field) for field in spec.read().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
 
 
 def _bindable(port: int) -> bool:
@@ -54,6 +83,10 @@ def _bindable(port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+class _PortTaken(RedisServerUnavailable):
+    """The port picked for a server was taken before the server could listen on it."""
 
 
 class RedisServer:
@@ -70,10 +103,12 @@ class RedisServer:
         *,
         extra_args: tuple[str, ...] = (),
         sentinel_config: str | None = None,
+        pick_port: Callable[[], int] = free_port,
     ) -> None:
         self.binary = binary or os.environ.get("REDIS_SERVER_BIN") or "redis-server"
         self.extra_args = extra_args
         self.sentinel_config = sentinel_config
+        self.pick_port = pick_port
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
@@ -85,14 +120,28 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, *, timeout: float = 10.0) -> RedisServer:
-        """Start the server (on a new free port unless restarting) and wait until it answers."""
+        """Start the server (on a new free port from :attr:`pick_port` unless it has a port
+        already, as on a restart) and wait until it answers.
+
+        A port it picked that something else took in the meantime is replaced by another,
+        a few times over."""
+        if self.port:
+            return self._start(timeout=timeout)
+        for _ in range(4):
+            self.port = self.pick_port()
+            try:
+                return self._start(timeout=timeout)
+            except _PortTaken:
+                continue
+        self.port = 0
+        raise RedisServerUnavailable("every port picked for redis-server was taken at start")
+
+    def _start(self, *, timeout: float) -> RedisServer:
         path = shutil.which(self.binary)
         if path is None:
             raise RedisServerUnavailable(f"{self.binary!r} is not on PATH")
         if self._dir is None:
             self._dir = tempfile.TemporaryDirectory(prefix="cachecow-redis-")
-        if not self.port:
-            self.port = free_port()
         head = [path]
         # Nothing on disk; a replica's full sync starts at once (the default waits 5 s).
         persistence = ["--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0"]
@@ -113,7 +162,13 @@ class RedisServer:
         ]  # fmt: skip
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
-        client = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
+        client = redis.Redis(
+            host="127.0.0.1",
+            port=self.port,
+            socket_timeout=1,
+            socket_connect_timeout=1,
+            retry=Retry(NoBackoff(), 0),  # one probe at a time, between checks on the process
+        )
         try:
             while True:
                 if self.process.poll() is not None:
@@ -122,18 +177,29 @@ class RedisServer:
                     if os.path.exists(log):
                         with open(log, encoding="utf-8", errors="replace") as lines:
                             err += "".join(lines.readlines()[-5:])
+                    if "Address already in use" in err:
+                        self.kill()  # closes the pipe; the process has exited
+                        if os.path.exists(log):
+                            os.remove(log)  # the next try's log starts afresh
+                        raise _PortTaken(err)
                     raise RedisServerUnavailable(f"redis-server exited at start: {err.strip()}")
-                try:
-                    if client.ping():
-                        return self
-                except redis.RedisError:
-                    pass
                 if time.monotonic() > deadline:
                     self.stop()
                     raise RedisServerUnavailable(f"redis-server did not answer within {timeout}s")
+                if self._answers(client):
+                    return self
                 time.sleep(0.02)
         finally:
             client.close()
+
+    def _answers(self, client: redis.Redis) -> bool:
+        """Whether this very process answers on the port (not another that took it)."""
+        assert self.process is not None
+        try:
+            info: Any = client.info("server")
+        except redis.RedisError:
+            return False
+        return bool(info.get("process_id") == self.process.pid)
 
     def pause(self) -> None:
         """Stop the process (SIGSTOP): connections hang, nothing is answered."""
@@ -213,9 +279,10 @@ class RedisClusterServers:
             "--cluster-allow-replica-migration", "no",
         )  # fmt: skip
         count = masters * (1 + replicas)
-        self.servers = [RedisServer(extra_args=self._node_args) for _ in range(count)]
-        for server in self.servers:
-            server.port = free_cluster_port()
+        self.servers = [
+            RedisServer(extra_args=self._node_args, pick_port=free_cluster_port)
+            for _ in range(count)
+        ]
 
     @property
     def ports(self) -> list[int]:
@@ -283,8 +350,7 @@ class RedisClusterServers:
         cli = shutil.which("redis-cli")
         if cli is None:
             raise RedisServerUnavailable("redis-cli is not on PATH (needed to add a node)")
-        server = RedisServer(extra_args=self._node_args)
-        server.port = free_cluster_port()
+        server = RedisServer(extra_args=self._node_args, pick_port=free_cluster_port)
         self.servers.append(server)
         server.start(timeout=timeout)
         added = subprocess.run(
