@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from redis.exceptions import RedisError
 
-from cachecow import AsyncCacheCow, CacheCow, InvalidationFailed
+from cachecow import AsyncCacheCow, CacheCow, CacheUnavailable, InvalidationFailed
 from cachecow.testing.bridge import LoopThread, SyncFacade
 
 KEYS = 24
@@ -46,11 +47,19 @@ class Report:
     stale_after_recovery: int = 0
     worst_latency: float = 0.0
     seconds: float = 0.0
+    # what went wrong, for a failing test's message: the first few read errors whose cause is
+    # not a Redis failure (such as an unexpected script reply), and the first few stale reads
+    odd_failures: list[str] = field(default_factory=list)
+    stale_examples: list[str] = field(default_factory=list)
 
     @property
     def failures(self) -> int:
         """Every failure a caller saw: reads that raised and invalidations that raised."""
         return sum(self.read_failures.values()) + self.invalidation_failures
+
+    def detail(self) -> str:
+        """Every field in full, as an assertion's message (pytest cuts a repr at 240 chars)."""
+        return repr(self)
 
     def row(self) -> str:
         reads = ", ".join(f"{k} {v}" for k, v in sorted(self.read_failures.items())) or "0"
@@ -240,12 +249,22 @@ class Workload:
                 with self.lock:
                     name = type(exc).__name__
                     self.report.read_failures[name] = self.report.read_failures.get(name, 0) + 1
+                    redis_failed = isinstance(exc, CacheUnavailable) and isinstance(
+                        exc.__cause__, RedisError
+                    )
+                    if not redis_failed and len(self.report.odd_failures) < 5:
+                        self.report.odd_failures.append(f"{name}: {exc}")
                 time.sleep(0.002)
                 continue
             for key, row, floor in zip(keys, rows, floors, strict=True):
                 if row is None or row["id"] != key or row["version"] < floor:
                     with self.lock:
                         self.report.stale_reads += 1
+                        if len(self.report.stale_examples) < 5:
+                            self.report.stale_examples.append(
+                                f"key {key}: {row} after version {floor} was invalidated, "
+                                f"at {time.monotonic() - self.started:.3f} s"
+                            )
 
     def _writer(self, seed: int) -> None:
         rng = random.Random(1000 + seed)

@@ -237,7 +237,7 @@ def test_slots_moved_to_a_new_master_mid_run(grown: Grown, mode: str) -> None:
         REPORTS.append(report)
         assert set(grown.cluster.slots_served_by(grown.new)) == set(slots)
         assert (report.failures, report.stale_reads, report.stale_after_recovery) == (0, 0, 0), (
-            report
+            report.detail()
         )
         assert cache.metrics.snapshot().redis_errors == 0
 
