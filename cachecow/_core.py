@@ -32,7 +32,7 @@ from ._protocol import (
     all_answered,
     refuse_awaitable,
 )
-from ._sentinel import Sentinel, SentinelMaster
+from ._sentinel import Sentinel, SentinelMaster, SentinelPool
 from ._threads import node_runner
 
 __all__ = ["CacheCow", "connect", "connect_cluster", "connect_sentinel"]
@@ -103,7 +103,7 @@ def connect_sentinel(
         **bounded_kwargs(timeout, kwargs),
     )
     client: redis_py.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
-        service_name, redis_class=SentinelMaster
+        service_name, redis_class=SentinelMaster, connection_pool_class=SentinelPool
     )
     return client
 

@@ -16,6 +16,15 @@ or with no ``await`` in between (asyncio).
 The master clients they return (:class:`SentinelMaster`, :class:`AsyncSentinelMaster`) close
 the connections to the Sentinels when they are closed: those Sentinel objects were made for
 them alone.
+
+The sync master client's connections (:class:`SentinelPool`) drop their socket when a reply
+cannot be read, as every other redis-py connection does. redis-py 8.1's sync
+``SentinelManagedConnection.read_response`` defaults ``disconnect_on_error`` to ``False``
+(redis/redis-py#4292), so after a read timed out, the connection went back to the pool with
+the reply still on its way, and the next call on it read the previous call's reply. Seen in
+the fault suite under load: a ``get`` answered with another key's row, and ``get_or_lease``
+given a batch's four values (cachecow's retry does not retry a timeout, so nothing else
+closed the connection).
 """
 
 from __future__ import annotations
@@ -26,12 +35,48 @@ from typing import Any
 import redis as redis_py
 import redis.asyncio as aredis
 from redis.asyncio.sentinel import Sentinel as _AsyncSentinel
+from redis.connection import SSLConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.sentinel import MasterNotFoundError
+from redis.sentinel import MasterNotFoundError, SentinelConnectionPool, SentinelManagedConnection
 from redis.sentinel import Sentinel as _Sentinel
+from redis.utils import SENTINEL
 
-__all__ = ["AsyncSentinel", "AsyncSentinelMaster", "Sentinel", "SentinelMaster"]
+__all__ = ["AsyncSentinel", "AsyncSentinelMaster", "Sentinel", "SentinelMaster", "SentinelPool"]
+
+
+class _MasterConnection(SentinelManagedConnection):
+    """A connection to the master that drops its socket when a reply cannot be read."""
+
+    def read_response(
+        self,
+        disable_decoding: bool = False,
+        *,
+        timeout: float | object = SENTINEL,
+        disconnect_on_error: bool | None = True,
+        push_request: bool | None = False,
+    ) -> Any:
+        return super().read_response(
+            disable_decoding,
+            timeout=timeout,
+            disconnect_on_error=disconnect_on_error,
+            push_request=push_request,
+        )
+
+
+class _MasterSSLConnection(_MasterConnection, SSLConnection):
+    pass
+
+
+class SentinelPool(SentinelConnectionPool):
+    """redis-py's pool of connections to a Sentinel-managed master, whose connections drop
+    their socket when a reply cannot be read (unless ``connection_class`` is given)."""
+
+    def __init__(self, service_name: str, sentinel_manager: Any, **kwargs: Any) -> None:
+        if "connection_class" not in kwargs:
+            ssl = kwargs.pop("ssl", False)
+            kwargs["connection_class"] = _MasterSSLConnection if ssl else _MasterConnection
+        super().__init__(service_name, sentinel_manager, **kwargs)  # type: ignore[no-untyped-call]
 
 
 def _to_front(sentinels: list[Any], sentinel: Any) -> None:

@@ -21,7 +21,7 @@ import redis
 import cachecow
 from cachecow import AsyncCacheCow, CacheCow, ConfigurationError, InvalidationFailed
 from cachecow.testing import RedisSentinelGroup, RedisServer
-from cachecow.testing.bridge import SyncFacade
+from cachecow.testing.bridge import LoopThread, SyncFacade
 from cachecow.testing.contract import AsyncCacheCowContract, CacheCowContract
 from tests import test_contract_dict
 
@@ -319,3 +319,77 @@ def test_concurrent_master_lookups_keep_every_sentinel(
         manager, found = asyncio.run(lookups())
     assert [port for _, port in found] == [master, master]
     assert len({id(sentinel) for sentinel in manager.sentinels}) == 3  # none lost, none twice
+
+
+@pytest.mark.parametrize("mode", ["sync", "asyncio"])
+def test_a_timed_out_read_leaves_no_reply_for_the_next_call(
+    own_redis_sentinel_group: RedisSentinelGroup, mode: str
+) -> None:
+    """A ``get`` times out on a stalled master and is served by ``fetch``. The next ``get``
+    takes the same pooled connection and sends its script; only then does the master go on,
+    and answer both. That ``get`` must read its own reply. redis-py 8.1's sync Sentinel
+    connections kept their socket after a timed-out read (redis/redis-py#4292), so it read the
+    first one's: key 1's row for key 2 (seen in the fault suite under load, as stale reads and
+    as replies of the wrong shape; here ``verify`` refuses the row, and counts it). The pool's check for unread data does not catch it: the
+    late reply is not there yet when the connection is taken."""
+    group = own_redis_sentinel_group
+    db = {1: {"id": 1, "payload": "one"}, 2: {"id": 2, "payload": "two"}}
+    master = group.server(group.master_port())
+    sent = threading.Event()
+    runner: LoopThread | None = None
+    if mode == "sync":
+        client: Any = cachecow.connect_sentinel(
+            group.sentinel_addresses, group.service_name, timeout=0.25
+        )
+        cache: Any = test_contract_dict.DictCache(client, db, fail_open=True)
+    else:
+        runner = LoopThread()
+
+        async def build() -> Any:
+            return cachecow.connect_sentinel_async(
+                group.sentinel_addresses, group.service_name, timeout=0.25
+            )
+
+        client = runner.run(build())
+        cache = SyncFacade(test_contract_dict.AsyncDictCache(client, db, fail_open=True), runner)
+    try:
+        assert cache.get("item", "id", 1) == db[1]  # cached, on the pool's one connection
+        assert cache.get("item", "id", 2) == db[2]
+        (connection,) = client.connection_pool._available_connections
+        real_send = connection.send_packed_command
+        if mode == "sync":
+
+            def send(*args: Any, **kwargs: Any) -> Any:
+                result = real_send(*args, **kwargs)
+                sent.set()
+                return result
+
+        else:
+
+            async def send(*args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
+                result = await real_send(*args, **kwargs)
+                sent.set()
+                return result
+
+        connection.send_packed_command = send
+        master.pause()  # shorter than the Sentinels' down-after (1 s): no failover
+        try:
+            assert cache.get("item", "id", 1) == db[1]  # timed out: served by fetch
+            sent.clear()
+            second: list[Any] = []
+            getter = threading.Thread(target=lambda: second.append(cache.get("item", "id", 2)))
+            getter.start()
+            assert sent.wait(5)  # the second get has sent its script on that connection
+        finally:
+            master.resume()  # the master answers the first get, then the second
+        getter.join(5)
+        assert second == [db[2]]
+        metrics = cache.metrics.snapshot()
+        # its own reply, a hit: not key 1's row, refused by verify and fetched again
+        assert (metrics.redis_errors, metrics.verify_failures, metrics.hits) == (1, 0, 1)
+    finally:
+        if runner is None:
+            client.close()
+        else:
+            runner.run(client.aclose())
+            runner.close()
