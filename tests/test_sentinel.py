@@ -330,8 +330,9 @@ def test_a_timed_out_read_leaves_no_reply_for_the_next_call(
     and answer both. That ``get`` must read its own reply. redis-py 8.1's sync Sentinel
     connections kept their socket after a timed-out read (redis/redis-py#4292), so it read the
     first one's: key 1's row for key 2 (seen in the fault suite under load, as stale reads and
-    as replies of the wrong shape; here ``verify`` refuses the row, and counts it). The pool's check for unread data does not catch it: the
-    late reply is not there yet when the connection is taken."""
+    as replies of the wrong shape; here ``verify`` refuses the row, and counts it). The pool's
+    check for unread data does not catch it: the late reply is not there yet when the
+    connection is taken."""
     group = own_redis_sentinel_group
     db = {1: {"id": 1, "payload": "one"}, 2: {"id": 2, "payload": "two"}}
     master = group.server(group.master_port())
