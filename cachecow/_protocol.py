@@ -670,6 +670,14 @@ class CacheCowBase(Generic[ClientT]):
                 self._redis_failed(exc, "get", keys)
                 self.metrics.incr("fail_open_fetches")
                 return (yield from self._fetch_uncached(cls, id_field, id_val))
+            except GeneratorExit:
+                raise
+            except BaseException:
+                # Cancelled (or interrupted) while the reply was on its way: the lease may be
+                # ours, and left alone it would hold the key for flag_ttl. The release
+                # compares the token, so it frees nothing that is not ours.
+                yield from self._release(flag_key, token)
+                raise
 
             if isinstance(reply, bytes):
                 obj = self._cached(cls, id_field, id_val, reply)
@@ -734,6 +742,11 @@ class CacheCowBase(Generic[ClientT]):
             stored = yield Script("commit", keys, (token, payload, ttl_ms))
         except RedisError as exc:
             self._redis_failed(exc, "commit", keys)
+        except GeneratorExit:
+            raise
+        except BaseException:
+            yield from self._release(flag_key, token)  # as for the lease above
+            raise
         else:
             self.metrics.incr("commits" if stored == 1 else "stale_commits")
         return self._fetched(cls, id_field, id_val, obj)
@@ -950,7 +963,14 @@ class CacheCowBase(Generic[ClientT]):
         from ``fetch_many``, returning ``None``) or raise."""
         try:
             return (yield from self._batched("get_or_lease_many", lookups, pending, head, per_key))
-        except RedisError as exc:
+        except GeneratorExit:
+            raise
+        except BaseException as exc:
+            if not isinstance(exc, RedisError):
+                # Cancelled while the replies were on their way: give back any lease won
+                # (the release compares the token, the head's first argument).
+                yield from self._release_many(lookups, pending, head[0])
+                raise
             if isinstance(exc, PartialPipelineError):
                 # Some nodes answered: give back the leases won there (the token is the head's
                 # first argument), or they would keep those keys from being cached, and make
@@ -1014,6 +1034,11 @@ class CacheCowBase(Generic[ClientT]):
         except RedisError as exc:
             self._redis_failed(exc, "commit", tuple(leased))
             return
+        except GeneratorExit:
+            raise
+        except BaseException:
+            yield from self._release_many(lookups, leased, token)  # cancelled: as in _guarded
+            raise
         stored = refused = 0
         for value_key in leased:
             if entries[value_key][1] == 0:

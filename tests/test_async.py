@@ -97,14 +97,73 @@ def test_cancelled_fetch_releases_the_lease(redis_server: Any) -> None:
         cache.gate = asyncio.Event()
         task = asyncio.create_task(cache.get("row", "id", 1))
         flag_key = cache.get_keys("row", "id", 1)[1]
-        while not await client.exists(flag_key):
+        while cache.calls == 0:  # in fetch, the lease taken
             await asyncio.sleep(0.002)
+        assert await client.exists(flag_key)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         assert not await client.exists(flag_key)  # released at once, not left to expire
         cache.gate = None
         assert await cache.get("row", "id", 1) == {"id": 1}
+
+    run(with_client(redis_server.port, body))
+
+
+class HeldConnection(aredis.Connection):
+    """A connection whose read of the reply to its next script call (``EVALSHA``) waits for
+    :attr:`hold`, so a test can cancel a call that Redis has run but whose reply is not read
+    yet. Cancelled there, it drops the socket, as redis-py does when a read is interrupted."""
+
+    hold: asyncio.Event | None = None
+    armed: asyncio.Event | None = None
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        await super().send_packed_command(command, check_health)
+        sent = command if isinstance(command, bytes | bytearray) else b"".join(command)
+        if HeldConnection.hold is not None and b"EVALSHA" in sent:
+            self.armed, HeldConnection.hold = HeldConnection.hold, None
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        armed, self.armed = self.armed, None
+        if armed is not None:
+            try:
+                await armed.wait()
+            except BaseException:
+                await self.disconnect()
+                raise
+        return await super().read_response(*args, **kwargs)
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["get", "get_many"])
+def test_cancelled_with_the_lease_reply_in_flight_releases_the_lease(
+    redis_server: Any, batch: bool
+) -> None:
+    """Redis granted the lease, but the reply had not been read when the call was cancelled:
+    the lease is given back at once (before, it held the key for flag_ttl, 10 s)."""
+
+    async def body(client: aredis.Redis) -> None:
+        pool = aredis.ConnectionPool(port=redis_server.port, connection_class=HeldConnection)
+        held = aredis.Redis.from_pool(pool)
+        try:
+            cache = Rows(held)
+            await cache.get("row", "id", 5)  # the scripts loaded, a connection in the pool
+            await cache.get_many("row", "id", [4, 5])
+            flags = [cache.get_keys("row", "id", key)[1] for key in (1, 2, 3)]
+            HeldConnection.hold = asyncio.Event()
+            call = cache.get_many("row", "id", [1, 2, 3]) if batch else cache.get("row", "id", 1)
+            task = asyncio.create_task(call)
+            want = 3 if batch else 1
+            while await client.exists(*flags) < want:  # Redis has run the lease script
+                await asyncio.sleep(0.002)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert await client.exists(*flags) == 0  # released at once, not left to expire
+            assert cache.calls == 2  # only the warm-up calls fetched
+        finally:
+            HeldConnection.hold = None
+            await held.aclose()
 
     run(with_client(redis_server.port, body))
 
