@@ -231,7 +231,10 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
                 await self._execute("SCRIPT", "LOAD", call.source, target_nodes=primaries)
             else:
                 await self.redis.script_load(call.source)
-            return await self._execute(*call.args(op.keys, op.args))
+            try:
+                return await self._execute(*call.args(op.keys, op.args))
+            except NoScriptError:  # flushed again between the load and the call
+                return await self._execute(*call.eval_args(op.keys, op.args))
 
     async def _pipeline(self, op: Pipeline) -> list[Any]:
         if self._cluster:

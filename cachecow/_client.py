@@ -102,6 +102,11 @@ class ScriptCall:
         """The ``EVALSHA`` command's arguments."""
         return ("EVALSHA", self.sha, len(keys), *keys, *argv)
 
+    def eval_args(self, keys: tuple[str, ...], argv: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The ``EVAL`` command's arguments: the source itself, which no ``NOSCRIPT`` can
+        refuse (for a script flushed again right after it was loaded)."""
+        return ("EVAL", self.source, len(keys), *keys, *argv)
+
 
 def script_calls() -> dict[str, ScriptCall]:
     """Every protocol script's :class:`ScriptCall`, by name."""

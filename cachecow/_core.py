@@ -358,7 +358,10 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
                 self._execute("SCRIPT", "LOAD", call.source, target_nodes=primaries)
             else:
                 self.redis.script_load(call.source)
-            return self._execute(*call.args(op.keys, op.args))
+            try:
+                return self._execute(*call.args(op.keys, op.args))
+            except NoScriptError:  # flushed again between the load and the call
+                return self._execute(*call.eval_args(op.keys, op.args))
 
     def _pipeline(self, op: Pipeline) -> list[Any]:
         if self._cluster:

@@ -453,3 +453,53 @@ def test_a_batch_failing_on_one_node_gives_back_the_leases_it_won(
     assert counts.redis_errors >= 1
     assert counts.fail_open_fetches == len(ids)
     assert check(cache) == []
+
+
+@pytest.mark.parametrize("mode", ["sync", "asyncio"])
+def test_a_script_flushed_again_right_after_its_reload_still_runs_on_a_cluster(
+    cluster: Any, mode: str
+) -> None:
+    """As on one server (tests/test_failures.py): a SCRIPT FLUSH on every node, forced
+    between the reload on every primary and the second call, no longer fails the call."""
+    db = {i: {"id": i, "payload": f"p{i}"} for i in range(3)}
+    nodes = cluster.get_primaries()
+
+    def wrap(cache: Any, flush: Callable[[], Any]) -> None:
+        real = cache._execute
+
+        def execute(*args: Any, **options: Any) -> Any:
+            result = real(*args, **options)
+            if args[:2] == ("SCRIPT", "LOAD"):
+                flush()
+            return result
+
+        async def aexecute(*args: Any, **options: Any) -> Any:
+            result = await real(*args, **options)
+            if args[:2] == ("SCRIPT", "LOAD"):
+                flush()
+            return result
+
+        cache._execute = execute if mode == "sync" else aexecute
+
+    if mode == "sync":
+        cache: Any = test_contract_dict.DictCache(cluster, db)
+        wrap(cache, cluster.script_flush)
+        cluster.script_flush()
+        got = [cache.get("item", "id", 1) for _ in range(2)]
+        snapshot = cache.metrics.snapshot()
+    else:
+
+        async def body() -> Any:
+            client = aredis.RedisCluster(host=nodes[0].host, port=nodes[0].port)
+            try:
+                cache = test_contract_dict.AsyncDictCache(client, db)
+                wrap(cache, cluster.script_flush)
+                cluster.script_flush()
+                got = [await cache.get("item", "id", 1) for _ in range(2)]
+                return got, cache.metrics.snapshot()
+            finally:
+                await client.aclose()
+
+        got, snapshot = asyncio.run(body())
+    assert got == [db[1], db[1]]
+    assert (snapshot.redis_errors, snapshot.fetches, snapshot.hits) == (0, 1, 1)

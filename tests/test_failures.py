@@ -7,6 +7,7 @@ the configured timeouts), checked with a generous margin, not benchmarks.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio as aredis
 
 import cachecow
 from cachecow import CacheCow, CacheUnavailable, InvalidationFailed, NotFound
@@ -184,3 +186,60 @@ def test_release_failure_does_not_mask_the_fetch_error(own_redis_server: RedisSe
     with pytest.raises(RuntimeError) as raised:
         cache.get("row", "id", 1)
     assert raised.value is boom
+
+
+@pytest.mark.parametrize("mode", ["sync", "asyncio"])
+def test_a_script_flushed_again_right_after_its_reload_still_runs(
+    redis_server: RedisServer, mode: str
+) -> None:
+    """NOSCRIPT makes the cache load the script and call it again; a ``SCRIPT FLUSH`` landing
+    between the two (forced here inside the load) made that second call fail with NOSCRIPT too,
+    a Redis failure for the caller (a helper saw it under ``SCRIPT FLUSH`` every 1 ms: once in
+    49382 calls). The second call now sends the script's source (``EVAL``)."""
+    from tests import test_contract_dict
+
+    db = {1: {"id": 1, "payload": "one"}}
+    admin = redis.Redis(port=redis_server.port)
+    admin.flushall()
+    try:
+        if mode == "sync":
+            client: Any = redis.Redis(port=redis_server.port)
+            real_load = client.script_load
+
+            def load_then_flush(source: str) -> Any:
+                sha = real_load(source)
+                admin.script_flush()
+                return sha
+
+            client.script_load = load_then_flush
+            cache = test_contract_dict.DictCache(client, db)
+            admin.script_flush()
+            # lease, fetch and commit (each script reloaded, and flushed again), then a hit
+            got = [cache.get("item", "id", 1) for _ in range(2)]
+            snapshot = cache.metrics.snapshot()
+            client.close()
+        else:
+
+            async def body() -> Any:
+                client = aredis.Redis(port=redis_server.port)
+                real_load = client.script_load
+
+                async def load_then_flush(source: str) -> Any:
+                    sha = await real_load(source)
+                    admin.script_flush()
+                    return sha
+
+                client.script_load = load_then_flush  # type: ignore[method-assign]
+                cache = test_contract_dict.AsyncDictCache(client, db)
+                admin.script_flush()
+                try:
+                    got = [await cache.get("item", "id", 1) for _ in range(2)]
+                    return got, cache.metrics.snapshot()
+                finally:
+                    await client.aclose()
+
+            got, snapshot = asyncio.run(body())
+        assert got == [db[1], db[1]]
+        assert (snapshot.redis_errors, snapshot.fetches, snapshot.hits) == (0, 1, 1)
+    finally:
+        admin.close()
