@@ -27,6 +27,7 @@ from cachecow import AsyncCacheCow, CacheCow, InvalidationFailed
 from cachecow.testing import RedisClusterServers, free_port
 from cachecow.testing.bridge import SyncFacade
 from cachecow.testing.contract import AsyncCacheCowContract, CacheCowContract, FetchProbe
+from cachecow.testing.plugin import require_server
 from tests import test_contract_dict
 from tests.forking import passes_in_a_forked_child
 
@@ -398,28 +399,40 @@ def test_async_wait_replicas_on_a_cluster(own_redis_cluster: RedisClusterServers
     assert sorted(waits.values()) == [1, 1, 1]
 
 
+@pytest.fixture
+def patient_cluster() -> Iterator[RedisClusterServers]:
+    """A private cluster of 3 masters whose nodes mark a silent master failed only after 15 s,
+    so a test can pause one (under load, for up to about 1 s here) without the cluster going
+    down; with the fixtures' usual 1 s it went down mid-test under load."""
+    cluster = require_server(RedisClusterServers(node_timeout_ms=15000))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 @pytest.mark.parametrize("mode", ["sync", "asyncio"])
 def test_a_batch_failing_on_one_node_gives_back_the_leases_it_won(
-    own_redis_cluster: RedisClusterServers, mode: str
+    patient_cluster: RedisClusterServers, mode: str
 ) -> None:
     """One master is paused (SIGSTOP) while a batch of misses spans all three: the call to it
     times out (and again through the cluster client), the other two grant their leases. With
     ``fail_open`` the batch is served from the database, and the leases won on the two nodes
     that answered are given back at once: left behind, they would keep those keys uncached,
     and make every reader of them wait, until they expired (10 s by default)."""
-    url = f"redis://127.0.0.1:{own_redis_cluster.ports[0]}"
+    url = f"redis://127.0.0.1:{patient_cluster.ports[0]}"
     db = {i: {"id": i, "payload": f"p{i}"} for i in range(60)}
     ids = list(range(60))
-    paused = own_redis_cluster.ports[0]
+    paused = patient_cluster.ports[0]
 
     def check(cache: Any) -> list[str]:
         """The flag keys left on the nodes that answered."""
         owners = {i: cache.get_keys("item", "id", i) for i in ids}
         left = []
-        for port in own_redis_cluster.ports[1:]:
+        for port in patient_cluster.ports[1:]:
             with redis.Redis(port=port) as node:
                 for _value_key, flag_key in owners.values():
-                    if key_slot(flag_key.encode()) in own_redis_cluster.slots_served_by(port):
+                    if key_slot(flag_key.encode()) in patient_cluster.slots_served_by(port):
                         left += [flag_key] if node.exists(flag_key) else []
         return left
 
@@ -427,11 +440,11 @@ def test_a_batch_failing_on_one_node_gives_back_the_leases_it_won(
         client = cachecow.connect_cluster(url, timeout=0.25)
         cache: Any = test_contract_dict.DictCache(client, db, fail_open=True)
         cache.get_many("item", "id", list(range(1000, 1060)))  # scripts loaded on every node
-        own_redis_cluster.server(paused).pause()
+        patient_cluster.server(paused).pause()
         try:
             answers = cache.get_many("item", "id", ids)
         finally:
-            own_redis_cluster.server(paused).resume()
+            patient_cluster.server(paused).resume()
         client.close()
     else:
 
@@ -439,11 +452,11 @@ def test_a_batch_failing_on_one_node_gives_back_the_leases_it_won(
             client = cachecow.connect_cluster_async(url, timeout=0.25)
             cache = test_contract_dict.AsyncDictCache(client, db, fail_open=True)
             await cache.get_many("item", "id", list(range(1000, 1060)))
-            own_redis_cluster.server(paused).pause()
+            patient_cluster.server(paused).pause()
             try:
                 answers = await cache.get_many("item", "id", ids)
             finally:
-                own_redis_cluster.server(paused).resume()
+                patient_cluster.server(paused).resume()
                 await client.aclose()
             return cache, answers
 

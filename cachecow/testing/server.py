@@ -440,13 +440,26 @@ class RedisClusterServers:
 
     def _settled(self) -> bool:
         views = set()
+        wanted: dict[int, set[int]] = {}  # master port -> the replicas linked to it
+        online: dict[int, set[int]] = {}  # master port -> the replicas it lists as online
         for port in self.live_ports():
             with redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1) as client:
                 if b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
                     return False
                 info = client.info("replication")
-                if info["role"] == "slave" and info.get("master_link_status") != "up":
-                    return False
+                if info["role"] == "slave":
+                    if info.get("master_link_status") != "up":
+                        return False
+                    wanted.setdefault(int(info["master_port"]), set()).add(port)
+                else:
+                    # a master lists a replica as online only once its cron has seen the
+                    # sync end, a little after the replica's side says "up"
+                    online[port] = {
+                        int(entry["port"])
+                        for name, entry in info.items()
+                        if name.startswith("slave") and isinstance(entry, dict)
+                        and entry.get("state") == "online"
+                    }  # fmt: skip
                 nodes = client.execute_command("CLUSTER", "NODES")
                 text = nodes.decode() if isinstance(nodes, bytes) else str(nodes)
                 masters = frozenset(
@@ -457,6 +470,8 @@ class RedisClusterServers:
                     and len(line.split()) > 8
                 )
                 views.add(masters)
+        if any(not replicas <= online.get(master, set()) for master, replicas in wanted.items()):
+            return False
         return len(views) == 1
 
     def start(self, *, timeout: float = 20.0) -> RedisClusterServers:
