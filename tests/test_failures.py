@@ -243,3 +243,61 @@ def test_a_script_flushed_again_right_after_its_reload_still_runs(
         assert (snapshot.redis_errors, snapshot.fetches, snapshot.hits) == (0, 1, 1)
     finally:
         admin.close()
+
+
+class InterruptedConnection(redis.Connection):
+    """A connection whose read of the reply to its next script call (``EVALSHA``) is
+    interrupted (``KeyboardInterrupt``) once Redis has run the script: it drops the socket and
+    raises, as redis-py does when a read is interrupted."""
+
+    armed_for: redis.Redis | None = None  # a client to see the flag keys with
+    flags: tuple[str, ...] = ()
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        super().send_packed_command(command, check_health)
+        sent = command if isinstance(command, bytes | bytearray) else b"".join(command)
+        self._interrupt = InterruptedConnection.armed_for is not None and b"EVALSHA" in sent
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        watcher = InterruptedConnection.armed_for
+        if getattr(self, "_interrupt", False) and watcher is not None:
+            InterruptedConnection.armed_for = None
+            deadline = time.monotonic() + 5
+            while watcher.exists(*self.flags) < len(self.flags) and time.monotonic() < deadline:
+                time.sleep(0.002)  # until Redis has run the lease script
+            self.disconnect()
+            raise KeyboardInterrupt
+        return super().read_response(*args, **kwargs)
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["get", "get_many"])
+def test_interrupted_with_the_lease_reply_in_flight_releases_the_lease(
+    redis_server: RedisServer, batch: bool
+) -> None:
+    """The sync twin of tests/test_async.py's cancellation test: a ``KeyboardInterrupt`` while
+    the granted lease's reply is unread gives the lease back before it propagates."""
+    from tests import test_contract_dict
+
+    db = {i: {"id": i} for i in range(1, 6)}
+    admin = redis.Redis(port=redis_server.port)
+    admin.flushall()
+    pool = redis.ConnectionPool(port=redis_server.port, connection_class=InterruptedConnection)
+    client = redis.Redis(connection_pool=pool)
+    try:
+        cache = test_contract_dict.DictCache(client, db)
+        cache.get("item", "id", 5)  # the scripts loaded
+        cache.get_many("item", "id", [4, 5])
+        keys = (1, 2, 3) if batch else (1,)
+        InterruptedConnection.flags = tuple(cache.get_keys("item", "id", k)[1] for k in keys)
+        InterruptedConnection.armed_for = admin
+        with pytest.raises(KeyboardInterrupt):
+            if batch:
+                cache.get_many("item", "id", list(keys))
+            else:
+                cache.get("item", "id", 1)
+        assert InterruptedConnection.armed_for is None  # the interruption happened
+        assert admin.exists(*InterruptedConnection.flags) == 0  # released at once
+    finally:
+        InterruptedConnection.armed_for = None
+        client.close()
+        admin.close()
