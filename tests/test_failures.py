@@ -290,11 +290,12 @@ def test_interrupted_with_the_lease_reply_in_flight_releases_the_lease(
         keys = (1, 2, 3) if batch else (1,)
         InterruptedConnection.flags = tuple(cache.get_keys("item", "id", k)[1] for k in keys)
         InterruptedConnection.armed_for = admin
+        if batch:
+            call: Any = lambda: cache.get_many("item", "id", list(keys))  # noqa: E731
+        else:
+            call = lambda: cache.get("item", "id", 1)  # noqa: E731
         with pytest.raises(KeyboardInterrupt):
-            if batch:
-                cache.get_many("item", "id", list(keys))
-            else:
-                cache.get("item", "id", 1)
+            call()
         assert InterruptedConnection.armed_for is None  # the interruption happened
         assert admin.exists(*InterruptedConnection.flags) == 0  # released at once
     finally:
