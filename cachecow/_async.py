@@ -24,6 +24,7 @@ from ._cluster import async_cluster_execute
 from ._core import _op_args
 from ._protocol import (
     AsyncClock,
+    Background,
     CacheCowBase,
     Command,
     Fetch,
@@ -102,6 +103,8 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
                 "AsyncCacheCow needs a clock with monotonic(), sleep() and async_sleep()"
             )
         self._async_clock: AsyncClock = self.clock
+        # lease releases of cancelled calls, running on (held here so they are not collected)
+        self._background: set[asyncio.Task[Any]] = set()
         self._execute: Any = (
             async_cluster_execute(redis) if self._cluster else redis.execute_command
         )
@@ -172,6 +175,16 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
         pairs = self._object_keys(obj, previous, model)
         await self._drive(self._invalidate_keys_flow(pairs), None, None, None)
 
+    def _in_background(self, flow: Flow) -> None:
+        """Run ``flow`` (a lease release) as a task of its own, kept until it ends."""
+        try:
+            task = asyncio.get_running_loop().create_task(self._drive(flow, None, None, None))
+        except RuntimeError:  # the loop is closing: the leases expire on their own
+            flow.close()
+            return
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def _drive(self, flow: Flow, cls: Any, id_field: Any, id_val: Any) -> Any:
         """Perform each operation a flow yields, awaiting it, until the flow returns or raises."""
         result: Any = None
@@ -209,6 +222,9 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
                     result = await self._replicated(op)
                 elif isinstance(op, Sleep):
                     await self._async_clock.async_sleep(op.seconds)
+                    result = None
+                elif isinstance(op, Background):
+                    self._in_background(op.flow)
                     result = None
                 else:  # pragma: no cover - a flow yields only the operations above
                     raise TypeError(f"unknown operation {op!r}")

@@ -20,6 +20,7 @@ from ._client import (
 )
 from ._cluster import cluster_execute
 from ._protocol import (
+    Background,
     CacheCowBase,
     Command,
     Fetch,
@@ -253,6 +254,9 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
                     result = self._replicated(op)
                 elif isinstance(op, Sleep):
                     self.clock.sleep(op.seconds)
+                    result = None
+                elif isinstance(op, Background):  # nothing to run it beside: run it now
+                    self._drive(op.flow, None, None, None)
                     result = None
                 else:  # pragma: no cover - a flow yields only the operations above
                     raise TypeError(f"unknown operation {op!r}")

@@ -203,6 +203,15 @@ def all_answered(results: list[Any]) -> list[Any]:
 
 
 @dataclass(frozen=True, slots=True)
+class Background:
+    """Start this flow (a lease release) and go on at once without its result: the asyncio
+    driver runs it as a task of its own, so a cancelled call is not held up by Redis; the sync
+    driver runs it in place."""
+
+    flow: Any
+
+
+@dataclass(frozen=True, slots=True)
 class Replicated:
     """Send these commands and then ``WAIT replicas timeout_ms`` on the same connection (on a
     cluster: per node, each node's commands and its WAIT on one connection); the result is the
@@ -215,7 +224,7 @@ class Replicated:
 
 
 FETCH = Fetch()
-Op = Script | Command | Fetch | FetchMany | Sleep | Pipeline | Replicated
+Op = Script | Command | Fetch | FetchMany | Sleep | Pipeline | Replicated | Background
 Flow = Generator[Op, Any, Any]
 
 
@@ -672,11 +681,9 @@ class CacheCowBase(Generic[ClientT]):
                 return (yield from self._fetch_uncached(cls, id_field, id_val))
             except GeneratorExit:
                 raise
-            except BaseException:
-                # Cancelled (or interrupted) while the reply was on its way: the lease may be
-                # ours, and left alone it would hold the key for flag_ttl. The release
-                # compares the token, so it frees nothing that is not ours.
-                yield from self._release(flag_key, token)
+            except BaseException as exc:
+                # Cancelled while the reply was on its way: the lease may be ours.
+                yield from self._interrupted(exc, self._release(flag_key, token))
                 raise
 
             if isinstance(reply, bytes):
@@ -732,9 +739,12 @@ class CacheCowBase(Generic[ClientT]):
                 return obj
         except GeneratorExit:
             raise
-        except BaseException:
+        except BaseException as exc:
             # fetch or serialize failed: free the lease at once, then re-raise unchanged.
-            yield from self._release(flag_key, token)
+            if isinstance(exc, asyncio.CancelledError):
+                yield Background(self._release(flag_key, token))
+            else:
+                yield from self._release(flag_key, token)
             raise
 
         payload, ttl_ms = prepared
@@ -744,8 +754,8 @@ class CacheCowBase(Generic[ClientT]):
             self._redis_failed(exc, "commit", keys)
         except GeneratorExit:
             raise
-        except BaseException:
-            yield from self._release(flag_key, token)  # as for the lease above
+        except BaseException as exc:
+            yield from self._interrupted(exc, self._release(flag_key, token))  # as above
             raise
         else:
             self.metrics.incr("commits" if stored == 1 else "stale_commits")
@@ -755,9 +765,22 @@ class CacheCowBase(Generic[ClientT]):
         """Give the lease back if it is still ours; never raises (the flag expires anyway)."""
         try:
             yield Script("release", (flag_key,), (token,))
-        except RedisError as exc:
+        except Exception as exc:  # a Redis failure, or a reply of the wrong shape
             self.metrics.incr("redis_errors")
             logger.warning("cachecow: could not release lease %s: %s", flag_key, exc)
+
+    def _interrupted(self, exc: BaseException, release: Flow) -> Flow:
+        """A call cancelled while a reply to it was on its way (the lease, a commit): the
+        leases may be ours, and left alone they would hold their keys for flag_ttl. An asyncio
+        cancellation starts ``release`` in the background and goes on at once, so that
+        deadlines (``asyncio.timeout``, ``wait_for``) hold even when Redis is stalled, which
+        is when calls get cancelled. Any other interruption (``KeyboardInterrupt``) leaves the
+        leases to expire: a blocking release would hold up the interrupt by a full Redis
+        timeout. The release compares the token, so it frees nothing that is not ours."""
+        if isinstance(exc, asyncio.CancelledError):
+            yield Background(release)
+        else:
+            release.close()
 
     def _peek_flow(self, cls: Any, id_field: Field, id_val: Any) -> Flow:
         """Read a lookup from the cache only: the object, ``None`` if not cached; never
@@ -967,9 +990,9 @@ class CacheCowBase(Generic[ClientT]):
             raise
         except BaseException as exc:
             if not isinstance(exc, RedisError):
-                # Cancelled while the replies were on their way: give back any lease won
-                # (the release compares the token, the head's first argument).
-                yield from self._release_many(lookups, pending, head[0])
+                # Cancelled while the replies were on their way: any lease won may be ours
+                # (the token is the head's first argument).
+                yield from self._interrupted(exc, self._release_many(lookups, pending, head[0]))
                 raise
             if isinstance(exc, PartialPipelineError):
                 # Some nodes answered: give back the leases won there (the token is the head's
@@ -1023,9 +1046,12 @@ class CacheCowBase(Generic[ClientT]):
                 entries[value_key] = (b"", 0) if prepared is None else prepared
         except GeneratorExit:
             raise
-        except BaseException:
+        except BaseException as exc:
             # fetch_many or serialize failed: free every lease at once, then re-raise unchanged.
-            yield from self._release_many(lookups, leased, token)
+            if isinstance(exc, asyncio.CancelledError):
+                yield Background(self._release_many(lookups, leased, token))
+            else:
+                yield from self._release_many(lookups, leased, token)
             raise
         try:
             replies = yield from self._batched(
@@ -1036,8 +1062,8 @@ class CacheCowBase(Generic[ClientT]):
             return
         except GeneratorExit:
             raise
-        except BaseException:
-            yield from self._release_many(lookups, leased, token)  # cancelled: as in _guarded
+        except BaseException as exc:
+            yield from self._interrupted(exc, self._release_many(lookups, leased, token))
             raise
         stored = refused = 0
         for value_key in leased:
@@ -1056,7 +1082,7 @@ class CacheCowBase(Generic[ClientT]):
         """Give back every lease of ``leased`` still ours; never raises."""
         try:
             yield from self._batched("commit_many", lookups, leased, (token,), lambda vk: (b"", 0))
-        except RedisError as exc:
+        except Exception as exc:  # a Redis failure, or a reply of the wrong shape
             self.metrics.incr("redis_errors")
             logger.warning("cachecow: could not release %d leases: %s", len(leased), exc)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from typing import Any
 
 import pytest
@@ -91,6 +92,17 @@ def test_get_many_herd_of_64_tasks_makes_one_fetch_many(redis_server: Any) -> No
     run(with_client(redis_server.port, body))
 
 
+async def released(client: aredis.Redis, *flags: str, within: float = 2.0) -> bool:
+    """Whether every one of ``flags`` is gone within ``within`` seconds (a cancelled call
+    releases its leases in the background, right after the cancellation)."""
+    deadline = time.monotonic() + within
+    while await client.exists(*flags):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.002)
+    return True
+
+
 def test_cancelled_fetch_releases_the_lease(redis_server: Any) -> None:
     async def body(client: aredis.Redis) -> None:
         cache = Rows(client)
@@ -103,7 +115,7 @@ def test_cancelled_fetch_releases_the_lease(redis_server: Any) -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert not await client.exists(flag_key)  # released at once, not left to expire
+        assert await released(client, flag_key)  # at once, not left to expire (10 s)
         cache.gate = None
         assert await cache.get("row", "id", 1) == {"id": 1}
 
@@ -111,28 +123,43 @@ def test_cancelled_fetch_releases_the_lease(redis_server: Any) -> None:
 
 
 class HeldConnection(aredis.Connection):
-    """A connection whose read of the reply to its next script call (``EVALSHA``) waits for
-    :attr:`hold`, so a test can cancel a call that Redis has run but whose reply is not read
-    yet. Cancelled there, it drops the socket, as redis-py does when a read is interrupted."""
+    """A connection that holds one script call (``EVALSHA`` of :attr:`sha`) until it is
+    cancelled: before sending it (:attr:`before_send`), or after sending it, before reading its
+    reply. A test can so cancel a call whose command Redis has not seen, or has run but whose
+    reply is unread. Cancelled in a read, it drops the socket, as redis-py does."""
 
-    hold: asyncio.Event | None = None
-    armed: asyncio.Event | None = None
+    sha: bytes | None = None
+    before_send = False
+    _armed = False
+
+    @classmethod
+    def hold(cls, sha: str, *, before_send: bool = False) -> None:
+        cls.sha, cls.before_send = sha.encode(), before_send
 
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        data = command if isinstance(command, bytes | bytearray) else b"".join(command)
+        held = HeldConnection.sha is not None and HeldConnection.sha in data
+        if held:
+            HeldConnection.sha = None
+            if HeldConnection.before_send:
+                await asyncio.Event().wait()  # until cancelled; nothing sent
         await super().send_packed_command(command, check_health)
-        sent = command if isinstance(command, bytes | bytearray) else b"".join(command)
-        if HeldConnection.hold is not None and b"EVALSHA" in sent:
-            self.armed, HeldConnection.hold = HeldConnection.hold, None
+        self._armed = held
 
     async def read_response(self, *args: Any, **kwargs: Any) -> Any:
-        armed, self.armed = self.armed, None
-        if armed is not None:
+        if self._armed:
+            self._armed = False
             try:
-                await armed.wait()
+                await asyncio.Event().wait()  # until cancelled
             except BaseException:
                 await self.disconnect()
                 raise
         return await super().read_response(*args, **kwargs)
+
+
+async def held_client(port: int) -> aredis.Redis:
+    pool = aredis.ConnectionPool(port=port, connection_class=HeldConnection)
+    return aredis.Redis.from_pool(pool)
 
 
 @pytest.mark.parametrize("batch", [False, True], ids=["get", "get_many"])
@@ -140,32 +167,99 @@ def test_cancelled_with_the_lease_reply_in_flight_releases_the_lease(
     redis_server: Any, batch: bool
 ) -> None:
     """Redis granted the lease, but the reply had not been read when the call was cancelled:
-    the lease is given back at once (before, it held the key for flag_ttl, 10 s)."""
+    the lease is given back right after (before, it held the key for flag_ttl, 10 s)."""
 
     async def body(client: aredis.Redis) -> None:
-        pool = aredis.ConnectionPool(port=redis_server.port, connection_class=HeldConnection)
-        held = aredis.Redis.from_pool(pool)
+        held = await held_client(redis_server.port)
         try:
             cache = Rows(held)
             await cache.get("row", "id", 5)  # the scripts loaded, a connection in the pool
             await cache.get_many("row", "id", [4, 5])
             flags = [cache.get_keys("row", "id", key)[1] for key in (1, 2, 3)]
-            HeldConnection.hold = asyncio.Event()
+            name = "get_or_lease_many" if batch else "get_or_lease"
+            HeldConnection.hold(cache._calls[name].sha)
             call = cache.get_many("row", "id", [1, 2, 3]) if batch else cache.get("row", "id", 1)
             task = asyncio.create_task(call)
             want = 3 if batch else 1
+            deadline = time.monotonic() + 5
             while await client.exists(*flags) < want:  # Redis has run the lease script
+                assert time.monotonic() < deadline, "the lease script never ran"
                 await asyncio.sleep(0.002)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            assert await client.exists(*flags) == 0  # released at once, not left to expire
+            assert await released(client, *flags)
             assert cache.calls == 2  # only the warm-up calls fetched
         finally:
-            HeldConnection.hold = None
+            HeldConnection.sha = None
             await held.aclose()
 
     run(with_client(redis_server.port, body))
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["get", "get_many"])
+def test_cancelled_before_its_commit_is_sent_releases_the_lease(
+    redis_server: Any, batch: bool
+) -> None:
+    """The row is fetched, and the call is cancelled before its commit reaches Redis: the
+    lease, still this reader's, is given back right after."""
+
+    async def body(client: aredis.Redis) -> None:
+        held = await held_client(redis_server.port)
+        try:
+            cache = Rows(held)
+            await cache.get("row", "id", 5)  # the scripts loaded
+            await cache.get_many("row", "id", [4, 5])
+            flags = [cache.get_keys("row", "id", key)[1] for key in (1, 2, 3)]
+            HeldConnection.hold(cache._calls["commit_many" if batch else "commit"].sha)
+            HeldConnection.before_send = True
+            call = cache.get_many("row", "id", [1, 2, 3]) if batch else cache.get("row", "id", 1)
+            task = asyncio.create_task(call)
+            deadline = time.monotonic() + 5
+            while HeldConnection.sha is not None:  # the commit is held, not sent
+                assert time.monotonic() < deadline, "the commit was never sent"
+                await asyncio.sleep(0.002)
+            assert await client.exists(*flags) == (3 if batch else 1)  # the leases stand
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert await released(client, *flags)
+            values = [cache.get_keys("row", "id", key)[0] for key in (1, 2, 3)]
+            assert await client.exists(*values) == 0  # and nothing was cached
+        finally:
+            HeldConnection.sha = None
+            HeldConnection.before_send = False
+            await held.aclose()
+
+    run(with_client(redis_server.port, body))
+
+
+def test_a_call_cancelled_on_a_stalled_redis_returns_at_once(own_redis_server: Any) -> None:
+    """A deadline (``wait_for``) on a ``get`` to a stalled Redis: the cancellation reaches the
+    caller at once. The lease release it starts runs in the background; a release in the
+    call itself waited out a second timeout (0.6 s here; about a minute with redis-py's
+    default retries), as a helper measured."""
+
+    async def body() -> float:
+        client = cachecow.connect_async(own_redis_server.url, timeout=0.5)
+        try:
+            cache = Rows(client)
+            await cache.get("row", "id", 5)  # the scripts loaded
+            own_redis_server.pause()
+            try:
+                start = time.monotonic()
+                with pytest.raises(asyncio.TimeoutError):
+                    await asyncio.wait_for(cache.get("row", "id", 1), 0.1)
+                elapsed = time.monotonic() - start
+            finally:
+                own_redis_server.resume()
+            await asyncio.sleep(0.6)  # let the background release end (it times out)
+            return elapsed
+        finally:
+            await client.aclose()
+
+    elapsed = run(body())
+    assert elapsed < 0.1 + 0.25  # the deadline, and scheduling noise; far below a timeout
 
 
 def test_plain_method_hooks_work_too(redis_server: Any) -> None:

@@ -271,11 +271,14 @@ class InterruptedConnection(redis.Connection):
 
 
 @pytest.mark.parametrize("batch", [False, True], ids=["get", "get_many"])
-def test_interrupted_with_the_lease_reply_in_flight_releases_the_lease(
+def test_an_interrupt_with_the_lease_reply_in_flight_goes_straight_to_the_caller(
     redis_server: RedisServer, batch: bool
 ) -> None:
-    """The sync twin of tests/test_async.py's cancellation test: a ``KeyboardInterrupt`` while
-    the granted lease's reply is unread gives the lease back before it propagates."""
+    """A ``KeyboardInterrupt`` while the granted lease's reply is unread reaches the caller
+    with no more Redis calls: the lease is left to expire (flag_ttl). Interrupts come when
+    Redis is slow, and a release in the call would hold the interrupt up by a full timeout
+    (a minute with redis-py's default retries). An asyncio cancellation releases in the
+    background instead (tests/test_async.py)."""
     from tests import test_contract_dict
 
     db = {i: {"id": i} for i in range(1, 6)}
@@ -297,7 +300,7 @@ def test_interrupted_with_the_lease_reply_in_flight_releases_the_lease(
         with pytest.raises(KeyboardInterrupt):
             call()
         assert InterruptedConnection.armed_for is None  # the interruption happened
-        assert admin.exists(*InterruptedConnection.flags) == 0  # released at once
+        assert admin.exists(*InterruptedConnection.flags) == len(keys)  # left to expire
     finally:
         InterruptedConnection.armed_for = None
         client.close()
