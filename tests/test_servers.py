@@ -4,13 +4,14 @@ picked port that was taken meanwhile is replaced."""
 from __future__ import annotations
 
 import socket
+import warnings
 from collections.abc import Iterator
 
 import pytest
 import redis
 
 from cachecow.testing import RedisServer, free_port
-from cachecow.testing.server import _ephemeral_range, free_cluster_port
+from cachecow.testing.server import _bindable, _ephemeral_range, free_cluster_port
 
 
 def test_free_ports_lie_outside_the_ephemeral_range() -> None:
@@ -79,3 +80,30 @@ def test_a_restart_keeps_its_port_even_when_taken() -> None:
         assert server.port == port
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(
+    ("ephemeral", "port_outside"),
+    [((1024, 65535), False), ((10000, 65535), True), ((1024, 65000), True)],
+)
+def test_hosts_with_a_wide_ephemeral_range_still_get_ports(
+    monkeypatch: pytest.MonkeyPatch, ephemeral: tuple[int, int], port_outside: bool
+) -> None:
+    """A host tuned to a wide range (1024-65535 is common) leaves few ports outside it, or
+    none. A port outside is still found where one exists, and otherwise any free port, with a
+    warning, rather than no server at all. (In these three, no cluster node's pair of ports
+    fits outside.)"""
+    from cachecow.testing import server
+
+    monkeypatch.setattr(server, "_ephemeral_range", lambda: ephemeral)
+    low, high = ephemeral
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        port = free_port()
+    assert (not low <= port <= high) == port_outside
+    assert len(caught) == (0 if port_outside else 1)
+    assert _bindable(port)
+    with pytest.warns(RuntimeWarning, match="ephemeral port range"):
+        node = free_cluster_port()
+    assert _bindable(node)
+    assert _bindable(node + 10000)

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -54,15 +55,27 @@ def _free_port(*, bus_offset: int | None, attempts: int = 500) -> int:
     offsets = (0,) if bus_offset is None else (0, bus_offset)
     top = 65535 - max(offsets)
     rng = random.Random()
-    for _ in range(attempts):
-        port = rng.randrange(10000, top + 1)
-        wanted = [port + offset for offset in offsets]
-        if any(low <= p <= high for p in wanted):
-            continue
-        if all(_bindable(p) for p in wanted):
-            return port
+    # First a port (and bus port) outside the ephemeral range; on a host whose range leaves
+    # none, any free one, with a warning.
+    for strict in (True, False):
+        for _ in range(attempts):
+            port = rng.randint(1024, top)
+            wanted = [port + offset for offset in offsets]
+            if strict and any(low <= p <= high for p in wanted):
+                continue
+            if all(_bindable(p) for p in wanted):
+                if not strict:
+                    warnings.warn(
+                        f"the kernel's ephemeral port range ({low}-{high}) leaves no port for "
+                        "a test server outside it; a client reconnecting to this one could "
+                        "connect to itself",
+                        RuntimeWarning,
+                        stacklevel=3,
+                    )
+                return port
     raise RedisServerUnavailable(
-        f"no free port {'pair ' if bus_offset else ''}outside the ephemeral range {low}-{high}"
+        f"no free port {'pair ' if bus_offset else ''}for a test server "
+        f"(ephemeral range {low}-{high})"
     )
 
 
@@ -133,6 +146,9 @@ class RedisServer:
                 return self._start(timeout=timeout)
             except _PortTaken:
                 continue
+            except BaseException:
+                self.port = 0  # the next start picks a port again, it is no restart
+                raise
         self.port = 0
         raise RedisServerUnavailable("every port picked for redis-server was taken at start")
 
