@@ -305,3 +305,69 @@ def test_an_interrupt_with_the_lease_reply_in_flight_goes_straight_to_the_caller
         InterruptedConnection.armed_for = None
         client.close()
         admin.close()
+
+
+class DroppedReplyConnection(redis.Connection):
+    """A connection that loses the reply to its next call of one script (``EVALSHA`` of
+    :attr:`sha`) once Redis has run it: it drops the socket and raises ``ConnectionError``,
+    as on a connection cut at that moment; the client's retry then sends the call again."""
+
+    sha: bytes | None = None
+    watcher: redis.Redis | None = None
+    flag = ""
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        super().send_packed_command(command, check_health)
+        sent = command if isinstance(command, bytes | bytearray) else b"".join(command)
+        self._drop = DroppedReplyConnection.sha is not None and DroppedReplyConnection.sha in sent
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        watcher = DroppedReplyConnection.watcher
+        if getattr(self, "_drop", False) and watcher is not None:
+            DroppedReplyConnection.sha = None
+            self._drop = False
+            deadline = time.monotonic() + 5
+            while not watcher.exists(self.flag) and time.monotonic() < deadline:
+                time.sleep(0.002)  # until Redis has granted the lease
+            self.disconnect()
+            raise redis.ConnectionError("connection dropped (forced by the test)")
+        return super().read_response(*args, **kwargs)
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["get", "get_many"])
+def test_a_lease_call_sent_again_after_a_lost_reply_finds_its_own_lease(
+    redis_server: RedisServer, batch: bool
+) -> None:
+    """The lease was granted, the reply lost with the connection, and the client's retry sends
+    the call again (connect() retries a dropped connection once). The second call finds the
+    lease already this reader's: it fetches and caches, as on one call. The scripts answered
+    "busy" before, so the reader waited on its own lease, then fetched without caching, and
+    the key stayed uncached for flag_ttl (found by a helper, by reading)."""
+    from tests import test_contract_dict
+
+    db = {i: {"id": i} for i in range(1, 6)}
+    admin = redis.Redis(port=redis_server.port)
+    admin.flushall()
+    client = cachecow.connect(redis_server.url, connection_class=DroppedReplyConnection)
+    try:
+        cache = test_contract_dict.DictCache(client, db, wait_timeout=0.2)
+        cache.get("item", "id", 5)  # the scripts loaded
+        cache.get_many("item", "id", [4, 5])
+        value_key, flag_key = cache.get_keys("item", "id", 1)
+        DroppedReplyConnection.flag = flag_key
+        DroppedReplyConnection.watcher = admin
+        name = "get_or_lease_many" if batch else "get_or_lease"
+        DroppedReplyConnection.sha = cache._calls[name].sha.encode()
+        before = cache.metrics.snapshot()
+        got = cache.get_many("item", "id", [1]) if batch else [cache.get("item", "id", 1)]
+        after = cache.metrics.snapshot()
+        assert DroppedReplyConnection.sha is None  # the reply was lost, the call sent again
+        assert got == [db[1]]
+        assert (after.busy - before.busy, after.commits - before.commits) == (0, 1)
+        assert admin.exists(flag_key) == 0
+        assert admin.exists(value_key) == 1  # cached
+    finally:
+        DroppedReplyConnection.sha = None
+        DroppedReplyConnection.watcher = None
+        client.close()
+        admin.close()

@@ -9,7 +9,8 @@
 --
 -- returns:
 --   a bulk string - the value key's bytes (a hit; a tombstone is a hit too)
---   1             - the lease is now held by ARGV[1]: fetch, then call commit.lua
+--   1             - the lease is now held by ARGV[1] (or already was): fetch, then call
+--                   commit.lua
 --   0             - busy: another reader holds the lease
 local value_key = KEYS[1]
 local flag_key = KEYS[2]
@@ -28,6 +29,11 @@ if value then
     return value
 end
 if redis.call('SET', flag_key, token, 'NX', 'PX', flag_ttl_ms) then
+    return 1
+end
+-- NOTE: a call sent again (its first reply lost with a dropped connection) finds the lease it
+-- was granted then: still this reader's, not another's to wait for.
+if redis.call('GET', flag_key) == token then
     return 1
 end
 return 0

@@ -9,7 +9,7 @@
 --
 -- returns an array with one entry per lookup, in order:
 --   a bulk string - the value key's bytes (a hit; a tombstone is a hit too)
---   1             - the lease is now held by ARGV[1]
+--   1             - the lease is now held by ARGV[1] (or already was)
 --   0             - busy: another reader holds the lease
 local token = ARGV[1]
 local flag_ttl_ms = ARGV[2]
@@ -38,6 +38,8 @@ for n = 1, #value_keys do
         replies[n] = value
     elseif redis.call('SET', flag_key, token, 'NX', 'PX', flag_ttl_ms) then
         replies[n] = 1
+    elseif redis.call('GET', flag_key) == token then
+        replies[n] = 1  -- NOTE: sent again after a lost reply: its own lease (get_or_lease.lua)
     else
         replies[n] = 0
     end
