@@ -33,7 +33,7 @@ from ._protocol import (
     all_answered,
     refuse_awaitable,
 )
-from ._sentinel import Sentinel, SentinelMaster, SentinelPool
+from ._sentinel import Sentinel, SentinelMaster, SentinelPool, mend_sentinel_pool
 from ._threads import node_runner
 
 __all__ = ["CacheCow", "connect", "connect_cluster", "connect_sentinel"]
@@ -147,6 +147,7 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
 
     def _check_client(self, redis: redis_py.Redis) -> None:
         check_client(redis, is_async=False)
+        mend_sentinel_pool(redis)
         self._cluster = isinstance(redis, RedisCluster)
         self._group_by_slot = self._cluster
         self._execute: Any = cluster_execute(redis) if self._cluster else redis.execute_command

@@ -38,11 +38,23 @@ from redis.asyncio.sentinel import Sentinel as _AsyncSentinel
 from redis.connection import SSLConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.sentinel import MasterNotFoundError, SentinelConnectionPool, SentinelManagedConnection
+from redis.sentinel import (
+    MasterNotFoundError,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
 from redis.sentinel import Sentinel as _Sentinel
 from redis.utils import SENTINEL
 
-__all__ = ["AsyncSentinel", "AsyncSentinelMaster", "Sentinel", "SentinelMaster", "SentinelPool"]
+__all__ = [
+    "AsyncSentinel",
+    "AsyncSentinelMaster",
+    "Sentinel",
+    "SentinelMaster",
+    "SentinelPool",
+    "mend_sentinel_pool",
+]
 
 
 class _MasterConnection(SentinelManagedConnection):
@@ -66,6 +78,20 @@ class _MasterConnection(SentinelManagedConnection):
 
 class _MasterSSLConnection(_MasterConnection, SSLConnection):
     pass
+
+
+def mend_sentinel_pool(client: Any) -> None:
+    """Give a sync Sentinel master client built by hand (``Sentinel(...).master_for(...)``)
+    the connections of :class:`SentinelPool`, if it has redis-py's own: its new connections
+    then drop their socket when a reply cannot be read. Connections it has already made keep
+    redis-py's class until they are closed."""
+    pool = getattr(client, "connection_pool", None)
+    if not isinstance(pool, SentinelConnectionPool):
+        return
+    if pool.connection_class is SentinelManagedConnection:
+        pool.connection_class = _MasterConnection
+    elif pool.connection_class is SentinelManagedSSLConnection:
+        pool.connection_class = _MasterSSLConnection
 
 
 class SentinelPool(SentinelConnectionPool):
