@@ -54,16 +54,23 @@ def _free_port(*, bus_offset: int | None, attempts: int = 500) -> int:
     low, high = _ephemeral_range()
     offsets = (0,) if bus_offset is None else (0, bus_offset)
     top = 65535 - max(offsets)
+    # The ports whose every port needed (the node's, its bus port) lies outside the range.
+    outside = [(1024, top)]
+    for offset in offsets:
+        outside = _minus(outside, low - offset, high - offset)
     rng = random.Random()
-    # First a port (and bus port) outside the ephemeral range; on a host whose range leaves
-    # none, any free one, with a warning.
+    # First a port from those; on a host whose range leaves none free, any free port, with a
+    # warning.
     for strict in (True, False):
+        if strict and not outside:
+            continue
         for _ in range(attempts):
-            port = rng.randint(1024, top)
-            wanted = [port + offset for offset in offsets]
-            if strict and any(low <= p <= high for p in wanted):
-                continue
-            if all(_bindable(p) for p in wanted):
+            if strict:
+                first, last = rng.choices(outside, [b - a + 1 for a, b in outside])[0]
+                port = rng.randint(first, last)
+            else:
+                port = rng.randint(1024, top)
+            if all(_bindable(port + offset) for offset in offsets):
                 if not strict:
                     warnings.warn(
                         f"the kernel's ephemeral port range ({low}-{high}) leaves no port for "
@@ -77,6 +84,17 @@ def _free_port(*, bus_offset: int | None, attempts: int = 500) -> int:
         f"no free port {'pair ' if bus_offset else ''}for a test server "
         f"(ephemeral range {low}-{high})"
     )
+
+
+def _minus(ranges: list[tuple[int, int]], low: int, high: int) -> list[tuple[int, int]]:
+    """``ranges`` (inclusive pairs) without the ports from ``low`` to ``high``."""
+    kept = []
+    for first, last in ranges:
+        if first < low:
+            kept.append((first, min(last, low - 1)))
+        if last > high:
+            kept.append((max(first, high + 1), last))
+    return [(first, last) for first, last in kept if first <= last]
 
 
 def _ephemeral_range() -> tuple[int, int]:
