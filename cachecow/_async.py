@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar, cast, overload
 
@@ -24,7 +25,7 @@ from ._cluster import async_cluster_execute
 from ._core import _op_args
 from ._protocol import (
     AsyncClock,
-    Background,
+    Brief,
     CacheCowBase,
     Command,
     Fetch,
@@ -40,6 +41,7 @@ from ._sentinel import AsyncSentinel, AsyncSentinelMaster
 from .exceptions import ConfigurationError, NotFound
 from .keys import Field
 
+logger = logging.getLogger("cachecow")
 __all__ = ["AsyncCacheCow", "connect_async", "connect_cluster_async", "connect_sentinel_async"]
 
 T = TypeVar("T")
@@ -103,8 +105,6 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
                 "AsyncCacheCow needs a clock with monotonic(), sleep() and async_sleep()"
             )
         self._async_clock: AsyncClock = self.clock
-        # lease releases of cancelled calls, running on (held here so they are not collected)
-        self._background: set[asyncio.Task[Any]] = set()
         self._execute: Any = (
             async_cluster_execute(redis) if self._cluster else redis.execute_command
         )
@@ -175,21 +175,24 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
         pairs = self._object_keys(obj, previous, model)
         await self._drive(self._invalidate_keys_flow(pairs), None, None, None)
 
-    def _in_background(self, flow: Flow) -> None:
-        """Run ``flow`` (a lease release) as a task of its own, kept until it ends."""
+    async def _brief(self, op: Brief) -> None:
+        """Run ``op.flow`` (a release) for at most ``op.seconds``; never raises an exception
+        (the leases then expire on their own)."""
         try:
-            task = asyncio.get_running_loop().create_task(self._drive(flow, None, None, None))
-        except RuntimeError:  # the loop is closing: the leases expire on their own
-            flow.close()
-            return
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+            await asyncio.wait_for(
+                self._drive(op.flow, None, None, None, initialize=False), op.seconds
+            )
+        except Exception as exc:  # given up (TimeoutError), or the client failed
+            self.metrics.incr("redis_errors")
+            logger.warning("cachecow: gave up releasing leases after a cancellation: %r", exc)
 
-    async def _drive(self, flow: Flow, cls: Any, id_field: Any, id_val: Any) -> Any:
+    async def _drive(
+        self, flow: Flow, cls: Any, id_field: Any, id_val: Any, *, initialize: bool = True
+    ) -> Any:
         """Perform each operation a flow yields, awaiting it, until the flow returns or raises."""
         result: Any = None
         error: BaseException | None = None
-        if self._cluster:
+        if self._cluster and initialize:
             # Load the cluster's map before the first command (a no-op once loaded): without
             # it, redis-py 8.1 routes a script to a random node, and every 5th MOVED reply
             # closes every connection, those of concurrent calls too.
@@ -223,8 +226,8 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
                 elif isinstance(op, Sleep):
                     await self._async_clock.async_sleep(op.seconds)
                     result = None
-                elif isinstance(op, Background):
-                    self._in_background(op.flow)
+                elif isinstance(op, Brief):
+                    await self._brief(op)
                     result = None
                 else:  # pragma: no cover - a flow yields only the operations above
                     raise TypeError(f"unknown operation {op!r}")

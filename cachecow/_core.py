@@ -20,7 +20,7 @@ from ._client import (
 )
 from ._cluster import cluster_execute
 from ._protocol import (
-    Background,
+    Brief,
     CacheCowBase,
     Command,
     Fetch,
@@ -256,7 +256,7 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
                 elif isinstance(op, Sleep):
                     self.clock.sleep(op.seconds)
                     result = None
-                elif isinstance(op, Background):  # nothing to run it beside: run it now
+                elif isinstance(op, Brief):  # no bound to put on a sync call: run it in full
                     self._drive(op.flow, None, None, None)
                     result = None
                 else:  # pragma: no cover - a flow yields only the operations above

@@ -202,13 +202,20 @@ def all_answered(results: list[Any]) -> list[Any]:
     raise PartialPipelineError(errors[0], results)
 
 
+CANCEL_RELEASE_SECONDS = 0.1
+"""How long a cancelled asyncio call may spend giving back its leases before the
+cancellation goes on (a release takes one round trip; on a stalled Redis it is given up)."""
+
+
 @dataclass(frozen=True, slots=True)
-class Background:
-    """Start this flow (a lease release) and go on at once without its result: the asyncio
-    driver runs it as a task of its own, so a cancelled call is not held up by Redis; the sync
-    driver runs it in place."""
+class Brief:
+    """Run this flow (a lease release after a cancellation) for at most ``seconds``, then go
+    on whatever became of it: the asyncio driver gives it up after that (the leases then
+    expire on their own), so a cancellation is held up by at most that much even when Redis
+    is stalled; the sync driver runs it in full."""
 
     flow: Any
+    seconds: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +231,7 @@ class Replicated:
 
 
 FETCH = Fetch()
-Op = Script | Command | Fetch | FetchMany | Sleep | Pipeline | Replicated | Background
+Op = Script | Command | Fetch | FetchMany | Sleep | Pipeline | Replicated | Brief
 Flow = Generator[Op, Any, Any]
 
 
@@ -742,7 +749,7 @@ class CacheCowBase(Generic[ClientT]):
         except BaseException as exc:
             # fetch or serialize failed: free the lease at once, then re-raise unchanged.
             if isinstance(exc, asyncio.CancelledError):
-                yield Background(self._release(flag_key, token))
+                yield Brief(self._release(flag_key, token), CANCEL_RELEASE_SECONDS)
             else:
                 yield from self._release(flag_key, token)
             raise
@@ -770,15 +777,21 @@ class CacheCowBase(Generic[ClientT]):
             logger.warning("cachecow: could not release lease %s: %s", flag_key, exc)
 
     def _interrupted(self, exc: BaseException, release: Flow) -> Flow:
-        """A call cancelled while a reply to it was on its way (the lease, a commit): the
-        leases may be ours, and left alone they would hold their keys for flag_ttl. An asyncio
-        cancellation starts ``release`` in the background and goes on at once, so that
-        deadlines (``asyncio.timeout``, ``wait_for``) hold even when Redis is stalled, which
-        is when calls get cancelled. Any other interruption (``KeyboardInterrupt``) leaves the
-        leases to expire: a blocking release would hold up the interrupt by a full Redis
-        timeout. The release compares the token, so it frees nothing that is not ours."""
+        """A call failed while a reply to it was on its way (the lease, a commit), other than
+        by a Redis error: the leases may be ours, and left alone they would hold their keys
+        for flag_ttl. The release compares the token, so it frees nothing that is not ours.
+
+        - An asyncio cancellation releases for at most :data:`CANCEL_RELEASE_SECONDS`, so
+          deadlines (``asyncio.timeout``, ``wait_for``) hold even when Redis is stalled,
+          which is when calls get cancelled.
+        - Any other exception releases as after a failed ``fetch``.
+        - ``KeyboardInterrupt``, ``SystemExit`` and other interruptions that are not
+          exceptions release nothing: a release would hold up the interrupt by a full Redis
+          timeout when Redis is slow, which is when interrupts come."""
         if isinstance(exc, asyncio.CancelledError):
-            yield Background(release)
+            yield Brief(release, CANCEL_RELEASE_SECONDS)
+        elif isinstance(exc, Exception):
+            yield from release
         else:
             release.close()
 
@@ -1049,7 +1062,7 @@ class CacheCowBase(Generic[ClientT]):
         except BaseException as exc:
             # fetch_many or serialize failed: free every lease at once, then re-raise unchanged.
             if isinstance(exc, asyncio.CancelledError):
-                yield Background(self._release_many(lookups, leased, token))
+                yield Brief(self._release_many(lookups, leased, token), CANCEL_RELEASE_SECONDS)
             else:
                 yield from self._release_many(lookups, leased, token)
             raise

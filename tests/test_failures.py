@@ -252,6 +252,7 @@ class InterruptedConnection(redis.Connection):
 
     armed_for: redis.Redis | None = None  # a client to see the flag keys with
     flags: tuple[str, ...] = ()
+    error: type[BaseException] = KeyboardInterrupt
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         super().send_packed_command(command, check_health)
@@ -266,19 +267,21 @@ class InterruptedConnection(redis.Connection):
             while watcher.exists(*self.flags) < len(self.flags) and time.monotonic() < deadline:
                 time.sleep(0.002)  # until Redis has run the lease script
             self.disconnect()
-            raise KeyboardInterrupt
+            raise InterruptedConnection.error
         return super().read_response(*args, **kwargs)
 
 
 @pytest.mark.parametrize("batch", [False, True], ids=["get", "get_many"])
+@pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
 def test_an_interrupt_with_the_lease_reply_in_flight_goes_straight_to_the_caller(
-    redis_server: RedisServer, batch: bool
+    redis_server: RedisServer, batch: bool, error: type[BaseException]
 ) -> None:
     """A ``KeyboardInterrupt`` while the granted lease's reply is unread reaches the caller
     with no more Redis calls: the lease is left to expire (flag_ttl). Interrupts come when
     Redis is slow, and a release in the call would hold the interrupt up by a full timeout
-    (a minute with redis-py's default retries). An asyncio cancellation releases in the
-    background instead (tests/test_async.py)."""
+    (a minute with redis-py's default retries). An exception (here a ``RuntimeError`` from
+    the connection) releases, as after a failed ``fetch``; an asyncio cancellation releases
+    within a bound (tests/test_async.py)."""
     from tests import test_contract_dict
 
     db = {i: {"id": i} for i in range(1, 6)}
@@ -292,17 +295,20 @@ def test_an_interrupt_with_the_lease_reply_in_flight_goes_straight_to_the_caller
         cache.get_many("item", "id", [4, 5])
         keys = (1, 2, 3) if batch else (1,)
         InterruptedConnection.flags = tuple(cache.get_keys("item", "id", k)[1] for k in keys)
+        InterruptedConnection.error = error
         InterruptedConnection.armed_for = admin
         if batch:
             call: Any = lambda: cache.get_many("item", "id", list(keys))  # noqa: E731
         else:
             call = lambda: cache.get("item", "id", 1)  # noqa: E731
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(error):
             call()
         assert InterruptedConnection.armed_for is None  # the interruption happened
-        assert admin.exists(*InterruptedConnection.flags) == len(keys)  # left to expire
+        left = admin.exists(*InterruptedConnection.flags)
+        assert left == (len(keys) if error is KeyboardInterrupt else 0)
     finally:
         InterruptedConnection.armed_for = None
+        InterruptedConnection.error = KeyboardInterrupt
         client.close()
         admin.close()
 
