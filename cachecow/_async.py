@@ -11,7 +11,7 @@ from typing import Any, TypeVar, cast, overload
 import redis.asyncio as aredis
 from redis.asyncio.cluster import ClusterNode, PipelineCommand
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from ._client import (
     bounded_cluster_kwargs,
@@ -36,6 +36,7 @@ from ._protocol import (
     Script,
     Sleep,
     all_answered,
+    as_redis_error,
 )
 from ._sentinel import AsyncSentinel, AsyncSentinelMaster
 from .exceptions import ConfigurationError, NotFound
@@ -192,20 +193,24 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
         """Perform each operation a flow yields, awaiting it, until the flow returns or raises."""
         result: Any = None
         error: BaseException | None = None
+        unreachable: BaseException | None = None
         if self._cluster and initialize:
             # Load the cluster's map before the first command (a no-op once loaded): without
             # it, redis-py 8.1 routes a script to a random node, and every 5th MOVED reply
             # closes every connection, those of concurrent calls too.
             try:
                 await self.redis.initialize()
-            except RedisError as exc:
-                error = exc
+            except (RedisError, RedisClusterException) as exc:
+                unreachable = as_redis_error(exc)
         while True:
             try:
                 op = flow.send(result) if error is None else flow.throw(error)
             except StopIteration as stop:
                 return stop.value
             error = None
+            if unreachable is not None:  # the flow's first operation fails with it
+                error, unreachable = unreachable, None
+                continue
             try:
                 if isinstance(op, Script):
                     result = await self._run_script(op)
@@ -233,7 +238,7 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
                     raise TypeError(f"unknown operation {op!r}")
             except BaseException as exc:
                 result = None
-                error = exc
+                error = exc if isinstance(op, Fetch | FetchMany) else as_redis_error(exc)
 
     async def _alone(self, item: Script | Command) -> Any:
         if isinstance(item, Script):

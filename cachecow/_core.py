@@ -31,6 +31,7 @@ from ._protocol import (
     Script,
     Sleep,
     all_answered,
+    as_redis_error,
     refuse_awaitable,
 )
 from ._sentinel import Sentinel, SentinelMaster, SentinelPool, mend_sentinel_pool
@@ -263,7 +264,7 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
                     raise TypeError(f"unknown operation {op!r}")
             except BaseException as exc:
                 result = None
-                error = exc
+                error = exc if isinstance(op, Fetch | FetchMany) else as_redis_error(exc)
 
     def _per_node(self, ops: tuple[Script | Command, ...], run: Any) -> None:
         """Group a cluster batch's items by the node that owns their slot and call

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, NoReturn, Protocol, TypeVar, runtime_checkable
 
 from redis.crc import key_slot
-from redis.exceptions import RedisError
+from redis.exceptions import ClusterError, RedisClusterException, RedisError
 
 from .exceptions import (
     CacheUnavailable,
@@ -200,6 +200,19 @@ def all_answered(results: list[Any]) -> list[Any]:
     if len(errors) == len(results):
         raise errors[0]
     raise PartialPipelineError(errors[0], results)
+
+
+def as_redis_error(exc: BaseException) -> BaseException:
+    """``exc``, or a :class:`~redis.exceptions.ClusterError` in its place if it is one of the
+    exceptions redis-py's cluster clients raise when no node can be reached that are no
+    ``RedisError`` (``RedisClusterException``, ``SlotNotCoveredError``): to the protocol,
+    those are Redis failures like any other (``fail_open`` serves the read, an invalidation
+    raises :class:`~cachecow.InvalidationFailed`)."""
+    if isinstance(exc, RedisClusterException) and not isinstance(exc, RedisError):
+        error = ClusterError(f"{type(exc).__name__}: {exc}")
+        error.__cause__ = exc
+        return error
+    return exc
 
 
 CANCEL_RELEASE_SECONDS = 0.1

@@ -23,9 +23,9 @@ from redis.crc import key_slot
 from redis.retry import Retry
 
 import cachecow
-from cachecow import AsyncCacheCow, CacheCow, InvalidationFailed
+from cachecow import AsyncCacheCow, CacheCow, CacheUnavailable, InvalidationFailed
 from cachecow.testing import RedisClusterServers, free_port
-from cachecow.testing.bridge import SyncFacade
+from cachecow.testing.bridge import LoopThread, SyncFacade
 from cachecow.testing.contract import AsyncCacheCowContract, CacheCowContract, FetchProbe
 from cachecow.testing.plugin import require_server
 from tests import test_contract_dict
@@ -516,3 +516,49 @@ def test_a_script_flushed_again_right_after_its_reload_still_runs_on_a_cluster(
         got, snapshot = asyncio.run(body())
     assert got == [db[1], db[1]]
     assert (snapshot.redis_errors, snapshot.fetches, snapshot.hits) == (0, 1, 1)
+
+
+def test_a_cluster_that_is_all_down_is_a_redis_failure() -> None:
+    """Every node of the cluster is gone. redis-py's cluster clients then raise
+    ``RedisClusterException`` ("Redis Cluster cannot be connected"), which is no
+    ``RedisError``: it went past ``fail_open`` to the caller, and an invalidation raised it
+    instead of ``InvalidationFailed`` (found by a helper). It is a Redis failure now, sync
+    and asyncio, and before the first call as after it."""
+    cluster = require_server(RedisClusterServers())
+    url = f"redis://127.0.0.1:{cluster.ports[0]}"
+    db = {i: {"id": i, "payload": f"p{i}"} for i in range(3)}
+    try:
+        sync_client = cachecow.connect_cluster(url, timeout=0.3)
+        loop = LoopThread()
+
+        async def make() -> Any:
+            return cachecow.connect_cluster_async(url, timeout=0.3)
+
+        async_client = loop.run(make())
+        caches: dict[str, Any] = {
+            "sync": test_contract_dict.DictCache(sync_client, db, fail_open=True),
+            "sync, strict": test_contract_dict.DictCache(sync_client, db),
+            "asyncio": SyncFacade(
+                test_contract_dict.AsyncDictCache(async_client, db, fail_open=True), loop
+            ),
+            "asyncio, strict": SyncFacade(
+                test_contract_dict.AsyncDictCache(async_client, db), loop
+            ),
+        }
+        for cache in caches.values():
+            assert cache.get("item", "id", 1) == db[1]  # the clients know the cluster
+        cluster.stop()
+        for name, cache in caches.items():
+            if "strict" in name:
+                with pytest.raises(CacheUnavailable):
+                    cache.get("item", "id", 2)
+            else:
+                assert cache.get("item", "id", 2) == db[2], name  # served by fetch
+                assert cache.get_many("item", "id", [0, 2]) == [db[0], db[2]], name
+            with pytest.raises(InvalidationFailed):
+                cache.invalidate("item", "id", 1)
+        sync_client.close()
+        loop.run(async_client.aclose())
+        loop.close()
+    finally:
+        cluster.stop()
