@@ -761,10 +761,7 @@ class CacheCowBase(Generic[ClientT]):
             raise
         except BaseException as exc:
             # fetch or serialize failed: free the lease at once, then re-raise unchanged.
-            if isinstance(exc, asyncio.CancelledError):
-                yield Brief(self._release(flag_key, token), CANCEL_RELEASE_SECONDS)
-            else:
-                yield from self._release(flag_key, token)
+            yield from self._released(exc, self._release(flag_key, token))
             raise
 
         payload, ttl_ms = prepared
@@ -801,12 +798,18 @@ class CacheCowBase(Generic[ClientT]):
         - ``KeyboardInterrupt``, ``SystemExit`` and other interruptions that are not
           exceptions release nothing: a release would hold up the interrupt by a full Redis
           timeout when Redis is slow, which is when interrupts come."""
-        if isinstance(exc, asyncio.CancelledError):
-            yield Brief(release, CANCEL_RELEASE_SECONDS)
-        elif isinstance(exc, Exception):
-            yield from release
+        if isinstance(exc, Exception | asyncio.CancelledError):
+            yield from self._released(exc, release)
         else:
             release.close()
+
+    def _released(self, exc: BaseException, release: Flow) -> Flow:
+        """Run ``release`` after ``exc``: for at most :data:`CANCEL_RELEASE_SECONDS` after an
+        asyncio cancellation, in full otherwise (as after a failed ``fetch``)."""
+        if isinstance(exc, asyncio.CancelledError):
+            yield Brief(release, CANCEL_RELEASE_SECONDS)
+        else:
+            yield from release
 
     def _peek_flow(self, cls: Any, id_field: Field, id_val: Any) -> Flow:
         """Read a lookup from the cache only: the object, ``None`` if not cached; never
@@ -1074,10 +1077,7 @@ class CacheCowBase(Generic[ClientT]):
             raise
         except BaseException as exc:
             # fetch_many or serialize failed: free every lease at once, then re-raise unchanged.
-            if isinstance(exc, asyncio.CancelledError):
-                yield Brief(self._release_many(lookups, leased, token), CANCEL_RELEASE_SECONDS)
-            else:
-                yield from self._release_many(lookups, leased, token)
+            yield from self._released(exc, self._release_many(lookups, leased, token))
             raise
         try:
             replies = yield from self._batched(
