@@ -2,11 +2,12 @@
 
 ::
 
-    from cachecow.adapters.sqlalchemy import SQLAlchemyCache
+    from cachecow.adapters.sqlalchemy import SQLAlchemyCache, install
 
     Session = sessionmaker(engine)
+    install(engine, User, Membership)         # the outbox and each table's triggers (once)
     cache = SQLAlchemyCache(cachecow.connect(), Session)
-    cache.watch(Session)                      # invalidate on commit for sessions it makes
+    cache.watch(Session)                      # drain after commit, and a relay thread
 
     user = cache.get(User, "id", 5)
     user = cache.get(User, "email", "ada@example.com")
@@ -32,15 +33,21 @@ cached under another schema (a column added, removed or retyped) is a miss, dele
 again, never an error. The fingerprint is in the value, not the key, so during a rolling deploy
 old and new processes still invalidate the same keys.
 
-**Invalidation.** :meth:`SQLAlchemyCache.watch` a session factory (or one session): each flush
-records the unique lookups of every new, changed and deleted instance, with both the old and
-the new values of changed unique fields; they are invalidated in one round trip after the
-outermost commit, dropped on rollback, and a savepoint that rolls back drops its own. ORM bulk
-``update()`` and ``delete()`` statements executed through a watched session invalidate every
-affected row (a pre-select of the affected rows in the same transaction, and for updates a
-post-select of their new values); bulk ``insert()`` with parameter lists invalidates the lookups
-its rows carry. Not covered: Core statements on a connection, raw SQL, and the legacy
-``bulk_save_objects`` family, which bypass the session's events.
+**Invalidation comes from the database.** :func:`install` puts triggers on each table (insert,
+update, delete; statement-level with transition tables on PostgreSQL, row triggers on SQLite and
+MariaDB) that record the old and the new values of every unique lookup in the
+``cachecow_outbox`` table, in the writer's own transaction, whatever made the write: the ORM,
+Core, bulk statements, upserts, raw SQL, another process. :meth:`SQLAlchemyCache.watch` drains
+the outbox after each commit of a session that wrote, so the write's invalidations have reached
+Redis when ``commit()`` returns; its relay thread delivers the rest (writes made outside the
+watched sessions, a process that died between commit and drain, commits made while Redis was
+down), woken by ``NOTIFY`` on PostgreSQL with psycopg, polling elsewhere. A Redis failure never
+fails a write: the rows wait for the relay. The first fetch of a model whose table lacks its
+triggers raises, naming the call to run. Use :func:`install_sql` in a migration (Alembic:
+``op.execute``), and again after a change of a table's unique columns.
+
+Not seen by the triggers: ``TRUNCATE``, and on MariaDB the rows a foreign key's ``ON DELETE``
+or ``ON UPDATE`` action changes (InnoDB fires no triggers for them). The value TTL bounds those.
 """
 
 from __future__ import annotations
@@ -48,8 +55,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 try:
@@ -61,7 +69,6 @@ try:
         Mapper,
         ORMExecuteState,
         Session,
-        SessionTransaction,
         make_transient_to_detached,
         sessionmaker,
         undefer,
@@ -74,24 +81,28 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from cachecow import AsyncCacheCow, CacheCow, ConfigurationError, InvalidLookup, NotFound
-from cachecow.keys import Field, normalize_lookup
+from cachecow.keys import Field, model_label, normalize_lookup
 
+from . import _outbox
 from ._codecs import Codec, codec_for
-from ._lookups import Lookup, coerce, describe, refuse, row_lookups
+from ._lookups import coerce, describe, refuse
 from ._lookups import has_null as _has_null
 from ._lookups import keys_of as _keys
 
-__all__ = ["AsyncSQLAlchemyCache", "SQLAlchemyCache"]
+__all__ = [
+    "AsyncSQLAlchemyCache",
+    "SQLAlchemyCache",
+    "install",
+    "install_on_create",
+    "install_sql",
+    "relay",
+]
 
 logger = logging.getLogger("cachecow")
 
 
 def _codec_for(column: sa.Column[Any], name: str) -> Codec:
-    try:
-        python_type: Any = column.type.python_type
-    except NotImplementedError:
-        python_type = None
-    return codec_for(python_type, name)
+    return codec_for(_python_type(column), name)
 
 
 # -- what the adapter knows of a mapped class ---------------------------------------------------
@@ -184,58 +195,10 @@ class _Model:
         return getattr(obj, lookup)
 
 
-# -- transaction tracking -----------------------------------------------------------------------
-
-
-@dataclass
-class _Tracker:
-    """Lookups flushed in one session, per transaction, waiting for the outermost commit."""
-
-    chunks: dict[SessionTransaction, list[list[Lookup]]] = field(default_factory=dict)
-    moved: dict[SessionTransaction, tuple[SessionTransaction, list[list[Lookup]]]] = field(
-        default_factory=dict
-    )
-    changed: list[Any] = field(default_factory=list)  # instances to refill (warm on write)
-
-    def add(self, session: Session, lookups: list[Lookup]) -> None:
-        if lookups:
-            tx = session.get_nested_transaction() or session.get_transaction()
-            if tx is not None:
-                self.chunks.setdefault(tx, []).append(lookups)
-
-    def end(self, tx: SessionTransaction) -> None:
-        chunks = self.chunks.pop(tx, [])
-        if tx.nested and tx.parent is not None:
-            # A savepoint ended: its lookups now belong to its parent, unless a rollback of
-            # it follows (after_soft_rollback comes after after_transaction_end), see undo.
-            self.chunks.setdefault(tx.parent, []).extend(chunks)
-            self.moved[tx] = (tx.parent, chunks)
-        elif tx.parent is None:
-            self.moved.clear()
-            self.changed.clear()
-
-    def undo(self, tx: SessionTransaction) -> None:
-        """A transaction rolled back: forget what it flushed."""
-        self.chunks.pop(tx, None)
-        parent, chunks = self.moved.pop(tx, (None, []))
-        if parent is not None:
-            kept = self.chunks.get(parent, [])
-            self.chunks[parent] = [c for c in kept if not any(c is d for d in chunks)]
-
-    def take_committed(self) -> list[Lookup]:
-        """Every lookup flushed in the transaction that just committed (the outermost)."""
-        lookups: list[Lookup] = []
-        for tx in [t for t in self.chunks if t.parent is None]:
-            for chunk in self.chunks.pop(tx):
-                lookups += chunk
-        return list(dict.fromkeys(lookups))
-
-
-_UNSET = object()
-
-
 class _SQLAlchemyModels:
     """What the sync and async SQLAlchemy caches share: models, codecs, lookups, watching."""
+
+    model_label: Callable[[Any], str]  # the cache class's
 
     def _setup(self, session_factory: Any) -> None:
         if not callable(session_factory):
@@ -244,6 +207,9 @@ class _SQLAlchemyModels:
             )
         self.session_factory = session_factory
         self._models: dict[type, _Model] = {}
+        self._installed: set[type] = set()
+        self._drainers: dict[Any, _outbox.Drainer] = {}
+        self._relays: dict[Any, _outbox.Relay] = {}
 
     # -- models ---------------------------------------------------------------------------------
 
@@ -342,197 +308,91 @@ class _SQLAlchemyModels:
 
     # -- watching sessions ----------------------------------------------------------------------
 
+    def _check_installed(self, connection: Any, cls: Any) -> None:
+        """Refuse, once per model, to cache a table whose writes no trigger records."""
+        if cls in self._installed:
+            return
+        table = _watched(self.model_info(cls), self.model_label(cls))
+        dialect = _dialect(connection.dialect)
+
+        def run(sql: str) -> list[tuple[Any, ...]]:
+            result = connection.exec_driver_sql(sql)
+            return [tuple(r) for r in result.fetchall()] if result.returns_rows else []
+
+        if not _outbox.installed(dialect, run, table):
+            raise ConfigurationError(
+                f"{cls.__qualname__}: table {table.table!r} has no up-to-date cachecow "
+                "triggers, so its writes would not invalidate the cache: run "
+                f"cachecow.adapters.sqlalchemy.install(engine, {cls.__qualname__}) (or its "
+                "install_sql() in a migration)"
+            )
+        self._installed.add(cls)
+
     def _listen(self, target: Any, warm: bool) -> None:
-        tracker_key = ("cachecow", id(self))
+        wrote_key = ("cachecow", id(self), "wrote")
 
-        def tracker(session: Session) -> _Tracker:
-            found = session.info.get(tracker_key)
-            if found is None:
-                found = session.info[tracker_key] = _Tracker()
-            return found
-
-        def before_flush(session: Session, flush_context: Any, instances: Any) -> None:
-            # Old values (and current ones) of changed and deleted instances, read now, while
-            # the database still holds the old row.
-            lookups: list[Lookup] = []
-            unknown: dict[type, list[Any]] = {}
-            with session.no_autoflush:
-                for obj in list(session.dirty) + list(session.deleted):
-                    lookups += self._lookups_of(obj, old=True)
-                    cls = self._old_values_unknown(obj)
-                    if cls is not None:
-                        unknown.setdefault(cls, []).append(obj)
-                    if warm and obj not in session.deleted:
-                        tracker(session).changed.append(obj)
-                for cls, objs in unknown.items():
-                    lookups += self._stored_lookups(session, cls, objs)
-            tracker(session).add(session, lookups)
+        def wrote(session: Session, objs: Iterable[Any] = ()) -> None:
+            found = session.info.setdefault(wrote_key, [])
+            if warm:
+                found.extend(objs)
+            elif not found:
+                found.append(None)
 
         def after_flush(session: Session, flush_context: Any) -> None:
-            # New values: primary keys of new rows are known only now.
-            lookups: list[Lookup] = []
-            for obj in list(session.new) + list(session.dirty):
-                lookups += self._lookups_of(obj, old=False)
-            for obj in session.new:
-                if warm:
-                    tracker(session).changed.append(obj)
-            tracker(session).add(session, lookups)
+            wrote(session, list(session.new) + list(session.dirty))
 
-        def after_transaction_end(session: Session, tx: SessionTransaction) -> None:
-            tracker(session).end(tx)
+        def do_orm_execute(state: ORMExecuteState) -> None:
+            if not state.is_select:  # a bulk or Core statement through the session
+                wrote(state.session)
 
-        def after_soft_rollback(session: Session, previous: SessionTransaction) -> None:
-            tracker(session).undo(previous)
+        def after_soft_rollback(session: Session, previous: Any) -> None:
+            if previous.parent is None:  # the outermost transaction rolled back
+                session.info.pop(wrote_key, None)
 
         def after_commit(session: Session) -> None:
             if session.in_nested_transaction():
-                return  # a savepoint released: its lookups wait for the outermost commit
-            t = tracker(session)
-            lookups = t.take_committed()
-            changed = list(t.changed)
-            t.changed.clear()
-            if lookups:
-                self._invalidate_committed(lookups)
-            if warm and changed:
-                self._warm(changed)
-
-        def do_orm_execute(state: ORMExecuteState) -> Any:
-            if not (state.is_update or state.is_delete or state.is_insert):
-                return None
-            mapper = state.bind_mapper
-            if mapper is None or mapper.class_ not in self._watchable(mapper.class_):
-                return None
-            return self._bulk(state, mapper.class_, tracker(state.session))
+                return  # a savepoint released: the outermost commit drains
+            changed = session.info.pop(wrote_key, None)
+            if changed is None:
+                return
+            bind: Any = session.get_bind()
+            self._drainer(bind.engine).after_commit()
+            if warm:
+                self._warm([obj for obj in changed if obj is not None])
 
         listeners: list[tuple[str, Callable[..., Any]]] = [
-            ("before_flush", before_flush),
             ("after_flush", after_flush),
-            ("after_transaction_end", after_transaction_end),
+            ("do_orm_execute", do_orm_execute),
             ("after_soft_rollback", after_soft_rollback),
             ("after_commit", after_commit),
-            ("do_orm_execute", do_orm_execute),
         ]
         for name, fn in listeners:
             event.listen(target, name, fn)
 
-    def _watchable(self, cls: Any) -> set[Any]:
-        try:
-            self.model_info(cls)
-        except ConfigurationError:
-            return set()
-        return {cls}
+    def _drainer(self, engine: sa.Engine) -> _outbox.Drainer:
+        """The drainer of one engine's outbox (made once)."""
+        drainer = self._drainers.get(engine)
+        if drainer is None:
+            drainer = self._drainers[engine] = _outbox.Drainer(
+                _dialect(engine.dialect), lambda: _autocommit(engine), self._deliver
+            )
+        return drainer
 
-    def _lookups_of(self, obj: Any, *, old: bool) -> list[Lookup]:
-        try:
-            info = self.model_info(type(obj))
-        except ConfigurationError:
-            return []  # not a model this cache can serve
-        state = sa_inspect(obj)
-        out: list[Lookup] = []
-        for lookup in info.lookups:
-            keys = lookup if isinstance(lookup, tuple) else (lookup,)
-            values = []
-            for key in keys:
-                value = _UNSET
-                if old:
-                    history = state.attrs[key].history
-                    if history.deleted:
-                        value = history.deleted[0]
-                if value is _UNSET:
-                    value = state.dict[key] if key in state.dict else getattr(obj, key)
-                values.append(value)
-            value = tuple(values) if isinstance(lookup, tuple) else values[0]
-            if not _has_null(value):
-                out.append((info.cls, lookup, value))
-        return out
+    def relay(self, engine: sa.Engine, *, interval: float = 0.2) -> _outbox.Relay:
+        """Start a relay thread on ``engine``'s outbox (see :func:`relay`), sharing this
+        cache's drainer; ``watch(..., relay=True)`` starts one for its engine."""
+        relay = self._relays.get(engine)
+        if relay is None or not relay.running:
+            relay = self._relays[engine] = _start_relay(self._drainer(engine), engine, interval)
+        return relay
 
-    def _old_values_unknown(self, obj: Any) -> type | None:
-        """The model of ``obj`` if a lookup field was set without its old value ever loaded
-        (expired by a commit, deferred, never read): then only the database knows it."""
-        try:
-            info = self.model_info(type(obj))
-        except ConfigurationError:
-            return None
-        state = sa_inspect(obj)
-        for key in info.lookup_keys:
-            history = state.attrs[key].history
-            if history.added and not history.deleted and not history.unchanged:
-                return info.cls
-        return None
+    def close_relays(self) -> None:
+        """Stop every relay thread this cache started."""
+        for relay in self._relays.values():
+            relay.stop()
+        self._relays.clear()
 
-    def _stored_lookups(self, session: Session, cls: Any, objs: list[Any]) -> list[Lookup]:
-        """The lookups of these instances as the database holds them (one SELECT)."""
-        info = self.model_info(cls)
-        pks = [sa_inspect(obj).identity for obj in objs]
-        pk_cols = [info.columns[k] for k in _keys(info.primary_key)]
-        stmt = select(*[info.columns[k] for k in info.lookup_keys]).where(
-            _in(pk_cols, [tuple(pk) for pk in pks if pk is not None], session)
-        )
-        rows = session.execute(stmt).all()
-        return [
-            lk
-            for row in rows
-            for lk in _row_lookups(info, dict(zip(info.lookup_keys, row, strict=True)))
-        ]
-
-    def _bulk(self, state: ORMExecuteState, cls: Any, tracker: _Tracker) -> Any:
-        """A bulk ``update()`` / ``delete()`` / ``insert()``: invalidate every affected row."""
-        info = self.model_info(cls)
-        session = state.session
-        statement: Any = state.statement
-        given: Any = state.parameters
-        many = isinstance(given, list)
-        if state.is_insert:
-            result = state.invoke_statement()
-            rows: list[Mapping[str, Any]] = list(given) if many else []
-            if not many:
-                # insert().values(...) and a single parameter dict: the compiled statement's
-                # parameters name every value it inserts.
-                compiled = statement.compile(dialect=session.get_bind(mapper=info.mapper).dialect)
-                row = dict(compiled.params)
-                row.update(given or {})
-                rows = [{key: row[c.name] for key, c in info.columns.items() if c.name in row}]
-            tracker.add(session, [lk for row in rows for lk in _row_lookups(info, row)])
-            return result
-        keys = info.lookup_keys
-        columns = [info.columns[k] for k in keys]
-        pk_keys = list(_keys(info.primary_key))
-        pk_cols = [info.columns[k] for k in pk_keys]
-        dialect = session.get_bind(mapper=info.mapper).dialect
-        if many:
-            # Bulk UPDATE by primary key (a list of parameter rows): the rows are those keys.
-            pks = [tuple(row[k] for k in pk_keys) for row in given]
-            pre = select(*columns).where(_in(pk_cols, pks, session))
-            params: Any = {}
-        else:
-            pre = select(*columns)
-            if statement.whereclause is not None:
-                pre = pre.where(statement.whereclause)
-            params = given or {}
-        if dialect.name in ("postgresql", "mysql", "mariadb"):
-            pre = pre.with_for_update()
-        found = [dict(zip(keys, r, strict=True)) for r in session.execute(pre, params).all()]
-        result = state.invoke_statement()
-        if state.is_update:
-            # New values of the rows found, and any row that matches the statement only now
-            # (changed by another transaction between the pre-select and the UPDATE).
-            post = select(*columns)
-            conditions = []
-            if found:
-                conditions.append(
-                    _in(pk_cols, [tuple(r[k] for k in pk_keys) for r in found], session)
-                )
-            if not many and statement.whereclause is not None:
-                conditions.append(statement.whereclause)
-            if conditions:
-                post = post.where(or_(*conditions))
-                found += [
-                    dict(zip(keys, r, strict=True)) for r in session.execute(post, params).all()
-                ]
-        tracker.add(session, [lk for row in found for lk in _row_lookups(info, row)])
-        return result
-
-    def _invalidate_committed(self, lookups: list[Lookup]) -> None:
+    def _deliver(self, lookups: list[_outbox.Lookup]) -> None:
         raise NotImplementedError
 
     def _warm(self, objs: list[Any]) -> None:
@@ -548,21 +408,6 @@ class _SQLAlchemyModels:
             pk = info.value_of(obj, info.primary_key)
             groups.setdefault(info.cls, (info.primary_key, []))[1].append(pk)
         return groups
-
-
-def _row_lookups(info: _Model, row: Mapping[str, Any]) -> list[Lookup]:
-    """The lookups a row of attribute values carries (those it has every field of, not NULL)."""
-    return row_lookups(info.cls, info.lookups, row)
-
-
-def _in(cols: list[Any], values: list[tuple[Any, ...]], session: Any) -> Any:
-    """``cols IN values``: a tuple IN where the dialect has one, or an OR of ANDs."""
-    if len(cols) == 1:
-        return cols[0].in_([v[0] for v in values])
-    bind = session.get_bind() if hasattr(session, "get_bind") else session
-    if bind.dialect.name in _TUPLE_IN:
-        return tuple_(*cols).in_(values)
-    return or_(*(and_(*(c == x for c, x in zip(cols, v, strict=True))) for v in values))
 
 
 _TUPLE_IN = ("postgresql", "sqlite", "mysql", "mariadb")
@@ -581,18 +426,37 @@ class SQLAlchemyCache(_SQLAlchemyModels, CacheCow):
         super().__init__(redis, **options)
         self._setup(session_factory)
 
-    def watch(self, target: sessionmaker[Any] | Session, *, warm: bool = False) -> None:
-        """Invalidate after commit for every session ``target`` makes (or for one session).
+    def watch(
+        self, target: sessionmaker[Any] | Session, *, warm: bool = False, relay: bool = True
+    ) -> None:
+        """Drain the outbox after every commit of a session ``target`` makes (or of one
+        session) that wrote, so its invalidations have reached Redis when ``commit()``
+        returns; and start a relay thread on its engine for every other write.
 
-        :param warm: after the invalidation, refill the cache with the committed rows of new
-            and changed instances, through the lease (one ``get_many`` per model).
+        :param warm: after the drain, refill the cache with the committed rows of new and
+            changed instances, through the lease (one ``get_many`` per model).
+        :param relay: start :meth:`relay` on the engine ``target`` is bound to.
         """
         if not isinstance(target, (sessionmaker, Session)):
             raise ConfigurationError(f"watch() takes a sessionmaker or a Session, got {target!r}")
         self._listen(target, warm)
+        bind = target.kw.get("bind") if isinstance(target, sessionmaker) else target.bind
+        engine = getattr(bind, "engine", bind)
+        if relay and isinstance(engine, sa.Engine):
+            self.relay(engine)
+
+    def drain(self, engine: sa.Engine | None = None) -> int:
+        """Deliver every row waiting in ``engine``'s outbox now (default: the session
+        factory's engine); return how many. Raises if Redis cannot be reached."""
+        if engine is None:
+            with self.session_factory() as session:
+                engine = session.get_bind().engine
+        drainer = self._drainer(engine)
+        return drainer.drain(skip_locked=drainer.dialect == "mysql")
 
     def fetch(self, cls: Any, id_field: Field, id_val: Any) -> Any:
         with self.session_factory() as session:
+            self._check_installed(session.connection(), cls)
             stmt = self._select(cls, id_field, [id_val], session.get_bind().dialect)
             obj = session.execute(stmt).scalars().one_or_none()
         if obj is None:
@@ -601,12 +465,13 @@ class SQLAlchemyCache(_SQLAlchemyModels, CacheCow):
 
     def fetch_many(self, cls: Any, id_field: Field, id_vals: Sequence[Any]) -> Mapping[Any, Any]:
         with self.session_factory() as session:
+            self._check_installed(session.connection(), cls)
             stmt = self._select(cls, id_field, list(id_vals), session.get_bind().dialect)
             objs = session.execute(stmt).scalars().all()
         return self._by_value(cls, id_field, objs)
 
-    def _invalidate_committed(self, lookups: list[Lookup]) -> None:
-        self.invalidate_lookups(lookups)
+    def _deliver(self, lookups: list[_outbox.Lookup]) -> None:
+        self._invalidate_pairs(_outbox.keys_of(self, lookups))
 
     def _warm(self, objs: list[Any]) -> None:
         for cls, (pk, values) in self._warm_groups(objs).items():
@@ -618,7 +483,10 @@ class SQLAlchemyCache(_SQLAlchemyModels, CacheCow):
 
 class AsyncSQLAlchemyCache(_SQLAlchemyModels, AsyncCacheCow):
     """The asyncio twin of :class:`SQLAlchemyCache`, for ``AsyncSession`` and
-    ``async_sessionmaker`` (``await cache.get(User, "id", 5)``)."""
+    ``async_sessionmaker`` (``await cache.get(User, "id", 5)``).
+
+    Its ``watch()`` drains after commit but starts no relay: run one on a sync engine of the
+    same database (:func:`relay`, or ``cachecow-relay``)."""
 
     def __init__(
         self, redis: Any, session_factory: async_sessionmaker[Any], **options: Any
@@ -627,7 +495,8 @@ class AsyncSQLAlchemyCache(_SQLAlchemyModels, AsyncCacheCow):
         self._setup(session_factory)
 
     def watch(self, target: async_sessionmaker[Any] | AsyncSession, *, warm: bool = False) -> None:
-        """Invalidate after commit for every session ``target`` makes (or for one session)."""
+        """Drain the outbox after every commit of a session ``target`` makes (or of one
+        session) that wrote (see :meth:`SQLAlchemyCache.watch`)."""
         if isinstance(target, AsyncSession):
             self._listen(target.sync_session, warm)
             return
@@ -643,6 +512,7 @@ class AsyncSQLAlchemyCache(_SQLAlchemyModels, AsyncCacheCow):
 
     async def fetch(self, cls: Any, id_field: Field, id_val: Any) -> Any:
         async with self.session_factory() as session:
+            await session.run_sync(lambda s: self._check_installed(s.connection(), cls))
             stmt = self._select(cls, id_field, [id_val], session.bind.dialect)
             obj = (await session.execute(stmt)).scalars().one_or_none()
         if obj is None:
@@ -653,13 +523,14 @@ class AsyncSQLAlchemyCache(_SQLAlchemyModels, AsyncCacheCow):
         self, cls: Any, id_field: Field, id_vals: Sequence[Any]
     ) -> Mapping[Any, Any]:
         async with self.session_factory() as session:
+            await session.run_sync(lambda s: self._check_installed(s.connection(), cls))
             stmt = self._select(cls, id_field, list(id_vals), session.bind.dialect)
             objs = (await session.execute(stmt)).scalars().all()
         return self._by_value(cls, id_field, objs)
 
-    def _invalidate_committed(self, lookups: list[Lookup]) -> None:
+    def _deliver(self, lookups: list[_outbox.Lookup]) -> None:
         # Session events run in SQLAlchemy's greenlet inside the awaiting task: await there.
-        await_only(self.invalidate_lookups(lookups))
+        await_only(self._invalidate_pairs(_outbox.keys_of(self, lookups)))
 
     def _warm(self, objs: list[Any]) -> None:
         for cls, (pk, values) in self._warm_groups(objs).items():
@@ -667,3 +538,161 @@ class AsyncSQLAlchemyCache(_SQLAlchemyModels, AsyncCacheCow):
                 await_only(self.get_many(cls, pk, values))
             except Exception:
                 logger.warning("cachecow: warming %s after commit failed", cls, exc_info=True)
+
+
+# -- triggers: installing them, draining their outbox -------------------------------------------
+
+
+def _dialect(dialect: Any) -> str:
+    return "mysql" if dialect.name in ("mysql", "mariadb") else str(dialect.name)
+
+
+def _watched(info: _Model, label: str, schema: str | None = None) -> _outbox.Watched:
+    table: Any = info.mapper.local_table
+    attrs = info.lookup_keys
+    where = f"{info.cls.__qualname__}"
+    return _outbox.Watched(
+        table=table.name,
+        label=label,
+        lookups=tuple(info.lookups),
+        attrs=tuple(attrs),
+        columns=tuple(info.columns[a].name for a in attrs),
+        kinds=tuple(_outbox.kind_of(_python_type(info.columns[a]), f"{where}.{a}") for a in attrs),
+        schema=table.schema or schema,
+    )
+
+
+def _python_type(column: sa.Column[Any]) -> Any:
+    try:
+        return column.type.python_type
+    except NotImplementedError:
+        return None
+
+
+def install_sql(
+    dialect: str,
+    *models: type,
+    schema: str | None = None,
+    label: Callable[[Any], str] = model_label,
+) -> list[str]:
+    """The statements that create the outbox and (re)install the triggers of ``models``'
+    tables, for a migration: ``for s in install_sql("postgresql", User): op.execute(s)``.
+
+    Run them again after a change of a table's unique columns: they replace its triggers.
+
+    :param dialect: ``postgresql``, ``sqlite``, ``mysql`` or ``mariadb``.
+    :param schema: PostgreSQL: the schema of tables whose ``Table.schema`` is None (default:
+        the connection's ``current_schema()``, which :func:`install` looks up).
+    :param label: the model label the cache keys use (a cache's ``model_label``, if you
+        override it).
+    """
+    name = "mysql" if dialect == "mariadb" else dialect
+    out = list(_outbox.outbox_sql(name))
+    for model in models:
+        out += _outbox.install_sql(name, _watched(_Model.of(model), label(model), schema))
+    return out
+
+
+def install(
+    bind: sa.Engine | sa.Connection, *models: type, label: Callable[[Any], str] = model_label
+) -> None:
+    """Create the outbox and install the triggers of ``models``' tables now (idempotent)."""
+    with _begin(bind) as conn:
+        dialect = _dialect(conn.dialect)
+        schema = None
+        if dialect == "postgresql":
+            schema = conn.exec_driver_sql("SELECT current_schema()").scalar()
+        for statement in install_sql(dialect, *models, schema=schema, label=label):
+            conn.exec_driver_sql(statement)
+
+
+def install_on_create(*models: type, label: Callable[[Any], str] = model_label) -> None:
+    """Install the triggers of ``models`` whenever ``metadata.create_all`` creates their
+    tables (a DDL event on each table)."""
+    for model in models:
+        table: Any = _Model.of(model).mapper.local_table
+
+        def after_create(target: Any, connection: Any, model: Any = model, **kw: Any) -> None:
+            install(connection, model, label=label)
+
+        event.listen(table, "after_create", after_create)
+
+
+@contextmanager
+def _begin(bind: sa.Engine | sa.Connection) -> Iterator[sa.Connection]:
+    if isinstance(bind, sa.Connection):
+        yield bind
+        return
+    with bind.begin() as conn:
+        yield conn
+
+
+@contextmanager
+def _autocommit(engine: sa.Engine) -> Iterator[_outbox.Connection]:
+    """A raw DB-API connection of ``engine``'s pool in autocommit mode: the drain sends its
+    own BEGIN (BEGIN IMMEDIATE on SQLite), whatever the engine's events do."""
+    raw: Any = engine.raw_connection()
+    dialect = engine.dialect
+    try:
+        dbapi = raw.dbapi_connection
+        dialect.set_isolation_level(dbapi, "AUTOCOMMIT")
+        try:
+
+            def run(sql: str) -> list[tuple[Any, ...]]:
+                cursor = raw.cursor()
+                try:
+                    cursor.execute(sql)
+                    return [tuple(r) for r in cursor.fetchall()] if cursor.description else []
+                finally:
+                    cursor.close()
+
+            yield run
+        finally:
+            dialect.reset_isolation_level(dbapi)
+    finally:
+        raw.close()
+
+
+def _start_relay(drainer: _outbox.Drainer, engine: sa.Engine, interval: float) -> _outbox.Relay:
+    listener = None
+    if drainer.dialect == "postgresql" and engine.dialect.driver == "psycopg":
+        listener = _PgListener(engine)
+    return _outbox.Relay(drainer, interval=interval, listener=listener).start()
+
+
+class _PgListener:
+    """LISTEN on a psycopg connection of its own, out of the pool, (re)opened when needed."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        self._pg: Any = None
+
+    def wait(self, timeout: float) -> None:
+        if self._pg is None:
+            raw: Any = self.engine.raw_connection()
+            pg = raw.driver_connection
+            raw.detach()  # out of the pool, for the relay's life
+            pg.autocommit = True
+            self._pg = pg
+            self._pg.execute(f"LISTEN {_outbox.CHANNEL}")
+        try:
+            for _ in self._pg.notifies(timeout=timeout, stop_after=1):
+                pass
+        except Exception:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        pg, self._pg = self._pg, None
+        if pg is not None:
+            pg.close()
+
+
+def relay(cache: CacheCow, engine: sa.Engine, *, interval: float = 0.2) -> _outbox.Relay:
+    """Start a thread that delivers ``engine``'s outbox through ``cache`` (any sync cache with
+    the same ``prefix``): on PostgreSQL with psycopg woken by NOTIFY within milliseconds,
+    elsewhere every ``interval`` seconds. ``stop()`` ends it."""
+    drainer = _outbox.Drainer(
+        _dialect(engine.dialect), lambda: _autocommit(engine), _outbox.deliver_to(cache)
+    )
+    return _start_relay(drainer, engine, interval)

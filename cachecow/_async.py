@@ -176,6 +176,10 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
         pairs = self._object_keys(obj, previous, model)
         await self._drive(self._invalidate_keys_flow(pairs), None, None, None)
 
+    async def _invalidate_pairs(self, pairs: list[tuple[str, str]]) -> None:
+        """Delete these ``(value key, flag key)`` pairs in one round trip (the outbox's drain)."""
+        await self._drive(self._invalidate_keys_flow(pairs), None, None, None)
+
     async def _brief(self, op: Brief) -> None:
         """Run ``op.flow`` (a release) for at most ``op.seconds``; never raises an exception
         (the leases then expire on their own)."""

@@ -229,6 +229,10 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         pairs = self._object_keys(obj, previous, model)
         self._drive(self._invalidate_keys_flow(pairs), None, None, None)
 
+    def _invalidate_pairs(self, pairs: list[tuple[str, str]]) -> None:
+        """Delete these ``(value key, flag key)`` pairs in one round trip (the outbox's drain)."""
+        self._drive(self._invalidate_keys_flow(pairs), None, None, None)
+
     def _drive(self, flow: Flow, cls: Any, id_field: Any, id_val: Any) -> Any:
         """Perform each operation a flow yields, until it returns or raises."""
         result: Any = None

@@ -1,7 +1,7 @@
 """Databases and models for the SQLAlchemy adapter's tests: SQLite and PostgreSQL.
 
 PostgreSQL (127.0.0.1:5432, database ``test``, or ``CACHECOW_PG_URL``) gets a schema of its own
-per test run through ``schema_translate_map``, dropped at the end. Where PostgreSQL cannot be
+per test run (its ``search_path``), dropped at the end. Where PostgreSQL cannot be
 reached its tests are skipped with the reason, unless ``CI=true``: there they fail.
 """
 
@@ -22,9 +22,11 @@ from sqlalchemy import ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 from sqlalchemy.pool import NullPool
 
+from cachecow.adapters.sqlalchemy import install
 from cachecow.testing.plugin import in_ci
 
 PG_URL = os.environ.get("CACHECOW_PG_URL", "postgresql+psycopg://root@127.0.0.1:5432/test")
+MARIADB_URL = os.environ.get("CACHECOW_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
 
 
 class Color(enum.Enum):
@@ -88,6 +90,9 @@ class Everything(Base):
     text: Mapped[str | None] = mapped_column(sa.Text)
 
 
+MODELS = [Item, Org, User, Membership, Everything]
+
+
 class Database:
     """One test database: a sync engine, an async URL, and a way to empty it."""
 
@@ -101,15 +106,14 @@ class Database:
     def async_engine(self) -> Any:
         from sqlalchemy.ext.asyncio import create_async_engine
 
-        engine = create_async_engine(self.async_url, poolclass=NullPool)
-        if self.schema:
-            engine = engine.execution_options(schema_translate_map={None: self.schema})
-        return engine
+        connect_args = {"server_settings": {"search_path": self.schema}} if self.schema else {}
+        return create_async_engine(self.async_url, poolclass=NullPool, connect_args=connect_args)
 
     def clear(self) -> None:
         with self.engine.begin() as conn:
             for table in reversed(Base.metadata.sorted_tables):
                 conn.execute(table.delete())
+            conn.exec_driver_sql("DELETE FROM cachecow_outbox")
 
 
 def sqlite_savepoints(engine: sa.Engine) -> None:
@@ -140,29 +144,62 @@ def pg_reachable() -> str | None:
         return f"PostgreSQL at {PG_URL} cannot be reached: {exc}"
 
 
+def _unreachable(reason: str) -> None:
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true: a missing database is a failure)")
+    pytest.skip(reason)
+
+
+def open_mariadb() -> Iterator[Database]:
+    """A database of this run's own on the MariaDB server, dropped at the end."""
+    admin = sa.create_engine(MARIADB_URL, poolclass=NullPool)
+    name = f"cachecow_test_{os.getpid()}"
+    try:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+            conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    except Exception as exc:
+        admin.dispose()
+        _unreachable(f"MariaDB at {MARIADB_URL} cannot be reached: {exc}")
+    url = sa.make_url(MARIADB_URL).set(database=name)
+    engine = sa.create_engine(url, poolclass=NullPool)
+    try:
+        Base.metadata.create_all(engine)
+        install(engine, *MODELS)
+        yield Database("mariadb", engine, "", None)
+    finally:
+        engine.dispose()
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+        admin.dispose()
+
+
 def open_database(kind: str, tmp: Path) -> Iterator[Database]:
     if kind == "sqlite":
         path = tmp / "cachecow.db"
         engine = sa.create_engine(f"sqlite:///{path}", poolclass=NullPool)
         sqlite_savepoints(engine)
         Base.metadata.create_all(engine)
+        install(engine, *MODELS)
         yield Database("sqlite", engine, f"sqlite+aiosqlite:///{path}", None)
         engine.dispose()
         return
+    if kind == "mariadb":
+        yield from open_mariadb()
+        return
     reason = pg_reachable()
     if reason is not None:
-        if in_ci():
-            pytest.fail(f"{reason} (CI=true: a missing database is a failure)")
-        pytest.skip(reason)
+        _unreachable(reason)
     schema = f"cachecow_test_{os.getpid()}"
     admin = sa.create_engine(PG_URL, poolclass=NullPool)
     with admin.begin() as conn:
         conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    engine = sa.create_engine(PG_URL, poolclass=NullPool).execution_options(
-        schema_translate_map={None: schema}
+    engine = sa.create_engine(
+        PG_URL, poolclass=NullPool, connect_args={"options": f"-csearch_path={schema}"}
     )
     Base.metadata.create_all(engine)
+    install(engine, *MODELS)
     async_url = PG_URL.replace("+psycopg", "+asyncpg")
     try:
         yield Database("postgresql", engine, async_url, schema)

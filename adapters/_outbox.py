@@ -1,0 +1,605 @@
+"""Invalidation from the database: triggers record the lookups a write touches in an outbox
+table, inside the writer's transaction; drains deliver them to Redis after the commit.
+
+Shared by the SQL adapters and free of any ORM: the SQL is built from a :class:`Watched` table
+(its name, its model's label in cache keys and its unique lookups), and it runs through a
+:class:`Connection`, an autocommit connection that executes one SQL string.
+
+An outbox row describes itself: the trigger writes the model label, the lookups and the type of
+each column beside the values, so anything that can read the table and reach Redis (the
+relay thread, ``cachecow relay``) delivers it without importing the application's models.
+
+Rows are claimed in a short transaction that holds their row locks across the Redis round trip
+and deletes them only once Redis acknowledged: a drain that dies or fails leaves them for the
+next one, and two drains never deliver one row at the same time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import hashlib
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cachecow import ConfigurationError
+from cachecow.keys import Field, normalize_lookup
+
+__all__ = [
+    "CHANNEL",
+    "OUTBOX",
+    "Connection",
+    "Drainer",
+    "Listener",
+    "Relay",
+    "Watched",
+    "decode",
+    "install_sql",
+    "installed",
+    "kind_of",
+    "outbox_sql",
+]
+
+logger = logging.getLogger("cachecow")
+
+OUTBOX = "cachecow_outbox"
+"""The outbox table's name."""
+
+CHANNEL = "cachecow_outbox"
+"""The PostgreSQL NOTIFY channel the triggers signal on."""
+
+DIALECTS = ("postgresql", "sqlite", "mysql")
+
+Lookup = tuple[str, Field, Any]
+
+
+# -- column types -------------------------------------------------------------------------------
+
+_KINDS: dict[Any, str] = {
+    bool: "bool",
+    int: "int",
+    str: "str",
+    float: "float",
+    decimal.Decimal: "decimal",
+    uuid.UUID: "uuid",
+    dt.datetime: "datetime",
+    dt.date: "date",
+    dt.time: "time",
+    bytes: "bytes",
+}
+
+_DECODE: dict[str, Callable[[Any], Any]] = {
+    "bool": bool,
+    "int": int,
+    "str": lambda v: v if isinstance(v, str) else str(v),
+    "float": float,
+    "decimal": lambda v: decimal.Decimal(str(v)),
+    "uuid": lambda v: uuid.UUID(str(v)),
+    "datetime": lambda v: dt.datetime.fromisoformat(v),
+    "date": lambda v: dt.date.fromisoformat(v[:10]),
+    "time": lambda v: dt.time.fromisoformat(v),
+    "bytes": lambda v: bytes.fromhex(v),
+}
+
+
+def kind_of(python_type: Any, where: str) -> str:
+    """How a lookup column's values travel through the outbox; refuse types that cannot."""
+    kind = _KINDS.get(python_type)
+    if kind is None:
+        raise ConfigurationError(
+            f"{where}: a unique lookup on a column of Python type "
+            f"{getattr(python_type, '__qualname__', python_type)!r} cannot be invalidated from "
+            f"the database (supported: {', '.join(sorted(set(_KINDS.values())))})"
+        )
+    return kind
+
+
+# -- what a trigger records ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Watched:
+    """A table whose writes invalidate: its model's label and unique lookups, by column."""
+
+    table: str
+    label: str
+    lookups: tuple[Field, ...]  # canonical lookups of attribute names
+    attrs: tuple[str, ...]  # every attribute of a lookup, once, in order
+    columns: tuple[str, ...]  # their column names
+    kinds: tuple[str, ...]  # their kinds (see kind_of)
+    schema: str | None = None
+
+    @property
+    def spec(self) -> str:
+        """What each outbox row of this table says of its values (JSON, no quotes inside)."""
+        lookups = [list(lk) if isinstance(lk, tuple) else [lk] for lk in self.lookups]
+        text = json.dumps([self.label, lookups, list(self.attrs), list(self.kinds)])
+        if "'" in text or "\\" in text:
+            raise ConfigurationError(f"{self.label}: names must not hold quotes or backslashes")
+        return text
+
+    @property
+    def tag(self) -> str:
+        """A name for this table's triggers: cachecow_<table>, hashed past 40 characters."""
+        name = self.table
+        if len(name) > 40 or not name.replace("_", "").isalnum():
+            name = name[:24] + "_" + hashlib.sha1(name.encode()).hexdigest()[:10]
+            name = "".join(c if c.isalnum() else "_" for c in name)
+        return f"cachecow_{name}"
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _mq(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def outbox_sql(dialect: str) -> list[str]:
+    """Create the outbox table (if missing)."""
+    if dialect == "postgresql":
+        return [
+            f"CREATE TABLE IF NOT EXISTS {OUTBOX} (id bigserial PRIMARY KEY, spec text NOT NULL,"
+            " lookups json NOT NULL, created timestamptz NOT NULL DEFAULT clock_timestamp())"
+        ]
+    if dialect == "sqlite":
+        return [
+            f"CREATE TABLE IF NOT EXISTS {OUTBOX} (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " spec TEXT NOT NULL, lookups TEXT NOT NULL,"
+            " created REAL NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0))"
+        ]
+    if dialect == "mysql":
+        return [
+            f"CREATE TABLE IF NOT EXISTS {OUTBOX} (id BIGINT AUTO_INCREMENT PRIMARY KEY,"
+            " spec TEXT NOT NULL, lookups LONGTEXT NOT NULL,"
+            " created TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)) ENGINE=InnoDB"
+        ]
+    raise _unsupported(dialect)
+
+
+def _unsupported(dialect: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"cachecow's triggers support PostgreSQL, SQLite and MariaDB/MySQL, not {dialect!r}"
+    )
+
+
+def _values(w: Watched, row: str, dialect: str) -> str:
+    """A JSON array of one row's lookup values (``row`` is NEW, OLD or a table alias)."""
+    out = []
+    for column, kind in zip(w.columns, w.kinds, strict=True):
+        if dialect == "mysql":
+            ref = f"{row}.{_mq(column)}"
+            out.append(f"HEX({ref})" if kind == "bytes" else ref)
+        else:
+            ref = f"{row}.{_q(column)}"
+            if kind == "bytes":
+                out.append(f"encode({ref}, 'hex')" if dialect == "postgresql" else f"hex({ref})")
+            else:
+                out.append(ref)
+    function = {"postgresql": "json_build_array", "sqlite": "json_array", "mysql": "JSON_ARRAY"}
+    return f"{function[dialect]}({', '.join(out)})"
+
+
+def install_sql(dialect: str, w: Watched) -> list[str]:
+    """Statements that (re)install the triggers of one table: run them again after a change of
+    its unique columns. The outbox must exist (see :func:`outbox_sql`)."""
+    spec = w.spec
+    if dialect == "postgresql":
+        return _pg_triggers(w, spec)
+    if dialect == "sqlite":
+        return _row_triggers(w, spec, dialect, _q)
+    if dialect == "mysql":
+        return _row_triggers(w, spec, dialect, _mq)
+    raise _unsupported(dialect)
+
+
+def _pg_triggers(w: Watched, spec: str) -> list[str]:
+    # Statement-level triggers with transition tables: one outbox row per statement. The
+    # transition tables have no indexes, so they are never joined (see the prototype's notes).
+    table = f"{_q(w.schema)}.{_q(w.table)}" if w.schema else _q(w.table)
+    schema = _q(w.schema) + "." if w.schema else ""
+    function = f"{schema}{_q(w.tag)}"
+    cols = ", ".join(_q(c) for c in w.columns)
+    values = _values(w, "r", "postgresql")
+
+    def record(source: str) -> str:
+        return (
+            f"INSERT INTO {schema}{OUTBOX} (spec, lookups) SELECT '{spec}', json_agg({values}) "
+            f"FROM ({source}) r HAVING count(*) > 0;"
+        )
+
+    body = (
+        "BEGIN\n"
+        f"  IF TG_OP = 'INSERT' THEN {record(f'SELECT {cols} FROM new_rows')}\n"
+        "  ELSIF TG_OP = 'UPDATE' THEN "
+        f"{record(f'SELECT {cols} FROM old_rows UNION ALL SELECT {cols} FROM new_rows')}\n"
+        f"  ELSE {record(f'SELECT {cols} FROM old_rows')}\n"
+        "  END IF;\n"
+        f"  IF FOUND THEN PERFORM pg_notify('{CHANNEL}', ''); END IF;\n"
+        "  RETURN NULL;\n"
+        "END"
+    )
+    out = [
+        f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS "
+        f"$cachecow$\n{body}\n$cachecow$"
+    ]
+    for event, name, tables in [
+        ("INSERT", "cachecow_insert", "NEW TABLE AS new_rows"),
+        ("UPDATE", "cachecow_update", "OLD TABLE AS old_rows NEW TABLE AS new_rows"),
+        ("DELETE", "cachecow_delete", "OLD TABLE AS old_rows"),
+    ]:
+        out.append(f"DROP TRIGGER IF EXISTS {name} ON {table}")
+        out.append(
+            f"CREATE TRIGGER {name} AFTER {event} ON {table} REFERENCING {tables} "
+            f"FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
+        )
+    return out
+
+
+def _row_triggers(w: Watched, spec: str, dialect: str, q: Callable[[str], str]) -> list[str]:
+    out = []
+    for event, rows in [
+        ("INSERT", ["NEW"]),
+        ("UPDATE", ["OLD", "NEW"]),
+        ("DELETE", ["OLD"]),
+    ]:
+        name = q(f"{w.tag}_{event.lower()}")
+        array = "JSON_ARRAY" if dialect == "mysql" else "json_array"
+        values = f"{array}({', '.join(_values(w, row, dialect) for row in rows)})"
+        insert = f"INSERT INTO {OUTBOX} (spec, lookups) VALUES ('{spec}', {values})"
+        out.append(f"DROP TRIGGER IF EXISTS {name}")
+        if dialect == "mysql":
+            out.append(f"CREATE TRIGGER {name} AFTER {event} ON {q(w.table)} FOR EACH ROW {insert}")
+        else:
+            out.append(f"CREATE TRIGGER {name} AFTER {event} ON {q(w.table)} BEGIN {insert}; END")
+    if dialect == "sqlite":
+        # INSERT OR REPLACE deletes the rows it conflicts with without firing delete triggers
+        # (unless recursive_triggers is on): record those rows before the insert.
+        name = q(f"{w.tag}_replace")
+        conflicts = " OR ".join(
+            "(" + " AND ".join(f"o.{q(c)} = NEW.{q(c)}" for c in _lookup_columns(w, lk)) + ")"
+            for lk in w.lookups
+        )
+        out.append(f"DROP TRIGGER IF EXISTS {name}")
+        out.append(
+            f"CREATE TRIGGER {name} BEFORE INSERT ON {q(w.table)} BEGIN "
+            f"INSERT INTO {OUTBOX} (spec, lookups) SELECT '{spec}', "
+            f"json_array({_values(w, 'o', dialect)}) FROM {q(w.table)} o WHERE {conflicts}; END"
+        )
+    return out
+
+
+def _lookup_columns(w: Watched, lookup: Field) -> list[str]:
+    by_attr = dict(zip(w.attrs, w.columns, strict=True))
+    return [by_attr[a] for a in (lookup if isinstance(lookup, tuple) else (lookup,))]
+
+
+class Connection(Protocol):
+    """An autocommit database connection: run one SQL string, get its rows (if any)."""
+
+    def __call__(self, sql: str) -> list[tuple[Any, ...]]: ...
+
+
+def installed(dialect: str, run: Connection, w: Watched) -> bool:
+    """Whether ``w``'s three triggers are installed, each recording its current lookups."""
+    spec = w.spec
+    if dialect == "postgresql":
+        schema = f"'{w.schema}'" if w.schema else "current_schema()"
+        rows = run(
+            "SELECT t.tgname, p.prosrc FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid "
+            "JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+            f"WHERE c.relname = '{w.table}' AND n.nspname = {schema} "
+            "AND t.tgname IN ('cachecow_insert', 'cachecow_update', 'cachecow_delete')"
+        )
+    elif dialect == "sqlite":
+        rows = run(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' "
+            f"AND tbl_name = '{w.table}' AND name IN ('{w.tag}_insert', '{w.tag}_update', "
+            f"'{w.tag}_delete', '{w.tag}_replace')"
+        )
+    elif dialect == "mysql":
+        rows = run(
+            "SELECT TRIGGER_NAME, ACTION_STATEMENT FROM information_schema.TRIGGERS "
+            f"WHERE TRIGGER_SCHEMA = DATABASE() AND EVENT_OBJECT_TABLE = '{w.table}' "
+            f"AND TRIGGER_NAME IN ('{w.tag}_insert', '{w.tag}_update', '{w.tag}_delete')"
+        )
+    else:
+        raise _unsupported(dialect)
+    expected = 4 if dialect == "sqlite" else 3
+    return len(rows) == expected and all(spec in str(source) for _, source in rows)
+
+
+# -- reading the outbox -------------------------------------------------------------------------
+
+
+def decode(spec: str, lookups: str) -> list[Lookup]:
+    """The ``(label, field, value)`` lookups an outbox row holds, values in their column's type."""
+    label, fields, attrs, kinds = json.loads(spec)
+    decoders = [_DECODE[kind] for kind in kinds]
+    out: list[Lookup] = []
+    for values in json.loads(lookups, parse_float=decimal.Decimal):
+        row = {
+            attr: None if value is None else decoder(value)
+            for attr, decoder, value in zip(attrs, decoders, values, strict=True)
+        }
+        for names in fields:
+            value = tuple(row[n] for n in names)
+            if any(v is None for v in value):
+                continue  # NULL: no unique lookup can match it
+            field, value = normalize_lookup(tuple(names), value)
+            out.append((label, field, value))
+    return out
+
+
+@dataclass
+class _SQL:
+    begin: tuple[str, ...]
+    claim: Callable[[int, bool], str]  # (limit, skip_locked) -> SELECT or DELETE ... RETURNING
+    delete: Callable[[Sequence[int]], str] | None  # None: the claim deleted the rows already
+
+
+def _dialect_sql(dialect: str) -> _SQL:
+    def ids(rows: Sequence[int]) -> str:
+        return ", ".join(str(int(i)) for i in rows)
+
+    if dialect == "postgresql":
+        return _SQL(
+            ("BEGIN",),
+            lambda n, skip: (
+                f"DELETE FROM {OUTBOX} WHERE id IN (SELECT id FROM {OUTBOX} ORDER BY id "
+                f"LIMIT {n} FOR UPDATE{' SKIP LOCKED' if skip else ''}) "
+                "RETURNING id, spec, lookups::text"
+            ),
+            None,
+        )
+    if dialect == "sqlite":
+        # SQLite has no row locks: BEGIN IMMEDIATE takes the write lock for the claim.
+        return _SQL(
+            ("BEGIN IMMEDIATE",),
+            lambda n, skip: (
+                f"DELETE FROM {OUTBOX} WHERE id IN (SELECT id FROM {OUTBOX} ORDER BY id "
+                f"LIMIT {n}) RETURNING id, spec, lookups"
+            ),
+            None,
+        )
+    if dialect == "mysql":
+        # READ COMMITTED: no gap locks, so writers' triggers can insert while rows are held.
+        return _SQL(
+            ("SET TRANSACTION ISOLATION LEVEL READ COMMITTED", "START TRANSACTION"),
+            lambda n, skip: (
+                f"SELECT id, spec, lookups FROM {OUTBOX} ORDER BY id LIMIT {n} "
+                f"FOR UPDATE{' SKIP LOCKED' if skip else ''}"
+            ),
+            lambda rows: f"DELETE FROM {OUTBOX} WHERE id IN ({ids(rows)})",
+        )
+    raise _unsupported(dialect)
+
+
+Deliver = Callable[[list[Lookup]], None]
+"""Invalidate lookups in Redis, or raise (the rows then stay in the outbox)."""
+
+
+@dataclass
+class DrainStats:
+    """What the drains of one :class:`Drainer` did."""
+
+    delivered_rows: int = 0
+    delivered_lookups: int = 0
+    failures: int = 0
+    skipped: int = 0  # after-commit drains left to the relay while Redis was failing
+
+
+class Drainer:
+    """Delivers outbox rows to Redis: claim, invalidate in one round trip, delete, commit.
+
+    :param dialect: ``postgresql``, ``sqlite`` or ``mysql`` (MariaDB).
+    :param connect: opens an autocommit :class:`Connection` and closes it (a context manager).
+    :param deliver: invalidates lookups in Redis, raising on failure.
+    :param batch: rows claimed per transaction.
+    :param retry_interval: after a Redis failure, after-commit drains are left to the relay
+        for this long (a write never waits on a Redis that is down).
+    """
+
+    def __init__(
+        self,
+        dialect: str,
+        connect: Callable[[], Any],
+        deliver: Deliver,
+        *,
+        batch: int = 500,
+        retry_interval: float = 1.0,
+    ) -> None:
+        self.dialect = dialect
+        self._sql = _dialect_sql(dialect)
+        self._connect = connect
+        self._deliver = deliver
+        self.batch = batch
+        self.retry_interval = retry_interval
+        self.stats = DrainStats()
+        self._failing_since: float | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def failing(self) -> bool:
+        """Whether the last delivery failed (Redis unreachable): an outage in progress."""
+        return self._failing_since is not None
+
+    def after_commit(self) -> None:
+        """Drain after a commit that wrote watched tables: deliver every row visible now,
+        waiting for rows another drain holds, so the write's own invalidations have reached
+        Redis when this returns. Never raises for Redis: a failure leaves the rows to the
+        relay, and is logged once per outage.
+
+        MariaDB skips the rows another drain holds instead: InnoDB's locking read would also
+        wait for every transaction still open that inserted outbox rows."""
+        since = self._failing_since
+        if since is not None and time.monotonic() - since < self.retry_interval:
+            self.stats.skipped += 1
+            return
+        try:
+            self.drain(skip_locked=self.dialect == "mysql")
+        except Exception:
+            pass  # logged and counted by drain
+
+    def drain(self, *, skip_locked: bool = True, limit: int | None = None) -> int:
+        """Deliver outbox rows until none is left (or ``limit`` rows); return how many.
+
+        Raises what delivering raised (the claimed rows then stay), after logging it.
+        """
+        total = 0
+        with self._connect() as run:
+            while limit is None or total < limit:
+                n = self._drain_once(run, skip_locked)
+                total += n
+                if n < self.batch:
+                    break
+        return total
+
+    def _drain_once(self, run: Connection, skip_locked: bool) -> int:
+        sql = self._sql
+        for statement in sql.begin:
+            run(statement)
+        try:
+            rows = run(sql.claim(self.batch, skip_locked))
+            if rows:
+                lookups = list(
+                    dict.fromkeys(lk for _, spec, data in rows for lk in decode(spec, data))
+                )
+                self._deliver(lookups)
+                if sql.delete is not None:
+                    run(sql.delete([row[0] for row in rows]))
+        except BaseException as exc:
+            run("ROLLBACK")
+            self._failed(exc)
+            raise
+        run("COMMIT")
+        if rows:
+            self._recovered()
+            self.stats.delivered_rows += len(rows)
+            self.stats.delivered_lookups += len(lookups)
+        return len(rows)
+
+    def _failed(self, exc: BaseException) -> None:
+        with self._lock:
+            self.stats.failures += 1
+            first = self._failing_since is None
+            self._failing_since = time.monotonic()
+        if first and isinstance(exc, Exception):
+            logger.warning(
+                "outbox delivery failed, the rows stay for the relay: %s: %s",
+                type(exc).__name__,
+                exc,
+            )
+
+    def _recovered(self) -> None:
+        with self._lock:
+            was = self._failing_since
+            self._failing_since = None
+        if was is not None:
+            logger.warning("outbox delivery works again")
+
+    def lag(self) -> float:
+        """Age in seconds of the oldest row waiting in the outbox (0.0 when it is empty)."""
+        age = {
+            "postgresql": "extract(epoch FROM clock_timestamp() - min(created))",
+            "sqlite": "(julianday('now') - 2440587.5) * 86400.0 - min(created)",
+            "mysql": "TIMESTAMPDIFF(MICROSECOND, min(created), CURRENT_TIMESTAMP(6)) / 1e6",
+        }[self.dialect]
+        with self._connect() as run:
+            rows = run(f"SELECT {age} FROM {OUTBOX}")
+        value = rows[0][0] if rows else None
+        return 0.0 if value is None else max(0.0, float(value))
+
+
+class Listener(Protocol):
+    """Wakes the relay when the outbox may have rows (PostgreSQL's LISTEN/NOTIFY)."""
+
+    def wait(self, timeout: float) -> None:
+        """Return on a notification, or after ``timeout`` seconds."""
+
+    def close(self) -> None:
+        """Release the connection it listens on."""
+
+
+class Relay:
+    """Drains the outbox in a thread of its own: what no after-commit drain delivered (a
+    process that died after its commit, writes made outside the application, commits made
+    while Redis was down). Woken by a :class:`Listener`, or every ``interval`` seconds.
+    """
+
+    def __init__(
+        self,
+        drainer: Drainer,
+        *,
+        interval: float = 0.2,
+        listener: Listener | None = None,
+        name: str = "cachecow-relay",
+    ) -> None:
+        if interval <= 0:
+            raise ConfigurationError(f"relay interval must be positive, got {interval!r}")
+        self.drainer = drainer
+        self.interval = interval
+        self._listener = listener
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> Relay:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread (after its current drain or wait) and wait for it."""
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    self.drainer.drain(skip_locked=True)
+                except Exception:
+                    pass  # logged once per outage by the drainer; retried after the interval
+                self._pause()
+        finally:
+            if self._listener is not None:
+                self._listener.close()
+
+    def _pause(self) -> None:
+        if self._stop.is_set():
+            return
+        if self._listener is None or self.drainer.failing:
+            self._stop.wait(self.interval)
+            return
+        try:
+            self._listener.wait(self.interval)
+        except Exception as exc:
+            logger.warning("cachecow relay: listening failed, retrying: %s", exc)
+            self._stop.wait(self.interval)
+
+
+def deliver_to(cache: Any) -> Deliver:
+    """A :data:`Deliver` through a sync cache: every lookup's keys in one ``DEL`` round trip.
+
+    The labels are the model labels the triggers recorded, so no adapter hook runs."""
+
+    def deliver(lookups: list[Lookup]) -> None:
+        cache._invalidate_pairs(keys_of(cache, lookups))
+
+    return deliver
+
+
+def keys_of(cache: Any, lookups: Iterable[Lookup]) -> list[tuple[str, str]]:
+    """The Redis keys of outbox lookups."""
+    return [cache.get_keys(label, field, value) for label, field, value in lookups]
