@@ -82,10 +82,16 @@ _DECODE: dict[str, Callable[[Any], Any]] = {
     "decimal": lambda v: decimal.Decimal(str(v)),
     "uuid": lambda v: uuid.UUID(str(v)),
     "datetime": lambda v: dt.datetime.fromisoformat(v),
+    # Django with USE_TZ: aware values, stored as naive UTC where the database has no zones.
+    "datetime_utc": lambda v: _utc(dt.datetime.fromisoformat(v)),
     "date": lambda v: dt.date.fromisoformat(v[:10]),
     "time": lambda v: dt.time.fromisoformat(v),
     "bytes": lambda v: bytes.fromhex(v),
 }
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.timezone.utc)
 
 
 def kind_of(python_type: Any, where: str) -> str:
@@ -394,6 +400,7 @@ class DrainStats:
     delivered_lookups: int = 0
     failures: int = 0
     skipped: int = 0  # after-commit drains left to the relay while Redis was failing
+    dropped: int = 0  # rows that could not be read
 
 
 class Drainer:
@@ -469,9 +476,7 @@ class Drainer:
         try:
             rows = run(sql.claim(self.batch, skip_locked))
             if rows:
-                lookups = list(
-                    dict.fromkeys(lk for _, spec, data in rows for lk in decode(spec, data))
-                )
+                lookups = list(dict.fromkeys(lk for row in rows for lk in self._decoded(row)))
                 self._deliver(lookups)
                 if sql.delete is not None:
                     run(sql.delete([row[0] for row in rows]))
@@ -485,6 +490,17 @@ class Drainer:
             self.stats.delivered_rows += len(rows)
             self.stats.delivered_lookups += len(lookups)
         return len(rows)
+
+    def _decoded(self, row: tuple[Any, ...]) -> list[Lookup]:
+        """A row's lookups; a row that cannot be read (written by hand, or by a trigger of a
+        later version) is logged and dropped: retrying it could never succeed, and keeping it
+        would stop every delivery behind it."""
+        try:
+            return decode(row[1], row[2])
+        except (ValueError, TypeError, KeyError, LookupError, AttributeError) as exc:
+            self.stats.dropped += 1
+            logger.error("outbox row %s cannot be read, dropped (%s): %r", row[0], exc, row[1:])
+            return []
 
     def _failed(self, exc: BaseException) -> None:
         with self._lock:

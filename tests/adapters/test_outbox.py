@@ -256,6 +256,19 @@ def test_a_drain_that_dies_mid_delivery_loses_nothing(
     assert cache.drain() == rows
 
 
+def test_an_unreadable_row_is_dropped_and_stops_nothing_behind_it(
+    cache: SQLAlchemyCache, sdb: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    add_user(sdb, 1, "a@x.io")
+    assert email_of(cache, id=1) == "a@x.io"
+    raw(sdb, "INSERT INTO cachecow_outbox (spec, lookups) VALUES ('[\"m\"]', 'not json')")
+    raw(sdb, "UPDATE cc_users SET email = 'b@x.io' WHERE id = 1")
+    assert cache.drain() == 2
+    assert cache._drainer(sdb.engine).stats.dropped == 1
+    assert any("cannot be read" in r.getMessage() for r in caplog.records)
+    assert email_of(cache, id=1) == "b@x.io"
+
+
 def test_two_drains_never_deliver_one_row_at_the_same_time(
     cache: SQLAlchemyCache, sdb: Database
 ) -> None:
