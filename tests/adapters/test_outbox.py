@@ -261,7 +261,7 @@ def test_an_unreadable_row_is_dropped_and_stops_nothing_behind_it(
 ) -> None:
     add_user(sdb, 1, "a@x.io")
     assert email_of(cache, id=1) == "a@x.io"
-    raw(sdb, "INSERT INTO cachecow_outbox (spec, lookups) VALUES ('[\"m\"]', 'not json')")
+    raw(sdb, "INSERT INTO cachecow_outbox (spec, lookups) VALUES ('[\"m\"]', '[[1]]')")
     raw(sdb, "UPDATE cc_users SET email = 'b@x.io' WHERE id = 1")
     assert cache.drain() == 2
     assert cache._drainer(sdb.engine).stats.dropped == 1
