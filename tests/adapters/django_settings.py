@@ -52,4 +52,5 @@ if PG_AVAILABLE:
         "PORT": "5432",
         "TEST": {"NAME": f"cachecow_django_test_{os.getpid()}"},
     }
-CACHECOW: dict[str, object] = {}  # the tests install their own cache (set_default_cache)
+# The tests install their own cache (set_default_cache); Item is watched for its triggers only.
+CACHECOW: dict[str, object] = {"MODELS": ["djapp.Item"]}

@@ -19,6 +19,7 @@ from django.test.utils import CaptureQueriesContext
 import cachecow
 from cachecow import ConfigurationError, InvalidLookup
 from cachecow.adapters.django import DjangoCache, set_default_cache
+from cachecow.adapters.django._triggers import close_raw_connections
 from cachecow.testing.contract import CacheCowContract, FetchProbe
 from tests.adapters.djapp.models import (
     Account,
@@ -57,6 +58,13 @@ class ThreadSafeDjangoCache(DjangoCache):
         finally:
             if threading.current_thread() is not threading.main_thread():
                 connections[self.db_for(cls)].close()
+
+
+@pytest.fixture(autouse=True)
+def _no_drain_connections_left() -> Iterator[None]:
+    """cachecow's drain connections would keep the test databases from being dropped."""
+    yield
+    close_raw_connections()
 
 
 @pytest.fixture

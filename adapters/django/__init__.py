@@ -53,7 +53,8 @@ import decimal
 import hashlib
 import threading
 import uuid
-from collections.abc import Iterable, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,7 @@ try:
     from django.conf import settings
     from django.core.exceptions import ImproperlyConfigured
     from django.db import connections, models, router, transaction
+    from django.db.backends.signals import connection_created
     from django.db.models import signals
     from django.utils.module_loading import import_string
 except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -71,19 +73,29 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 import cachecow
 from cachecow import CacheCow, ConfigurationError, NotFound
-from cachecow.keys import Field, normalize_lookup
+from cachecow.keys import Field, model_label, normalize_lookup
 
-from ._codecs import Codec, codec_for
-from ._lookups import Lookup, coerce, describe, refuse
-from ._lookups import has_null as _has_null
-from ._lookups import keys_of as _keys
-from ._lookups import kwargs_of as _kwargs
+from .. import _outbox
+from .._codecs import Codec, codec_for
+from .._lookups import Lookup, coerce, describe, refuse
+from .._lookups import has_null as _has_null
+from .._lookups import kwargs_of as _kwargs
+from . import _triggers
+from ._triggers import (
+    InstallTriggers,
+    execute_wrapper,
+    flush_pending,
+    install_triggers,
+    raw_connection,
+    watched_table,
+)
 
 __all__ = [
     "CachecowConfig",
     "CachedManager",
     "CachedQuerySet",
     "DjangoCache",
+    "InstallTriggers",
     "default_cache",
     "set_default_cache",
 ]
@@ -135,10 +147,23 @@ class _Model:
             )
         fields = list(meta.concrete_fields)
         attnames = [f.attname for f in fields]
-        aliases = {"pk": meta.pk.attname}
-        for f in fields:
-            aliases[f.name] = f.attname
-            aliases[f.attname] = f.attname
+        aliases = _aliases(meta)
+        lookups = cls.lookups_of(model)
+        shape = repr([meta.db_table] + [(f.attname, f.get_internal_type()) for f in fields])
+        return cls(
+            cls=model,
+            attnames=attnames,
+            codecs=[codec_for(_python_type(f), f.attname) for f in fields],
+            lookups=lookups,
+            aliases=aliases,
+            fingerprint=hashlib.sha1(shape.encode()).hexdigest()[:12],
+        )
+
+    @staticmethod
+    def lookups_of(model: Any) -> list[Field]:
+        """The unique lookups of a model (a historical one in migrations too), by attname."""
+        meta = model._meta
+        aliases = _aliases(meta)
         lookups: list[Field] = []
 
         def add(names: Sequence[str]) -> None:
@@ -148,7 +173,7 @@ class _Model:
                 lookups.append(lookup)
 
         add([meta.pk.name])
-        for f in fields:
+        for f in meta.concrete_fields:
             if f.unique:
                 add([f.name])
         for together in meta.unique_together:
@@ -161,15 +186,7 @@ class _Model:
                 and not constraint.expressions
             ):
                 add(list(constraint.fields))
-        shape = repr([meta.db_table] + [(f.attname, f.get_internal_type()) for f in fields])
-        return cls(
-            cls=model,
-            attnames=attnames,
-            codecs=[codec_for(_python_type(f), f.attname) for f in fields],
-            lookups=lookups,
-            aliases=aliases,
-            fingerprint=hashlib.sha1(shape.encode()).hexdigest()[:12],
-        )
+        return lookups
 
     def value_of(self, obj: Any, lookup: Field) -> Any:
         if isinstance(lookup, tuple):
@@ -202,6 +219,15 @@ class _Model:
         if field not in self.lookups or _has_null(value):
             return None
         return field, value
+
+
+def _aliases(meta: Any) -> dict[str, str]:
+    """``pk``, field names and attnames, each to its attname."""
+    aliases = {"pk": meta.pk.attname}
+    for f in meta.concrete_fields:
+        aliases[f.name] = f.attname
+        aliases[f.attname] = f.attname
+    return aliases
 
 
 def _plain_value(value: Any) -> bool:
@@ -251,13 +277,26 @@ class DjangoCache(CacheCow):
     :param options: the options of :class:`~cachecow.CacheCow`.
     """
 
-    def __init__(self, redis: Any, *, using: str | None = None, **options: Any) -> None:
+    def __init__(
+        self, redis: Any, *, using: str | None = None, relay: bool = False, **options: Any
+    ) -> None:
         super().__init__(redis, **options)
         self.using = using
         self._models: dict[type, _Model] = {}
-        self._watched: set[type] = set()
-        self._receivers: list[tuple[Any, Any, str]] = []
-        self._stash = f"_cachecow_old_{id(self)}"  # one per cache: two may watch a model
+        self._watched: set[Any] = set()
+        self._installed: set[tuple[type, str]] = set()
+        self._drainers: dict[str, _outbox.Drainer] = {}
+        self._relays: dict[str, _outbox.Relay] = {}
+        self._drain_callbacks: dict[str, Callable[[], None]] = {}
+        self._relay_on_use = relay
+
+    def _drain_callback(self, alias: str) -> Callable[[], None]:
+        """One callable per database (``queue_once`` tells a queued drain by identity)."""
+        callback = self._drain_callbacks.get(alias)
+        if callback is None:
+            drainer = self._drainer(alias)
+            callback = self._drain_callbacks[alias] = drainer.after_commit
+        return callback
 
     def model_info(self, model: Any) -> _Model:
         info = self._models.get(model)
@@ -277,14 +316,18 @@ class DjangoCache(CacheCow):
             raise refuse(cls._meta.label, id_field, info.lookups, hint)
 
     def fetch(self, cls: Any, id_field: Field, id_val: Any) -> Any:
+        alias = self.db_for(cls)
+        self._check_installed(cls, alias)
         try:
-            return cls._base_manager.using(self.db_for(cls)).get(**_kwargs(id_field, id_val))
+            return cls._base_manager.using(alias).get(**_kwargs(id_field, id_val))
         except cls.DoesNotExist:
             raise NotFound(cls, id_field, id_val) from None
 
     def fetch_many(self, cls: Any, id_field: Field, id_vals: Sequence[Any]) -> dict[Any, Any]:
         info = self.model_info(cls)
-        manager = cls._base_manager.using(self.db_for(cls))
+        alias = self.db_for(cls)
+        self._check_installed(cls, alias)
+        manager = cls._base_manager.using(alias)
         if isinstance(id_field, str):
             objs = manager.filter(**{f"{id_field}__in": list(id_vals)})
         else:
@@ -344,6 +387,7 @@ class DjangoCache(CacheCow):
         """The object of a unique lookup; inside an atomic block, nothing is cached (see the
         module docstring)."""
         alias = self.db_for(cls)
+        flush_pending(alias)
         if connections[alias].in_atomic_block:
             field, value = self._normalize(cls, id_field, id_val)
             if cls not in _written(alias):
@@ -358,36 +402,52 @@ class DjangoCache(CacheCow):
 
     def get_many(self, cls: Any, id_field: Any, id_vals: Iterable[Any]) -> list[Any]:
         alias = self.db_for(cls)
+        flush_pending(alias)
         if connections[alias].in_atomic_block:
             field, values = self._normalize_many(cls, id_field, id_vals)
             found = self.fetch_many(cls, field, values)  # in the block's own transaction
             return [found.get(value) for value in values]
         return super().get_many(cls, id_field, id_vals)
 
-    # -- invalidation ---------------------------------------------------------------------------
+    # -- invalidation: triggers, an outbox, drains --------------------------------------------
 
     def watch(self, model: Any) -> None:
-        """Invalidate ``model``'s lookups on save and delete, after commit."""
+        """Invalidate ``model``'s lookups after every committed write of its table: its
+        triggers record them (see :class:`InstallTriggers`), the commit drains them."""
         self.model_info(model)
-        if model in self._watched:
-            return
         self._watched.add(model)
-        uid = f"cachecow-{id(self)}-{model._meta.label}"
-        for signal, receiver in [
-            (signals.pre_save, self._before_write),
-            (signals.pre_delete, self._before_write),
-            (signals.post_save, self._after_write),
-            (signals.post_delete, self._after_write),
-        ]:
-            signal.connect(receiver, sender=model, weak=False, dispatch_uid=uid)
-            self._receivers.append((signal, model, uid))
+        _watching.add(self)
 
     def unwatch(self) -> None:
-        """Stop invalidating on saves and deletes (disconnect every signal receiver)."""
-        for signal, model, uid in self._receivers:
-            signal.disconnect(sender=model, dispatch_uid=uid)
-        self._receivers.clear()
+        """Forget every watched model (their writes are then drained by a relay only)."""
         self._watched.clear()
+        _watching.discard(self)
+
+    def watched_tables(self) -> list[_outbox.Watched]:
+        """The trigger's view of each watched model."""
+        return [self._table(model) for model in self._watched]
+
+    def _table(self, model: Any) -> _outbox.Watched:
+        return watched_table(model, self.model_info(model).lookups, self.model_label(model))
+
+    def _check_installed(self, cls: Any, alias: str) -> None:
+        """Refuse, once per model and database, to cache a table whose writes no trigger
+        records."""
+        if (cls, alias) in self._installed:
+            return
+        table = self._table(cls)
+        with raw_connection(alias) as run:  # not on the app's connection: not in its counts
+            installed = _outbox.installed(connections[alias].vendor, run, table)
+        if not installed:
+            raise ConfigurationError(
+                f"{cls._meta.label}: table {table.table!r} on database {alias!r} has no "
+                "up-to-date cachecow triggers, so its writes would not invalidate the cache: "
+                f"run manage.py migrate (or manage.py cachecow_triggers --install "
+                f"--database {alias})"
+            )
+        self._installed.add((cls, alias))
+        if self._relay_on_use:
+            self.relay(alias)
 
     def queue(self, lookups: list[Lookup], using: str) -> None:
         """Invalidate ``lookups`` after the current transaction on ``using`` commits (at once
@@ -399,45 +459,89 @@ class DjangoCache(CacheCow):
         unique = list(dict.fromkeys(lookups))
         transaction.on_commit(lambda: self.invalidate_lookups(unique), using=using)
 
-    def lookups_of(self, obj: Any, values: dict[str, Any] | None = None) -> list[Lookup]:
-        info = self.model_info(type(obj))
-        out: list[Lookup] = []
-        for lookup in info.lookups:
-            keys = lookup if isinstance(lookup, tuple) else (lookup,)
-            if values is not None and not all(k in values for k in keys):
-                continue
-            got = [values[k] if values is not None else getattr(obj, k) for k in keys]
-            value = tuple(got) if isinstance(lookup, tuple) else got[0]
-            if not _has_null(value):
-                out.append((info.cls, lookup, value))
-        return out
+    def _drainer(self, alias: str) -> _outbox.Drainer:
+        drainer = self._drainers.get(alias)
+        if drainer is None:
+            dialect = connections[alias].vendor
+            drainer = self._drainers[alias] = _outbox.Drainer(
+                dialect, lambda: raw_connection(alias), self._deliver
+            )
+        return drainer
 
-    def _stored(self, sender: Any, instance: Any, using: str) -> dict[str, Any] | None:
-        """The unique fields of ``instance``'s row as the database holds them now (one SELECT):
-        what its entries are cached under, whatever this instance remembers or was told."""
-        if instance.pk is None:
-            return None
-        info = self.model_info(sender)
-        keys = list(dict.fromkeys(k for lookup in info.lookups for k in _keys(lookup)))
-        row: dict[str, Any] | None = (
-            sender._base_manager.using(using).filter(pk=instance.pk).values(*keys).first()
-        )
-        return row
+    def _deliver(self, lookups: list[_outbox.Lookup]) -> None:
+        # Every cache of this process that watches a model gets the row (two caches with
+        # different prefixes over one database, say); the rows stay if any of them fails.
+        for cache in [self, *(c for c in list(_watching) if c is not self)]:
+            cache._invalidate_pairs(_outbox.keys_of(cache, lookups))
 
-    def _before_write(self, sender: Any, instance: Any, **kwargs: Any) -> None:
-        """pre_save and pre_delete: remember what the row holds before the write."""
-        using = kwargs.get("using") or instance._state.db or "default"
-        instance.__dict__[self._stash] = self._stored(sender, instance, using)
+    def drain(self, using: str | None = None) -> int:
+        """Deliver every row waiting in the outbox of database ``using`` now; return how
+        many. Raises if Redis cannot be reached."""
+        drainer = self._drainer(using or "default")
+        return drainer.drain(skip_locked=drainer.dialect == "mysql")
 
-    def _after_write(
-        self, sender: Any, instance: Any, using: str = "default", **kwargs: Any
-    ) -> None:
-        """post_save and post_delete: queue the old and the new values' invalidation."""
-        old = instance.__dict__.pop(self._stash, None)
-        lookups = self.lookups_of(instance)
-        if old:
-            lookups += self.lookups_of(instance, old)
-        self.queue(lookups, using)
+    def relay(self, using: str | None = None, *, interval: float = 0.2) -> _outbox.Relay:
+        """Start (once) a thread that delivers what no commit's drain delivered on database
+        ``using``: writes made outside Django, a process that died after its commit, commits
+        made while Redis was down (LISTEN/NOTIFY on PostgreSQL, polling elsewhere)."""
+        alias = using or "default"
+        relay = self._relays.get(alias)
+        if relay is None or not relay.running:
+            drainer = self._drainer(alias)
+            listener = _PgListener(alias) if drainer.dialect == "postgresql" else None
+            relay = _outbox.Relay(drainer, interval=interval, listener=listener)
+            self._relays[alias] = relay.start()
+        return relay
+
+    def close_relays(self) -> None:
+        """Stop every relay thread this cache started."""
+        for relay in self._relays.values():
+            relay.stop()
+        self._relays.clear()
+
+
+_watching: weakref.WeakSet[DjangoCache] = weakref.WeakSet()
+
+
+class _PgListener:
+    """LISTEN on a connection of its own to a PostgreSQL alias, (re)opened when needed."""
+
+    def __init__(self, alias: str) -> None:
+        self.alias = alias
+        self._pg: Any = None
+
+    def wait(self, timeout: float) -> None:
+        if self._pg is None:
+            connection = connections[self.alias]
+            pg = connection.get_new_connection(connection.get_connection_params())
+            pg.autocommit = True
+            pg.execute(f"LISTEN {_outbox.CHANNEL}")
+            self._pg = pg
+        try:
+            for _ in self._pg.notifies(timeout=timeout, stop_after=1):
+                pass
+        except Exception:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        pg, self._pg = self._pg, None
+        if pg is not None:
+            pg.close()
+
+
+def _on_write(alias: str, table: str) -> Callable[[], None] | None:
+    """A statement wrote ``table`` on ``alias``: reads of its models skip the cache for the
+    rest of the transaction; returns the drain to run after the commit."""
+    cache = _default
+    if cache is None:
+        return None  # no cache in this process: the relay delivers
+    written = [m for m in cache._watched if m._meta.db_table == table]
+    if not written:
+        return None
+    for model in written:
+        _mark_written(alias, model)
+    return cache._drain_callback(alias)
 
 
 # -- the default cache, from settings -----------------------------------------------------------
@@ -502,7 +606,7 @@ def _from_settings() -> DjangoCache:
     return cache
 
 
-_managed_models: list[type] = []
+_managed_models: list[Any] = []
 
 
 # -- queryset and manager -----------------------------------------------------------------------
@@ -539,46 +643,6 @@ class CachedQuerySet(models.QuerySet[Any]):  # type: ignore[misc]
                 return cache.get(self.model, *lookup)
         return super().get(*args, **kwargs)
 
-    def _affected(self, cache: DjangoCache, pks: list[Any] | None = None) -> list[dict[str, Any]]:
-        info = cache.model_info(self.model)
-        keys = list(dict.fromkeys(k for lookup in info.lookups for k in _keys(lookup)))
-        qs = models.QuerySet(self.model, using=self.db).filter(pk__in=pks) if pks else self
-        return list(qs.values(*keys))
-
-    def update(self, **kwargs: Any) -> int:
-        cache = self._cache()
-        info = cache.model_info(self.model)
-        before = self._affected(cache)
-        count = int(super().update(**kwargs))
-        pk = info.aliases["pk"]
-        after = self._affected(cache, [row[pk] for row in before]) if before else []
-        # And any row that matches only now: changed by another transaction after the
-        # pre-select, then updated too.
-        after += self._affected(cache)
-        lookups = [lk for row in before + after for lk in cache.lookups_of(self.model(), row)]
-        cache.queue(lookups, self.db)
-        return count
-
-    update.alters_data = True  # type: ignore[attr-defined]
-
-    def bulk_create(self, objs: Iterable[Any], *args: Any, **kwargs: Any) -> list[Any]:
-        created = list(super().bulk_create(objs, *args, **kwargs))
-        cache = self._cache()
-        cache.queue([lk for obj in created for lk in cache.lookups_of(obj)], self.db)
-        return created
-
-    def bulk_update(
-        self, objs: Iterable[Any], fields: Sequence[str], *args: Any, **kwargs: Any
-    ) -> int:
-        objs = list(objs)
-        cache = self._cache()
-        before = self._affected(cache, [obj.pk for obj in objs]) if objs else []
-        count = int(super().bulk_update(objs, fields, *args, **kwargs))
-        lookups = [lk for row in before for lk in cache.lookups_of(self.model(), row)]
-        lookups += [lk for obj in objs for lk in cache.lookups_of(obj)]
-        cache.queue(lookups, self.db)
-        return count
-
 
 class CachedManager(models.Manager.from_queryset(CachedQuerySet)):  # type: ignore[misc]
     """A manager whose ``get()`` of one unique lookup is served from cachecow (see the module
@@ -606,7 +670,47 @@ class CachecowConfig(AppConfig):  # type: ignore[misc]
                 apps.get_model(label)
             except LookupError as exc:
                 raise ImproperlyConfigured(f"CACHECOW['MODELS']: {exc}") from exc
-        # Watch now (signals must be connected before the first write), building the default
-        # cache: a misconfiguration shows at start-up, not at the first request.
-        if conf:
+        # Every statement of every connection passes the wrapper that spots writes.
+        _triggers._on_write[:] = [_on_write]
+        connection_created.connect(_wrap_connection, dispatch_uid="cachecow-execute-wrapper")
+        for connection in connections.all(initialized_only=True):
+            _wrap_connection(connection=connection)
+        if conf.get("INSTALL_ON_MIGRATE", True):
+            signals.post_migrate.connect(_install_on_migrate, dispatch_uid="cachecow-triggers")
+        from . import checks  # noqa: F401 - registers the system check
+
+        # Build the default cache now: a misconfiguration shows at start-up, not at the first
+        # request.
+        if "REDIS_URL" in conf or "CONNECTION" in conf:
             default_cache()
+
+
+def _wrap_connection(sender: Any = None, connection: Any = None, **kwargs: Any) -> None:
+    if execute_wrapper not in connection.execute_wrappers:
+        connection.execute_wrappers.append(execute_wrapper)
+
+
+def watched_models() -> list[Any]:
+    """The models whose tables get triggers: those with a :class:`CachedManager` and those in
+    ``CACHECOW["MODELS"]`` (concrete ones: a proxy's rows are its concrete model's)."""
+    found = list(_managed_models)
+    found += [apps.get_model(label) for label in _settings().get("MODELS", ())]
+    concrete = [m._meta.concrete_model for m in found]
+    return [m for m in dict.fromkeys(concrete) if not m._meta.abstract]
+
+
+def watched_tables(models_: Iterable[Any]) -> list[_outbox.Watched]:
+    return [
+        watched_table(
+            m, _Model.lookups_of(m), _default.model_label(m) if _default else model_label(m)
+        )
+        for m in models_
+    ]
+
+
+def _install_on_migrate(sender: Any, using: str = "default", **kwargs: Any) -> None:
+    """post_migrate of an app: (re)install the triggers of its watched models."""
+    ours = [m for m in watched_models() if m._meta.app_config is sender]
+    ours = [m for m in ours if router.allow_migrate_model(using, m)]
+    if ours:
+        install_triggers(connections[using], watched_tables(ours))
