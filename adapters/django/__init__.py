@@ -55,7 +55,7 @@ import threading
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 try:
@@ -130,6 +130,7 @@ class _Model:
     lookups: list[Field]
     aliases: dict[str, str]  # "pk" and foreign-key names -> attname
     fingerprint: str
+    related: dict[str, type] = field(default_factory=dict)  # foreign-key attname -> model
 
     @classmethod
     def of(cls, model: Any) -> _Model:
@@ -157,6 +158,7 @@ class _Model:
             lookups=lookups,
             aliases=aliases,
             fingerprint=hashlib.sha1(shape.encode()).hexdigest()[:12],
+            related={f.attname: f.related_model for f in fields if f.is_relation},
         )
 
     @staticmethod
@@ -206,8 +208,9 @@ class _Model:
             if attname is None:
                 return None  # a related lookup, a transform, an unknown name
             if isinstance(value, models.Model):
-                if attname == name:
-                    return None  # an instance given for a plain field
+                related = self.related.get(attname)
+                if attname == name or related is None or not isinstance(value, related):
+                    return None  # an instance of another model: Django says what is wrong
                 value = value.pk
             elif attname != name and value is not None and not _plain_value(value):
                 return None
@@ -620,9 +623,18 @@ class CachedQuerySet(models.QuerySet[Any]):  # type: ignore[misc]
         return default_cache()
 
     def _plain(self) -> bool:
+        """Whether this is a plain get of the model's own rows: no lock, no filter, no slice,
+        no union, and a model the cache serves (proxies and multi-table children go to the
+        database, as without the cache)."""
         query = self.query
+        meta = self.model._meta
         return (
             self._result_cache is None
+            and not meta.proxy
+            and not meta.parents
+            and not query.select_for_update
+            and not query.combinator
+            and not query.is_sliced
             and not query.where
             and not query.annotations
             and not query.select_related

@@ -66,3 +66,30 @@ class Everything(models.Model):
 class ProxyPerson(Person):
     class Meta:
         proxy = True
+
+
+class Profile(models.Model):
+    """A unique foreign key that SET_NULL clears: the collector's UPDATE, with no signal."""
+
+    person = models.OneToOneField(Person, null=True, on_delete=models.SET_NULL)
+    nick = models.CharField(max_length=50, unique=True)
+    objects = models.Manager()
+    cached = CachedManager()
+
+
+class Ticket(models.Model):
+    number = models.IntegerField(unique=True)
+    holder = models.CharField(max_length=50, default="")
+    objects = CachedManager()
+
+
+class Place(models.Model):
+    name = models.CharField(max_length=50, unique=True)
+    objects = models.Manager()
+    cached = CachedManager()
+
+
+class Restaurant(Place):
+    """Multi-table inheritance: a save writes the parent's table too."""
+
+    serves = models.CharField(max_length=50, default="")
