@@ -211,7 +211,8 @@ class _Model:
                 related = self.related.get(attname)
                 if attname == name or related is None or not isinstance(value, related):
                     return None  # an instance of another model: Django says what is wrong
-                value = value.pk
+                instance: Any = value
+                value = instance.pk
             elif attname != name and value is not None and not _plain_value(value):
                 return None
             if attname in attrs:
