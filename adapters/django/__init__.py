@@ -29,17 +29,24 @@ database untouched.
 
 **Reads.** ``fetch`` reads through the model's base manager on the model's read database.
 Objects are rebuilt with ``Model.from_db``: they behave as loaded ones (``_state.adding`` is
-False, ``_state.db`` is set). Proxy models and multi-table inheritance are refused with a clear
-error.
+False, ``_state.db`` is set). ``select_for_update()``, ``union()``, sliced querysets, proxy
+models and multi-table children are left to Django, as without the cache.
 
-**Invalidation.** ``post_save`` and ``post_delete`` queue invalidations of the old and the new
-values of every unique lookup with ``transaction.on_commit`` (after the outermost commit, dropped
-on rollback, savepoints included). The old values come from the database: ``pre_save`` of an
-existing row and ``pre_delete`` read its unique fields (one SELECT), since an instance's own
-memory of them can be out of date (``refresh_from_db``, a rolled-back save, another process).
-The adapter's queryset's ``update()``, ``delete()``
-(cascades included: they send the signals), ``bulk_create()`` and ``bulk_update()`` invalidate
-every affected row. Writes through other managers' ``update()`` or raw SQL are not seen.
+**Invalidation comes from the database.** Each watched model's table (those with a
+``CachedManager`` and those in ``MODELS``) gets triggers that record the old and the new values
+of every unique lookup in the ``cachecow_outbox`` table, in the writer's transaction, whatever
+wrote: ``save()``, ``update()``, bulk writes, the deletion collector's ``SET_NULL`` updates,
+``F()`` expressions, proxies, inherited tables, raw SQL, another service. ``migrate`` installs
+them (``INSTALL_ON_MIGRATE``, on by default); :class:`InstallTriggers` does it in a migration of
+your own, and ``manage.py cachecow_triggers`` prints their SQL, installs them (``--install``) or
+writes that migration (``--migration APP``). ``manage.py check --database default`` warns of a
+table without its triggers, and such a model is never fetched into the cache.
+
+After each commit that wrote a watched table through Django, the outbox is drained on a
+connection of cachecow's own: the write's invalidations have reached Redis when the commit
+returns, and neither a signal nor an extra query runs in the application's transaction (fast
+deletes work). A relay thread (``RELAY``) or ``manage.py cachecow_relay`` delivers what no
+commit drained; a Redis failure never fails a write (the rows wait, logged once per outage).
 
 **Transactions.** Inside an atomic block nothing is cached: a hit is served, a miss reads the
 database in the block's own transaction and caches nothing; once the block wrote a model, reads
@@ -278,6 +285,8 @@ class DjangoCache(CacheCow):
 
     :param redis: a redis-py client.
     :param using: the database alias to read from (default: the router's read database).
+    :param relay: start a relay thread (:meth:`relay`) on a database the first time a model is
+        fetched from it (settings: ``RELAY``, on by default).
     :param options: the options of :class:`~cachecow.CacheCow`.
     """
 
@@ -586,7 +595,8 @@ def _settings() -> dict[str, Any]:
 
 def _from_settings() -> DjangoCache:
     conf = _settings()
-    unknown = set(conf) - {"REDIS_URL", "CONNECTION", "TIMEOUT", "OPTIONS", "MODELS", "USING"}
+    known = {"REDIS_URL", "CONNECTION", "TIMEOUT", "OPTIONS", "MODELS", "USING", "RELAY"}
+    unknown = set(conf) - known - {"INSTALL_ON_MIGRATE"}
     if unknown:
         raise ImproperlyConfigured(f"unknown CACHECOW settings: {', '.join(sorted(unknown))}")
     client: Any = conf.get("CONNECTION")
@@ -600,7 +610,12 @@ def _from_settings() -> DjangoCache:
             raise ImproperlyConfigured("settings.CACHECOW needs REDIS_URL or CONNECTION")
         client = cachecow.connect(url, timeout=conf.get("TIMEOUT", 0.5))
     try:
-        cache = DjangoCache(client, using=conf.get("USING"), **conf.get("OPTIONS", {}))
+        cache = DjangoCache(
+            client,
+            using=conf.get("USING"),
+            relay=bool(conf.get("RELAY", True)),
+            **conf.get("OPTIONS", {}),
+        )
     except (TypeError, ConfigurationError) as exc:
         raise ImproperlyConfigured(f"settings.CACHECOW: {exc}") from exc
     for model in _managed_models:
