@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import functools
 import hashlib
 import json
 import logging
@@ -29,7 +30,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cachecow import ConfigurationError
-from cachecow.keys import Field, normalize_lookup
+from cachecow._protocol import CacheCowBase
+from cachecow.keys import Field, build_many_keys, normalize_lookup
 
 __all__ = [
     "CHANNEL",
@@ -44,6 +46,7 @@ __all__ = [
     "installed",
     "kind_of",
     "outbox_sql",
+    "run_on",
 ]
 
 logger = logging.getLogger("cachecow")
@@ -76,8 +79,8 @@ _KINDS: dict[Any, str] = {
 
 _DECODE: dict[str, Callable[[Any], Any]] = {
     "bool": bool,
-    "int": int,
-    "str": lambda v: v if isinstance(v, str) else str(v),
+    "int": lambda v: v if type(v) is int else int(v),
+    "str": lambda v: v if type(v) is str else str(v),
     "float": float,
     "decimal": lambda v: decimal.Decimal(str(v)),
     "uuid": lambda v: uuid.UUID(str(v)),
@@ -288,9 +291,29 @@ def _lookup_columns(w: Watched, lookup: Field) -> list[str]:
 
 
 class Connection(Protocol):
-    """An autocommit database connection: run one SQL string, get its rows (if any)."""
+    """An autocommit database connection: run one SQL string (on PostgreSQL, maybe two
+    statements), get the rows of its last statement (if any)."""
 
     def __call__(self, sql: str) -> list[tuple[Any, ...]]: ...
+
+
+def run_on(dbapi_connection: Any, sql: str) -> list[tuple[Any, ...]]:
+    """:class:`Connection` over a DB-API connection: the rows of the last statement of ``sql``."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(sql)
+        rows: list[tuple[Any, ...]] = []
+        while True:
+            if cursor.description:
+                rows = [tuple(r) for r in cursor.fetchall()]
+            try:
+                if not cursor.nextset():
+                    break
+            except Exception:  # no nextset (sqlite3, psycopg2): one result only
+                break
+        return rows
+    finally:
+        cursor.close()
 
 
 def installed(dialect: str, run: Connection, w: Watched) -> bool:
@@ -325,22 +348,34 @@ def installed(dialect: str, run: Connection, w: Watched) -> bool:
 # -- reading the outbox -------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=256)
+def _spec(spec: str) -> tuple[str, list[tuple[Field, tuple[int, ...]]], list[Any]]:
+    """A spec read once: its label, each lookup (canonical) with the positions of its values
+    in a row, and each column's decoder."""
+    label, fields, attrs, kinds = json.loads(spec)
+    lookups = []
+    for names in fields:
+        field, at = normalize_lookup(tuple(names), tuple(attrs.index(n) for n in names))
+        lookups.append((field, at if isinstance(at, tuple) else (at,)))
+    return label, lookups, [_DECODE[kind] for kind in kinds]
+
+
 def decode(spec: str, lookups: str) -> list[Lookup]:
     """The ``(label, field, value)`` lookups an outbox row holds, values in their column's type."""
-    label, fields, attrs, kinds = json.loads(spec)
-    decoders = [_DECODE[kind] for kind in kinds]
+    label, fields, decoders = _spec(spec)
     out: list[Lookup] = []
-    for values in json.loads(lookups, parse_float=decimal.Decimal):
-        row = {
-            attr: None if value is None else decoder(value)
-            for attr, decoder, value in zip(attrs, decoders, values, strict=True)
-        }
-        for names in fields:
-            value = tuple(row[n] for n in names)
-            if any(v is None for v in value):
-                continue  # NULL: no unique lookup can match it
-            field, value = normalize_lookup(tuple(names), value)
-            out.append((label, field, value))
+    # An UPDATE that left the unique values alone records each row twice (old and new).
+    for raw in dict.fromkeys(map(tuple, json.loads(lookups, parse_float=decimal.Decimal))):
+        values = [None if v is None else d(v) for v, d in zip(raw, decoders, strict=True)]
+        for field, at in fields:
+            if len(at) == 1:
+                value = values[at[0]]
+                if value is not None:
+                    out.append((label, field, value))
+            else:
+                value = tuple(values[i] for i in at)
+                if not any(v is None for v in value):  # a NULL: no unique lookup matches it
+                    out.append((label, field, value))
     return out
 
 
@@ -356,10 +391,11 @@ def _dialect_sql(dialect: str) -> _SQL:
         return ", ".join(str(int(i)) for i in rows)
 
     if dialect == "postgresql":
+        # BEGIN goes with the claim, in one round trip (a simple query of two statements).
         return _SQL(
-            ("BEGIN",),
+            (),
             lambda n, skip: (
-                f"DELETE FROM {OUTBOX} WHERE id IN (SELECT id FROM {OUTBOX} ORDER BY id "
+                f"BEGIN; DELETE FROM {OUTBOX} WHERE id IN (SELECT id FROM {OUTBOX} ORDER BY id "
                 f"LIMIT {n} FOR UPDATE{' SKIP LOCKED' if skip else ''}) "
                 "RETURNING id, spec, lookups::text"
             ),
@@ -617,5 +653,15 @@ def deliver_to(cache: Any) -> Deliver:
 
 
 def keys_of(cache: Any, lookups: Iterable[Lookup]) -> list[tuple[str, str]]:
-    """The Redis keys of outbox lookups."""
-    return [cache.get_keys(label, field, value) for label, field, value in lookups]
+    """The Redis keys of outbox lookups (in one pass per field, unless ``get_keys`` is
+    overridden)."""
+    if type(cache).get_keys is not CacheCowBase.get_keys:
+        return [cache.get_keys(label, field, value) for label, field, value in lookups]
+    groups: dict[tuple[str, Field], list[Any]] = {}
+    for label, field, value in lookups:
+        groups.setdefault((label, field), []).append(value)
+    return [
+        pair
+        for (label, field), values in groups.items()
+        for pair in build_many_keys(cache.prefix, label, field, values)
+    ]

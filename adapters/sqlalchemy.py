@@ -638,13 +638,13 @@ def _autocommit(engine: sa.Engine) -> Iterator[_outbox.Connection]:
         dialect.set_isolation_level(dbapi, "AUTOCOMMIT")
         try:
 
+            multi = dialect.driver in ("psycopg", "psycopg2")  # two statements in one query
+
             def run(sql: str) -> list[tuple[Any, ...]]:
-                cursor = raw.cursor()
-                try:
-                    cursor.execute(sql)
-                    return [tuple(r) for r in cursor.fetchall()] if cursor.description else []
-                finally:
-                    cursor.close()
+                if not multi and sql.startswith("BEGIN; "):
+                    _outbox.run_on(raw, "BEGIN")
+                    sql = sql.removeprefix("BEGIN; ")
+                return _outbox.run_on(raw, sql)
 
             yield run
         finally:

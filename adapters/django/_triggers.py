@@ -288,16 +288,8 @@ def raw_connection(alias: str) -> Iterator[_outbox.Connection]:
     if raw is None:
         raw = _new_raw(alias)
 
-    def run(sql: str) -> list[tuple[Any, ...]]:
-        cursor = raw.cursor()
-        try:
-            cursor.execute(sql)
-            return [tuple(r) for r in cursor.fetchall()] if cursor.description else []
-        finally:
-            cursor.close()
-
     try:
-        yield run
+        yield lambda sql: _outbox.run_on(raw, sql)
     except BaseException:
         _close(raw)  # broken, or left mid-transaction: never reused
         raise
