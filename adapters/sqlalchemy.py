@@ -637,7 +637,6 @@ def _autocommit(engine: sa.Engine) -> Iterator[_outbox.Connection]:
         dbapi = raw.dbapi_connection
         dialect.set_isolation_level(dbapi, "AUTOCOMMIT")
         try:
-
             multi = dialect.driver in ("psycopg", "psycopg2")  # two statements in one query
 
             def run(sql: str) -> list[tuple[Any, ...]]:
