@@ -52,8 +52,10 @@ or ``ON UPDATE`` action changes (InnoDB fires no triggers for them). The value T
 
 from __future__ import annotations
 
+import decimal
 import hashlib
 import logging
+import math
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -227,23 +229,26 @@ class _SQLAlchemyModels:
 
     def coerce_lookup(self, cls: Any, id_field: Field, id_val: Any) -> Any:
         """Convert a lookup value to its column's Python type where that is unambiguous:
-        ``"42"`` to ``42`` for an integer column, a string to a ``UUID`` for a UUID column."""
+        ``"42"`` and ``42.0`` to ``42`` for an integer column, a string to a ``UUID`` for a
+        UUID column; refuse a fraction or a bool for an integer column. A value of another
+        type could match the row in the database yet be cached under a key the row's own
+        invalidation never reaches (a tombstone outliving the insert of that row)."""
         info = self.model_info(cls)
 
         def convert(key: str, value: Any) -> Any:
-            if value is None or isinstance(value, bool):
+            if value is None:
                 return value
             try:
                 python_type = info.columns[key].type.python_type
             except (KeyError, NotImplementedError):
                 return value
-            try:
-                if python_type is int and isinstance(value, str):
-                    return int(value)
-                if python_type is uuid.UUID and isinstance(value, str):
+            if python_type is int:
+                return value if type(value) is int else _integral(cls, key, value)
+            if python_type is uuid.UUID and isinstance(value, str):
+                try:
                     return uuid.UUID(value)
-            except ValueError:
-                return value
+                except ValueError:
+                    return value
             return value
 
         return coerce(id_field, id_val, convert)
@@ -541,6 +546,23 @@ class AsyncSQLAlchemyCache(_SQLAlchemyModels, AsyncCacheCow):
 
 
 # -- triggers: installing them, draining their outbox -------------------------------------------
+
+
+def _integral(cls: Any, key: str, value: Any) -> Any:
+    """``value`` as the int it stands for, for an integer column; refuse what is no integer."""
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            return value  # no row can hold it, so no row's invalidation needs to reach it
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int(value)
+    number = isinstance(value, (float, decimal.Decimal))
+    if number and math.isfinite(value) and value == int(value):
+        return int(value)
+    raise InvalidLookup(
+        f"{cls.__qualname__}.{key} is an integer column; {value!r} is not an integer"
+    )
 
 
 def _dialect(dialect: Any) -> str:

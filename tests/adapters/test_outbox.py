@@ -449,3 +449,17 @@ def test_install_sql_is_what_install_runs(sdb: Database) -> None:
     assert statements[0].startswith("CREATE TABLE IF NOT EXISTS cachecow_outbox")
     assert sum("CREATE TRIGGER" in s for s in statements) == (4 if sdb.name == "sqlite" else 3)
     logging.getLogger(__name__).debug("%d statements", len(statements))
+
+
+def test_a_float_lookup_of_an_integer_key_leaves_no_tombstone_behind_an_insert(
+    cache: SQLAlchemyCache, sdb: Database
+) -> None:
+    with pytest.raises(NotFound):
+        cache.get(User, "id", 43.0)  # 43: the tombstone is under the int's key
+    raw(sdb, "INSERT INTO cc_users (id, email) VALUES (43, 'x@x.io')")
+    cache.drain()
+    assert cache.get(User, "id", 43.0).email == "x@x.io"
+    assert cache.get(User, "id", decimal.Decimal("43")).email == "x@x.io"
+    for bad in (43.5, True, float("nan")):
+        with pytest.raises(cachecow.InvalidLookup, match="not an integer"):
+            cache.get(User, "id", bad)
