@@ -355,6 +355,15 @@ class CachedQuerySet(QuerySet):  # type: ignore[misc]
 
     def modify(self, *args: Any, **kwargs: Any) -> Any:
         before = self._stored_matching()
+        if kwargs.get("upsert") and not kwargs.get("new") and not before:
+            # An upsert that inserts returns None under new=False, and the new document may
+            # no longer match the filter (the update can change the filter's own field): ask
+            # for the new document to learn its lookups, and answer None as asked.
+            created = super().modify(*args, **{**kwargs, "new": True})
+            if created is not None:
+                info = default_cache().doc_info(self._document)
+                self._invalidate([{k: getattr(created, k) for k in info.keys}])
+            return None
         result = super().modify(*args, **kwargs)
         info = default_cache().doc_info(self._document)
         pk = self._document._meta["id_field"]

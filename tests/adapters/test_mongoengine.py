@@ -324,6 +324,19 @@ def test_upserts_clear_tombstones(cache: MongoCache) -> None:
     assert Post.objects(title="b").update(set__likes=1) == 1  # the count, as without cachecow
 
 
+def test_an_upsert_that_changes_its_filters_own_field(cache: MongoCache) -> None:
+    """modify(upsert=True, new=False) inserting a document its own filter no longer matches."""
+    with pytest.raises(Post.DoesNotExist):
+        cache.get(Post, "title", "after")
+    assert (
+        Post.objects(title="before").modify(
+            upsert=True, set__title="after", set__slug="s", set__site="x"
+        )
+        is None
+    )  # new=False: nothing was there before
+    assert cache.get(Post, "title", "after").slug == "s"
+
+
 def test_insert_without_loading_clears_tombstones(cache: MongoCache) -> None:
     with pytest.raises(Post.DoesNotExist):
         cache.get(Post, "title", "ins")
