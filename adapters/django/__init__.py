@@ -121,6 +121,8 @@ _PYTHON_TYPES: list[tuple[type[models.Field[Any, Any]], Any]] = [
 
 
 def _python_type(field: models.Field[Any, Any]) -> Any:
+    if field.is_relation and field.target_field is not None:  # a foreign key: its target's
+        field = field.target_field
     for field_class, python_type in _PYTHON_TYPES:
         if isinstance(field, field_class):
             return python_type
@@ -161,7 +163,7 @@ class _Model:
         return cls(
             cls=model,
             attnames=attnames,
-            codecs=[codec_for(_python_type(f), f.attname) for f in fields],
+            codecs=[_codec(f) for f in fields],
             lookups=lookups,
             aliases=aliases,
             fingerprint=hashlib.sha1(shape.encode()).hexdigest()[:12],
@@ -195,7 +197,9 @@ class _Model:
                 and not constraint.expressions
             ):
                 add(list(constraint.fields))
-        return lookups
+        # A lookup on a column the triggers cannot carry (JSON, files, custom types) is not
+        # served: its gets go to the database, as without the cache.
+        return [lk for lk in lookups if _carried(model, lk)]
 
     def value_of(self, obj: Any, lookup: Field) -> Any:
         if isinstance(lookup, tuple):
@@ -230,6 +234,28 @@ class _Model:
         if field not in self.lookups or _has_null(value):
             return None
         return field, value
+
+
+def _carried(model: Any, lookup: Field) -> bool:
+    by_attname = {f.attname: f for f in model._meta.concrete_fields}
+    try:
+        for name in lookup if isinstance(lookup, tuple) else (lookup,):
+            _triggers.kind(by_attname[name], name)
+    except ConfigurationError:
+        return False
+    return True
+
+
+def _codec(field: Any) -> Codec:
+    if isinstance(field, models.FileField):  # a FieldFile: its name, as the column holds it
+        return Codec(lambda value: value.name, lambda value: value)
+    return codec_for(_python_type(field), field.attname)
+
+
+def _rows(model: Any, alias: str) -> Any:
+    """Every row of ``model`` on ``alias``: a plain queryset, as the base manager gives, but
+    never through a cached manager (``Meta.base_manager_name`` may name one)."""
+    return models.QuerySet(model=model, using=alias)
 
 
 def _aliases(meta: Any) -> dict[str, str]:
@@ -332,7 +358,7 @@ class DjangoCache(CacheCow):
         alias = self.db_for(cls)
         self._check_installed(cls, alias)
         try:
-            return cls._base_manager.using(alias).get(**_kwargs(id_field, id_val))
+            return _rows(cls, alias).get(**_kwargs(id_field, id_val))
         except cls.DoesNotExist:
             raise NotFound(cls, id_field, id_val) from None
 
@@ -340,7 +366,7 @@ class DjangoCache(CacheCow):
         info = self.model_info(cls)
         alias = self.db_for(cls)
         self._check_installed(cls, alias)
-        manager = cls._base_manager.using(alias)
+        manager = _rows(cls, alias)
         if isinstance(id_field, str):
             objs = manager.filter(**{f"{id_field}__in": list(id_vals)})
         else:
@@ -362,9 +388,8 @@ class DjangoCache(CacheCow):
         return coerce(id_field, id_val, convert)
 
     def not_found(self, cls: Any, id_field: Field, id_val: Any) -> BaseException:
-        shown = _kwargs(id_field, id_val)
         exc: BaseException = cls.DoesNotExist(
-            f"{cls._meta.object_name} matching {shown} does not exist"
+            f"{cls._meta.object_name} matching query does not exist."  # Django's own words
         )
         return exc
 
@@ -408,7 +433,7 @@ class DjangoCache(CacheCow):
                 if cached is not None:
                     return cached
             try:
-                return cls._base_manager.using(alias).get(**_kwargs(field, value))
+                return _rows(cls, alias).get(**_kwargs(field, value))
             except cls.DoesNotExist:
                 raise self.not_found(cls, field, value) from None
         return super().get(cls, id_field, id_val)
@@ -580,10 +605,8 @@ def set_default_cache(cache: DjangoCache | None) -> None:
     if previous is not None and previous is not cache:
         previous.unwatch()
     if cache is not None:
-        for model in _managed_models:
+        for model in watched_models():
             cache.watch(model)
-        for label in _settings().get("MODELS", ()):
-            cache.watch(apps.get_model(label))
 
 
 def _settings() -> dict[str, Any]:
@@ -618,14 +641,9 @@ def _from_settings() -> DjangoCache:
         )
     except (TypeError, ConfigurationError) as exc:
         raise ImproperlyConfigured(f"settings.CACHECOW: {exc}") from exc
-    for model in _managed_models:
+    for model in watched_models():
         cache.watch(model)
-    for label in conf.get("MODELS", ()):
-        cache.watch(apps.get_model(label))
     return cache
-
-
-_managed_models: list[Any] = []
 
 
 # -- queryset and manager -----------------------------------------------------------------------
@@ -678,10 +696,9 @@ class CachedManager(models.Manager.from_queryset(CachedQuerySet)):  # type: igno
 
     def contribute_to_class(self, cls: Any, name: str) -> None:
         super().contribute_to_class(cls, name)
-        if not cls._meta.abstract and cls not in _managed_models:
-            _managed_models.append(cls)
-            if _default is not None:
-                _default.watch(cls)
+        meta = cls._meta
+        if _default is not None and not (meta.abstract or meta.proxy or meta.parents):
+            _default.watch(cls)  # a model defined after the cache (the others: watched_models)
 
 
 class CachecowConfig(AppConfig):  # type: ignore[misc]
@@ -721,10 +738,15 @@ def _wrap_connection(sender: Any = None, connection: Any = None, **kwargs: Any) 
 def watched_models() -> list[Any]:
     """The models whose tables get triggers: those with a :class:`CachedManager` and those in
     ``CACHECOW["MODELS"]`` (concrete ones: a proxy's rows are its concrete model's)."""
-    found = list(_managed_models)
+    found = [
+        m
+        for m in apps.get_models()
+        if any(isinstance(manager, CachedManager) for manager in m._meta.managers)
+    ]  # managers declared on abstract bases and inherited ones included
     found += [apps.get_model(label) for label in _settings().get("MODELS", ())]
     concrete = [m._meta.concrete_model for m in found]
-    return [m for m in dict.fromkeys(concrete) if not m._meta.abstract]
+    # A multi-table child is read from the database (its parent's table is watched).
+    return [m for m in dict.fromkeys(concrete) if not m._meta.abstract and not m._meta.parents]
 
 
 def watched_tables(models_: Iterable[Any]) -> list[_outbox.Watched]:

@@ -31,6 +31,7 @@ __all__ = [
     "execute_wrapper",
     "install_sql",
     "install_triggers",
+    "kind",
     "raw_connection",
     "triggers_installed",
     "uninstall_sql",
@@ -53,7 +54,7 @@ def dialect_of(connection: Any) -> str:
 # -- what a trigger of a Django model records ---------------------------------------------------
 
 
-def _kind(field: Any, where: str) -> str:
+def kind(field: Any, where: str) -> str:
     target = field.target_field if field.is_relation else field
     internal = target.get_internal_type()
     if internal in {"AutoField", "BigAutoField", "SmallAutoField"} or "Integer" in internal:
@@ -113,7 +114,7 @@ def watched_table(model: Any, lookups: Sequence[Any], label: str) -> _outbox.Wat
         lookups=tuple(lookups),
         attrs=tuple(attrs),
         columns=tuple(by_attname[a].column for a in attrs),
-        kinds=tuple(_kind(by_attname[a], f"{meta.label}.{a}") for a in attrs),
+        kinds=tuple(kind(by_attname[a], f"{meta.label}.{a}") for a in attrs),
     )
 
 
@@ -254,6 +255,8 @@ def queue_once(alias: str, callback: Callable[[], None]) -> None:
     outside a transaction). A savepoint rolled back takes its callbacks with it, so the next
     write queues it again."""
     connection = connections[alias]
+    if not connection.in_atomic_block and not connection.get_autocommit():
+        return  # set_autocommit(False): no commit hook exists; the relay delivers
     if connection.in_atomic_block and any(
         func is callback for _, func, *_ in connection.run_on_commit
     ):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -20,12 +21,16 @@ from cachecow.adapters.django import DjangoCache, set_default_cache
 from cachecow.adapters.django._triggers import close_raw_connections
 from cachecow.testing import free_port
 from tests.adapters.djapp.models import (
+    Badge,
+    Gadget,
     Org,
+    Part,
     Person,
     Place,
     Profile,
     ProxyPerson,
     Restaurant,
+    Stamp,
     Ticket,
 )
 
@@ -281,3 +286,39 @@ def test_cachecow_relay_once_delivers(cache: DjangoCache, alias: str) -> None:
     call_command("cachecow_relay", "--once", "--database", alias, stdout=out)
     assert out.getvalue().strip() == "delivered 1 rows"
     assert cache.get(Ticket, "id", t.pk).number == 3
+
+
+def test_managers_of_abstract_bases_file_fields_uuid_keys_and_json_lookups(
+    cache: DjangoCache, alias: str
+) -> None:
+    stamp = Stamp.objects.using(alias).create(code="s")
+    assert cache.get(Stamp, "code", "s").pk == stamp.pk  # watched: it has its triggers
+    badge = Badge.objects.using(alias).create(code="b", scan="scans/b.png")
+    assert Badge.objects.using(alias).get(code="b").scan.name == "scans/b.png"  # a miss
+    assert Badge.objects.using(alias).get(code="b").scan.name == "scans/b.png"  # a hit
+    badge.code = "c"
+    badge.save()
+    with pytest.raises(Badge.DoesNotExist, match=r"^Badge matching query does not exist\.$"):
+        Badge.objects.using(alias).get(code="b")
+    gadget = Gadget.objects.using(alias).create(id=uuid.uuid4())
+    part = Part.objects.using(alias).create(gadget=gadget, spec={"a": 1})
+    assert Part.objects.using(alias).get(pk=part.pk).gadget_id == gadget.pk
+    with CaptureQueriesContext(connections[alias]) as queries:
+        assert Part.objects.using(alias).get(spec={"a": 1}).pk == part.pk
+    assert len(queries.captured_queries) == 1  # a JSON lookup goes to the database
+
+
+def test_a_save_under_set_autocommit_false_is_left_to_the_relay(
+    cache: DjangoCache, alias: str
+) -> None:
+    t = Ticket.objects.using(alias).create(number=1)
+    assert cache.get(Ticket, "id", t.pk).number == 1
+    transaction.set_autocommit(False, using=alias)
+    try:
+        t.number = 2
+        t.save()  # no commit hook exists here: nothing raises, nothing is drained early
+        transaction.commit(using=alias)
+    finally:
+        transaction.set_autocommit(True, using=alias)
+    assert cache.drain(alias) == 1
+    assert cache.get(Ticket, "id", t.pk).number == 2

@@ -93,3 +93,39 @@ class Restaurant(Place):
     """Multi-table inheritance: a save writes the parent's table too."""
 
     serves = models.CharField(max_length=50, default="")
+
+
+class Stamped(models.Model):
+    """A CachedManager declared on an abstract base: its concrete models are watched."""
+
+    objects = CachedManager()
+
+    class Meta:
+        abstract = True
+
+
+class Stamp(Stamped):
+    code = models.CharField(max_length=20, unique=True)
+
+
+class Badge(models.Model):
+    """The base manager is the cached one: fetch must not go through it (it would recurse)."""
+
+    code = models.CharField(max_length=20, unique=True)
+    scan = models.FileField(upload_to="scans", blank=True)
+    objects = CachedManager()
+
+    class Meta:
+        base_manager_name = "objects"
+
+
+class Gadget(models.Model):
+    id = models.UUIDField(primary_key=True)
+
+
+class Part(models.Model):
+    """A foreign key to a UUID primary key; a unique JSON field the cache cannot serve."""
+
+    gadget = models.ForeignKey(Gadget, on_delete=models.CASCADE)
+    spec = models.JSONField(unique=True, null=True)
+    objects = CachedManager()
