@@ -463,3 +463,36 @@ def test_a_float_lookup_of_an_integer_key_leaves_no_tombstone_behind_an_insert(
     for bad in (43.5, True, float("nan")):
         with pytest.raises(cachecow.InvalidLookup, match="not an integer"):
             cache.get(User, "id", bad)
+
+
+def _cli_url(db: Database) -> str:
+    url = db.engine.url
+    if db.schema:  # the run's own schema, as libpq options
+        url = url.update_query_dict({"options": f"-csearch_path={db.schema}"})
+    return url.render_as_string(hide_password=False)
+
+
+def test_the_cachecow_relay_command_needs_no_application(
+    cache: SQLAlchemyCache, sdb: Database, redis_server: Any
+) -> None:
+    add_user(sdb, 1, "a@x.io")
+    assert email_of(cache, id=1) == "a@x.io"
+    raw(sdb, "UPDATE cc_users SET email = 'b@x.io' WHERE id = 1")
+    command = [sys.executable, "-m", "cachecow", "relay", "--database", _cli_url(sdb)]
+    command += ["--redis", redis_server.url, "--prefix", cache.prefix]
+    once = subprocess.run([*command, "--once"], capture_output=True, text=True, timeout=60)
+    assert once.returncode == 0, once.stderr
+    assert once.stdout.strip() == "delivered 1 rows"
+    assert email_of(cache, id=1) == "b@x.io"
+    relay = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        raw(sdb, "UPDATE cc_users SET email = 'c@x.io' WHERE id = 1")
+        deadline = time.monotonic() + 10
+        while outbox_rows(sdb):
+            assert time.monotonic() < deadline, relay.stderr.read() if relay.poll() else ""
+            time.sleep(0.01)
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        out, err = relay.communicate(timeout=10)
+    assert relay.returncode == 0, err
+    assert email_of(cache, id=1) == "c@x.io"

@@ -1,0 +1,5 @@
+"""``python -m cachecow``: the command line (see :mod:`cachecow.cli`)."""
+
+from cachecow.cli import main
+
+raise SystemExit(main())
