@@ -493,6 +493,6 @@ def test_the_cachecow_relay_command_needs_no_application(
             time.sleep(0.01)
     finally:
         relay.send_signal(signal.SIGTERM)
-        out, err = relay.communicate(timeout=10)
+        _, err = relay.communicate(timeout=10)
     assert relay.returncode == 0, err
     assert email_of(cache, id=1) == "c@x.io"
