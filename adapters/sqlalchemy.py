@@ -52,6 +52,7 @@ or ``ON UPDATE`` action changes (InnoDB fires no triggers for them). The value T
 
 from __future__ import annotations
 
+import asyncio
 import decimal
 import hashlib
 import logging
@@ -66,7 +67,7 @@ try:
     import sqlalchemy as sa
     from sqlalchemy import and_, event, or_, select, tuple_
     from sqlalchemy import inspect as sa_inspect
-    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
     from sqlalchemy.orm import (
         Mapper,
         ORMExecuteState,
@@ -76,7 +77,7 @@ try:
         undefer,
     )
     from sqlalchemy.orm.attributes import set_committed_value
-    from sqlalchemy.util import await_only
+    from sqlalchemy.util import await_only, greenlet_spawn
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "cachecow.adapters.sqlalchemy needs SQLAlchemy 2: pip install 'cachecow[sqlalchemy]'"
@@ -490,18 +491,32 @@ class AsyncSQLAlchemyCache(_SQLAlchemyModels, AsyncCacheCow):
     """The asyncio twin of :class:`SQLAlchemyCache`, for ``AsyncSession`` and
     ``async_sessionmaker`` (``await cache.get(User, "id", 5)``).
 
-    Its ``watch()`` drains after commit but starts no relay: run one on a sync engine of the
-    same database (:func:`relay`, or ``cachecow-relay``)."""
+    Its relay is an asyncio task on the application's loop (polling every ``interval``),
+    started by the first read after ``watch()``; ``await cache.aclose_relays()`` ends it."""
 
     def __init__(
         self, redis: Any, session_factory: async_sessionmaker[Any], **options: Any
     ) -> None:
         super().__init__(redis, **options)
         self._setup(session_factory)
+        self._relay_engines: set[AsyncEngine] = set()
+        self._relay_tasks: dict[AsyncEngine, asyncio.Task[None]] = {}
 
-    def watch(self, target: async_sessionmaker[Any] | AsyncSession, *, warm: bool = False) -> None:
+    def watch(
+        self,
+        target: async_sessionmaker[Any] | AsyncSession,
+        *,
+        warm: bool = False,
+        relay: bool = True,
+    ) -> None:
         """Drain the outbox after every commit of a session ``target`` makes (or of one
-        session) that wrote (see :meth:`SQLAlchemyCache.watch`)."""
+        session) that wrote (see :meth:`SQLAlchemyCache.watch`).
+
+        :param relay: run :meth:`start_relay` on ``target``'s engine from the first read on.
+        """
+        bind = target.bind if isinstance(target, AsyncSession) else target.kw.get("bind")
+        if relay and isinstance(bind, AsyncEngine):
+            self._relay_engines.add(bind)
         if isinstance(target, AsyncSession):
             self._listen(target.sync_session, warm)
             return
@@ -515,7 +530,32 @@ class AsyncSQLAlchemyCache(_SQLAlchemyModels, AsyncCacheCow):
         self._listen(watched, warm)
         target.kw["sync_session_class"] = watched
 
+    def start_relay(self, engine: AsyncEngine, *, interval: float = 0.2) -> asyncio.Task[None]:
+        """Start (once per engine) an asyncio task that delivers what no commit's drain
+        delivered on ``engine``'s database; call it from a running loop."""
+        task = self._relay_tasks.get(engine)
+        if task is None or task.done():
+            drainer = self._drainer(engine.sync_engine)
+            task = asyncio.get_running_loop().create_task(_relay_loop(drainer, interval))
+            self._relay_tasks[engine] = task
+        return task
+
+    async def aclose_relays(self) -> None:
+        """Stop the relay tasks (and threads) this cache started."""
+        tasks = list(self._relay_tasks.values())
+        self._relay_tasks.clear()
+        self._relay_engines.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.close_relays()
+
+    def _relay_on_read(self) -> None:
+        for engine in list(self._relay_engines):
+            self.start_relay(engine)
+
     async def fetch(self, cls: Any, id_field: Field, id_val: Any) -> Any:
+        self._relay_on_read()
         async with self.session_factory() as session:
             await session.run_sync(lambda s: self._check_installed(s.connection(), cls))
             stmt = self._select(cls, id_field, [id_val], session.bind.dialect)
@@ -527,6 +567,7 @@ class AsyncSQLAlchemyCache(_SQLAlchemyModels, AsyncCacheCow):
     async def fetch_many(
         self, cls: Any, id_field: Field, id_vals: Sequence[Any]
     ) -> Mapping[Any, Any]:
+        self._relay_on_read()
         async with self.session_factory() as session:
             await session.run_sync(lambda s: self._check_installed(s.connection(), cls))
             stmt = self._select(cls, id_field, list(id_vals), session.bind.dialect)
@@ -543,6 +584,16 @@ class AsyncSQLAlchemyCache(_SQLAlchemyModels, AsyncCacheCow):
                 await_only(self.get_many(cls, pk, values))
             except Exception:
                 logger.warning("cachecow: warming %s after commit failed", cls, exc_info=True)
+
+
+async def _relay_loop(drainer: _outbox.Drainer, interval: float) -> None:
+    """The asyncio relay: drain (in SQLAlchemy's greenlet, so the sync drain can await), sleep."""
+    while True:
+        try:
+            await greenlet_spawn(drainer.drain, skip_locked=True)
+        except Exception:
+            pass  # logged once per outage by the drainer; retried after the interval
+        await asyncio.sleep(interval)
 
 
 # -- triggers: installing them, draining their outbox -------------------------------------------

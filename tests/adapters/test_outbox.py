@@ -496,3 +496,35 @@ def test_the_cachecow_relay_command_needs_no_application(
         _, err = relay.communicate(timeout=10)
     assert relay.returncode == 0, err
     assert email_of(cache, id=1) == "c@x.io"
+
+
+@pytest.mark.parametrize("any_database", ["sqlite", "postgresql"], indirect=True)
+def test_the_async_cache_relays_in_a_task_of_its_loop(sdb: Database, redis_server: Any) -> None:
+    import asyncio
+
+    import redis.asyncio as aredis
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+    from cachecow.adapters.sqlalchemy import AsyncSQLAlchemyCache
+
+    add_user(sdb, 1, "a@x.io")
+
+    async def scenario() -> None:
+        engine = sdb.async_engine()
+        factory = async_sessionmaker(engine, expire_on_commit=False)
+        client = aredis.Redis(port=redis_server.port)
+        cache = AsyncSQLAlchemyCache(client, factory, prefix=f"async-relay-{sdb.name}:")
+        cache.watch(factory)
+        try:
+            assert (await cache.get(User, "id", 1)).email == "a@x.io"  # starts the relay
+            raw(sdb, "UPDATE cc_users SET email = 'b@x.io' WHERE id = 1")  # outside the app
+            deadline = time.monotonic() + 5
+            while (await cache.get(User, "id", 1)).email != "b@x.io":
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+        finally:
+            await cache.aclose_relays()
+            await client.aclose()
+            await engine.dispose()
+
+    asyncio.run(scenario())
