@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +28,7 @@ import cachecow
 from cachecow.adapters.sqlalchemy import SQLAlchemyCache, install
 
 PG_URL = os.environ.get("CACHECOW_PG_URL", "postgresql+psycopg://root@127.0.0.1:5432/test")
+MARIADB_URL = os.environ.get("CACHECOW_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
 SCHEMA = f"cachecow_bench_{os.getpid()}"
 
 
@@ -52,7 +54,8 @@ def seed(session_factory: sessionmaker[Session], model: Any, n: int) -> None:
     with session_factory.begin() as session:
         session.execute(delete(model))
         session.execute(
-            sa.insert(model), [{"id": i, "email": f"{i}@x.io", "score": 0} for i in range(n)]
+            sa.insert(model),
+            [{"id": i, "email": f"{i}@x.io", "score": 0} for i in range(1, n + 1)],
         )
 
 
@@ -62,10 +65,50 @@ def timed(fn: Callable[[], None]) -> float:
     return time.perf_counter() - started
 
 
+def relay_lag(url: str, writes: int, connect_args: dict[str, Any] | None = None) -> list[float]:
+    """Seconds from the commit of a write made outside the application to its row leaving the
+    outbox, with a relay running (NOTIFY on PostgreSQL, polling every 0.2 s elsewhere)."""
+    engine = sa.create_engine(url, connect_args=connect_args or {})
+    Base.metadata.create_all(engine)
+    install(engine, Watched)
+    seed(sessionmaker(engine), Watched, 10)
+    cache = SQLAlchemyCache(
+        cachecow.connect(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")),
+        sessionmaker(engine),
+        prefix=f"cachecow-bench-{os.getpid()}:",
+    )
+    cache.drain()
+    running = cache.relay(engine)
+    lags = []
+    try:
+        time.sleep(0.3)
+        for i in range(writes):
+            with engine.begin() as conn:
+                conn.execute(update(Watched).where(Watched.id == i % 10 + 1).values(score=i))
+            committed = time.perf_counter()
+            with engine.connect() as conn:
+                while conn.exec_driver_sql("SELECT count(*) FROM cachecow_outbox").scalar():
+                    conn.rollback()
+                    time.sleep(0.0005)
+            lags.append(time.perf_counter() - committed)
+            time.sleep(0.01)
+    finally:
+        running.stop()
+        Base.metadata.drop_all(engine)
+        engine.dispose()
+    return lags
+
+
+def _pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--saves", type=int, default=300)
+    parser.add_argument("--lag-writes", type=int, default=200)
     args = parser.parse_args()
     admin = sa.create_engine(PG_URL, poolclass=NullPool)
     with admin.begin() as conn:
@@ -94,7 +137,7 @@ def main() -> None:
         def saves(factory: sessionmaker[Session], model: Any) -> None:
             for i in range(args.saves):
                 with factory() as session:
-                    session.get(model, i % 100).score += 1
+                    session.get(model, i % 100 + 1).score += 1
                     session.commit()
 
         def bulk_update(factory: sessionmaker[Session], model: Any) -> None:
@@ -104,7 +147,7 @@ def main() -> None:
 
         def bulk_delete(factory: sessionmaker[Session], model: Any) -> None:
             with factory() as session:
-                session.execute(delete(model).where(model.id < 1000))
+                session.execute(delete(model).where(model.id <= 1000))
                 session.commit()
 
         for _ in range(args.rounds):
@@ -119,6 +162,22 @@ def main() -> None:
         for name, values in ratios.items():
             plain_ms = statistics.median(plain_times[name]) * 1000
             print(f"{name:<50} {plain_ms:>12.1f} ms {statistics.median(values):>15.2f}x")
+        print(f"\nrelay lag over {args.lag_writes} writes made outside the application")
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, url, connect_args in [
+                ("PostgreSQL (NOTIFY)", PG_URL, {"options": f"-csearch_path={SCHEMA}"}),
+                ("SQLite (polling 0.2 s)", f"sqlite:///{tmp}/lag.db", {}),
+                ("MariaDB (polling 0.2 s)", MARIADB_URL, {}),
+            ]:
+                try:
+                    lags = relay_lag(url, args.lag_writes, connect_args)
+                except sa.exc.OperationalError as exc:
+                    print(f"{name:<26} not measured: {exc.orig}")
+                    continue
+                print(
+                    f"{name:<26} p50 {_pct(lags, 0.5):6.1f} ms   p99 {_pct(lags, 0.99):6.1f} ms"
+                    f"   max {max(lags) * 1000:6.1f} ms"
+                )
     finally:
         engine.dispose()
         with admin.begin() as conn:
