@@ -1,4 +1,4 @@
-"""``cachecow``: the command line.
+"""cachecow: the command line.
 
 ``cachecow relay --database URL [--redis URL] [--prefix P]`` delivers a database's outbox to
 Redis until stopped: the rows no commit's drain delivered (writes made outside the
