@@ -322,3 +322,53 @@ def test_a_save_under_set_autocommit_false_is_left_to_the_relay(
         transaction.set_autocommit(True, using=alias)
     assert cache.drain(alias) == 1
     assert cache.get(Ticket, "id", t.pk).number == 2
+
+
+@pytest.mark.parametrize("alias", ["pg"], indirect=True)  # SQLite: writers take turns
+def test_a_second_writer_blocked_on_the_row_lock_on_postgresql(
+    cache: DjangoCache, alias: str
+) -> None:
+    """Writer A changes the ticket's number 1 -> 2 in atomic and holds the row lock; writer B's
+    save() (to 3) waits for it. After A commits, a reader caches number 2 while B has not
+    committed. B's trigger sees 2 under the lock and invalidates it; B's instance says 1."""
+    import threading
+    import time
+
+    t = Ticket.objects.using(alias).create(number=1)
+    stale = Ticket.objects.using(alias).get(pk=t.pk)  # B's instance, loaded before A's write
+    first_holds = threading.Event()
+    first_may_commit = threading.Event()
+    second_saved = threading.Event()
+    second_may_commit = threading.Event()
+
+    def first() -> None:
+        with transaction.atomic(using=alias):
+            Ticket.objects.using(alias).filter(pk=t.pk).update(number=2)
+            first_holds.set()
+            first_may_commit.wait(10)
+        connections[alias].close()
+
+    def second() -> None:
+        with transaction.atomic(using=alias):
+            stale.number = 3
+            stale.save()  # waits for A's row lock
+            second_saved.set()
+            second_may_commit.wait(10)
+        connections[alias].close()
+
+    a = threading.Thread(target=first)
+    a.start()
+    assert first_holds.wait(10)
+    b = threading.Thread(target=second)
+    b.start()
+    time.sleep(0.2)
+    assert not second_saved.is_set()  # B waits for the lock
+    first_may_commit.set()
+    a.join(10)
+    assert second_saved.wait(10)
+    assert cache.get(Ticket, "number", 2).pk == t.pk  # cached between the two commits
+    second_may_commit.set()
+    b.join(10)
+    with pytest.raises(Ticket.DoesNotExist):
+        cache.get(Ticket, "number", 2)
+    assert cache.get(Ticket, "number", 3).pk == t.pk
