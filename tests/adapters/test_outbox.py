@@ -517,7 +517,9 @@ def test_the_async_cache_relays_in_a_task_of_its_loop(sdb: Database, redis_serve
         cache.watch(factory)
         try:
             assert (await cache.get(User, "id", 1)).email == "a@x.io"  # starts the relay
-            raw(sdb, "UPDATE cc_users SET email = 'b@x.io' WHERE id = 1")  # outside the app
+            # Outside the app, and off the loop: blocking the loop while the relay task holds
+            # SQLite's write lock would wait out the lock's timeout.
+            await asyncio.to_thread(raw, sdb, "UPDATE cc_users SET email = 'b@x.io' WHERE id = 1")
             deadline = time.monotonic() + 5
             while (await cache.get(User, "id", 1)).email != "b@x.io":
                 assert time.monotonic() < deadline
