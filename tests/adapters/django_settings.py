@@ -1,4 +1,4 @@
-"""Django settings of the adapter's tests: SQLite, and PostgreSQL as the alias "pg".
+"""Django settings of the adapter's tests: SQLite, PostgreSQL as "pg", MariaDB as "maria".
 
 PostgreSQL (127.0.0.1:5432, database ``test``; pytest-django creates ``test_test``) is added when
 it answers, and always under ``CI=true``, where a missing server then fails the tests.
@@ -53,4 +53,29 @@ if PG_AVAILABLE:
         "TEST": {"NAME": f"cachecow_django_test_{os.getpid()}"},
     }
 # The tests install their own cache (set_default_cache); Item is watched for its triggers only.
+
+
+def _mariadb_answers() -> bool:
+    try:
+        import pymysql
+
+        pymysql.connect(host="127.0.0.1", port=3306, user="root", connect_timeout=3).close()
+        return True
+    except Exception:
+        return False
+
+
+MARIADB_AVAILABLE = in_ci() or _mariadb_answers()
+if MARIADB_AVAILABLE:
+    import pymysql
+
+    pymysql.install_as_MySQLdb()  # Django's MySQL backend, on the pure-Python driver
+    DATABASES["maria"] = {
+        "ENGINE": "django.db.backends.mysql",
+        "NAME": "test",
+        "USER": "root",
+        "HOST": "127.0.0.1",
+        "PORT": "3306",
+        "TEST": {"NAME": f"cachecow_django_test_{os.getpid()}"},
+    }
 CACHECOW: dict[str, object] = {"MODELS": ["djapp.Item"]}

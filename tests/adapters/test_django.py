@@ -34,10 +34,10 @@ from tests.adapters.djapp.models import (
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
 
-@pytest.fixture(params=["default", "pg"])
+@pytest.fixture(params=["default", "pg", "maria"])
 def alias(request: pytest.FixtureRequest) -> str:
     if request.param not in settings.DATABASES:
-        pytest.skip("PostgreSQL at 127.0.0.1:5432 does not answer (required when CI=true)")
+        pytest.skip(f"{request.param}: its server does not answer (required when CI=true)")
     return str(request.param)
 
 

@@ -37,12 +37,12 @@ from tests.adapters.djapp.models import (
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
 
-@pytest.fixture(params=["default", "pg"])
+@pytest.fixture(params=["default", "pg", "maria"])
 def alias(request: pytest.FixtureRequest) -> str:
     from django.conf import settings
 
     if request.param not in settings.DATABASES:
-        pytest.skip("PostgreSQL at 127.0.0.1:5432 does not answer (required when CI=true)")
+        pytest.skip(f"{request.param}: its server does not answer (required when CI=true)")
     return str(request.param)
 
 
@@ -116,11 +116,13 @@ def test_f_expressions_on_a_unique_field(cache: DjangoCache, alias: str) -> None
 def test_bulk_create_with_update_conflicts(cache: DjangoCache, alias: str) -> None:
     t = Ticket.objects.using(alias).create(number=1, holder="ada")
     assert cache.get(Ticket, "number", 1).holder == "ada"
+    # MySQL and MariaDB take no unique_fields: ON DUPLICATE KEY UPDATE covers every key.
+    unique = {} if connections[alias].vendor == "mysql" else {"unique_fields": ["number"]}
     Ticket.objects.using(alias).bulk_create(
         [Ticket(number=1, holder="grace")],
         update_conflicts=True,
-        unique_fields=["number"],
         update_fields=["holder"],
+        **unique,
     )
     assert cache.get(Ticket, "number", 1).holder == "grace"
     assert cache.get(Ticket, "id", t.pk).holder == "grace"
@@ -219,6 +221,7 @@ def test_check_warns_of_a_table_without_its_triggers(cache: DjangoCache, alias: 
     drop = {
         "postgresql": "DROP TRIGGER cachecow_update ON djapp_ticket",
         "sqlite": "DROP TRIGGER cachecow_djapp_ticket_update",
+        "mysql": "DROP TRIGGER cachecow_djapp_ticket_update",
     }[connections[alias].vendor]
     with connections[alias].cursor() as cursor:
         cursor.execute(drop)
@@ -324,10 +327,8 @@ def test_a_save_under_set_autocommit_false_is_left_to_the_relay(
     assert cache.get(Ticket, "id", t.pk).number == 2
 
 
-@pytest.mark.parametrize("alias", ["pg"], indirect=True)  # SQLite: writers take turns
-def test_a_second_writer_blocked_on_the_row_lock_on_postgresql(
-    cache: DjangoCache, alias: str
-) -> None:
+@pytest.mark.parametrize("alias", ["pg", "maria"], indirect=True)  # SQLite: no row locks
+def test_a_second_writer_blocked_on_the_row_lock(cache: DjangoCache, alias: str) -> None:
     """Writer A changes the ticket's number 1 -> 2 in atomic and holds the row lock; writer B's
     save() (to 3) waits for it. After A commits, a reader caches number 2 while B has not
     committed. B's trigger sees 2 under the lock and invalidates it; B's instance says 1."""
