@@ -739,7 +739,7 @@ class _PgListener:
         self.engine = engine
         self._pg: Any = None
 
-    def wait(self, timeout: float) -> None:
+    def wait(self, timeout: float) -> bool:
         if self._pg is None:
             raw: Any = self.engine.raw_connection()
             pg = raw.driver_connection
@@ -749,10 +749,11 @@ class _PgListener:
             self._pg.execute(f"LISTEN {_outbox.CHANNEL}")
         try:
             for _ in self._pg.notifies(timeout=timeout, stop_after=1):
-                pass
+                return True
         except Exception:
             self.close()
             raise
+        return False
 
     def close(self) -> None:
         pg, self._pg = self._pg, None

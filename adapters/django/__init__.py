@@ -548,7 +548,7 @@ class _PgListener:
         self.alias = alias
         self._pg: Any = None
 
-    def wait(self, timeout: float) -> None:
+    def wait(self, timeout: float) -> bool:
         if self._pg is None:
             connection = connections[self.alias]
             pg = connection.get_new_connection(connection.get_connection_params())
@@ -557,10 +557,11 @@ class _PgListener:
             self._pg = pg
         try:
             for _ in self._pg.notifies(timeout=timeout, stop_after=1):
-                pass
+                return True
         except Exception:
             self.close()
             raise
+        return False
 
     def close(self) -> None:
         pg, self._pg = self._pg, None

@@ -26,7 +26,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 from sqlalchemy import update
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 import cachecow
 from cachecow import ConfigurationError, NotFound
@@ -530,3 +530,25 @@ def test_the_async_cache_relays_in_a_task_of_its_loop(sdb: Database, redis_serve
             await engine.dispose()
 
     asyncio.run(scenario())
+
+
+def test_a_session_joined_to_an_outer_transaction_invalidates_at_the_real_commit(
+    cache: SQLAlchemyCache, sdb: Database, redis_client: redis.Redis
+) -> None:
+    """The test-suite pattern: a Session on a connection whose transaction the caller owns.
+    Its commit() only releases a savepoint; the invalidation must wait for the real commit
+    (the event-based adapter invalidated at commit(), and a reader between the two re-cached
+    the old row for good)."""
+    add_user(sdb, 1, "a@x.io")
+    assert email_of(cache, id=1) == "a@x.io"
+    with sdb.engine.connect() as conn:
+        outer = conn.begin()
+        session = Session(bind=conn, join_transaction_mode="create_savepoint")
+        cache.watch(session, relay=False)
+        session.get(User, 1).email = "b@x.io"
+        session.commit()  # a savepoint released: nothing committed yet
+        session.close()
+        assert email_of(cache, id=1) == "a@x.io"  # a reader in between: the committed row
+        outer.commit()
+    assert cache.drain() == 1  # what the relay does after the real commit
+    assert email_of(cache, id=1) == "b@x.io"
