@@ -199,6 +199,8 @@ def _values(w: Watched, row: str, dialect: str) -> str:
 def install_sql(dialect: str, w: Watched) -> list[str]:
     """Statements that (re)install the triggers of one table: run them again after a change of
     its unique columns. The outbox must exist (see :func:`outbox_sql`)."""
+    if not w.lookups:
+        return []  # nothing the cache serves: nothing to record
     spec = w.spec
     if dialect == "postgresql":
         return _pg_triggers(w, spec)

@@ -121,8 +121,7 @@ _PYTHON_TYPES: list[tuple[type[models.Field[Any, Any]], Any]] = [
 
 
 def _python_type(field: models.Field[Any, Any]) -> Any:
-    if field.is_relation and field.target_field is not None:  # a foreign key: its target's
-        field = field.target_field
+    field = _triggers.target_of(field)  # a foreign key: the type of the field it points to
     for field_class, python_type in _PYTHON_TYPES:
         if isinstance(field, field_class):
             return python_type
@@ -695,12 +694,6 @@ class CachedManager(models.Manager.from_queryset(CachedQuerySet)):  # type: igno
     """A manager whose ``get()`` of one unique lookup is served from cachecow (see the module
     docstring). Its model is watched: saves and deletes invalidate after commit."""
 
-    def contribute_to_class(self, cls: Any, name: str) -> None:
-        super().contribute_to_class(cls, name)
-        meta = cls._meta
-        if _default is not None and not (meta.abstract or meta.proxy or meta.parents):
-            _default.watch(cls)  # a model defined after the cache (the others: watched_models)
-
 
 class CachecowConfig(AppConfig):  # type: ignore[misc]
     """``INSTALLED_APPS = [..., "cachecow.adapters.django.CachecowConfig"]``."""
@@ -718,6 +711,7 @@ class CachecowConfig(AppConfig):  # type: ignore[misc]
                 raise ImproperlyConfigured(f"CACHECOW['MODELS']: {exc}") from exc
         # Every statement of every connection passes the wrapper that spots writes.
         _triggers._on_write[:] = [_on_write]
+        signals.class_prepared.connect(_watch_late_model, dispatch_uid="cachecow-late-models")
         connection_created.connect(_wrap_connection, dispatch_uid="cachecow-execute-wrapper")
         for connection in connections.all(initialized_only=True):
             _wrap_connection(connection=connection)
@@ -729,6 +723,16 @@ class CachecowConfig(AppConfig):  # type: ignore[misc]
         # request.
         if "REDIS_URL" in conf or "CONNECTION" in conf:
             default_cache()
+
+
+def _watch_late_model(sender: Any, **kwargs: Any) -> None:
+    """A model class prepared after the default cache was built (defined in a test, or
+    imported late) is watched if it has a cached manager."""
+    meta = sender._meta
+    if _default is None or meta.abstract or meta.proxy or meta.parents:
+        return
+    if any(isinstance(manager, CachedManager) for manager in meta.managers):
+        _default.watch(sender)
 
 
 def _wrap_connection(sender: Any = None, connection: Any = None, **kwargs: Any) -> None:
@@ -744,7 +748,11 @@ def watched_models() -> list[Any]:
         for m in apps.get_models()
         if any(isinstance(manager, CachedManager) for manager in m._meta.managers)
     ]  # managers declared on abstract bases and inherited ones included
-    found += [apps.get_model(label) for label in _settings().get("MODELS", ())]
+    for label in _settings().get("MODELS", ()):
+        try:
+            found.append(apps.get_model(label))
+        except LookupError:
+            pass  # its app is not installed right now (a test's available_apps)
     concrete = [m._meta.concrete_model for m in found]
     # A multi-table child is read from the database (its parent's table is watched).
     return [m for m in dict.fromkeys(concrete) if not m._meta.abstract and not m._meta.parents]
@@ -760,8 +768,18 @@ def watched_tables(models_: Iterable[Any]) -> list[_outbox.Watched]:
 
 
 def _install_on_migrate(sender: Any, using: str = "default", **kwargs: Any) -> None:
-    """post_migrate of an app: (re)install the triggers of its watched models."""
+    """post_migrate of an app: install the triggers its watched models' tables lack (or have
+    out of date); a table that does not exist (yet) is left alone."""
     ours = [m for m in watched_models() if m._meta.app_config is sender]
     ours = [m for m in ours if router.allow_migrate_model(using, m)]
-    if ours:
-        install_triggers(connections[using], watched_tables(ours))
+    if not ours:
+        return
+    connection = connections[using]
+    existing = set(connection.introspection.table_names())
+    ours = [m for m in ours if m._meta.db_table in existing]
+    with raw_connection(using) as run:
+        stale = [
+            t for t in watched_tables(ours) if not _outbox.installed(connection.vendor, run, t)
+        ]
+    if stale:
+        install_triggers(connection, stale)

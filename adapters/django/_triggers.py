@@ -54,8 +54,16 @@ def dialect_of(connection: Any) -> str:
 # -- what a trigger of a Django model records ---------------------------------------------------
 
 
+def target_of(field: Any) -> Any:
+    """The field whose values a column holds: a foreign key's target, followed to the end (a
+    key to a model whose primary key is itself a one-to-one key)."""
+    while field.is_relation and field.target_field is not None:
+        field = field.target_field
+    return field
+
+
 def kind(field: Any, where: str) -> str:
-    target = field.target_field if field.is_relation else field
+    target = target_of(field)
     internal = target.get_internal_type()
     if internal in {"AutoField", "BigAutoField", "SmallAutoField"} or "Integer" in internal:
         return "int"
@@ -66,6 +74,7 @@ def kind(field: Any, where: str) -> str:
         "TextField": str,
         "EmailField": str,
         "SlugField": str,
+        "FilePathField": str,
         "URLField": str,
         "GenericIPAddressField": str,
         "UUIDField": _uuid(),
