@@ -94,6 +94,7 @@ from ._triggers import (
     flush_pending,
     install_triggers,
     raw_connection,
+    triggers_installed,
     watched_table,
 )
 
@@ -777,9 +778,6 @@ def _install_on_migrate(sender: Any, using: str = "default", **kwargs: Any) -> N
     connection = connections[using]
     existing = set(connection.introspection.table_names())
     ours = [m for m in ours if m._meta.db_table in existing]
-    with raw_connection(using) as run:
-        stale = [
-            t for t in watched_tables(ours) if not _outbox.installed(connection.vendor, run, t)
-        ]
+    stale = [t for t in watched_tables(ours) if not triggers_installed(connection, t)]
     if stale:
         install_triggers(connection, stale)
