@@ -572,6 +572,7 @@ class _PgListener:
 def _on_write(alias: str, table: str) -> Callable[[], None] | None:
     """A statement wrote ``table`` on ``alias``: reads of its models skip the cache for the
     rest of the transaction; returns the drain to run after the commit."""
+    _watch_late()
     cache = _default
     if cache is None:
         return None  # no cache in this process: the relay delivers
@@ -733,7 +734,16 @@ def _watch_late_model(sender: Any, **kwargs: Any) -> None:
     if _default is None or meta.abstract or meta.proxy or meta.parents:
         return
     if any(isinstance(manager, CachedManager) for manager in meta.managers):
-        _default.watch(sender)
+        _late.append(sender)  # watched once the app registry is ready (see _watch_late)
+
+
+_late: list[Any] = []
+
+
+def _watch_late() -> None:
+    if _late and apps.models_ready and _default is not None:
+        while _late:
+            _default.watch(_late.pop())
 
 
 def _wrap_connection(sender: Any = None, connection: Any = None, **kwargs: Any) -> None:
