@@ -39,6 +39,7 @@ __all__ = [
     "Connection",
     "Drainer",
     "Listener",
+    "PgListener",
     "Relay",
     "Watched",
     "decode",
@@ -584,6 +585,34 @@ class Listener(Protocol):
 
     def close(self) -> None:
         """Release the connection it listens on."""
+
+
+class PgListener:
+    """A :class:`Listener` on PostgreSQL: LISTEN on a psycopg 3 connection of its own, made by
+    ``connect`` (autocommit, out of any pool), made again after it fails."""
+
+    def __init__(self, connect: Callable[[], Any]) -> None:
+        self._connect = connect
+        self._pg: Any = None
+
+    def wait(self, timeout: float) -> bool:
+        if self._pg is None:
+            pg = self._connect()
+            pg.autocommit = True
+            pg.execute(f"LISTEN {CHANNEL}")
+            self._pg = pg
+        try:
+            for _ in self._pg.notifies(timeout=timeout, stop_after=1):
+                return True
+        except Exception:
+            self.close()
+            raise
+        return False
+
+    def close(self) -> None:
+        pg, self._pg = self._pg, None
+        if pg is not None:
+            pg.close()
 
 
 class Relay:

@@ -728,37 +728,16 @@ def _autocommit(engine: sa.Engine) -> Iterator[_outbox.Connection]:
 def _start_relay(drainer: _outbox.Drainer, engine: sa.Engine, interval: float) -> _outbox.Relay:
     listener = None
     if drainer.dialect == "postgresql" and engine.dialect.driver == "psycopg":
-        listener = _PgListener(engine)
+        listener = _outbox.PgListener(lambda: _detached_driver_connection(engine))
     return _outbox.Relay(drainer, interval=interval, listener=listener).start()
 
 
-class _PgListener:
-    """LISTEN on a psycopg connection of its own, out of the pool, (re)opened when needed."""
-
-    def __init__(self, engine: sa.Engine) -> None:
-        self.engine = engine
-        self._pg: Any = None
-
-    def wait(self, timeout: float) -> bool:
-        if self._pg is None:
-            raw: Any = self.engine.raw_connection()
-            pg = raw.driver_connection
-            raw.detach()  # out of the pool, for the relay's life
-            pg.autocommit = True
-            self._pg = pg
-            self._pg.execute(f"LISTEN {_outbox.CHANNEL}")
-        try:
-            for _ in self._pg.notifies(timeout=timeout, stop_after=1):
-                return True
-        except Exception:
-            self.close()
-            raise
-        return False
-
-    def close(self) -> None:
-        pg, self._pg = self._pg, None
-        if pg is not None:
-            pg.close()
+def _detached_driver_connection(engine: sa.Engine) -> Any:
+    """A driver connection of ``engine``'s, taken out of its pool for good (the relay's)."""
+    raw: Any = engine.raw_connection()
+    connection = raw.driver_connection
+    raw.detach()
+    return connection
 
 
 def relay(cache: CacheCow, engine: sa.Engine, *, interval: float = 0.2) -> _outbox.Relay:

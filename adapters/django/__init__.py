@@ -526,7 +526,7 @@ class DjangoCache(CacheCow):
         relay = self._relays.get(alias)
         if relay is None or not relay.running:
             drainer = self._drainer(alias)
-            listener = _PgListener(alias) if drainer.dialect == "postgresql" else None
+            listener = _listener(alias)
             relay = _outbox.Relay(drainer, interval=interval, listener=listener)
             self._relays[alias] = relay.start()
         return relay
@@ -541,32 +541,15 @@ class DjangoCache(CacheCow):
 _watching: weakref.WeakSet[DjangoCache] = weakref.WeakSet()
 
 
-class _PgListener:
-    """LISTEN on a connection of its own to a PostgreSQL alias, (re)opened when needed."""
-
-    def __init__(self, alias: str) -> None:
-        self.alias = alias
-        self._pg: Any = None
-
-    def wait(self, timeout: float) -> bool:
-        if self._pg is None:
-            connection = connections[self.alias]
-            pg = connection.get_new_connection(connection.get_connection_params())
-            pg.autocommit = True
-            pg.execute(f"LISTEN {_outbox.CHANNEL}")
-            self._pg = pg
-        try:
-            for _ in self._pg.notifies(timeout=timeout, stop_after=1):
-                return True
-        except Exception:
-            self.close()
-            raise
-        return False
-
-    def close(self) -> None:
-        pg, self._pg = self._pg, None
-        if pg is not None:
-            pg.close()
+def _listener(alias: str) -> _outbox.Listener | None:
+    """LISTEN for the relay on PostgreSQL with psycopg 3 (psycopg2 has no waiting notifies:
+    the relay polls)."""
+    connection = connections[alias]
+    if connection.vendor != "postgresql" or connection.Database.__name__ != "psycopg":
+        return None
+    return _outbox.PgListener(
+        lambda: connection.get_new_connection(connection.get_connection_params())
+    )
 
 
 def _on_write(alias: str, table: str) -> Callable[[], None] | None:

@@ -373,3 +373,27 @@ def test_a_second_writer_blocked_on_the_row_lock(cache: DjangoCache, alias: str)
     with pytest.raises(Ticket.DoesNotExist):
         cache.get(Ticket, "number", 2)
     assert cache.get(Ticket, "number", 3).pk == t.pk
+
+
+@pytest.mark.parametrize("alias", ["pg"], indirect=True)
+def test_the_relay_thread_is_woken_by_notify(cache: DjangoCache, alias: str) -> None:
+    import time
+
+    t = Ticket.objects.using(alias).create(number=1)
+    assert cache.get(Ticket, "id", t.pk).number == 1
+    relay = cache.relay(alias, interval=30.0)  # polling alone would take 30 s
+    try:
+        time.sleep(0.3)  # listening
+        connection = connections[alias]
+        other = connection.get_new_connection(connection.get_connection_params())
+        try:
+            other.cursor().execute(f"UPDATE djapp_ticket SET number = 4 WHERE id = {t.pk}")
+            other.commit()
+        finally:
+            other.close()
+        deadline = time.monotonic() + 5
+        while cache.get(Ticket, "id", t.pk).number != 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        relay.stop()
