@@ -172,7 +172,14 @@ class _Model:
 
     @staticmethod
     def lookups_of(model: Any) -> list[Field]:
-        """The unique lookups of a model (a historical one in migrations too), by attname."""
+        """The unique lookups the cache serves of a model (a historical one in migrations
+        too), by attname: those its triggers can carry. A lookup on a column they cannot
+        (JSON, files, custom types) is not served: its gets go to the database."""
+        return [lk for lk in _Model.declared_lookups(model) if _carried(model, lk)]
+
+    @staticmethod
+    def declared_lookups(model: Any) -> list[Field]:
+        """Every unique lookup a model declares, by attname, canonical."""
         meta = model._meta
         aliases = _aliases(meta)
         lookups: list[Field] = []
@@ -197,9 +204,7 @@ class _Model:
                 and not constraint.expressions
             ):
                 add(list(constraint.fields))
-        # A lookup on a column the triggers cannot carry (JSON, files, custom types) is not
-        # served: its gets go to the database, as without the cache.
-        return [lk for lk in lookups if _carried(model, lk)]
+        return lookups
 
     def value_of(self, obj: Any, lookup: Field) -> Any:
         if isinstance(lookup, tuple):

@@ -35,7 +35,6 @@ from django.db.models import base as _model_base
 from cachecow import ConfigurationError
 from cachecow.adapters import django as _adapter
 from cachecow.adapters.django import CachedManager
-from cachecow.keys import normalize_lookup
 
 __all__ = ["ACTIVE", "REFUSED", "AutoCachedManager", "install", "prepare_cache"]
 
@@ -74,35 +73,8 @@ def _managers(model: Any) -> list[Any]:
 
 
 def declared_lookups(model: Any) -> list[Any]:
-    """Every unique lookup of a model, by attribute names, canonical (as the adapter's
-    ``_Model.lookups_of`` finds them, before it leaves out those it cannot carry)."""
-    meta = model._meta
-    aliases = {"pk": meta.pk.attname}
-    for f in meta.concrete_fields:
-        aliases[f.name] = aliases[f.attname] = f.attname
-    found: list[Any] = []
-
-    def add(names: Any) -> None:
-        attrs = tuple(aliases[n] for n in names)
-        lookup = normalize_lookup(attrs, (None,) * len(attrs))[0]
-        if lookup not in found:
-            found.append(lookup)
-
-    add([meta.pk.name])
-    for f in meta.concrete_fields:
-        if f.unique:
-            add([f.name])
-    for together in meta.unique_together:
-        add(list(together))
-    for constraint in meta.constraints:
-        if (
-            isinstance(constraint, models.UniqueConstraint)
-            and constraint.fields
-            and constraint.condition is None
-            and not constraint.expressions
-        ):
-            add(list(constraint.fields))
-    return found
+    """Every unique lookup of a model (before the adapter leaves out those it cannot carry)."""
+    return list(_adapter._Model.declared_lookups(model))
 
 
 def _refuse(label: str, why: str) -> None:
