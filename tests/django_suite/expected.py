@@ -38,8 +38,8 @@ IGNORED: dict[str, str] = {
 # cannot install their triggers (managers.prepare_cache). None since C4 was fixed.
 REFUSED: dict[str, dict[str, str]] = {"sqlite": {}, "postgresql": {}}
 
-# The cachecow bugs the suite found (class (c)), with their diagnosis, as found against commit
-# 36deab5. C1-C4, C6 and C7 are fixed since (a90d25d, 5d7abdb and the commit after); C5 is open.
+# The cachecow bugs the suite found (class (c)), with their diagnosis, as first found. C1-C4,
+# C6 and C7 were fixed in the same session; C5 is open.
 FINDINGS: dict[str, str] = {
     "C1 CachedManager on a model created once the default cache exists crashes": (
         "CachedManager.contribute_to_class calls _default.watch(cls) when the default cache "
