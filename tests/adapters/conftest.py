@@ -25,3 +25,13 @@ def db(database: Database) -> Database:
     database.clear()
     database.Session = sessionmaker(database.engine)
     return database
+
+
+@pytest.fixture(params=["default", "pg", "maria"])
+def alias(request: pytest.FixtureRequest) -> str:
+    """Each Django test runs on SQLite, PostgreSQL and MariaDB (the settings' aliases)."""
+    from django.conf import settings
+
+    if request.param not in settings.DATABASES:
+        pytest.skip(f"{request.param}: its server does not answer (required when CI=true)")
+    return str(request.param)

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 import redis
-from django.conf import settings
 from django.db import connections, transaction
 from django.test.utils import CaptureQueriesContext
 
@@ -32,13 +31,6 @@ from tests.adapters.djapp.models import (
 )
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
-
-
-@pytest.fixture(params=["default", "pg", "maria"])
-def alias(request: pytest.FixtureRequest) -> str:
-    if request.param not in settings.DATABASES:
-        pytest.skip(f"{request.param}: its server does not answer (required when CI=true)")
-    return str(request.param)
 
 
 class ThreadSafeDjangoCache(DjangoCache):

@@ -74,6 +74,14 @@ def outbox_rows(db: Database) -> int:
         return int(conn.exec_driver_sql("SELECT count(*) FROM cachecow_outbox").scalar_one())
 
 
+def wait_until_empty(db: Database, timeout: float = 5.0) -> None:
+    """Wait until a relay has delivered every row of the outbox."""
+    deadline = time.monotonic() + timeout
+    while outbox_rows(db):
+        assert time.monotonic() < deadline, "the outbox was not drained in time"
+        time.sleep(0.005)
+
+
 def email_of(cache: SQLAlchemyCache, **lookup: Any) -> str:
     ((field, value),) = lookup.items()
     email: str = cache.get(User, field, value).email
@@ -224,10 +232,7 @@ def test_redis_paused_during_writes_fails_no_write_and_the_relay_delivers_after(
     assert len(failures) == 1  # logged once per outage
     relay = start_relay(cache, sdb.engine, interval=0.05)
     try:
-        deadline = time.monotonic() + 5
-        while outbox_rows(sdb):
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until_empty(sdb)
     finally:
         relay.stop()
     assert [email_of(cache, id=i) for i in (1, 2, 3)] == ["1@new.io", "2@new.io", "3@new.io"]
@@ -344,10 +349,7 @@ def test_a_process_killed_between_commit_and_drain_is_delivered_by_the_relay(
     assert email_of(cache, id=1) == "a@x.io"
     relay = start_relay(cache, sdb.engine, interval=0.05)
     try:
-        deadline = time.monotonic() + 5
-        while outbox_rows(sdb):
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until_empty(sdb)
     finally:
         relay.stop()
     assert email_of(cache, id=1) == "killed@x.io"
@@ -361,10 +363,7 @@ def test_postgresql_relay_is_woken_by_notify(cache: SQLAlchemyCache, sdb: Databa
     try:
         time.sleep(0.3)  # listening
         raw(sdb, "UPDATE cc_users SET email = 'b@x.io' WHERE id = 1")
-        deadline = time.monotonic() + 5
-        while outbox_rows(sdb):
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
+        wait_until_empty(sdb)
     finally:
         relay.stop()
     assert email_of(cache, id=1) == "b@x.io"
