@@ -196,7 +196,15 @@ def build_many_keys(
     digest = xxhash.xxh3_128_hexdigest
     out = []
     for value in values:
-        body = (head + encode_value(value)).encode("utf-8", "surrogatepass")
+        kind = type(value)
+        if kind is int:  # encode_value's own encodings, without its chain of type tests
+            text = str(value)
+            encoded = f"i{len(text)}:{text}"
+        elif kind is str:
+            encoded = f"s{len(value)}:{value}"
+        else:
+            encoded = encode_value(value)
+        body = (head + encoded).encode("utf-8", "surrogatepass")
         value_key = f"{readable}{{{digest(body)}}}"
         out.append((value_key, value_key + ":lease"))
     return out
