@@ -22,9 +22,11 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -34,14 +36,17 @@ from cachecow._protocol import CacheCowBase
 from cachecow.keys import Field, build_many_keys, normalize_lookup
 
 __all__ = [
+    "ANNOUNCE",
     "CHANNEL",
     "OUTBOX",
+    "Announcements",
     "Connection",
     "Drainer",
     "Listener",
     "PgListener",
     "Relay",
     "Watched",
+    "announce",
     "decode",
     "install_sql",
     "installed",
@@ -57,6 +62,12 @@ OUTBOX = "cachecow_outbox"
 
 CHANNEL = "cachecow_outbox"
 """The PostgreSQL NOTIFY channel the triggers signal on."""
+
+ANNOUNCE = "cachecow.announce"
+"""The PostgreSQL setting ('on') of a connection whose writes' outbox rows are announced to it."""
+
+TRIGGER_VERSION = "cachecow outbox triggers v2"
+"""Marks the PostgreSQL trigger function's current version (older ones are reinstalled)."""
 
 DIALECTS = ("postgresql", "sqlite", "mysql")
 
@@ -157,7 +168,10 @@ def outbox_sql(dialect: str) -> list[str]:
     if dialect == "postgresql":
         return [
             f"CREATE TABLE IF NOT EXISTS {OUTBOX} (id bigserial PRIMARY KEY, spec text NOT NULL,"
-            " lookups json NOT NULL, created timestamptz NOT NULL DEFAULT clock_timestamp())"
+            " lookups json NOT NULL, created timestamptz NOT NULL DEFAULT clock_timestamp(),"
+            " owned boolean NOT NULL DEFAULT false)",
+            # An outbox of version 1 lacks the column.
+            f"ALTER TABLE {OUTBOX} ADD COLUMN IF NOT EXISTS owned boolean NOT NULL DEFAULT false",
         ]
     if dialect == "sqlite":
         return [
@@ -215,26 +229,43 @@ def install_sql(dialect: str, w: Watched) -> list[str]:
 def _pg_triggers(w: Watched, spec: str) -> list[str]:
     # Statement-level triggers with transition tables: one outbox row per statement. The
     # transition tables have no indexes, so they are never joined (see the prototype's notes).
+    # A connection that announces (see Announcements) gets its rows owned and announced to it
+    # by a NOTICE, which it delivers itself after its commit; other rows wake the relay.
     table = f"{_q(w.schema)}.{_q(w.table)}" if w.schema else _q(w.table)
     schema = _q(w.schema) + "." if w.schema else ""
     function = f"{schema}{_q(w.tag)}"
     cols = ", ".join(_q(c) for c in w.columns)
     values = _values(w, "r", "postgresql")
-
-    def record(source: str) -> str:
-        return (
-            f"INSERT INTO {schema}{OUTBOX} (spec, lookups) SELECT '{spec}', json_agg({values}) "
-            f"FROM ({source}) r HAVING count(*) > 0;"
-        )
-
+    # An UPDATE that leaves a row's lookups alone records it once: duplicates are told by
+    # their JSON text (UNION would compare the values with their collations: 'A' and 'a' are
+    # one value in a case-insensitive one, and the cache would miss the other's entry).
+    each = {
+        "INSERT": f"SELECT json_agg({values}) INTO lookups FROM new_rows r",
+        "UPDATE": (
+            "SELECT ('[' || string_agg(v, ',') || ']')::json INTO lookups FROM (SELECT DISTINCT "
+            f"{values}::text AS v FROM (SELECT {cols} FROM old_rows UNION ALL SELECT {cols} "
+            "FROM new_rows) r) d"
+        ),
+        "DELETE": f"SELECT json_agg({values}) INTO lookups FROM old_rows r",
+    }
     body = (
+        f"-- {TRIGGER_VERSION}\n"
+        "DECLARE lookups json; row_id bigint; owned boolean;\n"
         "BEGIN\n"
-        f"  IF TG_OP = 'INSERT' THEN {record(f'SELECT {cols} FROM new_rows')}\n"
-        "  ELSIF TG_OP = 'UPDATE' THEN "
-        f"{record(f'SELECT {cols} FROM old_rows UNION ALL SELECT {cols} FROM new_rows')}\n"
-        f"  ELSE {record(f'SELECT {cols} FROM old_rows')}\n"
-        "  END IF;\n"
-        f"  IF FOUND THEN PERFORM pg_notify('{CHANNEL}', ''); END IF;\n"
+        + "".join(
+            f"  {'IF' if op == 'INSERT' else 'ELSIF'} TG_OP = '{op}' THEN {sql};\n"
+            for op, sql in each.items()
+        )
+        + "  END IF;\n"
+        "  IF lookups IS NULL THEN RETURN NULL; END IF;\n"
+        f"  owned := coalesce(current_setting('{ANNOUNCE}', true), '') = 'on'\n"
+        "    AND current_setting('client_min_messages') NOT IN ('warning', 'error');\n"
+        f"  INSERT INTO {schema}{OUTBOX} (spec, lookups, owned) VALUES ('{spec}', lookups, owned)"
+        " RETURNING id INTO row_id;\n"
+        "  IF owned THEN\n"
+        f"    RAISE NOTICE USING MESSAGE = '{OUTBOX} ' || row_id || ' ' || txid_current() "
+        f"|| chr(10) || '{spec}' || chr(10) || lookups;\n"
+        f"  ELSE PERFORM pg_notify('{CHANNEL}', ''); END IF;\n"
         "  RETURN NULL;\n"
         "END"
     )
@@ -345,31 +376,38 @@ def installed(dialect: str, run: Connection, w: Watched) -> bool:
     else:
         raise _unsupported(dialect)
     expected = 4 if dialect == "sqlite" else 3
-    return len(rows) == expected and all(spec in str(source) for _, source in rows)
+    marks = (spec, TRIGGER_VERSION) if dialect == "postgresql" else (spec,)
+    return len(rows) == expected and all(m in str(source) for _, source in rows for m in marks)
 
 
 # -- reading the outbox -------------------------------------------------------------------------
 
 
 @functools.lru_cache(maxsize=256)
-def _spec(spec: str) -> tuple[str, list[tuple[Field, tuple[int, ...]]], list[Any]]:
+def _spec(spec: str) -> tuple[str, list[tuple[Field, tuple[int, ...]]], list[Any], tuple[Any, ...]]:
     """A spec read once: its label, each lookup (canonical) with the positions of its values
-    in a row, and each column's decoder."""
+    in a row, each column's decoder, and each column's type where JSON gives it as it is."""
     label, fields, attrs, kinds = json.loads(spec)
     lookups = []
     for names in fields:
         field, at = normalize_lookup(tuple(names), tuple(attrs.index(n) for n in names))
         lookups.append((field, at if isinstance(at, tuple) else (at,)))
-    return label, lookups, [_DECODE[kind] for kind in kinds]
+    exact = tuple({"int": int, "str": str, "bool": bool}.get(kind) for kind in kinds)
+    return label, lookups, [_DECODE[kind] for kind in kinds], exact
 
 
 def decode(spec: str, lookups: str) -> list[Lookup]:
     """The ``(label, field, value)`` lookups an outbox row holds, values in their column's type."""
-    label, fields, decoders = _spec(spec)
+    label, fields, decoders, exact = _spec(spec)
     out: list[Lookup] = []
-    # An UPDATE that left the unique values alone records each row twice (old and new).
+    # Rows once each (SQLite's and MariaDB's triggers record an UPDATE's unchanged row twice).
     for raw in dict.fromkeys(map(tuple, json.loads(lookups, parse_float=decimal.Decimal))):
-        values = [None if v is None else d(v) for v, d in zip(raw, decoders, strict=True)]
+        values = raw
+        for v, t in zip(raw, exact, strict=True):
+            if type(v) is not t and v is not None:  # a value JSON does not give as it is
+                pairs = zip(raw, decoders, strict=True)
+                values = tuple(None if v is None else d(v) for v, d in pairs)
+                break
         for field, at in fields:
             if len(at) == 1:
                 value = values[at[0]]
@@ -385,30 +423,37 @@ def decode(spec: str, lookups: str) -> list[Lookup]:
 @dataclass
 class _SQL:
     begin: tuple[str, ...]
-    claim: Callable[[int, bool], str]  # (limit, skip_locked) -> SELECT or DELETE ... RETURNING
+    # (limit, skip_locked, grace) -> SELECT or DELETE ... RETURNING; grace: the age from which
+    # rows a writer owns are claimed (None: at once)
+    claim: Callable[[int, bool, float | None], str]
     delete: Callable[[Sequence[int]], str] | None  # None: the claim deleted the rows already
 
 
-def _dialect_sql(dialect: str) -> _SQL:
-    def ids(rows: Sequence[int]) -> str:
-        return ", ".join(str(int(i)) for i in rows)
+def _ids(rows: Sequence[int]) -> str:
+    return ", ".join(str(int(i)) for i in rows)
 
+
+def _dialect_sql(dialect: str) -> _SQL:
     if dialect == "postgresql":
-        # BEGIN goes with the claim, in one round trip (a simple query of two statements).
-        return _SQL(
-            (),
-            lambda n, skip: (
-                f"BEGIN; DELETE FROM {OUTBOX} WHERE id IN (SELECT id FROM {OUTBOX} ORDER BY id "
-                f"LIMIT {n} FOR UPDATE{' SKIP LOCKED' if skip else ''}) "
+
+        def claim(n: int, skip: bool, grace: float | None) -> str:
+            owned = ""
+            if grace is not None:
+                age = f"clock_timestamp() - interval '{grace:.3f} s'"
+                owned = f" WHERE NOT owned OR created < {age}"
+            # BEGIN goes with the claim, in one round trip (a simple query of two statements).
+            return (
+                f"BEGIN; DELETE FROM {OUTBOX} WHERE id IN (SELECT id FROM {OUTBOX}{owned} "
+                f"ORDER BY id LIMIT {n} FOR UPDATE{' SKIP LOCKED' if skip else ''}) "
                 "RETURNING id, spec, lookups::text"
-            ),
-            None,
-        )
+            )
+
+        return _SQL((), claim, None)
     if dialect == "sqlite":
         # SQLite has no row locks: BEGIN IMMEDIATE takes the write lock for the claim.
         return _SQL(
             ("BEGIN IMMEDIATE",),
-            lambda n, skip: (
+            lambda n, skip, grace: (
                 f"DELETE FROM {OUTBOX} WHERE id IN (SELECT id FROM {OUTBOX} ORDER BY id "
                 f"LIMIT {n}) RETURNING id, spec, lookups"
             ),
@@ -418,11 +463,11 @@ def _dialect_sql(dialect: str) -> _SQL:
         # READ COMMITTED: no gap locks, so writers' triggers can insert while rows are held.
         return _SQL(
             ("SET TRANSACTION ISOLATION LEVEL READ COMMITTED", "START TRANSACTION"),
-            lambda n, skip: (
+            lambda n, skip, grace: (
                 f"SELECT id, spec, lookups FROM {OUTBOX} ORDER BY id LIMIT {n} "
                 f"FOR UPDATE{' SKIP LOCKED' if skip else ''}"
             ),
-            lambda rows: f"DELETE FROM {OUTBOX} WHERE id IN ({ids(rows)})",
+            lambda rows: f"DELETE FROM {OUTBOX} WHERE id IN ({_ids(rows)})",
         )
     raise _unsupported(dialect)
 
@@ -437,9 +482,94 @@ class DrainStats:
 
     delivered_rows: int = 0
     delivered_lookups: int = 0
+    announced_rows: int = 0  # of delivered_rows: announced to their writer, delivered by it
     failures: int = 0
-    skipped: int = 0  # after-commit drains left to the relay while Redis was failing
+    skipped: int = 0  # after-commit deliveries left to the relay while Redis was failing
     dropped: int = 0  # rows that could not be read
+
+
+class Announcements:
+    """The outbox rows a psycopg 3 connection's own writes announced to it.
+
+    On PostgreSQL a connection that sets :data:`ANNOUNCE` gets its writes' outbox rows
+    *owned*: the trigger sends each row to it as a NOTICE, in the statement's reply, and
+    does not wake the relays. After its commit the writer delivers them with no database
+    round trip (:meth:`Drainer.deliver_announced`); the relays claim an owned row only once
+    it is :attr:`Drainer.grace` seconds old (its writer died, or Redis failed it).
+    """
+
+    def __init__(self) -> None:
+        self._rows: list[tuple[int, str, str]] = []
+        self._transaction = ""  # the transaction that announced them
+        self._savepoints: dict[str, int] = {}
+        self.count = 0  # rows announced so far
+
+    def __call__(self, diagnostic: Any) -> None:  # psycopg's notice handler
+        message = diagnostic.message_primary
+        if message and message.startswith(_ANNOUNCED):
+            head, spec, lookups = message.split("\n", 2)
+            row_id, transaction = head[len(_ANNOUNCED) :].split(" ")
+            if transaction != self._transaction:
+                # A new transaction: the rows of the last one either were rolled back or
+                # committed without their delivery (they wait in the outbox for a relay).
+                self._rows.clear()
+                self._savepoints.clear()
+                self._transaction = transaction
+            self._rows.append((int(row_id), spec, lookups))
+            self.count += 1
+
+    @property
+    def pending(self) -> bool:
+        """Whether rows wait to be taken."""
+        return bool(self._rows)
+
+    def take(self) -> list[tuple[int, str, str]]:
+        """The rows the connection's last transaction announced, if not taken yet (they are
+        committed when the connection is idle and that transaction was not rolled back)."""
+        rows, self._rows = self._rows, []
+        self._savepoints.clear()
+        return rows
+
+    def savepoint(self, name: str) -> None:
+        """A savepoint was set: :meth:`rollback_to` it forgets the rows announced after."""
+        self._savepoints[name] = len(self._rows)
+
+    def rollback_to(self, name: str) -> None:
+        """The savepoint was rolled back, and with it the rows announced since it was set."""
+        del self._rows[self._savepoints.get(name, len(self._rows)) :]
+
+    @staticmethod
+    def of(connection: Any) -> Announcements | None:
+        """The announcements of a psycopg 3 connection, if :func:`announce` set it up."""
+        try:
+            return _announcing.get(connection)
+        except TypeError:  # not weakly referable (sqlite3): not a psycopg connection
+            return None
+
+
+_ANNOUNCED = OUTBOX + " "
+_announcing: weakref.WeakKeyDictionary[Any, Announcements] = weakref.WeakKeyDictionary()
+
+
+def announce(connection: Any) -> Announcements:
+    """Set a psycopg 3 connection up (once) so that its writes' outbox rows are announced to
+    it; it must not be inside a transaction."""
+    found = _announcing.get(connection)
+    if found is not None:
+        return found
+    found = Announcements()
+    connection.add_notice_handler(found)
+    idle = connection.info.transaction_status == 0  # psycopg.pq.TransactionStatus.IDLE
+    connection.execute(f"SET {ANNOUNCE} = 'on'")
+    if idle and connection.info.transaction_status != 0:
+        connection.commit()  # the SET began a transaction: end it, the setting stays
+    _announcing[connection] = found
+    return found
+
+
+def idle(connection: Any) -> bool:
+    """Whether a psycopg 3 connection is outside any transaction (its writes committed)."""
+    return bool(connection.info.transaction_status == 0)
 
 
 class Drainer:
@@ -451,6 +581,8 @@ class Drainer:
     :param batch: rows claimed per transaction.
     :param retry_interval: after a Redis failure, after-commit drains are left to the relay
         for this long (a write never waits on a Redis that is down).
+    :param grace: the age in seconds from which a drain claims rows announced to their
+        writer (PostgreSQL); while Redis fails, and for as long after, it claims them at once.
     """
 
     def __init__(
@@ -461,6 +593,7 @@ class Drainer:
         *,
         batch: int = 500,
         retry_interval: float = 1.0,
+        grace: float = 0.5,
     ) -> None:
         self.dialect = dialect
         self._sql = _dialect_sql(dialect)
@@ -468,14 +601,26 @@ class Drainer:
         self._deliver = deliver
         self.batch = batch
         self.retry_interval = retry_interval
+        self.grace = grace
         self.stats = DrainStats()
         self._failing_since: float | None = None
+        self._failed_at = -math.inf
         self._lock = threading.Lock()
+        self._acked: list[int] = []  # announced rows delivered, to delete from the outbox
 
     @property
     def failing(self) -> bool:
         """Whether the last delivery failed (Redis unreachable): an outage in progress."""
         return self._failing_since is not None
+
+    def _resting(self) -> bool:
+        """Whether Redis failed a delivery within ``retry_interval``: writes then leave
+        their rows to the relay (a write never waits on a Redis that is down)."""
+        since = self._failing_since
+        if since is not None and time.monotonic() - since < self.retry_interval:
+            self.stats.skipped += 1
+            return True
+        return False
 
     def after_commit(self) -> None:
         """Drain after a commit that wrote watched tables: deliver every row visible now,
@@ -485,14 +630,51 @@ class Drainer:
 
         MariaDB skips the rows another drain holds instead: InnoDB's locking read would also
         wait for every transaction still open that inserted outbox rows."""
-        since = self._failing_since
-        if since is not None and time.monotonic() - since < self.retry_interval:
-            self.stats.skipped += 1
+        if self._resting():
             return
         try:
             self.drain(skip_locked=self.dialect == "mysql")
         except Exception:
             pass  # logged and counted by drain
+
+    def deliver_announced(self, announced: Announcements) -> int:
+        """After a commit of the connection of ``announced`` (it must be idle now): deliver
+        the rows its writes announced, in one Redis round trip and no database one; return
+        how many. Never raises for Redis: a failure leaves the rows to the relays."""
+        rows = announced.take()
+        if not rows or self._resting():
+            return 0
+        lookups = self._lookups(rows)
+        try:
+            self._deliver(lookups)
+        except Exception as exc:
+            self._failed(exc)
+            return 0
+        self._recovered()
+        self.stats.delivered_rows += len(rows)
+        self.stats.announced_rows += len(rows)
+        self.stats.delivered_lookups += len(lookups)
+        with self._lock:
+            self._acked.extend(row[0] for row in rows)
+            flush = len(self._acked) >= 4 * self.batch  # no relay deletes them: do it now
+        if flush:
+            try:
+                with self._connect() as run:
+                    self._delete_acked(run)
+            except Exception as exc:
+                logger.warning("cachecow: deleting delivered outbox rows failed: %s", exc)
+        return len(rows)
+
+    def _delete_acked(self, run: Connection) -> None:
+        with self._lock:
+            acked, self._acked = self._acked, []
+        try:
+            for at in range(0, len(acked), 1000):
+                run(f"DELETE FROM {OUTBOX} WHERE id IN ({_ids(acked[at : at + 1000])})")
+        except BaseException:
+            with self._lock:
+                self._acked.extend(acked)  # deleted again next time (a no-op if done)
+            raise
 
     def drain(self, *, skip_locked: bool = True, limit: int | None = None) -> int:
         """Deliver outbox rows until none is left (or ``limit`` rows); return how many.
@@ -501,6 +683,8 @@ class Drainer:
         """
         total = 0
         with self._connect() as run:
+            if self._acked:
+                self._delete_acked(run)
             while limit is None or total < limit:
                 n = self._drain_once(run, skip_locked)
                 total += n
@@ -514,12 +698,16 @@ class Drainer:
             # Nothing committed to deliver: never wait for the write lock (another
             # connection's transaction may hold it for long, a test's outer one say).
             return 0
+        # Rows announced to a writer are its to deliver, unless it is late; after Redis
+        # failed, the writers' rows wait for no one.
+        outage = time.monotonic() - self._failed_at < self.retry_interval + self.grace
+        grace = None if outage else self.grace
         for statement in sql.begin:
             run(statement)
         try:
-            rows = run(sql.claim(self.batch, skip_locked))
+            rows = run(sql.claim(self.batch, skip_locked, grace))
             if rows:
-                lookups = list(dict.fromkeys(lk for row in rows for lk in self._decoded(row)))
+                lookups = self._lookups(rows)
                 self._deliver(lookups)
                 if sql.delete is not None:
                     run(sql.delete([row[0] for row in rows]))
@@ -533,6 +721,11 @@ class Drainer:
             self.stats.delivered_rows += len(rows)
             self.stats.delivered_lookups += len(lookups)
         return len(rows)
+
+    def _lookups(self, rows: Sequence[tuple[Any, ...]]) -> list[Lookup]:
+        if len(rows) == 1:
+            return self._decoded(rows[0])
+        return list(dict.fromkeys(lk for row in rows for lk in self._decoded(row)))
 
     def _decoded(self, row: tuple[Any, ...]) -> list[Lookup]:
         """A row's lookups; a row that cannot be read (written by hand, or by a trigger of a
@@ -549,7 +742,7 @@ class Drainer:
         with self._lock:
             self.stats.failures += 1
             first = self._failing_since is None
-            self._failing_since = time.monotonic()
+            self._failing_since = self._failed_at = time.monotonic()
         if first and isinstance(exc, Exception):
             logger.warning(
                 "outbox delivery failed, the rows stay for the relay: %s: %s",
@@ -565,14 +758,20 @@ class Drainer:
             logger.warning("outbox delivery works again")
 
     def lag(self) -> float:
-        """Age in seconds of the oldest row waiting in the outbox (0.0 when it is empty)."""
+        """Age in seconds of the oldest row waiting in the outbox (0.0 when it is empty).
+
+        On PostgreSQL a row announced to its writer waits only once it is ``grace`` seconds
+        old: before, its writer delivers it, or has delivered it and a drain deletes it."""
+        where = ""
+        if self.dialect == "postgresql":
+            where = f" WHERE NOT owned OR created < clock_timestamp() - interval '{self.grace} s'"
         age = {
             "postgresql": "extract(epoch FROM clock_timestamp() - min(created))",
             "sqlite": "(julianday('now') - 2440587.5) * 86400.0 - min(created)",
             "mysql": "TIMESTAMPDIFF(MICROSECOND, min(created), CURRENT_TIMESTAMP(6)) / 1e6",
         }[self.dialect]
         with self._connect() as run:
-            rows = run(f"SELECT {age} FROM {OUTBOX}")
+            rows = run(f"SELECT {age} FROM {OUTBOX}{where}")
         value = rows[0][0] if rows else None
         return 0.0 if value is None else max(0.0, float(value))
 

@@ -54,10 +54,12 @@ from __future__ import annotations
 
 import asyncio
 import decimal
+import functools
 import hashlib
 import logging
 import math
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -336,6 +338,7 @@ class _SQLAlchemyModels:
 
     def _listen(self, target: Any, warm: bool) -> None:
         wrote_key = ("cachecow", id(self), "wrote")
+        announced_key = ("cachecow", id(self), "announced")
 
         def wrote(session: Session, objs: Iterable[Any] = ()) -> None:
             found = session.info.setdefault(wrote_key, [])
@@ -351,24 +354,41 @@ class _SQLAlchemyModels:
             if not state.is_select:  # a bulk or Core statement through the session
                 wrote(state.session)
 
+        def after_begin(session: Session, transaction: Any, connection: sa.Connection) -> None:
+            announced = _outbox.Announcements.of(connection.connection.dbapi_connection)
+            start = None if announced is None else announced.count
+            session.info.setdefault(announced_key, []).append((announced, start))
+
+        def drained_by_commit(session: Session) -> bool:
+            # Whether each connection's commit delivered this transaction's rows itself (see
+            # _announce): it announces, and announced rows since the transaction began. If not
+            # (SQLite, MariaDB, psycopg2, a connection whose setting a pooler reset, writes of
+            # unwatched tables only), the outbox is drained.
+            begun = session.info.pop(announced_key, ())
+            return all(a is not None and a.count != start for a, start in begun)
+
         def after_soft_rollback(session: Session, previous: Any) -> None:
             if previous.parent is None:  # the outermost transaction rolled back
                 session.info.pop(wrote_key, None)
+                session.info.pop(announced_key, None)
 
         def after_commit(session: Session) -> None:
             if session.in_nested_transaction():
                 return  # a savepoint released: the outermost commit drains
             changed = session.info.pop(wrote_key, None)
+            drained = drained_by_commit(session)
             if changed is None:
                 return
-            bind: Any = session.get_bind()
-            self._drainer(bind.engine).after_commit()
+            if not drained:
+                bind: Any = session.get_bind()
+                self._drainer(bind.engine).after_commit()
             if warm:
                 self._warm([obj for obj in changed if obj is not None])
 
         listeners: list[tuple[str, Callable[..., Any]]] = [
             ("after_flush", after_flush),
             ("do_orm_execute", do_orm_execute),
+            ("after_begin", after_begin),
             ("after_soft_rollback", after_soft_rollback),
             ("after_commit", after_commit),
         ]
@@ -380,7 +400,9 @@ class _SQLAlchemyModels:
         drainer = self._drainers.get(engine)
         if drainer is None:
             drainer = self._drainers[engine] = _outbox.Drainer(
-                _dialect(engine.dialect), lambda: _autocommit(engine), self._deliver
+                _dialect(engine.dialect),
+                lambda: _autocommit(engine),
+                functools.partial(self._deliver, engine),
             )
         return drainer
 
@@ -398,7 +420,7 @@ class _SQLAlchemyModels:
             relay.stop()
         self._relays.clear()
 
-    def _deliver(self, lookups: list[_outbox.Lookup]) -> None:
+    def _deliver(self, engine: Any, lookups: list[_outbox.Lookup]) -> None:
         raise NotImplementedError
 
     def _warm(self, objs: list[Any]) -> None:
@@ -448,8 +470,10 @@ class SQLAlchemyCache(_SQLAlchemyModels, CacheCow):
         self._listen(target, warm)
         bind = target.kw.get("bind") if isinstance(target, sessionmaker) else target.bind
         engine = getattr(bind, "engine", bind)
-        if relay and isinstance(engine, sa.Engine):
-            self.relay(engine)
+        if isinstance(engine, sa.Engine):
+            _announce(engine, self)
+            if relay:
+                self.relay(engine)
 
     def drain(self, engine: sa.Engine | None = None) -> int:
         """Deliver every row waiting in ``engine``'s outbox now (default: the session
@@ -476,7 +500,7 @@ class SQLAlchemyCache(_SQLAlchemyModels, CacheCow):
             objs = session.execute(stmt).scalars().all()
         return self._by_value(cls, id_field, objs)
 
-    def _deliver(self, lookups: list[_outbox.Lookup]) -> None:
+    def _deliver(self, engine: Any, lookups: list[_outbox.Lookup]) -> None:
         self._invalidate_pairs(_outbox.keys_of(self, lookups))
 
     def _warm(self, objs: list[Any]) -> None:
@@ -574,7 +598,7 @@ class AsyncSQLAlchemyCache(_SQLAlchemyModels, AsyncCacheCow):
             objs = (await session.execute(stmt)).scalars().all()
         return self._by_value(cls, id_field, objs)
 
-    def _deliver(self, lookups: list[_outbox.Lookup]) -> None:
+    def _deliver(self, engine: Any, lookups: list[_outbox.Lookup]) -> None:
         # Session events run in SQLAlchemy's greenlet inside the awaiting task: await there.
         await_only(self._invalidate_pairs(_outbox.keys_of(self, lookups)))
 
@@ -723,6 +747,88 @@ def _autocommit(engine: sa.Engine) -> Iterator[_outbox.Connection]:
             dialect.reset_isolation_level(dbapi)
     finally:
         raw.close()
+
+
+_announcing: weakref.WeakKeyDictionary[sa.Engine, list[weakref.ref[SQLAlchemyCache]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _watchers(engine: sa.Engine) -> list[SQLAlchemyCache]:
+    """The live caches watching ``engine``, latest first."""
+    refs = _announcing.get(engine, [])
+    return [c for c in (ref() for ref in reversed(refs)) if c is not None]
+
+
+def _announce(engine: sa.Engine, cache: SQLAlchemyCache) -> None:
+    """On PostgreSQL with psycopg 3, every connection of ``engine`` gets its writes' outbox
+    rows announced (see :class:`~cachecow.adapters._outbox.Announcements`) and delivers
+    them right after each commit, before ``commit()`` returns, whatever made the commit (a
+    session, a Core connection, the outer transaction of a joined session); rows left when
+    a connection goes back to the pool (autocommit writes) are delivered then. This saves
+    the after-commit drain its two database round trips. Hooked once per engine."""
+    refs = _announcing.get(engine)
+    if refs is not None:
+        if cache not in _watchers(engine):
+            refs.append(weakref.ref(cache))
+        return
+    _announcing[engine] = [weakref.ref(cache)]
+    dialect = engine.dialect
+    if dialect.name != "postgresql" or dialect.driver != "psycopg":
+        return
+
+    def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        if _outbox.Announcements.of(dbapi_connection) is None:
+            try:
+                _outbox.announce(dbapi_connection)
+            except Exception as exc:  # its writes then wake the relay, as outside ones do
+                logger.warning("cachecow: setting a connection up to announce failed: %s", exc)
+
+    def deliver(dbapi_connection: Any) -> None:
+        announced = _outbox.Announcements.of(dbapi_connection)
+        if announced is None or not announced.pending or not _outbox.idle(dbapi_connection):
+            return
+        caches = _watchers(engine)
+        if caches:  # the latest cache to watch the engine; with none the rows wait for a relay
+            caches[0]._drainer(engine).deliver_announced(announced)
+
+    commit, rollback = dialect.do_commit, dialect.do_rollback
+    savepoint, rollback_to = dialect.do_savepoint, dialect.do_rollback_to_savepoint
+
+    def do_commit(connection: Any) -> None:
+        commit(connection)
+        deliver(getattr(connection, "dbapi_connection", connection))
+
+    def do_rollback(connection: Any) -> None:
+        dbapi_connection = getattr(connection, "dbapi_connection", connection)
+        deliver(dbapi_connection)  # rows of autocommit writes, committed already
+        rollback(connection)
+        announced = _outbox.Announcements.of(dbapi_connection)
+        if announced is not None and announced.pending:
+            announced.take()  # this transaction's rows, rolled back with it
+
+    def do_savepoint(connection: sa.Connection, name: str) -> None:
+        savepoint(connection, name)
+        announced = _outbox.Announcements.of(connection.connection.dbapi_connection)
+        if announced is not None:
+            announced.savepoint(name)
+
+    def do_rollback_to_savepoint(connection: sa.Connection, name: str) -> None:
+        rollback_to(connection, name)
+        announced = _outbox.Announcements.of(connection.connection.dbapi_connection)
+        if announced is not None:
+            announced.rollback_to(name)
+
+    def checkin(dbapi_connection: Any, record: Any) -> None:
+        if dbapi_connection is not None:
+            deliver(dbapi_connection)
+
+    dialect.do_commit = do_commit  # type: ignore[method-assign,assignment]
+    dialect.do_rollback = do_rollback  # type: ignore[method-assign,assignment]
+    dialect.do_savepoint = do_savepoint  # type: ignore[method-assign]
+    dialect.do_rollback_to_savepoint = do_rollback_to_savepoint  # type: ignore[method-assign]
+    event.listen(engine, "checkout", checkout)
+    event.listen(engine, "checkin", checkin)
 
 
 def _start_relay(drainer: _outbox.Drainer, engine: sa.Engine, interval: float) -> _outbox.Relay:

@@ -58,6 +58,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import hashlib
+import logging
 import threading
 import uuid
 import weakref
@@ -97,6 +98,8 @@ from ._triggers import (
     triggers_installed,
     watched_table,
 )
+
+logger = logging.getLogger("cachecow")
 
 __all__ = [
     "CachecowConfig",
@@ -339,7 +342,22 @@ class DjangoCache(CacheCow):
         callback = self._drain_callbacks.get(alias)
         if callback is None:
             drainer = self._drainer(alias)
-            callback = self._drain_callbacks[alias] = drainer.after_commit
+
+            def after_commit() -> None:
+                # On PostgreSQL with psycopg 3 the connection's own writes were announced to
+                # it (see _announce): deliver those with no database round trip. Nothing
+                # announced (another database, a setting a pooler reset): drain the outbox.
+                raw = connections[alias].connection
+                announced = _outbox.Announcements.of(raw)
+                if (
+                    announced is not None
+                    and _outbox.idle(raw)
+                    and drainer.deliver_announced(announced)
+                ):
+                    return
+                drainer.after_commit()  # (it too leaves the rows to the relay while Redis fails)
+
+            callback = self._drain_callbacks[alias] = after_commit
         return callback
 
     def model_info(self, model: Any) -> _Model:
@@ -567,6 +585,7 @@ def _on_write(alias: str, table: str) -> Callable[[], None] | None:
     written = [m for m in cache._watched if m._meta.db_table == table]
     if not written:
         return None
+    _announce(connections[alias])  # for its next writes, if it is outside a transaction
     for model in written:
         _mark_written(alias, model)
     return cache._drain_callback(alias)
@@ -737,6 +756,27 @@ def _watch_late() -> None:
 def _wrap_connection(sender: Any = None, connection: Any = None, **kwargs: Any) -> None:
     if execute_wrapper not in connection.execute_wrappers:
         connection.execute_wrappers.append(execute_wrapper)
+    _announce(connection)
+
+
+def _announce(connection: Any) -> None:
+    """With a cache in this process, on PostgreSQL with psycopg 3, outside any transaction:
+    set the connection up so that its writes' outbox rows are announced to it (see
+    :class:`~cachecow.adapters._outbox.Announcements`), for its commits to deliver them."""
+    raw = connection.connection
+    if (
+        _default is None
+        or raw is None
+        or connection.vendor != "postgresql"
+        or connection.Database.__name__ != "psycopg"
+        or _outbox.Announcements.of(raw) is not None
+        or not _outbox.idle(raw)
+    ):
+        return
+    try:
+        _outbox.announce(raw)
+    except Exception as exc:  # its commits then drain the outbox
+        logger.warning("cachecow: setting a connection up to announce failed: %s", exc)
 
 
 def watched_models() -> list[Any]:

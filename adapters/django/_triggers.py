@@ -235,6 +235,10 @@ def execute_wrapper(execute: Any, sql: str, params: Any, many: bool, context: An
     connection = context["connection"]
     flush_pending(connection.alias)
     result = execute(sql, params, many, context)
+    if isinstance(sql, str) and sql[:1] in "SR":
+        savepoint = _SAVEPOINT.match(sql)
+        if savepoint is not None:
+            _savepoint(connection, *savepoint.groups())
     match = _WRITE.match(sql) if isinstance(sql, str) and _on_write else None
     if match is not None and match.group(1) != _outbox.OUTBOX:
         drain = _on_write[0](connection.alias, match.group(1))
@@ -250,6 +254,21 @@ def execute_wrapper(execute: Any, sql: str, params: Any, many: bool, context: An
             else:
                 queue_once(connection.alias, drain)
     return result
+
+
+_SAVEPOINT = re.compile(r'^(SAVEPOINT|ROLLBACK TO SAVEPOINT) "?([^"]+)"?$')
+
+
+def _savepoint(connection: Any, statement: str, name: str) -> None:
+    """Keep the rows announced to the connection (PostgreSQL) in step with its savepoints:
+    a savepoint rolled back takes its rows with it."""
+    announced = _outbox.Announcements.of(connection.connection)
+    if announced is None:
+        return
+    if statement == "SAVEPOINT":
+        announced.savepoint(name)
+    else:
+        announced.rollback_to(name)
 
 
 def flush_pending(alias: str) -> None:

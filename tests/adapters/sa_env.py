@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import enum
+import functools
 import os
 import uuid
 from collections.abc import Iterator
@@ -102,6 +103,12 @@ class Database:
         self.async_url = async_url
         self.schema = schema
         self.Session = sessionmaker(engine)
+
+    @functools.cached_property
+    def outside(self) -> sa.Engine:
+        """An engine no cache watches, on the same database: another service, or ``psql``."""
+        args = {"options": f"-csearch_path={self.schema}"} if self.schema else {}
+        return sa.create_engine(self.engine.url, poolclass=NullPool, connect_args=args)
 
     def async_engine(self) -> Any:
         from sqlalchemy.ext.asyncio import create_async_engine

@@ -63,9 +63,17 @@ def add_user(db: Database, id: int, email: str) -> None:
         session.commit()
 
 
+def settle(cache: SQLAlchemyCache, db: Database) -> None:
+    """Deliver what is left and delete the rows delivered already: an empty outbox. On
+    PostgreSQL a watched commit delivers its announced rows itself, and their deletion waits
+    for the next drain."""
+    assert cache.drain() == 0  # every watched commit delivered its own rows
+    assert outbox_rows(db) == 0
+
+
 def raw(db: Database, sql: str) -> None:
     """A write on a connection of its own, as another service or ``psql`` would make it."""
-    with db.engine.begin() as conn:
+    with db.outside.begin() as conn:
         conn.exec_driver_sql(sql)
 
 
@@ -125,8 +133,8 @@ def test_a_core_statement_through_the_session_is_delivered_by_its_commit(
     assert email_of(cache, id=2) == "b@x.io"
     with sdb.Session() as session:
         session.execute(update(User).values(email=User.email + ".old"))
-        session.commit()  # drains: no explicit drain() below
-    assert outbox_rows(sdb) == 0
+        session.commit()  # delivers: no explicit drain() below
+    settle(cache, sdb)
     assert [email_of(cache, id=i) for i in (1, 2)] == ["a@x.io.old", "b@x.io.old"]
     with pytest.raises(NotFound):
         cache.get(User, "email", "a@x.io")
@@ -214,6 +222,7 @@ def test_redis_paused_during_writes_fails_no_write_and_the_relay_delivers_after(
     cache.watch(sdb.Session, relay=False)
     for i in range(1, 4):
         add_user(sdb, i, f"{i}@x.io")
+    settle(cache, sdb)
     assert [email_of(cache, id=i) for i in (1, 2, 3)] == ["1@x.io", "2@x.io", "3@x.io"]
     own_redis_server.pause()
     try:
@@ -244,6 +253,7 @@ def test_a_drain_that_dies_mid_delivery_loses_nothing(
 ) -> None:
     for i in range(1, 6):
         add_user(sdb, i, f"{i}@x.io")
+    settle(cache, sdb)
     raw(sdb, "UPDATE cc_users SET name = 'x'")
     rows = outbox_rows(sdb)
     assert rows >= 1
@@ -279,6 +289,7 @@ def test_two_drains_never_deliver_one_row_at_the_same_time(
 ) -> None:
     for i in range(1, 4):
         add_user(sdb, i, f"{i}@x.io")
+    settle(cache, sdb)
     raw(sdb, "UPDATE cc_users SET name = 'x'")
     rows = outbox_rows(sdb)
     holding = threading.Event()
@@ -321,10 +332,10 @@ url, search_path, redis_url = sys.argv[1:4]
 args = {"options": f"-csearch_path={search_path}"} if search_path else {}
 engine = sa.create_engine(url, connect_args=args)
 Session = sessionmaker(engine)
-# Registered before the cache's listener: the process dies after the commit, before the drain.
-sa.event.listen(Session, "after_commit", lambda s: os.kill(os.getpid(), signal.SIGKILL))
 cache = SQLAlchemyCache(cachecow.connect(redis_url), Session)
 cache.watch(Session, relay=False)
+# The process dies after the commit, as it sets out to deliver (announced rows, or a drain).
+cache._deliver = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
 with Session() as session:
     session.get(User, 1).email = "killed@x.io"
     session.commit()
@@ -335,6 +346,7 @@ def test_a_process_killed_between_commit_and_drain_is_delivered_by_the_relay(
     cache: SQLAlchemyCache, sdb: Database, redis_server: Any
 ) -> None:
     add_user(sdb, 1, "a@x.io")
+    settle(cache, sdb)
     assert email_of(cache, id=1) == "a@x.io"
     url = sdb.engine.url.render_as_string(hide_password=False)
     child = subprocess.run(
@@ -358,6 +370,7 @@ def test_a_process_killed_between_commit_and_drain_is_delivered_by_the_relay(
 @pytest.mark.parametrize("any_database", ["postgresql"], indirect=True)
 def test_postgresql_relay_is_woken_by_notify(cache: SQLAlchemyCache, sdb: Database) -> None:
     add_user(sdb, 1, "a@x.io")
+    settle(cache, sdb)
     assert email_of(cache, id=1) == "a@x.io"
     relay = start_relay(cache, sdb.engine, interval=30.0)  # polling alone would take 30 s
     try:
@@ -367,6 +380,148 @@ def test_postgresql_relay_is_woken_by_notify(cache: SQLAlchemyCache, sdb: Databa
     finally:
         relay.stop()
     assert email_of(cache, id=1) == "b@x.io"
+
+
+def counting_drains(cache: SQLAlchemyCache, engine: sa.Engine) -> list[int]:
+    """Count the database connections the engine's drainer opens (each drain opens one)."""
+    drainer = cache._drainer(engine)
+    opened: list[int] = []
+    connect = drainer._connect
+
+    def counted() -> Any:
+        opened.append(1)
+        return connect()
+
+    drainer._connect = counted
+    return opened
+
+
+@pytest.mark.parametrize("any_database", ["postgresql"], indirect=True)
+def test_a_commit_delivers_the_rows_announced_to_it_with_no_drain(
+    cache: SQLAlchemyCache, sdb: Database
+) -> None:
+    """PostgreSQL: the trigger announces the row to the writing connection (a NOTICE); its
+    commit delivers it, before commit() returns, with no database round trip."""
+    add_user(sdb, 1, "a@x.io")
+    assert email_of(cache, id=1) == "a@x.io"
+    drains = counting_drains(cache, sdb.engine)
+    with sdb.Session() as session:
+        session.get(User, 1).email = "b@x.io"
+        session.commit()
+    assert email_of(cache, id=1) == "b@x.io"
+    assert drains == []
+    assert cache._drainer(sdb.engine).stats.announced_rows == 2  # add_user's and this one
+    settle(cache, sdb)  # the drain deletes the delivered rows
+
+
+@pytest.mark.parametrize("any_database", ["postgresql"], indirect=True)
+def test_a_core_commit_on_a_watched_engine_delivers_before_it_returns(
+    cache: SQLAlchemyCache, sdb: Database
+) -> None:
+    """Any commit on the watched engine's connections delivers, not only a session's: here
+    a Core connection that stays open after its commit."""
+    add_user(sdb, 1, "a@x.io")
+    assert email_of(cache, id=1) == "a@x.io"
+    with sdb.engine.connect() as conn:
+        conn.execute(update(User).where(User.id == 1).values(email="b@x.io"))
+        conn.commit()
+        assert email_of(cache, id=1) == "b@x.io"  # the connection is still checked out
+    settle(cache, sdb)
+
+
+@pytest.mark.parametrize("any_database", ["postgresql"], indirect=True)
+def test_a_relay_leaves_a_row_to_its_writer_while_it_delivers(
+    cache: SQLAlchemyCache, sdb: Database
+) -> None:
+    """A relay claims a row announced to a writer only once the row is ``grace`` seconds
+    old: while the writer delivers it, the relay's drain skips it (never both at once)."""
+    add_user(sdb, 1, "a@x.io")
+    settle(cache, sdb)
+    drainer = cache._drainer(sdb.engine)
+    deliver = drainer._deliver
+    delivering = threading.Event()
+    may_finish = threading.Event()
+
+    def held(lookups: list[Any]) -> None:
+        delivering.set()
+        assert may_finish.wait(10)
+        deliver(lookups)
+
+    drainer._deliver = held
+
+    def write() -> None:
+        with sdb.Session() as session:
+            session.get(User, 1).email = "b@x.io"
+            session.commit()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        assert delivering.wait(10)  # committed; the writer holds its delivery
+        relayed: list[Any] = []
+        relay = _outbox.Drainer("postgresql", drainer._connect, relayed.append)
+        assert relay.drain() == 0
+        assert relayed == []
+    finally:
+        may_finish.set()
+        writer.join(10)
+    assert drainer.stats.announced_rows == 2  # add_user's and the writer's
+    assert email_of(cache, id=1) == "b@x.io"
+    settle(cache, sdb)
+
+
+@pytest.mark.parametrize("any_database", ["postgresql"], indirect=True)
+def test_after_a_redis_failure_relays_wait_for_no_writer(
+    cache: SQLAlchemyCache, sdb: Database, own_redis_server: Any
+) -> None:
+    """A writer whose delivery failed leaves its announced row; the relays, having seen
+    Redis fail, claim it at once instead of after the grace (delivery within 1 s of Redis's
+    return, whatever the grace)."""
+    client = cachecow.connect(own_redis_server.url, timeout=0.3)
+    cache = SQLAlchemyCache(client, sdb.Session, fail_open=True)
+    cache.watch(sdb.Session, relay=False)
+    drainer = cache._drainer(sdb.engine)
+    drainer.grace = 60.0  # the relays would wait a minute for a live writer
+    add_user(sdb, 1, "a@x.io")
+    own_redis_server.pause()
+    try:
+        with sdb.Session() as session:
+            session.get(User, 1).email = "b@x.io"
+            session.commit()  # its delivery fails: the row stays, owned
+    finally:
+        own_redis_server.resume()
+    assert drainer.failing
+    assert cache.drain() == 1  # at once, as Redis failed moments ago
+    assert email_of(cache, id=1) == "b@x.io"
+    client.close()
+
+
+@pytest.mark.parametrize("any_database", ["postgresql"], indirect=True)
+def test_a_connection_that_stopped_announcing_drains_at_its_commit(
+    cache: SQLAlchemyCache, sdb: Database
+) -> None:
+    """A pooler's RESET ALL (or DISCARD ALL) undoes the connection's setting: its writes are
+    no longer announced, and its commit drains the outbox as on other databases."""
+    add_user(sdb, 1, "a@x.io")
+    assert email_of(cache, id=1) == "a@x.io"
+    drains = counting_drains(cache, sdb.engine)
+    with sdb.Session() as session:
+        session.execute(sa.text("RESET ALL"))
+        session.get(User, 1).email = "b@x.io"
+        session.commit()
+    assert email_of(cache, id=1) == "b@x.io"
+    assert drains == [1]
+
+
+def test_lag_is_the_age_of_the_oldest_row_waiting(cache: SQLAlchemyCache, sdb: Database) -> None:
+    drainer = cache._drainer(sdb.engine)
+    add_user(sdb, 1, "a@x.io")  # delivered by its own commit
+    assert drainer.lag() == 0.0
+    raw(sdb, "UPDATE cc_users SET email = 'b@x.io' WHERE id = 1")  # waits for a relay
+    time.sleep(0.2)
+    assert 0.2 <= drainer.lag() < 5.0
+    cache.drain()
+    assert drainer.lag() == 0.0
 
 
 def test_a_table_without_its_triggers_is_refused_with_the_command_to_run(
@@ -549,5 +704,7 @@ def test_a_session_joined_to_an_outer_transaction_invalidates_at_the_real_commit
         session.close()
         assert email_of(cache, id=1) == "a@x.io"  # a reader in between: the committed row
         outer.commit()
-    assert cache.drain() == 1  # what the relay does after the real commit
+        if sdb.name == "postgresql":  # the real commit delivered the rows announced to it
+            assert email_of(cache, id=1) == "b@x.io"
+    assert cache.drain() == (0 if sdb.name == "postgresql" else 1)  # else the relay's work
     assert email_of(cache, id=1) == "b@x.io"

@@ -17,7 +17,7 @@ import redis
 import sqlalchemy as sa
 from sqlalchemy import delete, insert, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 import cachecow
 from cachecow import InvalidLookup, NotFound
@@ -431,15 +431,18 @@ def test_a_rolled_back_bulk_update_invalidates_nothing(
 def test_unwatched_sessions_leave_their_rows_to_a_relay(
     db: Database, redis_client: redis.Redis
 ) -> None:
-    cache = SQLAlchemyCache(redis_client, db.Session)  # no watch(): no drain, no relay
-    add(db, User(id=1, email="a@x.io", name="v1"))
+    # An engine of its own: no cache of this process watches it (db.engine's are watched).
+    Sessions = sessionmaker(db.outside)
+    cache = SQLAlchemyCache(redis_client, Sessions)  # no watch(): no drain, no relay
+    with Sessions.begin() as session:
+        session.add(User(id=1, email="a@x.io", name="v1"))
     cache.get(User, "id", 1)
-    with db.Session() as session:
+    with Sessions() as session:
         session.get(User, 1).name = "v2"
         session.commit()
     assert cache.get(User, "id", 1).name == "v1"  # stale until a relay delivers the row
     assert outbox_rows(db) == 2
-    relay = sqlalchemy_relay(cache, db.engine)
+    relay = sqlalchemy_relay(cache, db.outside)
     try:
         wait_until(lambda: outbox_rows(db) == 0)
     finally:
