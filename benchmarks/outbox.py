@@ -1,10 +1,10 @@
 """What invalidation from the database costs a write, against the same ORM with no cache.
 
-PostgreSQL (``CACHECOW_PG_URL``, default the local ``test`` database), SQLAlchemy, a real Redis
-(``REDIS_URL``, default ``redis://127.0.0.1:6379/0``). Two tables of the same shape in a schema of
-this run's own: one plain, one with cachecow's triggers and a watched session that drains the
-outbox after each commit. Interleaved rounds; each figure is the median over rounds of the
-watched time divided by the plain time of the same round.
+PostgreSQL (``CACHECOW_PG_URL``, default the local ``test`` database), SQLAlchemy and Django, a
+real Redis (``REDIS_URL``, default ``redis://127.0.0.1:6379/0``). Two tables of the same shape in
+a schema of this run's own: one plain, one with cachecow's triggers and watched (each commit
+delivers its invalidations before it returns). Interleaved rounds; each figure is the median
+over rounds of the watched time divided by the plain time of the same round.
 
     .venv/bin/python benchmarks/outbox.py [--rounds 5]
 """
@@ -99,6 +99,82 @@ def relay_lag(url: str, writes: int, connect_args: dict[str, Any] | None = None)
     return lags
 
 
+def django_ratios(rounds: int, saves: int) -> None:
+    """The same three writes through Django 5 (psycopg 3), plain model against watched one."""
+    import django
+    from django.conf import settings
+
+    url = sa.make_url(PG_URL)
+    settings.configure(
+        INSTALLED_APPS=["cachecow.adapters.django.CachecowConfig", "djbench"],
+        DATABASES={
+            "default": {
+                "ENGINE": "django.db.backends.postgresql",
+                "NAME": url.database,
+                "USER": url.username or "",
+                "HOST": url.host or "",
+                "PORT": str(url.port or ""),
+                "OPTIONS": {"options": f"-csearch_path={SCHEMA}"},
+            }
+        },
+        CACHECOW={
+            "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+            "OPTIONS": {"prefix": f"cachecow-bench-{os.getpid()}:"},
+            "RELAY": False,
+            "INSTALL_ON_MIGRATE": False,
+        },
+        DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
+        USE_TZ=True,
+    )
+    django.setup()
+    from django.db import connection
+    from django.db.models import F
+    from djbench.models import PlainRow, WatchedRow
+
+    from cachecow.adapters.django import default_cache, watched_tables
+    from cachecow.adapters.django._triggers import install_triggers
+
+    with connection.schema_editor() as editor:
+        editor.create_model(PlainRow)
+        editor.create_model(WatchedRow)
+    install_triggers(connection, watched_tables([WatchedRow]))
+    cache = default_cache()
+    ratios: dict[str, list[float]] = {}
+    plain_times: dict[str, list[float]] = {}
+
+    def seed(model: Any, n: int) -> None:
+        model.objects.all().delete()
+        model.objects.bulk_create(
+            [model(id=i, email=f"{i}@x.io", score=0) for i in range(1, n + 1)], batch_size=2000
+        )
+
+    def scenario(name: str, run: Callable[[Any], None]) -> None:
+        plain = timed(lambda: run(PlainRow))
+        watched = timed(lambda: run(WatchedRow))
+        ratios.setdefault(name, []).append(watched / plain)
+        plain_times.setdefault(name, []).append(plain)
+
+    def save(model: Any) -> None:
+        for i in range(saves):
+            row = model.objects.get(pk=i % 100 + 1)
+            row.score += 1
+            row.save()
+
+    for _ in range(rounds):
+        for model in (PlainRow, WatchedRow):
+            seed(model, 10_000)
+        cache.drain()
+        scenario(f"save of one row (x{saves}, get + save)", save)
+        scenario("update() of 10,000 rows", lambda m: m.objects.update(score=F("score") + 1))
+        scenario("delete of 1,000 rows", lambda m: m.objects.filter(pk__lte=1000).delete())
+    print(f"\nPostgreSQL, Django {django.get_version()}, {rounds} interleaved rounds")
+    print(f"{'write':<50} {'plain (median)':>15} {'watched / plain':>16}")
+    for name, values in ratios.items():
+        plain_ms = statistics.median(plain_times[name]) * 1000
+        print(f"{name:<50} {plain_ms:>12.1f} ms {statistics.median(values):>15.2f}x")
+    connection.close()
+
+
 def _pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000
@@ -162,6 +238,7 @@ def main() -> None:
         for name, values in ratios.items():
             plain_ms = statistics.median(plain_times[name]) * 1000
             print(f"{name:<50} {plain_ms:>12.1f} ms {statistics.median(values):>15.2f}x")
+        django_ratios(args.rounds, args.saves)
         print(f"\nrelay lag over {args.lag_writes} writes made outside the application")
         with tempfile.TemporaryDirectory() as tmp:
             for name, url, connect_args in [

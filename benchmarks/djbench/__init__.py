@@ -1,0 +1,1 @@
+"""The Django models of ``benchmarks/outbox.py``: one plain table, one watched."""
