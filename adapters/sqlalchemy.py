@@ -789,8 +789,12 @@ def _announce(engine: sa.Engine, cache: SQLAlchemyCache) -> None:
         if announced is None or not announced.pending or not _outbox.idle(dbapi_connection):
             return
         caches = _watchers(engine)
-        if caches:  # the latest cache to watch the engine; with none the rows wait for a relay
+        if not caches:  # none left: the rows wait for a relay
+            return
+        try:  # (the latest cache to watch the engine)
             caches[0]._drainer(engine).deliver_announced(announced)
+        except Exception as exc:  # a commit never fails for the cache: the rows wait
+            logger.warning("cachecow: delivering announced outbox rows failed: %r", exc)
 
     commit, rollback = dialect.do_commit, dialect.do_rollback
     savepoint, rollback_to = dialect.do_savepoint, dialect.do_rollback_to_savepoint

@@ -349,12 +349,15 @@ class DjangoCache(CacheCow):
                 # announced (another database, a setting a pooler reset): drain the outbox.
                 raw = connections[alias].connection
                 announced = _outbox.Announcements.of(raw)
-                if (
-                    announced is not None
-                    and _outbox.idle(raw)
-                    and drainer.deliver_announced(announced)
-                ):
-                    return
+                try:
+                    if (
+                        announced is not None
+                        and _outbox.idle(raw)
+                        and drainer.deliver_announced(announced)
+                    ):
+                        return
+                except Exception as exc:  # never fail the application's commit hooks
+                    logger.warning("cachecow: delivering announced outbox rows failed: %r", exc)
                 drainer.after_commit()  # (it too leaves the rows to the relay while Redis fails)
 
             callback = self._drain_callbacks[alias] = after_commit
