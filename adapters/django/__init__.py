@@ -510,7 +510,7 @@ class DjangoCache(CacheCow):
                 f"--database {alias})"
             )
         self._installed.add((cls, alias))
-        if self._relay_on_use:
+        if self._relay_on_use and not _in_memory(alias):
             self.relay(alias)
 
     def queue(self, lookups: list[Lookup], using: str) -> None:
@@ -549,6 +549,13 @@ class DjangoCache(CacheCow):
         ``using``: writes made outside Django, a process that died after its commit, commits
         made while Redis was down (LISTEN/NOTIFY on PostgreSQL, polling elsewhere)."""
         alias = using or "default"
+        if _in_memory(alias):
+            raise ConfigurationError(
+                f"database {alias!r} is SQLite in memory: no one outside this process can write "
+                "it, and a relay's connection would lock its tables under the application's "
+                "(shared cache locks fail at once, whatever the busy timeout); the commits "
+                "deliver its writes"
+            )
         relay = self._relays.get(alias)
         if relay is None or not relay.running:
             drainer = self._drainer(alias)
@@ -565,6 +572,12 @@ class DjangoCache(CacheCow):
 
 
 _watching: weakref.WeakSet[DjangoCache] = weakref.WeakSet()
+
+
+def _in_memory(alias: str) -> bool:
+    """Whether database ``alias`` is SQLite in memory (Django's test databases on SQLite)."""
+    connection = connections[alias]
+    return bool(connection.vendor == "sqlite" and connection.is_in_memory_db())
 
 
 def _listener(alias: str) -> _outbox.Listener | None:

@@ -394,6 +394,23 @@ def test_a_second_writer_blocked_on_the_row_lock(cache: DjangoCache, alias: str)
     assert cache.get(Ticket, "number", 3).pk == t.pk
 
 
+@pytest.mark.parametrize("alias", ["default"], indirect=True)
+def test_no_relay_on_sqlite_in_memory(
+    cache: DjangoCache, alias: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Django's SQLite test databases live in memory, shared by the process's connections:
+    a relay's connection there locks tables under the application's, and SQLite fails such
+    a lock at once (the Django suite's finding C5). No one else can write that database, so
+    the commits' drains deliver everything: the relay is refused, and never started."""
+    monkeypatch.setattr(connections[alias], "is_in_memory_db", lambda: True)
+    with pytest.raises(cachecow.ConfigurationError, match="in memory"):
+        cache.relay(alias)
+    relaying = DjangoCache(cache.redis, using=alias, relay=True)
+    t = Ticket.objects.using(alias).create(number=1)
+    assert relaying.get(Ticket, "id", t.pk).number == 1  # the first read starts no relay
+    assert relaying._relays == {}
+
+
 @pytest.mark.parametrize("alias", ["pg"], indirect=True)
 def test_the_relay_thread_is_woken_by_notify(cache: DjangoCache, alias: str) -> None:
     import time
