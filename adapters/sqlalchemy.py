@@ -800,16 +800,24 @@ def _announce(engine: sa.Engine, cache: SQLAlchemyCache) -> None:
     savepoint, rollback_to = dialect.do_savepoint, dialect.do_rollback_to_savepoint
 
     def do_commit(connection: Any) -> None:
-        commit(connection)
-        deliver(getattr(connection, "dbapi_connection", connection))
+        dbapi_connection = getattr(connection, "dbapi_connection", connection)
+        try:
+            commit(connection)
+        except BaseException:
+            forget(dbapi_connection)  # the transaction's rows did not commit
+            raise
+        deliver(dbapi_connection)
 
     def do_rollback(connection: Any) -> None:
         dbapi_connection = getattr(connection, "dbapi_connection", connection)
         deliver(dbapi_connection)  # rows of autocommit writes, committed already
         rollback(connection)
+        forget(dbapi_connection)  # this transaction's rows, rolled back with it
+
+    def forget(dbapi_connection: Any) -> None:
         announced = _outbox.Announcements.of(dbapi_connection)
         if announced is not None and announced.pending:
-            announced.take()  # this transaction's rows, rolled back with it
+            announced.take()
 
     def do_savepoint(connection: sa.Connection, name: str) -> None:
         savepoint(connection, name)

@@ -9,6 +9,7 @@ import redis
 import redis.asyncio as aredis
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.orm import Session
 
 from cachecow import AsyncCacheCow, CacheCow
 from cachecow.adapters.sqlalchemy import AsyncSQLAlchemyCache, SQLAlchemyCache
@@ -17,7 +18,9 @@ from tests.adapters.sa_env import Database, Item
 
 
 class SQLAlchemyDatabase:
-    """The contract's write side: committed writes through an unwatched session."""
+    """The contract's write side: committed writes through an unwatched session, on an engine
+    of its own (the commits of a watched engine's connections invalidate by themselves, and
+    earlier tests watch ``db.engine``)."""
 
     model = Item
     field = "id"
@@ -27,12 +30,12 @@ class SQLAlchemyDatabase:
         self.database = db
 
     def write(self, key: int, payload: str) -> None:
-        with self.database.Session() as session:
+        with Session(self.database.outside) as session:
             session.merge(Item(id=key, payload=payload))
             session.commit()
 
     def delete(self, key: int) -> None:
-        with self.database.Session() as session:
+        with Session(self.database.outside) as session:
             session.execute(delete(Item).where(Item.id == key))
             session.commit()
 
