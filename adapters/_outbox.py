@@ -12,6 +12,11 @@ relay thread, ``cachecow relay``) delivers it without importing the application'
 Rows are claimed in a short transaction that holds their row locks across the Redis round trip
 and deletes them only once Redis acknowledged: a drain that dies or fails leaves them for the
 next one, and two drains never deliver one row at the same time.
+
+On PostgreSQL a connection can ask for its own rows (:func:`announce`): the trigger then sends
+each row to it in the statement's reply, and its commit delivers them with no database round
+trip (:class:`Announcements`, :meth:`Drainer.deliver_announced`); drains leave such a row to its
+writer for a grace period, and delete it once delivered.
 """
 
 from __future__ import annotations

@@ -41,8 +41,10 @@ Core, bulk statements, upserts, raw SQL, another process. :meth:`SQLAlchemyCache
 the outbox after each commit of a session that wrote, so the write's invalidations have reached
 Redis when ``commit()`` returns; its relay thread delivers the rest (writes made outside the
 watched sessions, a process that died between commit and drain, commits made while Redis was
-down), woken by ``NOTIFY`` on PostgreSQL with psycopg, polling elsewhere. A Redis failure never
-fails a write: the rows wait for the relay. The first fetch of a model whose table lacks its
+down), woken by ``NOTIFY`` on PostgreSQL with psycopg, polling elsewhere. On PostgreSQL with
+psycopg 3 there is no drain: every commit on the watched engine delivers the rows its writes
+announced (see :func:`_announce`). A Redis failure never fails a write: the rows wait for the
+relay. The first fetch of a model whose table lacks its
 triggers raises, naming the call to run. Use :func:`install_sql` in a migration (Alembic:
 ``op.execute``), and again after a change of a table's unique columns.
 
