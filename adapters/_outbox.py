@@ -239,6 +239,27 @@ def _pg_triggers(w: Watched, spec: str) -> list[str]:
     table = f"{_q(w.schema)}.{_q(w.table)}" if w.schema else _q(w.table)
     schema = _q(w.schema) + "." if w.schema else ""
     function = f"{schema}{_q(w.tag)}"
+    body = _pg_body(w, spec, schema)
+    out = [
+        f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS "
+        f"$cachecow$\n{body}\n$cachecow$"
+    ]
+    for event, name, tables in [
+        ("INSERT", "cachecow_insert", "NEW TABLE AS new_rows"),
+        ("UPDATE", "cachecow_update", "OLD TABLE AS old_rows NEW TABLE AS new_rows"),
+        ("DELETE", "cachecow_delete", "OLD TABLE AS old_rows"),
+    ]:
+        out.append(f"DROP TRIGGER IF EXISTS {name} ON {table}")
+        out.append(
+            f"CREATE TRIGGER {name} AFTER {event} ON {table} REFERENCING {tables} "
+            f"FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
+        )
+    return out
+
+
+def _pg_body(w: Watched, spec: str, schema: str) -> str:
+    """The trigger function's body: one outbox row for the statement's rows, announced to the
+    writing connection (owned) or signalled to the relays."""
     cols = ", ".join(_q(c) for c in w.columns)
     values = _values(w, "r", "postgresql")
     # An UPDATE that leaves a row's lookups alone records it once: duplicates are told by
@@ -253,7 +274,7 @@ def _pg_triggers(w: Watched, spec: str) -> list[str]:
         ),
         "DELETE": f"SELECT json_agg({values}) INTO lookups FROM old_rows r",
     }
-    body = (
+    return (
         f"-- {TRIGGER_VERSION}\n"
         "DECLARE lookups json; row_id bigint; owned boolean;\n"
         "BEGIN\n"
@@ -274,21 +295,6 @@ def _pg_triggers(w: Watched, spec: str) -> list[str]:
         "  RETURN NULL;\n"
         "END"
     )
-    out = [
-        f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS "
-        f"$cachecow$\n{body}\n$cachecow$"
-    ]
-    for event, name, tables in [
-        ("INSERT", "cachecow_insert", "NEW TABLE AS new_rows"),
-        ("UPDATE", "cachecow_update", "OLD TABLE AS old_rows NEW TABLE AS new_rows"),
-        ("DELETE", "cachecow_delete", "OLD TABLE AS old_rows"),
-    ]:
-        out.append(f"DROP TRIGGER IF EXISTS {name} ON {table}")
-        out.append(
-            f"CREATE TRIGGER {name} AFTER {event} ON {table} REFERENCING {tables} "
-            f"FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
-        )
-    return out
 
 
 def _row_triggers(w: Watched, spec: str, dialect: str, q: Callable[[str], str]) -> list[str]:
@@ -586,9 +592,11 @@ class Drainer:
     :param batch: rows claimed per transaction.
     :param retry_interval: after a Redis failure, after-commit drains are left to the relay
         for this long (a write never waits on a Redis that is down).
-    :param grace: the age in seconds from which a drain claims rows announced to their
-        writer (PostgreSQL); while Redis fails, and for as long after, it claims them at once.
     """
+
+    grace = 0.5
+    """The age in seconds from which a drain claims rows announced to their writer
+    (PostgreSQL); within ``retry_interval + grace`` of a Redis failure it claims them at once."""
 
     def __init__(
         self,
@@ -598,7 +606,6 @@ class Drainer:
         *,
         batch: int = 500,
         retry_interval: float = 1.0,
-        grace: float = 0.5,
     ) -> None:
         self.dialect = dialect
         self._sql = _dialect_sql(dialect)
@@ -606,7 +613,6 @@ class Drainer:
         self._deliver = deliver
         self.batch = batch
         self.retry_interval = retry_interval
-        self.grace = grace
         self.stats = DrainStats()
         self._failing_since: float | None = None
         self._failed_at = -math.inf

@@ -361,14 +361,6 @@ class _SQLAlchemyModels:
             start = None if announced is None else announced.count
             session.info.setdefault(announced_key, []).append((announced, start))
 
-        def drained_by_commit(session: Session) -> bool:
-            # Whether each connection's commit delivered this transaction's rows itself (see
-            # _announce): it announces, and announced rows since the transaction began. If not
-            # (SQLite, MariaDB, psycopg2, a connection whose setting a pooler reset, writes of
-            # unwatched tables only), the outbox is drained.
-            begun = session.info.pop(announced_key, ())
-            return all(a is not None and a.count != start for a, start in begun)
-
         def after_soft_rollback(session: Session, previous: Any) -> None:
             if previous.parent is None:  # the outermost transaction rolled back
                 session.info.pop(wrote_key, None)
@@ -378,7 +370,7 @@ class _SQLAlchemyModels:
             if session.in_nested_transaction():
                 return  # a savepoint released: the outermost commit drains
             changed = session.info.pop(wrote_key, None)
-            drained = drained_by_commit(session)
+            drained = _delivered_by_commit(session.info.pop(announced_key, ()))
             if changed is None:
                 return
             if not drained:
@@ -751,6 +743,15 @@ def _autocommit(engine: sa.Engine) -> Iterator[_outbox.Connection]:
         raw.close()
 
 
+def _delivered_by_commit(begun: Iterable[tuple[_outbox.Announcements | None, int | None]]) -> bool:
+    """Whether the commit of a session's transaction delivered its rows itself (see
+    :class:`_Announcing`): each of its connections announces, and announced rows since the
+    transaction began (``begun``: each connection's announcements and their count then). If
+    not (SQLite, MariaDB, psycopg2, a connection whose setting a pooler reset, writes of
+    unwatched tables only), the commit drains the outbox."""
+    return all(a is not None and a.count != start for a, start in begun)
+
+
 _announcing: weakref.WeakKeyDictionary[sa.Engine, list[weakref.ref[SQLAlchemyCache]]] = (
     weakref.WeakKeyDictionary()
 )
@@ -763,86 +764,96 @@ def _watchers(engine: sa.Engine) -> list[SQLAlchemyCache]:
 
 
 def _announce(engine: sa.Engine, cache: SQLAlchemyCache) -> None:
-    """On PostgreSQL with psycopg 3, every connection of ``engine`` gets its writes' outbox
-    rows announced (see :class:`~cachecow.adapters._outbox.Announcements`) and delivers
-    them right after each commit, before ``commit()`` returns, whatever made the commit (a
-    session, a Core connection, the outer transaction of a joined session); rows left when
-    a connection goes back to the pool (autocommit writes) are delivered then. This saves
-    the after-commit drain its two database round trips. Hooked once per engine."""
+    """Make ``cache`` the latest to watch ``engine``; on PostgreSQL with psycopg 3, hook the
+    engine (once) so that its commits deliver their announced rows (:class:`_Announcing`)."""
     refs = _announcing.get(engine)
-    if refs is not None:
-        if cache not in _watchers(engine):
-            refs.append(weakref.ref(cache))
-        return
-    _announcing[engine] = [weakref.ref(cache)]
-    dialect = engine.dialect
-    if dialect.name != "postgresql" or dialect.driver != "psycopg":
-        return
+    if refs is None:
+        refs = _announcing[engine] = []
+        dialect = engine.dialect
+        if dialect.name == "postgresql" and dialect.driver == "psycopg":
+            _Announcing(engine).hook()
+    if cache not in _watchers(engine):
+        refs.append(weakref.ref(cache))
 
-    def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+
+class _Announcing:
+    """Every connection of an engine gets its writes' outbox rows announced (see
+    :class:`~cachecow.adapters._outbox.Announcements`) and delivers them right after each
+    commit, before ``commit()`` returns, whatever made the commit (a session, a Core
+    connection, the outer transaction of a joined session); rows left when a connection goes
+    back to the pool (autocommit writes) are delivered then. This saves the after-commit
+    drain its two database round trips. SQLAlchemy has no event after a commit: the
+    dialect's ``do_commit`` and its kin are wrapped."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        dialect = engine.dialect
+        self._commit, self._rollback = dialect.do_commit, dialect.do_rollback
+        self._savepoint, self._rollback_to = dialect.do_savepoint, dialect.do_rollback_to_savepoint
+
+    def hook(self) -> None:
+        dialect = self.engine.dialect
+        dialect.do_commit = self.do_commit  # type: ignore[method-assign,assignment]
+        dialect.do_rollback = self.do_rollback  # type: ignore[method-assign,assignment]
+        dialect.do_savepoint = self.do_savepoint  # type: ignore[method-assign]
+        dialect.do_rollback_to_savepoint = self.do_rollback_to_savepoint  # type: ignore[method-assign]
+        event.listen(self.engine, "checkout", self.checkout)
+        event.listen(self.engine, "checkin", self.checkin)
+
+    def checkout(self, dbapi_connection: Any, record: Any, proxy: Any) -> None:
         if _outbox.Announcements.of(dbapi_connection) is None:
             try:
                 _outbox.announce(dbapi_connection)
             except Exception as exc:  # its writes then wake the relay, as outside ones do
                 logger.warning("cachecow: setting a connection up to announce failed: %s", exc)
 
-    def deliver(dbapi_connection: Any) -> None:
-        announced = _outbox.Announcements.of(dbapi_connection)
-        if announced is None or not announced.pending or not _outbox.idle(dbapi_connection):
-            return
-        caches = _watchers(engine)
-        if not caches:  # none left: the rows wait for a relay
-            return
-        try:  # (the latest cache to watch the engine)
-            caches[0]._drainer(engine).deliver_announced(announced)
-        except Exception as exc:  # a commit never fails for the cache: the rows wait
-            logger.warning("cachecow: delivering announced outbox rows failed: %r", exc)
+    def checkin(self, dbapi_connection: Any, record: Any) -> None:
+        if dbapi_connection is not None:
+            self._deliver(dbapi_connection)
 
-    commit, rollback = dialect.do_commit, dialect.do_rollback
-    savepoint, rollback_to = dialect.do_savepoint, dialect.do_rollback_to_savepoint
-
-    def do_commit(connection: Any) -> None:
+    def do_commit(self, connection: Any) -> None:
         dbapi_connection = getattr(connection, "dbapi_connection", connection)
         try:
-            commit(connection)
+            self._commit(connection)
         except BaseException:
-            forget(dbapi_connection)  # the transaction's rows did not commit
+            self._forget(dbapi_connection)  # the transaction's rows did not commit
             raise
-        deliver(dbapi_connection)
+        self._deliver(dbapi_connection)
 
-    def do_rollback(connection: Any) -> None:
+    def do_rollback(self, connection: Any) -> None:
         dbapi_connection = getattr(connection, "dbapi_connection", connection)
-        deliver(dbapi_connection)  # rows of autocommit writes, committed already
-        rollback(connection)
-        forget(dbapi_connection)  # this transaction's rows, rolled back with it
+        self._deliver(dbapi_connection)  # rows of autocommit writes, committed already
+        self._rollback(connection)
+        self._forget(dbapi_connection)  # this transaction's rows, rolled back with it
 
-    def forget(dbapi_connection: Any) -> None:
-        announced = _outbox.Announcements.of(dbapi_connection)
-        if announced is not None and announced.pending:
-            announced.take()
-
-    def do_savepoint(connection: sa.Connection, name: str) -> None:
-        savepoint(connection, name)
+    def do_savepoint(self, connection: sa.Connection, name: str) -> None:
+        self._savepoint(connection, name)
         announced = _outbox.Announcements.of(connection.connection.dbapi_connection)
         if announced is not None:
             announced.savepoint(name)
 
-    def do_rollback_to_savepoint(connection: sa.Connection, name: str) -> None:
-        rollback_to(connection, name)
+    def do_rollback_to_savepoint(self, connection: sa.Connection, name: str) -> None:
+        self._rollback_to(connection, name)
         announced = _outbox.Announcements.of(connection.connection.dbapi_connection)
         if announced is not None:
             announced.rollback_to(name)
 
-    def checkin(dbapi_connection: Any, record: Any) -> None:
-        if dbapi_connection is not None:
-            deliver(dbapi_connection)
+    def _deliver(self, dbapi_connection: Any) -> None:
+        announced = _outbox.Announcements.of(dbapi_connection)
+        if announced is None or not announced.pending or not _outbox.idle(dbapi_connection):
+            return
+        caches = _watchers(self.engine)
+        if not caches:  # none left: the rows wait for a relay
+            return
+        try:  # (the latest cache to watch the engine)
+            caches[0]._drainer(self.engine).deliver_announced(announced)
+        except Exception as exc:  # a commit never fails for the cache: the rows wait
+            logger.warning("cachecow: delivering announced outbox rows failed: %r", exc)
 
-    dialect.do_commit = do_commit  # type: ignore[method-assign,assignment]
-    dialect.do_rollback = do_rollback  # type: ignore[method-assign,assignment]
-    dialect.do_savepoint = do_savepoint  # type: ignore[method-assign]
-    dialect.do_rollback_to_savepoint = do_rollback_to_savepoint  # type: ignore[method-assign]
-    event.listen(engine, "checkout", checkout)
-    event.listen(engine, "checkin", checkin)
+    def _forget(self, dbapi_connection: Any) -> None:
+        announced = _outbox.Announcements.of(dbapi_connection)
+        if announced is not None and announced.pending:
+            announced.take()
 
 
 def _start_relay(drainer: _outbox.Drainer, engine: sa.Engine, interval: float) -> _outbox.Relay:

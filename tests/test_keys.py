@@ -513,6 +513,7 @@ def test_model_label_refuses_functions() -> None:
 
 def test_build_many_keys_equals_build_keys() -> None:
     values = [1, "1", 1.0, True, None, b"\x00", Decimal("2.50"), (1, "a"), dt.date(2024, 1, 2)]
+    values += [-12, 10**30, "", "é🙂", "a:b{c}"]  # the fast paths of ints and strings
     assert build_many_keys("p:", "app.User", "id", values) == [
         build_keys("p:", "app.User", "id", v) for v in values
     ]

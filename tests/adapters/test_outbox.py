@@ -497,16 +497,18 @@ def test_after_a_redis_failure_relays_wait_for_no_writer(
 
 
 @pytest.mark.parametrize("any_database", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("statement", ["RESET ALL", "SET LOCAL client_min_messages = warning"])
 def test_a_connection_that_stopped_announcing_drains_at_its_commit(
-    cache: SQLAlchemyCache, sdb: Database
+    cache: SQLAlchemyCache, sdb: Database, statement: str
 ) -> None:
-    """A pooler's RESET ALL (or DISCARD ALL) undoes the connection's setting: its writes are
-    no longer announced, and its commit drains the outbox as on other databases."""
+    """A pooler's RESET ALL (or DISCARD ALL) undoes the connection's setting, and notices
+    no longer reach a client above ``notice``: its writes are not announced (nor owned), and
+    its commit drains the outbox as on other databases."""
     add_user(sdb, 1, "a@x.io")
     assert email_of(cache, id=1) == "a@x.io"
     drains = counting_drains(cache, sdb.engine)
     with sdb.Session() as session:
-        session.execute(sa.text("RESET ALL"))
+        session.execute(sa.text(statement))
         session.get(User, 1).email = "b@x.io"
         session.commit()
     assert email_of(cache, id=1) == "b@x.io"
