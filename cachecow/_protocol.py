@@ -319,6 +319,8 @@ class CacheCowBase(Generic[ClientT]):
     """
 
     #: How many lookups' keys an instance remembers (hot keys are hashed once, not per read).
+    #: Only small plain values are remembered (see :func:`cachecow.keys.memo_key`), so the memo
+    #: never keeps a large lookup value alive.
     key_memo_size: int = 8192
 
     #: How long the first poll of a waiting reader waits, and the most any poll waits.

@@ -14,6 +14,14 @@ primary key) is served correctly but never cached, and can never leave an entry 
 invalidation of ``5`` would miss. Equal instants are one value: aware datetimes are normalised
 to UTC, ``Decimal`` values are normalised, and ``-0.0`` is ``0.0``.
 
+A key must be the same in every process, or one process's invalidation misses another's entry.
+So only values with a process-independent encoding are keys: ``None``, ``bool``, ``int``,
+``float``, ``str``, ``bytes``, ``Decimal``, ``UUID``, ``datetime``, ``date``, ``time``,
+``timedelta``, enum members, :mod:`ipaddress` addresses, networks and interfaces, bson's
+``ObjectId`` and ``Decimal128``, and tuples (or lists) of these nested at most
+:data:`MAX_NESTING` deep. Anything else raises :class:`InvalidLookup`: a set or a frozenset
+(its order, and so its key, differs between processes), a dict, any other object.
+
 Both keys share one Redis Cluster hash tag (``{<128-bit xxh3 hex>}``), so every script that
 touches both works on any deployment::
 
@@ -29,7 +37,8 @@ import enum
 import functools
 import re
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import xxhash
@@ -37,6 +46,8 @@ import xxhash
 from .exceptions import ConfigurationError, InvalidLookup
 
 __all__ = [
+    "MAX_NESTING",
+    "MEMO_MAX_SIZE",
     "Field",
     "build_keys",
     "build_many_keys",
@@ -55,6 +66,30 @@ Field = str | tuple[str, ...]
 _PREFIX_RE = re.compile(r"^[^{}\s]*$")
 _UNSAFE_RE = re.compile(r"[{}\s]")
 _UTC = _dt.timezone.utc
+
+MAX_NESTING = 4
+"""How deep tuples of values may nest in a lookup value (a composite lookup's is one deep)."""
+
+# Decimals are encoded in this context, never the thread's own: no rounding, no trap, the same
+# text in every process and thread.
+_DECIMALS = decimal.Context(
+    prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN, traps=[]
+)
+
+# Types outside the standard ones that are keyed by their text form, which is canonical and
+# process-independent (by their qualified name: a subclass can change its text form).
+_TEXT_TYPES = frozenset(
+    {
+        "bson.objectid.ObjectId",
+        "bson.decimal128.Decimal128",
+        "datetime.timedelta",
+        *(
+            f"ipaddress.IPv{v}{kind}"
+            for v in (4, 6)
+            for kind in ("Address", "Network", "Interface")
+        ),
+    }
+)
 
 
 def validate_prefix(prefix: str) -> str:
@@ -100,16 +135,25 @@ def _text(tag: str, text: str) -> str:
 
 
 def encode_value(value: Any) -> str:
-    """Encode one lookup value canonically, keeping its type; raise :class:`InvalidLookup`."""
+    """Encode one lookup value canonically, keeping its type; raise :class:`InvalidLookup`
+    for a value with no process-independent encoding (see the module docstring)."""
+    return _encode(value, 0)
+
+
+def _encode(value: Any, depth: int) -> str:
+    """:func:`encode_value` of a value inside ``depth`` tuples."""
     if value is None:
         return "n"
     if isinstance(value, enum.Enum):
         cls = type(value)
-        return _text("e", f"{cls.__module__}.{cls.__qualname__}") + encode_value(value.value)
+        return _text("e", f"{cls.__module__}.{cls.__qualname__}") + _encode(value.value, depth)
     if isinstance(value, bool):
         return "b1" if value else "b0"
     if isinstance(value, int):
-        return _text("i", str(int(value)))
+        try:
+            return _text("i", str(int(value)))
+        except ValueError:  # more digits than sys.get_int_max_str_digits(), a setting
+            raise InvalidLookup(_BIG_INT) from None
     if isinstance(value, float):
         return _text("f", repr(value + 0.0))  # + 0.0 turns -0.0 into 0.0
     if isinstance(value, str):
@@ -117,8 +161,11 @@ def encode_value(value: Any) -> str:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return _text("y", bytes(value).hex())
     if isinstance(value, decimal.Decimal):
-        # + 0 turns -0 into 0; normalize() drops trailing zeros: 1.0 and 1.00 are one value.
-        return _text("d", str((value + 0).normalize()) if value.is_finite() else str(value))
+        # Zeros of every sign and exponent are 0; normalize() drops trailing zeros: 1.0 and
+        # 1.00 are one value.
+        if not value.is_finite():
+            return _text("d", str(value))
+        return _text("d", "0" if value.is_zero() else str(value.normalize(_DECIMALS)))
     if isinstance(value, uuid.UUID):
         return _text("u", value.hex)
     if isinstance(value, _dt.datetime):
@@ -133,15 +180,45 @@ def encode_value(value: Any) -> str:
             return _text("tz", moment.timetz().isoformat())
         return _text("t", value.isoformat())
     if isinstance(value, (tuple, list)):
-        return f"({len(value)}:" + "".join(encode_value(v) for v in value) + ")"
+        if depth >= MAX_NESTING:
+            raise InvalidLookup(
+                f"cannot build a cache key from tuples nested more than {MAX_NESTING} deep "
+                "(a composite lookup's value is one tuple of plain values)"
+            )
+        return f"({len(value)}:" + "".join([_encode(v, depth + 1) for v in value]) + ")"
     kind: Any = type(value)
-    if kind.__str__ is object.__str__ and kind.__repr__ is object.__repr__:
-        raise InvalidLookup(
-            f"cannot build a cache key from a {kind.__qualname__}: it has no stable text form "
-            "(give it __str__, or pass a plain value)"
+    name = f"{kind.__module__}.{kind.__qualname__}"
+    if name in _TEXT_TYPES:  # by its qualified type name and its text form
+        return _text("o", name) + _text("", str(value))
+    raise InvalidLookup(_refusal(value, name))
+
+
+_BIG_INT = (
+    "cannot build a cache key from an int with more digits than Python converts to text "
+    "(sys.get_int_max_str_digits())"
+)
+
+
+def _refusal(value: Any, name: str) -> str:
+    """Why ``value`` (of the type named ``name``) cannot be a key, and what to pass instead."""
+    head = f"cannot build a cache key from a {name.removeprefix('builtins.')}"
+    if isinstance(value, AbstractSet):
+        return (
+            f"{head}: a set's order, and so its key, differs between processes (another "
+            "process's invalidation would miss it); pass a tuple in a fixed order, such as "
+            "tuple(sorted(values))"
         )
-    # Other types (bson's ObjectId, for one) by their qualified type name and text form.
-    return _text("o", f"{kind.__module__}.{kind.__qualname__}") + _text("", str(value))
+    if isinstance(value, Mapping):
+        return (
+            f"{head}: a mapping is not a lookup value; for a unique key of several fields pass "
+            "a tuple of field names and a tuple of values"
+        )
+    return (
+        f"{head}: it has no stable text form that is the same in every process; pass None, a "
+        "bool, int, float, str, bytes, Decimal, UUID, datetime, date, time, timedelta, enum "
+        "member, IP address, ObjectId or a tuple of these (convert it in coerce_lookup and "
+        "unique_lookups, or override get_keys)"
+    )
 
 
 def model_label(model: Any) -> str:
@@ -157,7 +234,7 @@ def model_label(model: Any) -> str:
 
 def encode_lookup(label: str, field: Field, value: Any) -> bytes:
     """The canonical bytes hashed into a key: label, field names and typed values."""
-    return (_lookup_head(label, field) + encode_value(value)).encode("utf-8", "surrogatepass")
+    return (_lookup_head(label, field) + _encode(value, 0)).encode("utf-8", "surrogatepass")
 
 
 @functools.lru_cache(maxsize=1024)
@@ -195,18 +272,23 @@ def build_many_keys(
     head = _lookup_head(label, field)
     digest = xxhash.xxh3_128_hexdigest
     out = []
-    for value in values:
-        kind = type(value)
-        if kind is int:  # encode_value's own encodings, without its chain of type tests
-            text = str(value)
-            encoded = f"i{len(text)}:{text}"
-        elif kind is str:
-            encoded = f"s{len(value)}:{value}"
-        else:
-            encoded = encode_value(value)
-        body = (head + encoded).encode("utf-8", "surrogatepass")
-        value_key = f"{readable}{{{digest(body)}}}"
-        out.append((value_key, value_key + ":lease"))
+    try:
+        for value in values:
+            kind = type(value)
+            if kind is int:  # encode_value's own encodings, without its chain of type tests
+                text = str(value)
+                encoded = f"i{len(text)}:{text}"
+            elif kind is str:
+                encoded = f"s{len(value)}:{value}"
+            else:
+                encoded = _encode(value, 0)
+            body = (head + encoded).encode("utf-8", "surrogatepass")
+            value_key = f"{readable}{{{digest(body)}}}"
+            out.append((value_key, value_key + ":lease"))
+    except ValueError as exc:
+        if isinstance(exc, InvalidLookup):
+            raise
+        raise InvalidLookup(_BIG_INT) from None  # str() of an int past the digit limit
     return out
 
 
@@ -225,12 +307,49 @@ def same_value(actual: Any, expected: Any) -> bool:
         return False
 
 
+MEMO_MAX_SIZE = 256
+"""The longest string or bytes value (and the most characters and bytes in a tuple value) whose
+keys :func:`memo_key` lets a cache memoise: a memo entry never keeps a large value alive."""
+
+_MEMO_INT = 1 << 256  # ints below 2**256 in magnitude (at most 78 digits) are memoised
+_MEMO_INT_MIN = -_MEMO_INT
+_UUID = uuid.UUID
+_MEMO_MAX_ITEMS = 16
+
+
 def memo_key(model: Any, field: Field, value: Any) -> tuple[Any, ...] | None:
     """A dict key that tells apart every lookup with a distinct cache key (types included),
-    for lookups of plain values; ``None`` for lookups that are not worth memoising."""
+    for lookups of small plain values; ``None`` for lookups that are not worth memoising
+    (other types, strings and bytes over :data:`MEMO_MAX_SIZE`, huge ints, big tuples)."""
     kind = type(value)
-    if kind in _EXACT_TYPES:
+    if kind is int:
+        if _MEMO_INT_MIN < value < _MEMO_INT:
+            return (model, field, kind, value)
+    elif kind is str or kind is bytes:
+        if len(value) <= MEMO_MAX_SIZE:
+            return (model, field, kind, value)
+    elif kind is bool or kind is _UUID:
         return (model, field, kind, value)
-    if kind is tuple and all(type(v) in _EXACT_TYPES for v in value):
-        return (model, field, tuple(type(v) for v in value), value)
+    elif kind is tuple:
+        return _memo_tuple(model, field, value)
     return None
+
+
+def _memo_tuple(model: Any, field: Field, value: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    if len(value) > _MEMO_MAX_ITEMS:
+        return None
+    size = 0
+    kinds = []
+    for v in value:
+        kind = type(v)
+        if kind is int:
+            if not _MEMO_INT_MIN < v < _MEMO_INT:
+                return None
+        elif kind is str or kind is bytes:
+            size += len(v)
+        elif kind is not bool and kind is not _UUID:
+            return None
+        kinds.append(kind)
+    if size > MEMO_MAX_SIZE:
+        return None
+    return (model, field, tuple(kinds), value)

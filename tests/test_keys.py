@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
+import decimal
 import enum
+import ipaddress
+import os
 import random
 import re
 import string
+import subprocess
+import sys
+import tracemalloc
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -248,14 +255,30 @@ def test_encode_value_rejects_objects_without_text_form() -> None:
         encode_value((1, Opaque()))
 
 
-def test_encode_value_object_with_str_includes_its_type() -> None:
-    encoded = encode_value(Texty("abc"))
-    assert "abc" in encoded
-    assert f"{Texty.__module__}.Texty" in encoded
-    assert encoded == encode_value(Texty("abc"))
-    assert encoded != encode_value(Texty("abd"))
-    assert encoded != encode_value(OtherTexty("abc"))
-    assert encoded != encode_value("abc")
+def test_encode_value_refuses_objects_even_with_a_text_form() -> None:
+    """An arbitrary __str__ promises nothing about other processes: refused, with a way out."""
+    for value in (Texty("abc"), OtherTexty("abc"), (1, Texty("abc"))):
+        with pytest.raises(cachecow.InvalidLookup, match=r"Texty: .*coerce_lookup"):
+            encode_value(value)
+
+
+def test_encode_value_keys_known_text_types_as_before() -> None:
+    """The few other types with a canonical text form keep the encoding (and so the keys)
+    they always had: their qualified type name and their text (the strings below are what
+    encode_value gave before it refused other objects)."""
+    assert encode_value(dt.timedelta(days=1, microseconds=5)) == (
+        "o18:datetime.timedelta21:1 day, 0:00:00.000005"
+    )
+    assert encode_value(ipaddress.ip_address("10.0.0.1")) == "o21:ipaddress.IPv4Address8:10.0.0.1"
+    assert encode_value(ipaddress.ip_network("::/0")) == "o21:ipaddress.IPv6Network4:::/0"
+    assert encode_value(ipaddress.ip_interface("10.1.2.3/8")) == (
+        "o23:ipaddress.IPv4Interface10:10.1.2.3/8"
+    )
+    bson = pytest.importorskip("bson")
+    oid = bson.ObjectId("65f0c0ffee0000000000beef")
+    assert encode_value(oid) == "o22:bson.objectid.ObjectId24:65f0c0ffee0000000000beef"
+    assert encode_value(bson.Decimal128("1.50")) == "o26:bson.decimal128.Decimal1284:1.50"
+    assert encode_value(oid) != encode_value(str(oid))
 
 
 def test_encode_lookup_separates_label_fields_and_value() -> None:
@@ -561,3 +584,232 @@ def test_key_memo_is_bounded() -> None:
 def test_same_value_agrees_with_the_typed_encoding(a: Any, b: Any, same: bool) -> None:
     assert same_value(a, b) is same
     assert (encode_value(a) == encode_value(b)) is same
+
+
+# ---------------------------------------------------------------------------------------------
+# Lookup values with no process-independent encoding are refused
+
+
+class Tags(frozenset[str]):
+    """A frozenset subclass with a text form of its own: still a set."""
+
+    def __str__(self) -> str:
+        return ",".join(sorted(self))
+
+
+UNKEYABLE = [
+    pytest.param(
+        frozenset({"a", "b"}), "frozenset", r"order.*differs between processes", id="frozenset"
+    ),
+    pytest.param({"a", "b"}, "set", r"tuple\(sorted\(values\)\)", id="set"),
+    pytest.param(frozenset(), "frozenset", "tuple in a fixed order", id="empty-frozenset"),
+    pytest.param(Tags({"a"}), "Tags", "tuple in a fixed order", id="frozenset-subclass"),
+    pytest.param({"b": 1, "a": 2}, "dict", "tuple of field names", id="dict"),
+    pytest.param(
+        collections.OrderedDict(a=1), "collections.OrderedDict", "mapping", id="ordered-dict"
+    ),
+    pytest.param({}.keys(), "dict_keys", "tuple in a fixed order", id="dict-keys"),
+    pytest.param(object(), "object", "no stable text form", id="object"),
+    pytest.param(Opaque(), "Opaque", "no stable text form", id="opaque"),
+    pytest.param(Texty("x"), "Texty", "no stable text form", id="object-with-str"),
+    pytest.param(1 + 2j, "complex", "no stable text form", id="complex"),
+    pytest.param((1, frozenset({"a"})), "frozenset", "tuple in a fixed order", id="in-a-tuple"),
+    pytest.param(("a", {"k": 1}), "dict", "mapping", id="dict-in-a-tuple"),
+]
+
+
+@pytest.mark.parametrize(("value", "type_name", "advice"), UNKEYABLE)
+def test_unkeyable_values_are_refused_everywhere_keys_are_built(
+    value: Any, type_name: str, advice: str
+) -> None:
+    cache = CacheCowBase(None)
+    attempts = [
+        lambda: encode_value(value),
+        lambda: encode_lookup("m", "id", value),
+        lambda: build_keys("p:", "m", "id", value),
+        lambda: build_many_keys("p:", "m", "id", [1, value]),
+        lambda: cache.get_keys("m", "id", value),
+        lambda: cache.get_keys("m", "id", value),  # and never memoised
+    ]
+    for attempt in attempts:
+        with pytest.raises(cachecow.InvalidLookup, match=advice) as raised:
+            attempt()
+        message = str(raised.value).replace(f"{__name__}.", "")
+        assert message.startswith(f"cannot build a cache key from a {type_name}: ")
+    assert cache._key_memo == {}
+    assert same_value(value, value) is False  # verify() never accepts such a value either
+
+
+def nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = (value,)
+    return value
+
+
+def test_nesting_up_to_the_limit_is_keyed() -> None:
+    assert cachecow.keys.MAX_NESTING == 4
+    deepest = nested(4)
+    assert encode_value(deepest) == "(1:(1:(1:(1:i1:1))))"
+    assert build_many_keys("p:", "m", "v", [deepest]) == [build_keys("p:", "m", "v", deepest)]
+    assert encode_value((1, (2, (3, (4, "x"))))) != encode_value((1, (2, (3, (4, "y")))))
+
+
+@pytest.mark.parametrize("depth", [5, 6, 3000, 100_000])
+def test_deeper_nesting_is_refused_not_a_recursion_error(depth: int) -> None:
+    value = nested(depth)
+    cache = CacheCowBase(None)
+    for attempt in (
+        lambda: encode_value(value),
+        lambda: build_keys("p:", "m", "v", value),
+        lambda: build_many_keys("p:", "m", "v", [value]),
+        lambda: cache.get_keys("m", "v", value),
+    ):
+        with pytest.raises(cachecow.InvalidLookup, match="nested more than 4 deep"):
+            attempt()
+
+
+def test_a_list_that_holds_itself_is_refused() -> None:
+    loop: list[Any] = [1]
+    loop.append(loop)
+    with pytest.raises(cachecow.InvalidLookup, match="nested more than 4 deep"):
+        encode_value(loop)
+
+
+def test_enum_values_count_toward_the_nesting_limit() -> None:
+    deep = enum.Enum("Deep", {"X": nested(5)})
+    with pytest.raises(cachecow.InvalidLookup, match="nested"):
+        encode_value(deep.X)
+    with pytest.raises(cachecow.InvalidLookup, match="nested"):
+        encode_value((deep.X,))
+
+
+def test_decimal_encoding_ignores_the_threads_context() -> None:
+    """Decimals were encoded in the thread's context: rounded to 28 digits (distinct values
+    shared a key), or trapped, depending on the process's settings."""
+    long = Decimal("1.0000000000000000000000000001")  # 29 digits
+    assert encode_value(long) != encode_value(Decimal(1))
+    big = Decimal("123456789012345678901234567890123")
+    assert encode_value(big) != encode_value(big + 1)
+    assert encode_value(Decimal("1E-999999999")) != encode_value(Decimal(0))
+    tiny_context = decimal.Context(prec=3, traps=[decimal.Inexact, decimal.Rounded])
+    expected = [encode_value(Decimal(s)) for s in ("123.4500", "-0.00", "1E+30", str(long))]
+    with decimal.localcontext(tiny_context):
+        got = [encode_value(Decimal(s)) for s in ("123.4500", "-0.00", "1E+30", str(long))]
+    assert got == expected
+    assert expected[:3] == ["d6:123.45", "d1:0", "d5:1E+30"]
+
+
+@pytest.mark.skipif(not hasattr(sys, "get_int_max_str_digits"), reason="no int digit limit")
+def test_ints_past_the_digit_limit_are_refused() -> None:
+    huge = 10 ** (sys.get_int_max_str_digits() + 10)
+    for attempt in (
+        lambda: encode_value(huge),
+        lambda: build_keys("p:", "m", "id", huge),
+        lambda: build_many_keys("p:", "m", "id", [1, huge]),
+    ):
+        with pytest.raises(cachecow.InvalidLookup, match="more digits"):
+            attempt()
+
+
+KEY_IN_A_FRESH_PROCESS = """
+import sys
+from cachecow import InvalidLookup
+from cachecow.keys import build_keys
+values = [f"tag-{i}" for i in range(24)]
+print(list(frozenset(values)) == sorted(frozenset(values)), list(frozenset(values))[:3])
+print(build_keys("p:", "m", "tags", tuple(sorted(frozenset(values))))[0])
+try:
+    build_keys("p:", "m", "tags", frozenset(values))
+except InvalidLookup:
+    print("refused")
+"""
+
+
+def test_frozenset_keys_are_refused_because_set_order_differs_between_processes() -> None:
+    """Two processes with different hash seeds iterate one frozenset in different orders, so a
+    key built from its order would differ between them (the refusal's motivation); a tuple in
+    sorted order has one key in both, and the frozenset itself is refused in both."""
+    outputs = []
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        run = subprocess.run(
+            [sys.executable, "-c", KEY_IN_A_FRESH_PROCESS],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        outputs.append(run.stdout.splitlines())
+    first, second = outputs
+    assert first[0] != second[0]  # the iteration orders differ
+    assert first[1] == second[1]  # the sorted tuple's key does not
+    assert first[2] == second[2] == "refused"
+
+
+# ---------------------------------------------------------------------------------------------
+# The key memo keeps no large value alive
+
+
+def test_memo_keys_only_small_plain_values() -> None:
+    limit = cachecow.keys.MEMO_MAX_SIZE
+    assert limit == 256
+    memo_key = cachecow.keys.memo_key
+    assert memo_key("m", "id", "x" * limit) is not None
+    assert memo_key("m", "id", "x" * (limit + 1)) is None
+    assert memo_key("m", "id", b"x" * limit) is not None
+    assert memo_key("m", "id", b"x" * (limit + 1)) is None
+    assert memo_key("m", "id", 10**70) is not None
+    assert memo_key("m", "id", -(10**70)) is not None
+    assert memo_key("m", "id", 10**100) is None
+    assert memo_key("m", "id", (1, "x" * 100, "y" * 156)) is not None
+    assert memo_key("m", "id", (1, "x" * 100, "y" * 157)) is None
+    assert memo_key("m", "id", (1, 10**100)) is None
+    assert memo_key("m", "id", tuple(range(16))) is not None
+    assert memo_key("m", "id", tuple(range(17))) is None
+    assert memo_key("m", "id", (1, (2,))) is None
+    assert memo_key("m", "id", Decimal(1)) is None
+    assert memo_key("m", "id", uuid.UUID(int=5)) is not None
+    # Types stay apart in the memo as in the keys.
+    assert memo_key("m", "id", (1, "a")) != memo_key("m", "id", (True, "a"))
+
+
+def test_large_lookups_do_not_grow_the_key_memo() -> None:
+    """3,000 lookups of 100 KB strings once kept ~300 MB alive in the memo; now nothing."""
+    cache = CacheCowBase(None)
+    small = [cache.get_keys("app.Doc", "id", i) for i in range(100)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        start, _ = tracemalloc.get_traced_memory()
+        for i in range(3000):
+            body = f"{i:06d}" + "x" * 100_000
+            keys = cache.get_keys("app.Doc", "body", body)
+            if i % 500 == 0:
+                assert keys == build_keys("cachecow:", "app.Doc", "body", body)
+            del body
+        end, _ = tracemalloc.get_traced_memory()
+        grown = tracemalloc.take_snapshot().compare_to(before, "filename")
+    finally:
+        tracemalloc.stop()
+    assert len(cache._key_memo) == 100  # the small lookups only
+    assert end - start < 1_000_000, grown[:5]  # was ~300 MB
+    # The small lookups are still memoised: the very same tuple comes back.
+    assert all(cache.get_keys("app.Doc", "id", i) is small[i] for i in range(100))
+
+
+def test_memo_entries_are_small_even_when_full() -> None:
+    """At its entry bound, the memo holds at most a few hundred bytes per entry."""
+    cache = CacheCowBase(None)
+    cache.key_memo_size = 1000
+    tracemalloc.start()
+    try:
+        start, _ = tracemalloc.get_traced_memory()
+        for i in range(1000):
+            cache.get_keys("app.Doc", "slug", f"{i:04d}" + "s" * 252)  # the largest memoised
+        end, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(cache._key_memo) == 1000
+    assert (end - start) / 1000 < 1500
