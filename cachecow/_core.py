@@ -126,6 +126,9 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
     :param flag_ttl: seconds a lease lives (default 10). A reader whose fetch outlives it caches
         nothing; a crashed reader's lease blocks caching of its key for this long at most.
     :param tombstone_ttl: seconds a "not found" answer stays cached (default 30).
+    :param max_value_bytes: the most serialized bytes a value may have to be cached (default
+        1 MiB, ``None`` for no limit). A larger one is returned but not cached (its lease is
+        given back), counted in ``oversized_values`` and logged once per model and field.
     :param busy: what a reader does when another holds the lease: ``"wait"`` (default) polls
         with backoff for the holder's value up to ``wait_timeout``, then fetches without caching;
         ``"fetch"`` fetches at once without caching.

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from typing import Any, Generic, NoReturn, Protocol, TypeVar, runtime_checkable
 
 from redis.crc import key_slot
-from redis.exceptions import ClusterError, RedisClusterException, RedisError
+from redis.exceptions import ClusterError, RedisClusterException, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .exceptions import (
     CacheUnavailable,
@@ -56,10 +57,24 @@ TOMBSTONE = b"\x00cachecow:tombstone\x00"
 # get_or_lease.lua answers a hit with the value's bytes, or one of these integers.
 _LEASED = 1
 _BUSY = 0
+_LEASED_REPAIRED = 2  # leased, after deleting foreign data (a key of another type)
+_BUSY_REPAIRED = 3  # busy, after deleting foreign data or giving a flag without TTL one
 
 _MISSING = object()
 _TOMB: Any = object()  # a cached "not found"
 _UNUSABLE: Any = object()  # cached bytes that cannot be decoded or fail verify
+
+
+def _wrong_type(exc: BaseException) -> bool:
+    """Whether Redis refused a command because its key holds another type (WRONGTYPE)."""
+    return isinstance(exc, ResponseError) and str(exc).startswith("WRONGTYPE")
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether a Redis failure is a timeout (of a whole call, or of a cluster node's part)."""
+    if isinstance(exc, PartialPipelineError):
+        exc = exc.error
+    return isinstance(exc, RedisTimeoutError)
 
 
 def _discard_args(discards: dict[str, bytes]) -> Callable[[str], tuple[Any, ...]]:
@@ -335,6 +350,7 @@ class CacheCowBase(Generic[ClientT]):
         ttl_jitter: float = 0.1,
         flag_ttl: float = 10.0,
         tombstone_ttl: float = 30.0,
+        max_value_bytes: int | None = 1_048_576,
         busy: BusyPolicy | str = BusyPolicy.WAIT,
         wait_timeout: float = 1.0,
         fail_open: bool = False,
@@ -354,6 +370,16 @@ class CacheCowBase(Generic[ClientT]):
         self.ttl_jitter = float(ttl_jitter)
         self.flag_ttl = _positive("flag_ttl", flag_ttl)
         self.tombstone_ttl = _positive("tombstone_ttl", tombstone_ttl)
+        if max_value_bytes is not None and (
+            isinstance(max_value_bytes, bool)
+            or not isinstance(max_value_bytes, int)
+            or max_value_bytes <= 0
+        ):
+            raise ConfigurationError(
+                f"max_value_bytes must be a whole number of bytes > 0, or None for no limit, "
+                f"got {max_value_bytes!r}"
+            )
+        self.max_value_bytes = max_value_bytes
         try:
             self.busy = BusyPolicy(busy)
         except ValueError:
@@ -392,6 +418,7 @@ class CacheCowBase(Generic[ClientT]):
         self._random = random.Random()
         self._last_error_log: float | None = None
         self._warned_uncacheable: set[tuple[str, Field]] = set()
+        self._warned_oversized: set[tuple[str, Field]] = set()
 
     def _check_client(self, redis: ClientT) -> None:
         """Refuse a client this class cannot drive (the client classes override it)."""
@@ -561,6 +588,22 @@ class CacheCowBase(Generic[ClientT]):
             id_val,
         )
 
+    def _warn_oversized(self, cls: Any, id_field: Field, id_val: Any, size: int) -> None:
+        label = self.model_label(cls)
+        if (label, id_field) in self._warned_oversized:
+            return
+        self._warned_oversized.add((label, id_field))
+        logger.warning(
+            "cachecow: fetch(%s, %r, %r) returned an object of %d serialized bytes, over "
+            "max_value_bytes=%d; it is returned but not cached. Raise max_value_bytes (None: "
+            "no limit) if Redis should hold such values. Logged once per model and field.",
+            label,
+            id_field,
+            id_val,
+            size,
+            self.max_value_bytes,
+        )
+
     # -- lookups of the public calls ----------------------------------------------------------
 
     def _normalize(self, cls: Any, id_field: Any, id_val: Any) -> tuple[Field, Any]:
@@ -662,6 +705,10 @@ class CacheCowBase(Generic[ClientT]):
             self._warn_uncacheable(cls, id_field, id_val)
             return None
         payload = self.serialize(obj)
+        if self.max_value_bytes is not None and len(payload) > self.max_value_bytes:
+            self.metrics.incr("oversized_values")
+            self._warn_oversized(cls, id_field, id_val, len(payload))
+            return None
         return payload, jittered_ms(self.ttl, self.ttl_jitter, self._random.random())
 
     def _wait_step(self, deadline: float, attempt: int) -> float:
@@ -728,6 +775,11 @@ class CacheCowBase(Generic[ClientT]):
                 self.metrics.incr("misses")
             if reply == _LEASED:
                 break
+            if reply in (_LEASED_REPAIRED, _BUSY_REPAIRED):
+                self.metrics.incr("corrupt_keys")
+                if reply == _LEASED_REPAIRED:
+                    break
+                reply = _BUSY
             if reply != _BUSY:
                 raise CacheUnavailable(
                     f"unexpected reply from get_or_lease: {reply!r}", operation="get", keys=keys
@@ -770,6 +822,12 @@ class CacheCowBase(Generic[ClientT]):
         try:
             stored = yield Script("commit", keys, (token, payload, ttl_ms))
         except RedisError as exc:
+            # Out of memory, a value over proto-max-bulk-len (the connection dropped), a
+            # lost connection: the commit may or may not have landed. The release compares
+            # the token, so it frees the lease only if it is still ours (never raises). Not
+            # after a timeout: Redis is stalled, and the release would wait as long again.
+            if not _timed_out(exc):
+                yield from self._release(flag_key, token, counted=False)
             self._redis_failed(exc, "commit", keys)
         except GeneratorExit:
             raise
@@ -780,12 +838,15 @@ class CacheCowBase(Generic[ClientT]):
             self.metrics.incr("commits" if stored == 1 else "stale_commits")
         return self._fetched(cls, id_field, id_val, obj)
 
-    def _release(self, flag_key: str, token: str) -> Flow:
-        """Give the lease back if it is still ours; never raises (the flag expires anyway)."""
+    def _release(self, flag_key: str, token: str, *, counted: bool = True) -> Flow:
+        """Give the lease back if it is still ours; never raises (the flag expires anyway).
+        A failure is logged, and counted in ``redis_errors`` unless ``counted`` is off (the
+        clean-up of an operation whose own failure was counted)."""
         try:
             yield Script("release", (flag_key,), (token,))
         except Exception as exc:  # a Redis failure, or a reply of the wrong shape
-            self.metrics.incr("redis_errors")
+            if counted:
+                self.metrics.incr("redis_errors")
             logger.warning("cachecow: could not release lease %s: %s", flag_key, exc)
 
     def _interrupted(self, exc: BaseException, release: Flow) -> Flow:
@@ -820,6 +881,12 @@ class CacheCowBase(Generic[ClientT]):
         try:
             reply = yield Command(("GET", value_key))
         except RedisError as exc:
+            if _wrong_type(exc):
+                # Foreign data of another type under the value key: a miss. Left in place
+                # (a plain DEL here could race a commit); the next get deletes it atomically.
+                self.metrics.incr("corrupt_keys")
+                self.metrics.incr("misses")
+                return None
             self._redis_failed(exc, "peek", (value_key,))
             return None
         if reply is None:
@@ -927,7 +994,7 @@ class CacheCowBase(Generic[ClientT]):
                 break
             discards = {}
             tally: dict[str, int] = {}
-            misses = busy_count = 0
+            misses = busy_count = corrupt = 0
             leased: list[str] = []
             busy: list[str] = []
             for value_key in pending:
@@ -948,6 +1015,9 @@ class CacheCowBase(Generic[ClientT]):
                 if not lookup.missed:
                     lookup.missed = True
                     misses += 1
+                if reply in (_LEASED_REPAIRED, _BUSY_REPAIRED):
+                    corrupt += 1
+                    reply = _LEASED if reply == _LEASED_REPAIRED else _BUSY
                 if reply == _LEASED:
                     leased.append(value_key)
                 elif reply == _BUSY:
@@ -967,6 +1037,8 @@ class CacheCowBase(Generic[ClientT]):
                 self.metrics.incr("misses", misses)
             if busy_count:
                 self.metrics.incr("busy", busy_count)
+            if corrupt:
+                self.metrics.incr("corrupt_keys", corrupt)
             extra: list[str] = []
             if busy and (self.busy is BusyPolicy.FETCH or self.wait_timeout <= 0):
                 extra, busy = busy, []
@@ -1029,7 +1101,9 @@ class CacheCowBase(Generic[ClientT]):
                 # Some nodes answered: give back the leases won there (the token is the head's
                 # first argument), or they would keep those keys from being cached, and make
                 # their readers wait, until they expire.
-                won = [vk for vk, reply in exc.by_key.items() if reply == _LEASED]
+                won = [
+                    vk for vk, reply in exc.by_key.items() if reply in (_LEASED, _LEASED_REPAIRED)
+                ]
                 if won:
                     yield from self._release_many(lookups, won, head[0])
             self._redis_failed(exc, "get_many", tuple(pending))
@@ -1086,6 +1160,9 @@ class CacheCowBase(Generic[ClientT]):
                 "commit_many", lookups, leased, (token,), lambda vk: entries[vk]
             )
         except RedisError as exc:
+            # As in _get_flow: give back whatever leases are still ours (never raises).
+            if not _timed_out(exc):
+                yield from self._release_many(lookups, leased, token, counted=False)
             self._redis_failed(exc, "commit", tuple(leased))
             return
         except GeneratorExit:
@@ -1106,12 +1183,15 @@ class CacheCowBase(Generic[ClientT]):
         if refused:
             self.metrics.incr("stale_commits", refused)
 
-    def _release_many(self, lookups: dict[str, _Lookup], leased: list[str], token: str) -> Flow:
-        """Give back every lease of ``leased`` still ours; never raises."""
+    def _release_many(
+        self, lookups: dict[str, _Lookup], leased: list[str], token: str, *, counted: bool = True
+    ) -> Flow:
+        """Give back every lease of ``leased`` still ours; never raises (as :meth:`_release`)."""
         try:
             yield from self._batched("commit_many", lookups, leased, (token,), lambda vk: (b"", 0))
         except Exception as exc:  # a Redis failure, or a reply of the wrong shape
-            self.metrics.incr("redis_errors")
+            if counted:
+                self.metrics.incr("redis_errors")
             logger.warning("cachecow: could not release %d leases: %s", len(leased), exc)
 
     # -- flows: invalidation --------------------------------------------------------------------

@@ -27,6 +27,8 @@ class MetricsSnapshot:
     decode_failures: int = 0
     verify_failures: int = 0
     uncacheable: int = 0
+    oversized_values: int = 0
+    corrupt_keys: int = 0
     redis_errors: int = 0
     fail_open_fetches: int = 0
     invalidations: int = 0
@@ -63,6 +65,11 @@ class Metrics:
     - ``decode_failures`` / ``verify_failures``: cached values that could not be deserialized /
       failed ``verify``; each was deleted and treated as a miss
     - ``uncacheable``: fetched objects that failed ``verify`` and were returned but not cached
+    - ``oversized_values``: fetched objects whose serialized bytes exceeded ``max_value_bytes``,
+      returned but not cached
+    - ``corrupt_keys``: reads that found foreign data under a lookup's keys (a value or flag key
+      holding a hash, a list... instead of a string, or a flag without a time to live) and
+      removed or repaired it (``peek`` only counts it, as a miss)
     - ``redis_errors``: Redis operations that failed; ``fail_open_fetches``: gets served straight
       from ``fetch`` because Redis failed and ``fail_open`` was on
     - ``invalidations``: lookups invalidated

@@ -10,6 +10,11 @@
 -- returns a string with one character per lookup, in order:
 --   "1" - done (stored, or released); the lease is gone
 --   "0" - refused: the lease was voided or expired, and may belong to another reader now
+--
+-- NOTE: any number of lookups: MGET and DEL are sent in chunks of CHUNK keys, because Lua's
+-- unpack fails ("too many results to unpack") beyond about 8,000 values. MGET answers nil
+-- for a flag key of another type (foreign data): no lease of this reader's, refused.
+local CHUNK = 4000
 local token = ARGV[1]
 local count = #KEYS / 2
 
@@ -17,8 +22,15 @@ local flag_keys = {}
 for n = 1, count do
     flag_keys[n] = KEYS[2 * n]
 end
--- NOTE: one MGET and one DEL for all the flags, instead of a GET and a DEL per lookup.
-local flags = redis.call('MGET', unpack(flag_keys))
+-- NOTE: one MGET and one DEL (per chunk) for all the flags, instead of a GET and a DEL per
+-- lookup.
+local flags = {}
+for first = 1, count, CHUNK do
+    local chunk = redis.call('MGET', unpack(flag_keys, first, math.min(first + CHUNK - 1, count)))
+    for n = 1, #chunk do
+        flags[first + n - 1] = chunk[n]
+    end
+end
 
 local owned = {}
 local replies = {}
@@ -35,7 +47,7 @@ for n = 1, count do
         replies[n] = '0'
     end
 end
-if #owned > 0 then
-    redis.call('DEL', unpack(owned))
+for first = 1, #owned, CHUNK do
+    redis.call('DEL', unpack(owned, first, math.min(first + CHUNK - 1, #owned)))
 end
 return table.concat(replies)

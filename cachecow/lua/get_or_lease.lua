@@ -12,13 +12,26 @@
 --   1             - the lease is now held by ARGV[1] (or already was): fetch, then call
 --                   commit.lua
 --   0             - busy: another reader holds the lease
+--   2             - as 1, after removing foreign data: the value key or the flag key held
+--                   another type than a string (a hash, a list...), and was deleted
+--   3             - as 0, after repairing foreign data: the value key held another type and
+--                   was deleted, or the flag had no time to live and was given flag_ttl
 local value_key = KEYS[1]
 local flag_key = KEYS[2]
 local token = ARGV[1]
 local flag_ttl_ms = ARGV[2]
 local discard = ARGV[3]
+local repaired = false
 
-local value = redis.call('GET', value_key)
+-- NOTE: pcall, not call: a key of another type (written by someone else) answers WRONGTYPE,
+-- an error table here. It is no value of ours: deleting it is atomic with the check, and
+-- leaves the lookup a plain miss instead of failing every read until it expires (if ever).
+local value = redis.pcall('GET', value_key)
+if type(value) == 'table' then
+    redis.call('DEL', value_key)
+    value = false
+    repaired = true
+end
 if value and discard and value == discard then
     -- NOTE: compare before deleting, so a fresh value committed since the caller's
     -- read is never thrown away in its place.
@@ -29,11 +42,23 @@ if value then
     return value
 end
 if redis.call('SET', flag_key, token, 'NX', 'PX', flag_ttl_ms) then
-    return 1
+    return repaired and 2 or 1
 end
 -- NOTE: a call sent again (its first reply lost with a dropped connection) finds the lease it
 -- was granted then: still this reader's, not another's to wait for.
-if redis.call('GET', flag_key) == token then
-    return 1
+local flag = redis.pcall('GET', flag_key)
+if flag == token then
+    return repaired and 2 or 1
 end
-return 0
+if type(flag) == 'table' then
+    -- NOTE: a flag key of another type is no reader's lease: replace it with this one.
+    redis.call('SET', flag_key, token, 'PX', flag_ttl_ms)
+    return 2
+end
+-- NOTE: every lease has a time to live; a flag without one (written by someone else) would
+-- keep every reader of this lookup waiting and fetching uncached forever.
+if redis.call('PTTL', flag_key) == -1 then
+    redis.call('PEXPIRE', flag_key, flag_ttl_ms)
+    return 3
+end
+return repaired and 3 or 0

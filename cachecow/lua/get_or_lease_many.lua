@@ -11,6 +11,18 @@
 --   a bulk string - the value key's bytes (a hit; a tombstone is a hit too)
 --   1             - the lease is now held by ARGV[1] (or already was)
 --   0             - busy: another reader holds the lease
+--   2             - as 1, after replacing foreign data: the flag key held another type than
+--                   a string (a hash, a list...); see get_or_lease.lua
+--   3             - as 0, after repairing foreign data: the flag had no time to live and was
+--                   given flag_ttl
+--
+-- NOTE: any number of lookups: MGET is sent in chunks of CHUNK keys, because Lua's unpack
+-- fails ("too many results to unpack") beyond about 8,000 values.
+-- NOTE: a value key of another type (foreign data) reads as a miss here (MGET answers nil for
+-- it, where GET raises WRONGTYPE): the lease is taken as for any miss, and commit_many.lua's
+-- SET replaces it. It is neither looked for nor counted, so a batch of misses costs no extra
+-- command per key; get_or_lease.lua deletes and counts it.
+local CHUNK = 4000
 local token = ARGV[1]
 local flag_ttl_ms = ARGV[2]
 local has_discards = #ARGV > 2
@@ -19,8 +31,15 @@ local value_keys = {}
 for i = 1, #KEYS, 2 do
     value_keys[#value_keys + 1] = KEYS[i]
 end
--- NOTE: one MGET instead of a GET per key keeps a batch of hits close to a plain MGET.
-local values = redis.call('MGET', unpack(value_keys))
+-- NOTE: one MGET (per chunk) instead of a GET per key keeps a batch of hits close to a plain
+-- MGET. MGET answers nil for a key of another type, where GET would raise WRONGTYPE.
+local values = {}
+for first = 1, #value_keys, CHUNK do
+    local chunk = redis.call('MGET', unpack(value_keys, first, math.min(first + CHUNK - 1, #value_keys)))
+    for n = 1, #chunk do
+        values[first + n - 1] = chunk[n]
+    end
+end
 
 local replies = {}
 for n = 1, #value_keys do
@@ -38,10 +57,19 @@ for n = 1, #value_keys do
         replies[n] = value
     elseif redis.call('SET', flag_key, token, 'NX', 'PX', flag_ttl_ms) then
         replies[n] = 1
-    elseif redis.call('GET', flag_key) == token then
-        replies[n] = 1  -- NOTE: sent again after a lost reply: its own lease (get_or_lease.lua)
     else
-        replies[n] = 0
+        local flag = redis.pcall('GET', flag_key)  -- NOTE: pcall: WRONGTYPE is foreign data
+        if flag == token then
+            replies[n] = 1  -- NOTE: sent again after a lost reply (get_or_lease.lua)
+        elseif type(flag) == 'table' then
+            redis.call('SET', flag_key, token, 'PX', flag_ttl_ms)  -- no reader's lease: replace it
+            replies[n] = 2
+        elseif redis.call('PTTL', flag_key) == -1 then
+            redis.call('PEXPIRE', flag_key, flag_ttl_ms)  -- NOTE: every lease has a time to live
+            replies[n] = 3
+        else
+            replies[n] = 0
+        end
     end
 end
 return replies
