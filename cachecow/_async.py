@@ -11,18 +11,18 @@ from typing import Any, TypeVar, cast, overload
 import redis.asyncio as aredis
 from redis.asyncio.cluster import ClusterNode, PipelineCommand
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import NoPermissionError, NoScriptError, RedisClusterException, RedisError
 
 from ._client import (
+    DEFAULT_MAX_CONNECTIONS,
     bounded_cluster_kwargs,
     bounded_kwargs,
     check_client,
-    register_scripts,
+    pool_kwargs,
     script_calls,
     sentinel_kwargs,
 )
 from ._cluster import async_cluster_execute
-from ._core import _op_args
 from ._protocol import (
     AsyncClock,
     Brief,
@@ -38,7 +38,7 @@ from ._protocol import (
     all_answered,
     as_redis_error,
 )
-from ._sentinel import AsyncSentinel, AsyncSentinelMaster
+from ._sentinel import AsyncBlockingSentinelPool, AsyncSentinel, AsyncSentinelMaster
 from .exceptions import ConfigurationError, NotFound
 from .keys import Field
 
@@ -51,19 +51,51 @@ _UNREAD: Any = object()  # a node pipeline's command whose reply was never read
 
 
 def connect_async(
-    url: str = "redis://127.0.0.1:6379/0", *, timeout: float = 0.5, **kwargs: Any
+    url: str = "redis://127.0.0.1:6379/0",
+    *,
+    timeout: float = 0.5,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    **kwargs: Any,
 ) -> aredis.Redis:
-    """The ``redis.asyncio`` twin of :func:`cachecow.connect`: every call bounded by ``timeout``."""
-    client: aredis.Redis = aredis.Redis.from_url(
-        url, **bounded_kwargs(timeout, kwargs, is_async=True)
+    """The ``redis.asyncio`` twin of :func:`cachecow.connect`: every call bounded by ``timeout``.
+
+    Its connections come from a ``redis.asyncio.BlockingConnectionPool`` of at most
+    ``max_connections`` (default 50), which the tasks share: a task that finds them all in use
+    waits for one, at most ``timeout`` seconds, then fails with redis-py's ``ConnectionError``
+    (for a cache, :class:`~cachecow.CacheUnavailable` or a plain fetch under ``fail_open``).
+    Size it to about the number of tasks that await the cache at the same moment.
+    ``connection_pool_class`` replaces the pool class; extra keyword arguments go to the pool.
+    """
+    pool_class: Any = kwargs.pop("connection_pool_class", aredis.BlockingConnectionPool)
+    single_connection_client = kwargs.pop("single_connection_client", False)
+    options = pool_kwargs(
+        pool_class, timeout, max_connections, bounded_kwargs(timeout, kwargs, is_async=True)
     )
+    client = aredis.Redis(
+        connection_pool=pool_class.from_url(url, **options),
+        single_connection_client=single_connection_client,
+    )
+    client.auto_close_connection_pool = True  # as redis.asyncio.Redis.from_url
     return client
 
 
 def connect_cluster_async(
-    url: str = "redis://127.0.0.1:7000/0", *, timeout: float = 0.5, **kwargs: Any
+    url: str = "redis://127.0.0.1:7000/0",
+    *,
+    timeout: float = 0.5,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    **kwargs: Any,
 ) -> AsyncRedisCluster:
-    """The ``redis.asyncio`` twin of :func:`cachecow.connect_cluster`."""
+    """The ``redis.asyncio`` twin of :func:`cachecow.connect_cluster`, with at most
+    ``max_connections`` (default 50) connections per node.
+
+    redis-py 8.1's asyncio cluster client has no blocking pool: a call that finds all of a
+    node's connections in use fails at once with ``MaxConnectionsError`` (a
+    ``ConnectionError``: :class:`~cachecow.CacheUnavailable`, or a plain fetch under
+    ``fail_open``) instead of waiting. Size it to the most tasks that may await the same node
+    at the same moment.
+    """
+    kwargs.setdefault("max_connections", max_connections)
     client: AsyncRedisCluster = AsyncRedisCluster.from_url(
         url, **bounded_cluster_kwargs(timeout, kwargs, is_async=True)
     )
@@ -75,16 +107,25 @@ def connect_sentinel_async(
     service_name: str,
     *,
     timeout: float = 0.5,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
     sentinel_options: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> aredis.Redis:
-    """The ``redis.asyncio`` twin of :func:`cachecow.connect_sentinel`."""
+    """The ``redis.asyncio`` twin of :func:`cachecow.connect_sentinel`: the master's
+    connections come from a blocking pool of at most ``max_connections``, waited for at most
+    ``timeout`` seconds."""
+    pool_class: Any = kwargs.pop("connection_pool_class", AsyncBlockingSentinelPool)
     sentinel = AsyncSentinel(  # type: ignore[no-untyped-call]
         sentinels,
         sentinel_kwargs=sentinel_kwargs(timeout, sentinel_options, is_async=True),
         **bounded_kwargs(timeout, kwargs, is_async=True),
     )
-    client: aredis.Redis = sentinel.master_for(service_name, redis_class=AsyncSentinelMaster)
+    client: aredis.Redis = sentinel.master_for(
+        service_name,
+        redis_class=AsyncSentinelMaster,
+        connection_pool_class=pool_class,
+        **pool_kwargs(pool_class, timeout, max_connections, {}),
+    )
     return client
 
 
@@ -109,8 +150,12 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
         self._execute: Any = (
             async_cluster_execute(redis) if self._cluster else redis.execute_command
         )
-        self._scripts = register_scripts(redis)
         self._calls = script_calls()
+        # Where an ACL refuses script commands (NOPERM) but EVAL works: without SCRIPT LOAD,
+        # a NOSCRIPT is answered by EVAL (which caches the script for the next EVALSHA);
+        # without EVALSHA, every script goes by EVAL. Set on the first refusal.
+        self._no_script_load = False
+        self._eval_only = False
 
     async def fetch_many(
         self, cls: Any, id_field: Field, id_vals: Sequence[Any]
@@ -251,29 +296,56 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
 
     async def _run_script(self, op: Script) -> Any:
         call = self._calls[op.name]
+        if self._eval_only:
+            return await self._execute(*call.eval_args(op.keys, op.args))
         try:
             return await self._execute(*call.args(op.keys, op.args))
         except NoScriptError:  # a restarted server, a failover, SCRIPT FLUSH
-            if self._cluster:  # every primary at once, not one node per NOSCRIPT
-                primaries = self.redis.get_primaries()  # type: ignore[attr-defined]
-                await self._execute("SCRIPT", "LOAD", call.source, target_nodes=primaries)
-            else:
-                await self.redis.script_load(call.source)
+            if self._no_script_load:  # EVAL, which also caches it for the next EVALSHA
+                return await self._execute(*call.eval_args(op.keys, op.args))
+            try:
+                if self._cluster:  # every primary at once, not one node per NOSCRIPT
+                    primaries = self.redis.get_primaries()  # type: ignore[attr-defined]
+                    await self._execute("SCRIPT", "LOAD", call.source, target_nodes=primaries)
+                else:
+                    await self.redis.script_load(call.source)
+            except NoPermissionError:  # an ACL without SCRIPT LOAD: EVAL, from now on
+                reply = await self._execute(*call.eval_args(op.keys, op.args))
+                self._no_script_load = True
+                return reply
             try:
                 return await self._execute(*call.args(op.keys, op.args))
             except NoScriptError:  # flushed again between the load and the call
                 return await self._execute(*call.eval_args(op.keys, op.args))
+        except NoPermissionError:  # an ACL without EVALSHA: EVAL for every script from now on
+            reply = await self._execute(*call.eval_args(op.keys, op.args))
+            self._eval_only = True
+            return reply
+
+    def _item_args(self, item: Script | Command) -> tuple[Any, ...]:
+        """A batch item's command: a script by EVALSHA (or EVAL, see ``_eval_only``)."""
+        if isinstance(item, Script):
+            call = self._calls[item.name]
+            if self._eval_only:
+                return call.eval_args(item.keys, item.args)
+            return call.args(item.keys, item.args)
+        return item.args
 
     async def _pipeline(self, op: Pipeline) -> list[Any]:
         if self._cluster:
             return await self._cluster_pipeline(op)
         pipe: Any = self.redis.pipeline(transaction=False)
         for item in op.ops:
-            if isinstance(item, Script):
-                await self._scripts[item.name](keys=item.keys, args=item.args, client=pipe)
-            else:
-                pipe.execute_command(*item.args)
-        replies: list[Any] = await pipe.execute(raise_on_error=True)
+            pipe.execute_command(*self._item_args(item))
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        for index, (item, reply) in enumerate(zip(op.ops, replies, strict=True)):
+            # A script that Redis did not run (NOSCRIPT, or NOPERM for EVALSHA): alone, which
+            # loads it or falls back to EVAL.
+            if isinstance(item, Script) and isinstance(reply, NoScriptError | NoPermissionError):
+                replies[index] = await self._run_script(item)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
         return replies
 
     async def _replicated(self, op: Replicated) -> int:
@@ -346,7 +418,7 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
             if node is None:
                 alone.append(index)
                 continue
-            command = PipelineCommand(index, *_op_args(self._calls, item))
+            command = PipelineCommand(index, *self._item_args(item))
             command.result = _UNREAD
             by_node.setdefault(node.name, (node, []))[1].append(command)
         groups = list(by_node.values())

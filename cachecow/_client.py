@@ -6,20 +6,25 @@ import hashlib
 import inspect
 from typing import Any
 
+import redis.asyncio as aredis
+from redis import BlockingConnectionPool
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import MaxConnectionsError
 from redis.retry import Retry
 
 from ._scripts import SCRIPT_NAMES, script_source
 from .exceptions import ConfigurationError
 
 __all__ = [
+    "DEFAULT_MAX_CONNECTIONS",
+    "ClusterBlockingPool",
     "ScriptCall",
     "bounded_cluster_kwargs",
     "bounded_kwargs",
     "check_client",
-    "register_scripts",
+    "pool_kwargs",
     "script_calls",
     "sentinel_kwargs",
 ]
@@ -56,6 +61,46 @@ def bounded_cluster_kwargs(
     return kwargs
 
 
+DEFAULT_MAX_CONNECTIONS = 50
+"""The default size of the connection pool of :func:`cachecow.connect` and its twins."""
+
+
+def pool_kwargs(
+    pool_class: Any, timeout: float, max_connections: int, kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """Options of a pool of ``pool_class`` holding at most ``max_connections`` connections;
+    a blocking pool (redis-py's sync or asyncio ``BlockingConnectionPool``) waits at most
+    ``timeout`` seconds for a free one. Options already in ``kwargs`` win."""
+    kwargs.setdefault("max_connections", max_connections)
+    if isinstance(pool_class, type) and issubclass(
+        pool_class, BlockingConnectionPool | aredis.BlockingConnectionPool
+    ):
+        kwargs.setdefault("timeout", timeout)
+    return kwargs
+
+
+class ClusterBlockingPool(BlockingConnectionPool):
+    """redis-py's ``BlockingConnectionPool`` for the nodes of a sync cluster client: when no
+    connection frees up in time it raises :class:`~redis.exceptions.MaxConnectionsError` (a
+    ``ConnectionError``, as before) rather than a plain ``ConnectionError``, so the cluster
+    client takes a busy pool for what it is, not for a failed node: it does not drop the
+    node's idle connections and reload its map of the cluster, at the worst moment."""
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except MaxConnectionsError:
+            raise
+        except RedisConnectionError as exc:
+            if str(exc) != "No connection available.":  # a connection that failed to connect
+                raise
+            raise MaxConnectionsError(
+                f"no connection to {self.connection_kwargs.get('host')}:"
+                f"{self.connection_kwargs.get('port')} freed up within {self.timeout}s "
+                f"(max_connections={self.max_connections})"
+            ) from exc
+
+
 def sentinel_kwargs(
     timeout: float, options: dict[str, Any] | None, *, is_async: bool = False
 ) -> dict[str, Any]:
@@ -77,11 +122,6 @@ def check_client(redis: Any, *, is_async: bool) -> None:
             "the Redis client has decode_responses=True; cachecow stores bytes and needs "
             "a client with decode_responses=False"
         )
-
-
-def register_scripts(redis: Any) -> dict[str, Any]:
-    """Each protocol script registered once on the client, by name (used in pipelines)."""
-    return {name: redis.register_script(script_source(name)) for name in SCRIPT_NAMES}
 
 
 class ScriptCall:

@@ -8,13 +8,15 @@ from typing import Any, TypeVar, overload
 
 import redis as redis_py
 from redis.cluster import RedisCluster
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoPermissionError, NoScriptError
 
 from ._client import (
+    DEFAULT_MAX_CONNECTIONS,
+    ClusterBlockingPool,
     bounded_cluster_kwargs,
     bounded_kwargs,
     check_client,
-    register_scripts,
+    pool_kwargs,
     script_calls,
     sentinel_kwargs,
 )
@@ -34,7 +36,7 @@ from ._protocol import (
     as_redis_error,
     refuse_awaitable,
 )
-from ._sentinel import Sentinel, SentinelMaster, SentinelPool, mend_sentinel_pool
+from ._sentinel import BlockingSentinelPool, Sentinel, SentinelMaster, mend_sentinel_pool
 from ._threads import node_runner
 
 __all__ = ["CacheCow", "connect", "connect_cluster", "connect_sentinel"]
@@ -45,15 +47,12 @@ T = TypeVar("T")
 _UNSENT: Any = object()  # a batch item with no reply yet
 
 
-def _op_args(calls: Any, item: Script | Command) -> tuple[Any, ...]:
-    if isinstance(item, Script):
-        args: tuple[Any, ...] = calls[item.name].args(item.keys, item.args)
-        return args
-    return item.args
-
-
 def connect(
-    url: str = "redis://127.0.0.1:6379/0", *, timeout: float = 0.5, **kwargs: Any
+    url: str = "redis://127.0.0.1:6379/0",
+    *,
+    timeout: float = 0.5,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    **kwargs: Any,
 ) -> redis_py.Redis:
     """A redis-py client whose every call returns within about ``timeout`` seconds.
 
@@ -61,24 +60,51 @@ def connect(
     (redis-py 8), and ``redis.Redis(host=...)`` also retries a timed-out command up to 10 times
     with backoff, so one call to a stalled server can block for about a minute. This client
     times out connecting and reading after ``timeout`` seconds, never retries a timeout, and
-    retries a dropped connection once, at once. Extra keyword arguments go to
-    :meth:`redis.Redis.from_url`.
+    retries a dropped connection once, at once.
+
+    Its connections come from a :class:`redis.BlockingConnectionPool` of at most
+    ``max_connections`` (default 50), which threads share: a thread that finds them all in
+    use waits for one to be given back, at most ``timeout`` seconds, then the call fails
+    with redis-py's ``ConnectionError`` (for a cache: :class:`~cachecow.CacheUnavailable`, or
+    a plain fetch under ``fail_open``). Size it to about the number of threads that use the
+    cache at once; a call holds a connection for one round trip, so fewer also work, with
+    threads taking turns. Pass ``connection_pool_class`` for another pool class (a
+    ``BlockingConnectionPool`` subclass is given ``timeout`` too). Extra keyword arguments go
+    to the pool (and on to each connection), as with :meth:`redis.Redis.from_url`.
     """
-    client: redis_py.Redis = redis_py.Redis.from_url(url, **bounded_kwargs(timeout, kwargs))
+    pool_class: Any = kwargs.pop("connection_pool_class", redis_py.BlockingConnectionPool)
+    single_connection_client = kwargs.pop("single_connection_client", False)
+    options = pool_kwargs(pool_class, timeout, max_connections, bounded_kwargs(timeout, kwargs))
+    client = redis_py.Redis(
+        connection_pool=pool_class.from_url(url, **options),
+        single_connection_client=single_connection_client,
+    )
+    client.auto_close_connection_pool = True  # as redis.Redis.from_url: closing it closes the pool
     return client
 
 
 def connect_cluster(
-    url: str = "redis://127.0.0.1:7000/0", *, timeout: float = 0.5, **kwargs: Any
+    url: str = "redis://127.0.0.1:7000/0",
+    *,
+    timeout: float = 0.5,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    **kwargs: Any,
 ) -> RedisCluster:
     """A Redis Cluster client (any node's URL) whose calls are bounded like :func:`connect`'s.
 
     Reads and writes time out after ``timeout`` seconds. A call that fails on a node's
     connection is retried once, after the client has refreshed its map of the cluster (so a
     call made just after a failover reaches the new master): a call to a stalled node can take
-    about twice ``timeout``. Extra keyword arguments go to :meth:`RedisCluster.from_url`.
+    about twice ``timeout``. Each node has a blocking pool of at most ``max_connections``
+    (default 50) connections, waited for at most ``timeout`` seconds as with :func:`connect`
+    (a wait that runs out raises redis-py's ``MaxConnectionsError``, and the cluster client
+    does not take it for a failed node). ``connection_pool_class`` replaces the pool class.
+    Extra keyword arguments go to :meth:`RedisCluster.from_url`.
     """
-    client: RedisCluster = RedisCluster.from_url(url, **bounded_cluster_kwargs(timeout, kwargs))
+    kwargs.setdefault("connection_pool_class", ClusterBlockingPool)
+    options = bounded_cluster_kwargs(timeout, kwargs)
+    pool_kwargs(options["connection_pool_class"], timeout, max_connections, options)
+    client: RedisCluster = RedisCluster.from_url(url, **options)
     return client
 
 
@@ -87,6 +113,7 @@ def connect_sentinel(
     service_name: str,
     *,
     timeout: float = 0.5,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
     sentinel_options: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> redis_py.Redis:
@@ -96,16 +123,23 @@ def connect_sentinel(
     monitor. Each new connection asks the Sentinels where the master is; a connection to a
     master that was demoted (``READONLY``) is dropped and the call fails, the next one goes to
     the new master. Pass ``wait_replicas=1`` to the cache so no acknowledged invalidation is
-    lost in a failover. ``sentinel_options`` go to the Sentinel connections (e.g. a password);
-    extra keyword arguments go to the master's connections.
+    lost in a failover. The master's connections come from a blocking pool of at most
+    ``max_connections`` (default 50), waited for at most ``timeout`` seconds, as with
+    :func:`connect`; ``connection_pool_class`` replaces it (a ``SentinelConnectionPool``
+    subclass). ``sentinel_options`` go to the Sentinel connections (e.g. a password); extra
+    keyword arguments go to the master's connections.
     """
+    pool_class: Any = kwargs.pop("connection_pool_class", BlockingSentinelPool)
     sentinel = Sentinel(
         sentinels,
         sentinel_kwargs=sentinel_kwargs(timeout, sentinel_options),
         **bounded_kwargs(timeout, kwargs),
     )
     client: redis_py.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
-        service_name, redis_class=SentinelMaster, connection_pool_class=SentinelPool
+        service_name,
+        redis_class=SentinelMaster,
+        connection_pool_class=pool_class,
+        **pool_kwargs(pool_class, timeout, max_connections, {}),
     )
     return client
 
@@ -155,8 +189,12 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         self._cluster = isinstance(redis, RedisCluster)
         self._group_by_slot = self._cluster
         self._execute: Any = cluster_execute(redis) if self._cluster else redis.execute_command
-        self._scripts = register_scripts(redis)
         self._calls = script_calls()
+        # Where an ACL refuses script commands (NOPERM) but EVAL works: without SCRIPT LOAD,
+        # a NOSCRIPT is answered by EVAL (which caches the script for the next EVALSHA);
+        # without EVALSHA, every script goes by EVAL. Set on the first refusal.
+        self._no_script_load = False
+        self._eval_only = False
 
     @overload
     def get(self, cls: type[T], id_field: str | tuple[str, ...], id_val: Any) -> T: ...
@@ -306,7 +344,7 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         def run(node: Any, indexes: list[int]) -> None:
             pipe = cluster.get_redis_connection(node).pipeline(transaction=False)
             for index in indexes:
-                pipe.execute_command(*_op_args(self._calls, op.ops[index]))
+                pipe.execute_command(*self._item_args(op.ops[index]))
             try:
                 try:
                     replies = pipe.execute(raise_on_error=False)
@@ -363,27 +401,54 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
 
     def _run_script(self, op: Script) -> Any:
         call = self._calls[op.name]
+        if self._eval_only:
+            return self._execute(*call.eval_args(op.keys, op.args))
         try:
             return self._execute(*call.args(op.keys, op.args))
         except NoScriptError:  # a restarted server, a failover, SCRIPT FLUSH
-            if self._cluster:  # every primary at once, not one node per NOSCRIPT
-                primaries = self.redis.get_primaries()  # type: ignore[attr-defined]
-                self._execute("SCRIPT", "LOAD", call.source, target_nodes=primaries)
-            else:
-                self.redis.script_load(call.source)
+            if self._no_script_load:  # EVAL, which also caches it for the next EVALSHA
+                return self._execute(*call.eval_args(op.keys, op.args))
+            try:
+                if self._cluster:  # every primary at once, not one node per NOSCRIPT
+                    primaries = self.redis.get_primaries()  # type: ignore[attr-defined]
+                    self._execute("SCRIPT", "LOAD", call.source, target_nodes=primaries)
+                else:
+                    self.redis.script_load(call.source)
+            except NoPermissionError:  # an ACL without SCRIPT LOAD: EVAL, from now on
+                reply = self._execute(*call.eval_args(op.keys, op.args))
+                self._no_script_load = True
+                return reply
             try:
                 return self._execute(*call.args(op.keys, op.args))
             except NoScriptError:  # flushed again between the load and the call
                 return self._execute(*call.eval_args(op.keys, op.args))
+        except NoPermissionError:  # an ACL without EVALSHA: EVAL for every script from now on
+            reply = self._execute(*call.eval_args(op.keys, op.args))
+            self._eval_only = True
+            return reply
 
     def _pipeline(self, op: Pipeline) -> list[Any]:
         if self._cluster:
             return self._cluster_pipeline(op)
         pipe: Any = self.redis.pipeline(transaction=False)
         for item in op.ops:
-            if isinstance(item, Script):
-                self._scripts[item.name](keys=item.keys, args=item.args, client=pipe)
-            else:
-                pipe.execute_command(*item.args)
-        replies: list[Any] = pipe.execute(raise_on_error=True)
+            pipe.execute_command(*self._item_args(item))
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        for index, (item, reply) in enumerate(zip(op.ops, replies, strict=True)):
+            # A script that Redis did not run (NOSCRIPT, or NOPERM for EVALSHA): alone, which
+            # loads it or falls back to EVAL.
+            if isinstance(item, Script) and isinstance(reply, NoScriptError | NoPermissionError):
+                replies[index] = self._run_script(item)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
         return replies
+
+    def _item_args(self, item: Script | Command) -> tuple[Any, ...]:
+        """A batch item's command: a script by EVALSHA (or EVAL, see ``_eval_only``)."""
+        if isinstance(item, Script):
+            call = self._calls[item.name]
+            if self._eval_only:
+                return call.eval_args(item.keys, item.args)
+            return call.args(item.keys, item.args)
+        return item.args

@@ -35,6 +35,7 @@ from typing import Any
 import redis as redis_py
 import redis.asyncio as aredis
 from redis.asyncio.sentinel import Sentinel as _AsyncSentinel
+from redis.asyncio.sentinel import SentinelConnectionPool as _AsyncSentinelConnectionPool
 from redis.connection import SSLConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -48,8 +49,10 @@ from redis.sentinel import Sentinel as _Sentinel
 from redis.utils import SENTINEL
 
 __all__ = [
+    "AsyncBlockingSentinelPool",
     "AsyncSentinel",
     "AsyncSentinelMaster",
+    "BlockingSentinelPool",
     "Sentinel",
     "SentinelMaster",
     "SentinelPool",
@@ -103,6 +106,17 @@ class SentinelPool(SentinelConnectionPool):
             ssl = kwargs.pop("ssl", False)
             kwargs["connection_class"] = _MasterSSLConnection if ssl else _MasterConnection
         super().__init__(service_name, sentinel_manager, **kwargs)  # type: ignore[no-untyped-call]
+
+
+class BlockingSentinelPool(SentinelPool, redis_py.BlockingConnectionPool):
+    """:class:`SentinelPool` with the waiting of redis-py's ``BlockingConnectionPool``: when
+    ``max_connections`` are all in use, a caller waits up to ``timeout`` seconds for one
+    instead of failing at once (then a ``ConnectionError``)."""
+
+
+class AsyncBlockingSentinelPool(_AsyncSentinelConnectionPool, aredis.BlockingConnectionPool):
+    """redis-py's asyncio ``SentinelConnectionPool`` with the waiting of its asyncio
+    ``BlockingConnectionPool`` (see :class:`BlockingSentinelPool`)."""
 
 
 def _to_front(sentinels: list[Any], sentinel: Any) -> None:

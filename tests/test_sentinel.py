@@ -367,7 +367,8 @@ def test_a_timed_out_read_leaves_no_reply_for_the_next_call(
     try:
         assert cache.get("item", "id", 1) == db[1]  # cached, on the pool's one connection
         assert cache.get("item", "id", 2) == db[2]
-        (connection,) = client.connection_pool._available_connections
+        pool = client.connection_pool  # connect_sentinel's is a BlockingConnectionPool
+        (connection,) = getattr(pool, "_connections", None) or pool._available_connections
         real_send = connection.send_packed_command
         if mode != "asyncio":
 

@@ -11,6 +11,9 @@ Fixtures:
 - ``redis_client`` (function): a client of it, the database flushed before each test.
 - ``counting_redis`` (function): a client whose round trips are counted (``.round_trips``).
 - ``own_redis_server`` (function): a server of the test's own, to pause, kill or restart.
+- ``redis_tls_server`` (function): a server of the test's own that also serves TLS
+  (``.tls_url``, ``.tls.ca_cert``); skipped (failed under CI) where ``openssl`` or a
+  ``redis-server`` built with TLS is missing.
 - ``redis_cluster_servers`` (session): a 3-master Redis Cluster.
 - ``own_redis_cluster`` (function): a 3-master cluster with a replica per master, the test's
   own, to fail over.
@@ -30,7 +33,13 @@ import redis.asyncio as aredis
 from redis.asyncio.connection import Connection as AsyncConnection
 from redis.connection import Connection
 
-from .server import RedisClusterServers, RedisSentinelGroup, RedisServer, RedisServerUnavailable
+from .server import (
+    RedisClusterServers,
+    RedisSentinelGroup,
+    RedisServer,
+    RedisServerUnavailable,
+    RedisTLSServer,
+)
 
 __all__ = [
     "AsyncCountingConnection",
@@ -166,6 +175,16 @@ def counting_redis(redis_server: RedisServer) -> Iterator[CountingRedis]:
 def own_redis_server() -> Iterator[RedisServer]:
     """A private server for this test alone, free to pause, kill or restart."""
     server = require_server(RedisServer())
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_tls_server() -> Iterator[RedisTLSServer]:
+    """A private server for this test alone that also serves TLS, with a throwaway CA."""
+    server = require_server(RedisTLSServer())
     try:
         yield server
     finally:

@@ -24,7 +24,10 @@ __all__ = [
     "RedisSentinelGroup",
     "RedisServer",
     "RedisServerUnavailable",
+    "RedisTLSServer",
+    "TLSFiles",
     "free_port",
+    "make_tls_files",
 ]
 
 
@@ -290,6 +293,101 @@ class RedisServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class TLSFiles:
+    """A throwaway certificate authority and a server certificate it signed (for 127.0.0.1
+    and localhost), as PEM files: :attr:`ca_cert`, :attr:`cert`, :attr:`key`."""
+
+    def __init__(self, directory: str) -> None:
+        self.ca_cert = os.path.join(directory, "ca.crt")
+        self.cert = os.path.join(directory, "server.crt")
+        self.key = os.path.join(directory, "server.key")
+
+
+def make_tls_files(directory: str, *, timeout: float = 60.0) -> TLSFiles:
+    """Generate a CA and a server certificate in ``directory`` with ``openssl``; raises
+    :class:`RedisServerUnavailable` if ``openssl`` is missing or fails."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise RedisServerUnavailable("'openssl' is not on PATH (needed for a TLS test server)")
+    files = TLSFiles(directory)
+    ca_key = os.path.join(directory, "ca.key")
+    csr = os.path.join(directory, "server.csr")
+    ext = os.path.join(directory, "server.ext")
+    with open(ext, "w", encoding="ascii") as out:
+        out.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    steps = [
+        ["req", "-x509", "-new", "-nodes", "-newkey", "rsa:2048", "-keyout", ca_key,
+         "-out", files.ca_cert, "-days", "2", "-subj", "/CN=cachecow test CA"],
+        ["req", "-new", "-nodes", "-newkey", "rsa:2048", "-keyout", files.key,
+         "-out", csr, "-subj", "/CN=localhost"],
+        ["x509", "-req", "-in", csr, "-CA", files.ca_cert, "-CAkey", ca_key,
+         "-CAcreateserial", "-out", files.cert, "-days", "2", "-extfile", ext],
+    ]  # fmt: skip
+    for step in steps:
+        done = subprocess.run(
+            [openssl, *step], capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if done.returncode != 0:
+            raise RedisServerUnavailable(f"openssl {step[0]} failed: {done.stderr.strip()}")
+    return files
+
+
+class RedisTLSServer(RedisServer):
+    """A :class:`RedisServer` that also serves TLS on :attr:`tls_port` (:attr:`tls_url`, a
+    ``rediss://`` URL), with a certificate from a throwaway CA (:attr:`tls`, whose ``ca_cert``
+    a client trusts). Clients need no certificate of their own. Its plain port stays open
+    for set-up and checks.
+
+    Starting it raises :class:`RedisServerUnavailable` if ``openssl`` is missing or the
+    ``redis-server`` was built without TLS."""
+
+    def __init__(self, binary: str | None = None, **options: Any) -> None:
+        super().__init__(binary, **options)
+        self.tls_port = 0
+        self.tls: TLSFiles | None = None
+        self._tls_dir: tempfile.TemporaryDirectory[str] | None = None
+        self._own_args = self.extra_args
+
+    @property
+    def tls_url(self) -> str:
+        """``rediss://127.0.0.1:<tls_port>/0``."""
+        return f"rediss://127.0.0.1:{self.tls_port}/0"
+
+    def start(self, *, timeout: float = 10.0) -> RedisTLSServer:
+        if self.tls is None:
+            self._tls_dir = tempfile.TemporaryDirectory(prefix="cachecow-tls-")
+            try:
+                self.tls = make_tls_files(self._tls_dir.name)
+            except BaseException:
+                self._tls_dir.cleanup()
+                self._tls_dir = None
+                raise
+        if not self.tls_port:
+            self.tls_port = self.pick_port()
+        self.extra_args = (
+            *self._own_args,
+            "--tls-port", str(self.tls_port),
+            "--tls-cert-file", self.tls.cert,
+            "--tls-key-file", self.tls.key,
+            "--tls-ca-cert-file", self.tls.ca_cert,
+            "--tls-auth-clients", "no",
+        )  # fmt: skip
+        try:
+            super().start(timeout=timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        super().stop()
+        if self._tls_dir is not None:
+            self._tls_dir.cleanup()
+            self._tls_dir = None
+        self.tls = None
+        self.tls_port = 0
 
 
 class RedisClusterServers:
