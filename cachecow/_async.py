@@ -23,6 +23,7 @@ from ._client import (
     sentinel_kwargs,
 )
 from ._cluster import async_cluster_execute
+from ._flights import ALONE, RETRY, Failed, Flight
 from ._protocol import (
     AsyncClock,
     Brief,
@@ -37,6 +38,7 @@ from ._protocol import (
     Sleep,
     all_answered,
     as_redis_error,
+    deciding,
 )
 from ._sentinel import AsyncBlockingSentinelPool, AsyncSentinel, AsyncSentinelMaster
 from .exceptions import ConfigurationError, NotFound
@@ -182,7 +184,38 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
     async def get(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> Any:
         """The object whose ``id_field`` is ``id_val``; see :meth:`cachecow.CacheCow.get`."""
         id_field, id_val = self._normalize(cls, id_field, id_val)
-        return await self._drive(self._get_flow(cls, id_field, id_val), cls, id_field, id_val)
+        key = self.get_keys(cls, id_field, id_val)[0]
+        # Lead a read of this key, or join the one in flight (see _flights.py).
+        me = asyncio.current_task()
+        flight, index = self._flights.join(key, me, asyncio.Event, asyncio.get_running_loop())
+        while index >= 0:
+            await flight.waiter.wait()
+            outcome = flight.outcome
+            if isinstance(outcome, Failed) or (index < flight.covered and outcome is not RETRY):
+                obj = self._followed(cls, id_field, id_val, outcome)
+                if obj is not ALONE:
+                    return obj
+                index = -2
+                break
+            flight, index = self._flights.rejoin(flight, key, me, asyncio.Event)
+        if index == -2:  # read alone (see Flights.join)
+            return await self._drive(self._get_flow(cls, id_field, id_val), cls, id_field, id_val)
+        obj = None
+        error: BaseException | None = None
+        try:
+            obj = await self._drive(
+                self._get_flow(cls, id_field, id_val), cls, id_field, id_val, flight=flight
+            )
+            return obj
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            if flight.covered or error is not None:
+                flight.outcome = self._outcome(cls, id_field, id_val, obj, error)
+            waiter = self._flights.land(flight, key, asyncio.Event)
+            if waiter is not None:
+                waiter.set()
 
     async def peek(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> Any:
         """The cached object of a lookup, or ``None``; see :meth:`cachecow.CacheCow.peek`."""
@@ -237,9 +270,17 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
             logger.warning("cachecow: gave up releasing leases after a cancellation: %r", exc)
 
     async def _drive(
-        self, flow: Flow, cls: Any, id_field: Any, id_val: Any, *, initialize: bool = True
+        self,
+        flow: Flow,
+        cls: Any,
+        id_field: Any,
+        id_val: Any,
+        *,
+        initialize: bool = True,
+        flight: Flight | None = None,
     ) -> Any:
-        """Perform each operation a flow yields, awaiting it, until the flow returns or raises."""
+        """Perform each operation a flow yields, awaiting it, until the flow returns or raises;
+        for the leader of a ``flight``, mark who joined before each deciding call."""
         result: Any = None
         error: BaseException | None = None
         unreachable: BaseException | None = None
@@ -257,6 +298,8 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
             except StopIteration as stop:
                 return stop.value
             error = None
+            if flight is not None and deciding(op):
+                flight.covered = flight.joined
             if unreachable is not None:  # the flow's first operation fails with it
                 error, unreachable = unreachable, None
                 continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar, overload
 
@@ -21,6 +22,7 @@ from ._client import (
     sentinel_kwargs,
 )
 from ._cluster import cluster_execute
+from ._flights import ALONE, RETRY, Failed, Flight
 from ._protocol import (
     Brief,
     CacheCowBase,
@@ -34,6 +36,7 @@ from ._protocol import (
     Sleep,
     all_answered,
     as_redis_error,
+    deciding,
     refuse_awaitable,
 )
 from ._sentinel import BlockingSentinelPool, Sentinel, SentinelMaster, mend_sentinel_pool
@@ -212,7 +215,36 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         raised by ``fetch`` reach the caller unchanged.
         """
         id_field, id_val = self._normalize(cls, id_field, id_val)
-        return self._drive(self._get_flow(cls, id_field, id_val), cls, id_field, id_val)
+        key = self.get_keys(cls, id_field, id_val)[0]
+        # Lead a read of this key, or join the one in flight (see _flights.py).
+        me = threading.get_ident()
+        flight, index = self._flights.join(key, me, threading.Event)
+        while index >= 0:
+            flight.waiter.wait()
+            outcome = flight.outcome
+            if isinstance(outcome, Failed) or (index < flight.covered and outcome is not RETRY):
+                obj = self._followed(cls, id_field, id_val, outcome)
+                if obj is not ALONE:
+                    return obj
+                index = -2
+                break
+            flight, index = self._flights.rejoin(flight, key, me, threading.Event)
+        if index == -2:  # read alone (see Flights.join)
+            return self._drive(self._get_flow(cls, id_field, id_val), cls, id_field, id_val)
+        obj = None
+        error: BaseException | None = None
+        try:
+            obj = self._drive(self._get_flow(cls, id_field, id_val), cls, id_field, id_val, flight)
+            return obj
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            if flight.covered or error is not None:
+                flight.outcome = self._outcome(cls, id_field, id_val, obj, error)
+            waiter = self._flights.land(flight, key, threading.Event)
+            if waiter is not None:
+                waiter.set()
 
     def peek(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> Any:
         """The cached object of a lookup, or ``None`` when it is not cached: never fetches.
@@ -274,8 +306,11 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         """Delete these ``(value key, flag key)`` pairs in one round trip (the outbox's drain)."""
         self._drive(self._invalidate_keys_flow(pairs), None, None, None)
 
-    def _drive(self, flow: Flow, cls: Any, id_field: Any, id_val: Any) -> Any:
-        """Perform each operation a flow yields, until it returns or raises."""
+    def _drive(
+        self, flow: Flow, cls: Any, id_field: Any, id_val: Any, flight: Flight | None = None
+    ) -> Any:
+        """Perform each operation a flow yields, until it returns or raises; for the leader
+        of a ``flight``, mark who joined before each deciding call."""
         result: Any = None
         error: BaseException | None = None
         while True:
@@ -284,6 +319,8 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
             except StopIteration as stop:
                 return stop.value
             error = None
+            if flight is not None and deciding(op):
+                flight.covered = flight.joined
             try:
                 if isinstance(op, Script):
                     result = self._run_script(op)

@@ -27,6 +27,7 @@ from redis.crc import key_slot
 from redis.exceptions import ClusterError, RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ._flights import ALONE, RETRY, Failed, Flights, Missing, Shared
 from .exceptions import (
     CacheUnavailable,
     ConfigurationError,
@@ -267,6 +268,12 @@ Flow = Generator[Op, Any, Any]
 # Pure arithmetic.
 
 
+def deciding(op: object) -> bool:
+    """Whether a read's answer may come from this operation's result: a lease call (Redis's
+    state then) or a fetch (the database's); see ``_flights.py``."""
+    return type(op) is Fetch or (type(op) is Script and op.name == "get_or_lease")
+
+
 def new_token() -> str:
     """A fresh lease token: 128 random bits, as 32 hex characters."""
     return secrets.token_hex(16)
@@ -419,6 +426,7 @@ class CacheCowBase(Generic[ClientT]):
         self._last_error_log: float | None = None
         self._warned_uncacheable: set[tuple[str, Field]] = set()
         self._warned_oversized: set[tuple[str, Field]] = set()
+        self._flights = Flights()  # the gets in flight (single flight, see _flights.py)
 
     def _check_client(self, redis: ClientT) -> None:
         """Refuse a client this class cannot drive (the client classes override it)."""
@@ -720,6 +728,41 @@ class CacheCowBase(Generic[ClientT]):
             attempt, self._random.random(), first=self.wait_first_delay, cap=self.wait_max_delay
         )
         return min(delay, remaining)
+
+    # -- single flight (see _flights.py) ---------------------------------------------------------
+
+    def _outcome(
+        self, cls: Any, id_field: Field, id_val: Any, obj: Any, error: BaseException | None
+    ) -> Any:
+        """What a leader's read gives its followers: its object serialized, "no such
+        object", its exception, or nothing to take (an interruption, an object that does not
+        serialize)."""
+        if error is None:
+            try:
+                return Shared(self.serialize(obj))
+            except Exception:
+                return ALONE
+        if not isinstance(error, Exception):
+            return RETRY
+        if type(error) is type(self.not_found(cls, id_field, id_val)):
+            return Missing
+        return Failed(error)
+
+    def _followed(self, cls: Any, id_field: Field, id_val: Any, outcome: Any) -> Any:
+        """A follower's answer from its leader's outcome (:data:`ALONE` if it must read alone)."""
+        if isinstance(outcome, Shared):
+            try:
+                obj = self.deserialize(cls, outcome.payload)
+            except Exception:
+                return ALONE
+            self.metrics.incr("joined")
+            return obj
+        if outcome is Missing:
+            self.metrics.incr("joined")
+            raise self.not_found(cls, id_field, id_val)
+        if isinstance(outcome, Failed):
+            raise outcome.error
+        return ALONE
 
     def _fetch_uncached(self, cls: Any, id_field: Field, id_val: Any) -> Flow:
         self.metrics.incr("fetches")

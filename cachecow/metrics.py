@@ -32,6 +32,7 @@ class MetricsSnapshot:
     redis_errors: int = 0
     fail_open_fetches: int = 0
     invalidations: int = 0
+    joined: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a plain dict, in declaration order."""
@@ -73,6 +74,8 @@ class Metrics:
     - ``redis_errors``: Redis operations that failed; ``fail_open_fetches``: gets served straight
       from ``fetch`` because Redis failed and ``fail_open`` was on
     - ``invalidations``: lookups invalidated
+    - ``joined``: gets answered by another ``get`` of the same key in this process, which they
+      joined while it ran (single flight), without a Redis call or a fetch of their own
     """
 
     def __init__(self, hook: MetricsHook | None = None) -> None:

@@ -57,14 +57,18 @@ def test_herd_of_64_tasks_makes_one_fetch(redis_server: Any) -> None:
         cache = Rows(client, wait_timeout=10.0)
         cache.gate = asyncio.Event()
         tasks = [asyncio.create_task(cache.get("row", "id", 1)) for _ in range(64)]
-        while cache.metrics.snapshot().waits < 63:
+        while cache.calls < 1:
             await asyncio.sleep(0.005)
-        assert cache.calls == 1  # one task holds the lease; 63 wait for its value
+        # one task holds the lease and fetches; the 63 others joined its read (single flight)
+        flight = cache._flights.by_key[cache.get_keys("row", "id", 1)[0]]
+        assert (flight.joined, flight.covered) == (63, 63)
         cache.gate.set()
-        assert await asyncio.gather(*tasks) == [{"id": 1}] * 64
+        results = await asyncio.gather(*tasks)
+        assert results == [{"id": 1}] * 64
+        assert len({id(r) for r in results}) == 64  # each caller has an object of its own
         assert cache.calls == 1
         snap = cache.metrics.snapshot()
-        assert (snap.leases, snap.hits, snap.waits, snap.wait_timeouts) == (1, 63, 63, 0)
+        assert (snap.leases, snap.joined, snap.waits, snap.hits) == (1, 63, 0, 0)
 
     run(with_client(redis_server.port, body))
 

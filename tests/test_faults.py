@@ -163,12 +163,15 @@ def test_restarted_empty_mid_run(own_redis_server: RedisServer, setting: str, mo
 def test_a_lease_taken_before_a_restart_is_void_after_it(
     own_redis_server: RedisServer, mode: str
 ) -> None:
-    """Reader A leases and reads v1; Redis restarts empty; the row changes; reader B leases and
-    reads v2. A's commit must be refused (B's token is not A's): checking only that *a* flag
-    exists would cache v1 over B's lease."""
+    """Reader A leases and reads v1; Redis restarts empty; the row changes; reader B (another
+    process) leases and reads v2. A's commit must be refused (B's token is not A's): checking
+    only that *a* flag exists would cache v1 over B's lease."""
     table = Table()
-    with standalone_cache(own_redis_server, mode, table) as cache:
-        probe = FetchProbe(cache)
+    with (
+        standalone_cache(own_redis_server, mode, table) as cache,
+        standalone_cache(own_redis_server, mode, table) as other,
+    ):
+        probe, probe_b = FetchProbe(cache), FetchProbe(other)
         probe.gate_next()
         results: dict[str, Any] = {}
         reader_a = threading.Thread(target=lambda: results.update(a=cache.get("row", "id", 1)))
@@ -176,11 +179,13 @@ def test_a_lease_taken_before_a_restart_is_void_after_it(
         probe.wait_fetched()  # A holds a lease and has read version 0
         own_redis_server.restart()
         table.bump(1)  # the write lands while Redis is empty: nothing to invalidate
-        probe.gate_next()
-        reader_b = threading.Thread(target=lambda: results.update(b=cache.get("row", "id", 1)))
+        probe_b.gate_next()
+        reader_b = threading.Thread(target=lambda: results.update(b=other.get("row", "id", 1)))
         reader_b.start()
-        probe.wait_fetched()  # B holds a new lease and has read version 1
-        probe.release()  # both gates open: A commits first (its fetch returned first)
+        probe_b.wait_fetched()  # B holds a new lease and has read version 1
+        probe.release()  # A commits first (its fetch returned first), then B
+        reader_a.join(10)
+        probe_b.release()
         reader_a.join(10)
         reader_b.join(10)
         assert (results["a"]["version"], results["b"]["version"]) == (0, 1)

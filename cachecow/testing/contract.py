@@ -647,16 +647,94 @@ class CacheCowContract:
     # -- herds ----------------------------------------------------------------------------------
 
     def test_herd_of_64_readers_makes_one_fetch(self) -> None:
+        """64 readers of a cold key in 64 processes (cache instances): one lease, one fetch;
+        the others wait for the holder's value."""
         self.write(1, "v1")
         cache = self.cache(busy="wait", wait_timeout=GATE_TIMEOUT)
+        others = [self.cache(busy="wait", wait_timeout=GATE_TIMEOUT) for _ in range(63)]
         probe, holder = self.gated_reader(cache, 1)
-        readers = [self.reader(cache, 1) for _ in range(63)]
-        self.wait_until(lambda: cache.metrics.snapshot().waits == 63, "63 readers wait")
+        readers = [self.reader(other, 1) for other in others]
+        self.wait_until(
+            lambda: sum(o.metrics.snapshot().waits for o in others) == 63, "63 readers wait"
+        )
         probe.release()
         assert {self.payload_of(r.outcome()) for r in [holder, *readers]} == {"v1"}
         assert probe.calls == 1
+        assert sum(FetchProbe.of(o).calls for o in others) == 0
+        snaps = [o.metrics.snapshot() for o in [cache, *others]]
+        assert sum(s.leases for s in snaps) == 1
+        assert (sum(s.hits for s in snaps), sum(s.wait_timeouts for s in snaps)) == (63, 0)
+
+    def joined(self, cache: CacheCow, key: int) -> int:
+        """How many readers joined the read of ``key`` in flight in ``cache`` (0 if none)."""
+        flights = getattr(cache, "wrapped", cache)._flights.by_key
+        flight = flights.get(self.keys(cache, key)[0])
+        return 0 if flight is None else int(flight.joined)
+
+    def test_herd_in_one_process_shares_one_read(self) -> None:
+        """Readers of one key in one process join the read in flight: while its holder waits
+        for another process's lease, 63 readers make no call of their own, and all get the
+        value the holder's next poll finds."""
+        self.write(1, "v1")
+        elsewhere = self.cache()
+        probe, holder = self.gated_reader(elsewhere, 1)
+        cache = self.cache(busy="wait", wait_timeout=GATE_TIMEOUT)
+        leader = self.reader(cache, 1)
+        self.wait_until(lambda: cache.metrics.snapshot().waits == 1, "the leader waits")
+        followers = [self.reader(cache, 1) for _ in range(63)]
+        self.wait_until(lambda: self.joined(cache, 1) == 63, "63 readers joined")
+        probe.release()
+        assert {self.payload_of(r.outcome()) for r in [holder, leader, *followers]} == {"v1"}
+        assert FetchProbe.of(cache).calls == 0
         snap = cache.metrics.snapshot()
-        assert (snap.leases, snap.hits, snap.wait_timeouts) == (1, 63, 0)
+        assert (snap.waits, snap.hits, snap.joined, snap.leases) == (1, 1, 63, 0)
+
+    def test_reader_joining_after_the_fetch_never_gets_its_value(self) -> None:
+        """A reader that joins a read in flight after its fetch read the database (here, after
+        its own process wrote and invalidated) does not take that read's value: it reads
+        again, and gets the new one."""
+        self.write(1, "v1")
+        cache = self.cache(busy="wait", wait_timeout=GATE_TIMEOUT)
+        probe, holder = self.gated_reader(cache, 1)  # has read v1, not yet committed
+        self.write(1, "v2")
+        self.invalidate(cache, 1)
+        late = self.reader(cache, 1)
+        self.wait_until(lambda: self.joined(cache, 1) == 1, "the reader joined")
+        probe.release()
+        assert self.payload_of(holder.outcome()) == "v1"
+        assert self.payload_of(late.outcome()) == "v2"
+        assert cache.metrics.snapshot().stale_commits == 1
+        assert self.cached_payload(cache, 1) == "v2"
+
+    def test_joiners_share_a_fetch_error_and_a_not_found(self) -> None:
+        """Readers that joined before the holder's fetch get what it got: its exception, or
+        "no such object" (each its own exception)."""
+        cache = self.cache(busy="wait", wait_timeout=GATE_TIMEOUT)
+        elsewhere = self.cache()
+        for fail in (RuntimeError("database down"), None):
+            self.write(9, "v1")
+            self.invalidate(cache, 9)
+            probe, holder = self.gated_reader(elsewhere, 9)  # has read v1, lease held
+            leader = self.reader(cache, 9)
+            self.wait_until(lambda: cache.metrics.snapshot().busy >= 1, "the leader waits")
+            follower = self.reader(cache, 9)
+            self.wait_until(lambda: self.joined(cache, 9) == 1, "the reader joined")
+            if fail is None:
+                self.delete(9)
+            FetchProbe.of(cache).fail_next = fail
+            self.invalidate(elsewhere, 9)  # voids the lease: the leader leases and fetches
+            probe.release()
+            for reader in (leader, follower):
+                reader.join(GATE_TIMEOUT)
+            outcomes = [leader.error, follower.error]
+            if fail is not None:
+                assert outcomes == [fail, fail]
+            else:
+                missing = type(cache.not_found(self.model, self.field, self.lookup(9)))
+                assert [type(e) for e in outcomes] == [missing, missing]
+                assert outcomes[0] is not outcomes[1]
+            holder.join(GATE_TIMEOUT)
+            cache.metrics.reset()
 
     def test_waiter_never_returns_a_value_older_than_an_invalidation(self) -> None:
         """A reader waiting on a lease that an invalidation then voids does not get the old

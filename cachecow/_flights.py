@@ -1,0 +1,145 @@
+"""Single flight: the readers of one key in one process share one read of it.
+
+The first reader of a key (the *leader*) runs the protocol's read as usual; readers of the same
+key that come while it runs (*followers*) make no call of their own: they wait for the leader
+and build their own object from its result (``serialize`` once, ``deserialize`` per follower, so
+no two callers share a mutable object). 5,000 tasks on one cold key make one lease attempt,
+one wait and one ``fetch``.
+
+Never a stale read: a follower takes only a result *decided after it came*, by a lease call
+(``get_or_lease``, whose reply is Redis's state then) or a ``fetch`` (the database's state
+then) that the leader issued after the follower joined. Followers that came later (say after
+their own thread's write and invalidation) wait for the leader to end and then read again,
+together: the leader, as it ends, opens the next flight with all of them already joined, and
+the first of them to wake leads it. So each caller's answer was read, from Redis or from the
+database, between the start and the end of its own call, as without single flight.
+
+An error is no stale answer: every follower, however late, raises the error the leader's read
+raised (a failed ``fetch``, or Redis failing: under a stalled Redis a follower then waits no
+longer than the leader's own call, not for a second one).
+
+The flights are per cache instance, and only for ``get``; ``get_many`` reads alone.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["ALONE", "RETRY", "Failed", "Flight", "Flights", "Missing", "Shared"]
+
+
+class Flight:
+    """One leader's read of one key, and who joined it."""
+
+    __slots__ = ("covered", "joined", "leader", "loop", "next", "outcome", "waiter")
+
+    def __init__(self, loop: Any, leader: Any, *, joined: int = 0, waiter: Any = None) -> None:
+        self.loop = loop  # the event loop of an asyncio flight (only its tasks may join)
+        self.leader = leader  # the leading thread's id or task; None for a flight opened for
+        #                       late followers, until the first of them (or a newcomer) leads
+        self.joined = joined  # followers so far; follower n is the n-th to join (from 0)
+        self.covered = 0  # the followers that joined before the leader's last deciding call
+        self.outcome: Any = RETRY  # set before the waiter is set
+        self.waiter = waiter  # an Event, made when the first follower joins
+        self.next: Flight | None = None  # the flight opened for the followers that came late
+
+
+class Flights:
+    """The flights of one cache instance, by value key."""
+
+    def __init__(self) -> None:
+        self.by_key: dict[str, Flight] = {}
+        self.lock = threading.Lock()  # never held across a call or an await
+
+    def join(
+        self, key: str, me: Any, waiter: Callable[[], Any], loop: Any = None
+    ) -> tuple[Flight, int]:
+        """The flight of ``key`` and the place in it of reader ``me`` (a thread's id, or a
+        task): -1 to lead it, -2 to read alone (a flight of another event loop, or one that
+        ``me`` leads already: a ``fetch`` reading its own key), else its index as a follower."""
+        with self.lock:
+            flight = self.by_key.get(key)
+            if flight is None:
+                flight = self.by_key[key] = Flight(loop, me)
+                return flight, -1
+            if flight.loop is not loop or flight.leader == me:
+                return flight, -2
+            return self._place(flight, me, waiter)
+
+    def rejoin(
+        self, old: Flight, key: str, me: Any, waiter: Callable[[], Any]
+    ) -> tuple[Flight, int]:
+        """A follower that came too late for ``old``: the flight opened for it, or a new one."""
+        if old.next is None:  # the leader was interrupted (or opened none): start over
+            return self.join(key, me, waiter, old.loop)
+        with self.lock:
+            return self._place(old.next, me, waiter, joined=True)
+
+    def _place(
+        self, flight: Flight, me: Any, waiter: Callable[[], Any], joined: bool = False
+    ) -> tuple[Flight, int]:
+        if flight.leader is None:
+            flight.leader = me
+            return flight, -1
+        if flight.waiter is None:
+            flight.waiter = waiter()
+        if joined:
+            return flight, 0  # counted when the flight was opened, before any of its calls
+        flight.joined += 1
+        return flight, flight.joined - 1
+
+    def land(self, flight: Flight, key: str, waiter: Callable[[], Any]) -> Any:
+        """The leader's read has ended (its outcome set): remove its flight, open the next one
+        for the followers that cannot take the outcome, and return the waiter to set (``None``
+        if nobody joined)."""
+        with self.lock:
+            del self.by_key[key]
+            if flight.outcome is RETRY:
+                late = flight.joined
+            elif isinstance(flight.outcome, Failed):
+                late = 0
+            else:
+                late = flight.joined - flight.covered
+            if late > 0:
+                flight.next = Flight(flight.loop, None, joined=late, waiter=waiter())
+                self.by_key[key] = flight.next
+            return flight.waiter
+
+
+@dataclass(frozen=True, slots=True)
+class Shared:
+    """The leader's object, serialized: each follower deserializes its own."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The leader's read raised this exception (an error of ``fetch``, or of Redis): every
+    follower raises it."""
+
+    error: Exception
+
+
+class _Marker:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+Missing = _Marker("Missing")
+"""There is no such object: each follower raises its own ``not_found`` exception."""
+
+RETRY = _Marker("RETRY")
+"""Nothing to take: the leader was interrupted (a cancellation, ``KeyboardInterrupt``) or took
+no deciding call; its followers read again."""
+
+ALONE = _Marker("ALONE")
+"""The leader's object cannot be shared (it does not serialize): each follower reads alone."""
