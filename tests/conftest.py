@@ -7,10 +7,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.faults import REPORTS, Report
+from tests.faults import LOADS, REPORTS, Load, Report
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if LOADS:
+        terminalreporter.section("fault suite: load on one client")
+        terminalreporter.write_line(
+            "errors: raised to callers; fetches: fetch calls per cold key (distinct counts); "
+            "commands: Redis commands the server processed; latency of each call"
+        )
+        terminalreporter.write_line(Load.header())
+        for load in LOADS:
+            terminalreporter.write_line(load.row())
     if not REPORTS:
         return
     terminalreporter.section("fault suite: what callers saw under each failure")

@@ -331,3 +331,82 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+# -- load: many threads and tasks on one client -------------------------------------------------
+
+LOADS: list[Load] = []
+
+
+@dataclass
+class Load:
+    """What the callers of one load run saw."""
+
+    scenario: str
+    latencies: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+    cold_fetches: list[int] = field(default_factory=list)  # fetches of each cold key
+    redis_commands: int = 0  # commands the server processed for the run
+
+    def record(self, elapsed: float, error: BaseException | None) -> None:
+        self.latencies.append(elapsed)
+        if error is not None:
+            name = type(error).__name__
+            cause = error.__cause__
+            if cause is not None:
+                name = f"{name}({type(cause).__name__})"
+            self.errors[name] = self.errors.get(name, 0) + 1
+
+    def row(self) -> str:
+        ordered = sorted(self.latencies) or [0.0]
+
+        def ms(p: float) -> float:
+            return ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000
+
+        errors = ", ".join(f"{k} {v}" for k, v in sorted(self.errors.items())) or "0"
+        fetches = ",".join(map(str, sorted(set(self.cold_fetches)))) or "-"
+        return (
+            f"{self.scenario:<44} {len(self.latencies):>7} {errors:>10} {fetches:>9} "
+            f"{self.redis_commands:>8} {ms(0.5):>7.1f} {ms(0.99):>7.1f} {ordered[-1] * 1000:>7.1f}"
+        )
+
+    @staticmethod
+    def header() -> str:
+        return (
+            f"{'load':<44} {'calls':>7} {'errors':>10} {'fetches':>9} {'commands':>8} "
+            f"{'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}"
+        )
+
+
+class CountingTable:
+    """A database whose reads take ``delay`` seconds, counting the reads of each key."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.reads: dict[int, int] = {}
+        self.lock = threading.Lock()
+
+    def read(self, key: int) -> dict[str, int]:
+        with self.lock:
+            self.reads[key] = self.reads.get(key, 0) + 1
+        return {"id": key, "version": 0}
+
+
+class LoadCache(CacheCow):
+    def __init__(self, redis: Any, table: CountingTable, **options: Any) -> None:
+        super().__init__(redis, **options)
+        self.table = table
+
+    def fetch(self, cls: Any, id_field: Any, id_val: Any) -> Any:
+        time.sleep(self.table.delay)
+        return self.table.read(id_val)
+
+
+class AsyncLoadCache(AsyncCacheCow):
+    def __init__(self, redis: Any, table: CountingTable, **options: Any) -> None:
+        super().__init__(redis, **options)
+        self.table = table
+
+    async def fetch(self, cls: Any, id_field: Any, id_val: Any) -> Any:
+        await asyncio.sleep(self.table.delay)
+        return self.table.read(id_val)

@@ -17,6 +17,7 @@ and each wait for a deployment to settle has its own deadline.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -34,8 +35,13 @@ from cachecow.testing.contract import FetchProbe
 from cachecow.testing.plugin import require_server
 from tests.faults import (
     CLUSTER_MODES,
+    LOADS,
     MODES,
     REPORTS,
+    AsyncLoadCache,
+    CountingTable,
+    Load,
+    LoadCache,
     Report,
     Table,
     Workload,
@@ -484,3 +490,101 @@ def test_sentinel_manual_failover_mid_run(
     assert report.stale_after_recovery == 0, report.detail()
     if wait_replicas == len(group.replicas):
         assert report.stale_reads == 0, report.detail()
+
+
+# -- load: 200 threads, 5,000 asyncio tasks, one client ------------------------------------------
+# Cold keys: every caller reads the same uncached key at once (fetch counts per key: single
+# flight makes it 1). Hot keys: every caller reads cached keys in a loop. Figures printed in
+# the run's summary; the promises asserted: no caller sees an error (no pool exhaustion), one
+# fetch per cold key, no wait timed out, and a bounded number of Redis commands per cold key.
+
+LOAD_TIMEOUT = 1.0  # the clients' timeout: a pool wait or a call beyond it is an error
+
+
+def commands_processed(server: RedisServer) -> int:
+    with redis.Redis(port=server.port, socket_timeout=5) as client:
+        return int(client.info("stats")["total_commands_processed"])
+
+
+def test_load_200_threads_on_one_client(redis_server: RedisServer) -> None:
+    client = cachecow.connect(redis_server.url, timeout=LOAD_TIMEOUT)
+    table = CountingTable(delay=0.005)
+    cache = LoadCache(client, table, prefix=f"load-{time.monotonic_ns()}:")
+    load = Load("200 threads, 1 client: 10 cold keys, then hot")
+    threads, rounds, hot_reads = 200, 10, 50
+    barrier = threading.Barrier(threads)
+    before = commands_processed(redis_server)
+
+    def call(key: int) -> None:
+        started, error = time.monotonic(), None
+        try:
+            cache.get("row", "id", key)
+        except Exception as exc:
+            error = exc
+        load.record(time.monotonic() - started, error)
+
+    def worker(seed: int) -> None:
+        for cold in range(rounds):
+            barrier.wait()
+            call(1000 + cold)
+        for i in range(hot_reads):
+            call((seed + i) % 8)
+
+    workers = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join(60)
+    load.redis_commands = commands_processed(redis_server) - before
+    load.cold_fetches = [table.reads.get(1000 + cold, 0) for cold in range(rounds)]
+    LOADS.append(load)
+    client.close()
+    assert not any(thread.is_alive() for thread in workers)
+    assert load.errors == {}, load.row()
+    assert len(load.latencies) == threads * (rounds + hot_reads)
+    assert load.cold_fetches == [1] * rounds, load.row()
+    assert cache.metrics.snapshot().wait_timeouts == 0
+
+
+def test_load_5000_tasks_on_one_client(redis_server: RedisServer) -> None:
+    table = CountingTable(delay=0.005)
+    tasks, rounds, hot_reads = 5000, 5, 10
+    load = Load("5,000 asyncio tasks, 1 client: 5 cold keys, then hot")
+    per_cold: list[int] = []
+
+    async def run() -> None:
+        client = cachecow.connect_async(redis_server.url, timeout=LOAD_TIMEOUT)
+        cache = AsyncLoadCache(client, table, prefix=f"load-{time.monotonic_ns()}:")
+
+        async def call(key: int) -> None:
+            started, error = time.monotonic(), None
+            try:
+                await cache.get("row", "id", key)
+            except Exception as exc:
+                error = exc
+            load.record(time.monotonic() - started, error)
+
+        async def hot(seed: int) -> None:
+            for i in range(hot_reads):
+                await call((seed + i) % 8)
+
+        try:
+            for cold in range(rounds):
+                before = commands_processed(redis_server)
+                await asyncio.gather(*(call(2000 + cold) for _ in range(tasks)))
+                per_cold.append(commands_processed(redis_server) - before - 1)
+            await asyncio.gather(*(hot(seed) for seed in range(tasks)))
+            assert cache.metrics.snapshot().wait_timeouts == 0
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+    load.cold_fetches = [table.reads.get(2000 + cold, 0) for cold in range(rounds)]
+    load.redis_commands = max(per_cold)
+    load.scenario += f" (commands per cold key <= {max(per_cold)})"
+    LOADS.append(load)
+    assert load.errors == {}, load.row()
+    assert load.cold_fetches == [1] * rounds, load.row()
+    # One lease call and one commit, give or take a read by those that came last: not one
+    # call (or one poll loop) per task.
+    assert max(per_cold) <= 10, per_cold
