@@ -5,13 +5,19 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, cast, overload
 
 import redis.asyncio as aredis
 from redis.asyncio.cluster import ClusterNode, PipelineCommand
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
-from redis.exceptions import NoPermissionError, NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import (
+    MaxConnectionsError,
+    NoPermissionError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+)
 
 from ._client import (
     DEFAULT_MAX_CONNECTIONS,
@@ -91,11 +97,11 @@ def connect_cluster_async(
     """The ``redis.asyncio`` twin of :func:`cachecow.connect_cluster`, with at most
     ``max_connections`` (default 50) connections per node.
 
-    redis-py 8.1's asyncio cluster client has no blocking pool: a call that finds all of a
-    node's connections in use fails at once with ``MaxConnectionsError`` (a
-    ``ConnectionError``: :class:`~cachecow.CacheUnavailable`, or a plain fetch under
-    ``fail_open``) instead of waiting. Size it to the most tasks that may await the same node
-    at the same moment.
+    redis-py 8.1's asyncio cluster client has no blocking pool (a call that finds all of a
+    node's connections in use fails at once); an :class:`AsyncCacheCow` on this client runs
+    at most ``max_connections`` Redis calls at a time, and the others wait for their turn,
+    at most ``timeout`` seconds (then ``MaxConnectionsError``: a
+    :class:`~cachecow.CacheUnavailable`, or a plain fetch under ``fail_open``).
     """
     kwargs.setdefault("max_connections", max_connections)
     client: AsyncRedisCluster = AsyncRedisCluster.from_url(
@@ -153,6 +159,15 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
             async_cluster_execute(redis) if self._cluster else redis.execute_command
         )
         self._calls = script_calls()
+        # redis-py 8.1's asyncio cluster client has no blocking pool: a call that finds a
+        # node's max_connections in use fails at once. A gate of that many calls at a time
+        # (each uses at most one connection per node) makes the others wait, bounded by the
+        # socket timeout, as connect_async()'s blocking pool does.
+        self._gate: asyncio.Semaphore | None = None
+        if self._cluster:
+            options = redis.nodes_manager.connection_kwargs  # type: ignore[attr-defined]
+            self._gate = asyncio.Semaphore(options.get("max_connections") or 100)
+            self._gate_timeout = options.get("socket_timeout") or 0.5
         # Where an ACL refuses script commands (NOPERM) but EVAL works: without SCRIPT LOAD,
         # a NOSCRIPT is answered by EVAL (which caches the script for the next EVALSHA);
         # without EVALSHA, every script goes by EVAL. Set on the first refusal.
@@ -305,7 +320,7 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
                 continue
             try:
                 if isinstance(op, Script):
-                    result = await self._run_script(op)
+                    result = await self._gated(self._run_script(op))
                 elif isinstance(op, Fetch):
                     result = self.fetch(cls, id_field, id_val)
                     if inspect.isawaitable(result):
@@ -315,11 +330,11 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
                     if inspect.isawaitable(result):
                         result = await result
                 elif isinstance(op, Command):
-                    result = await self._execute(*op.args)
+                    result = await self._gated(self._execute(*op.args))
                 elif isinstance(op, Pipeline):
-                    result = await self._pipeline(op)
+                    result = await self._gated(self._pipeline(op))
                 elif isinstance(op, Replicated):
-                    result = await self._replicated(op)
+                    result = await self._gated(self._replicated(op))
                 elif isinstance(op, Sleep):
                     await self._async_clock.async_sleep(op.seconds)
                     result = None
@@ -331,6 +346,24 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
             except BaseException as exc:
                 result = None
                 error = exc if isinstance(op, Fetch | FetchMany) else as_redis_error(exc)
+
+    async def _gated(self, call: Coroutine[Any, Any, Any]) -> Any:
+        """Await a Redis call; on a cluster, once fewer than ``max_connections`` calls are
+        under way (waiting at most the socket timeout, then ``MaxConnectionsError``)."""
+        gate = self._gate
+        if gate is None:
+            return await call
+        try:
+            await asyncio.wait_for(gate.acquire(), self._gate_timeout)
+        except TimeoutError:
+            call.close()
+            raise MaxConnectionsError(
+                f"no cluster connection freed up within {self._gate_timeout}s"
+            ) from None
+        try:
+            return await call
+        finally:
+            gate.release()
 
     async def _alone(self, item: Script | Command) -> Any:
         if isinstance(item, Script):

@@ -23,7 +23,12 @@ import redis.asyncio as aredis
 
 import cachecow
 from cachecow import AsyncCacheCow, CacheCow, CacheUnavailable
-from cachecow.testing.server import RedisSentinelGroup, RedisServer, RedisTLSServer
+from cachecow.testing.server import (
+    RedisClusterServers,
+    RedisSentinelGroup,
+    RedisServer,
+    RedisTLSServer,
+)
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -399,3 +404,32 @@ def test_tls(redis_tls_server: RedisTLSServer) -> None:
     with pytest.raises(CacheUnavailable):
         Rows(untrusting).get("row", "id", 1)
     untrusting.close()
+
+
+def test_2000_tasks_share_one_async_cluster_client(
+    redis_cluster_servers: RedisClusterServers,
+) -> None:
+    """redis-py's asyncio cluster client has no blocking pool: 2,000 tasks on one node pool of
+    8 got MaxConnectionsError. The cache runs at most ``max_connections`` calls at a time, and
+    the others wait their turn."""
+    tasks_n, size = 2000, 8
+
+    async def main() -> list[Any]:
+        client = cachecow.connect_cluster_async(
+            f"redis://127.0.0.1:{redis_cluster_servers.ports[0]}/0",
+            timeout=2.0,
+            max_connections=size,
+        )
+        cache = AsyncRows(client, prefix=f"cluster-load-{time.monotonic_ns()}:")
+        try:
+            return await asyncio.gather(
+                *(cache.get("row", "id", n % 700) for n in range(tasks_n)),
+                return_exceptions=True,
+            )
+        finally:
+            await client.aclose()
+
+    results = asyncio.run(main())
+    errors = Counter(type(r).__name__ for r in results if isinstance(r, BaseException))
+    assert errors == Counter()
+    assert results == [{"id": n % 700} for n in range(tasks_n)]
