@@ -1,12 +1,12 @@
 """A soak run: mixed load on one process for minutes, sampling what could leak or pile up.
 
 It starts its own ``redis-server`` (``maxmemory 64mb``, ``allkeys-lru``) on a free port and
-stops it at the end. 64 threads on one ``CacheCow`` and 500 asyncio tasks on one
-``AsyncCacheCow`` read (``get`` of hot and cold keys, ``get_many``, ``peek``), write and
+stops it at the end. 64 threads on one ``CacheCow``, and in a second process 500 asyncio tasks
+on one ``AsyncCacheCow``, read (``get`` of hot and cold keys, ``get_many``, ``peek``), write and
 invalidate rows of an in-memory table. Readers check every answer against the newest version
 whose invalidation had returned before the read began (a stale read is counted, and fails the
 run). Every ``--every`` seconds it prints the process's RSS, the server's client connections,
-keys and used memory, and the calls made so far; at the end, how many keys have no TTL.
+keys and used memory, and the threads' calls so far; at the end, how many keys have no TTL.
 
     .venv/bin/python benchmarks/soak.py [--minutes 5] [--every 15]
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import random
 import resource
 import threading
@@ -65,9 +66,11 @@ class Counts:
         self.stale = 0
         self.lock = threading.Lock()
 
-    def error(self, exc: BaseException) -> None:
+    def error(self, exc: BaseException, side: str) -> None:
         with self.lock:
-            name = type(exc).__name__
+            name = f"{side} {type(exc).__name__}"
+            if exc.__cause__ is not None:
+                name = f"{name}({type(exc.__cause__).__name__})"
             self.errors[name] = self.errors.get(name, 0) + 1
 
 
@@ -116,7 +119,7 @@ def thread_worker(cache: Sync, counts: Counts, stop: threading.Event, seed: int)
                 floor = {key: table.floor[key]}
                 check(table, counts, floor, [cache.get("row", "id", key)])
         except Exception as exc:
-            counts.error(exc)
+            counts.error(exc, "thread")
         counts.calls += 1
 
 
@@ -139,26 +142,35 @@ async def task_worker(cache: Async, counts: Counts, stop: threading.Event, seed:
                 floor = {key: table.floor[key]}
                 check(table, counts, floor, [await cache.get("row", "id", key)])
         except Exception as exc:
-            counts.error(exc)
+            counts.error(exc, "task")
         counts.calls += 1
 
 
-def run_tasks(url: str, table: Table, counts: Counts, stop: threading.Event, tasks: int) -> None:
+def run_tasks(url: str, tasks: int, stop: Any, report: Any) -> None:
+    """The asyncio half, in a process of its own (its own table, under its own prefix): in
+    the threads' process its loop would wait for the GIL behind 64 busy threads, and its
+    tasks' waits for a connection would time out."""
+    table, counts, stopping = Table(), Counts(), threading.Event()
+
     async def main() -> None:
         client = cachecow.connect_async(url, timeout=1.0)
-        cache = Async(client, table, prefix="soak:")
+        cache = Async(client, table, prefix="soak-async:")
+        workers = [
+            asyncio.create_task(task_worker(cache, counts, stopping, i)) for i in range(tasks)
+        ]
+        await asyncio.to_thread(stop.wait)
+        stopping.set()
         try:
-            await asyncio.gather(
-                *(task_worker(cache, counts, stop, 1000 + i) for i in range(tasks))
-            )
+            await asyncio.gather(*workers)
         finally:
             await client.aclose()
 
     asyncio.run(main())
+    report.put((counts.calls, counts.stale, counts.errors))
 
 
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
+def rss_mb(pid: int | str = "self") -> float:
+    with open(f"/proc/{pid}/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
@@ -176,44 +188,50 @@ def main() -> None:
     table, counts = Table(), Counts()
     stop = threading.Event()
     client = cachecow.connect(server.url, timeout=1.0)
-    cache = Sync(client, table, prefix="soak:", ttl=120)
+    cache = Sync(client, table, prefix="soak:")
     workers = [
         threading.Thread(target=thread_worker, args=(cache, counts, stop, i), daemon=True)
         for i in range(args.threads)
     ]
-    workers.append(
-        threading.Thread(
-            target=run_tasks, args=(server.url, table, counts, stop, args.tasks), daemon=True
-        )
-    )
+    spawn = multiprocessing.get_context("spawn")
+    stop_tasks, report = spawn.Event(), spawn.Queue()
+    child = spawn.Process(target=run_tasks, args=(server.url, args.tasks, stop_tasks, report))
     started = time.monotonic()
+    child.start()
     for worker in workers:
         worker.start()
-    print(f"{'s':>5} {'calls':>9} {'RSS MB':>7} {'clients':>7} {'keys':>7} {'used MB':>8} errors")
+    print(
+        f"{'s':>5} {'calls':>9} {'RSS MB':>7} {'tasks MB':>8} {'clients':>7} {'keys':>7} "
+        f"{'used MB':>8} errors"
+    )
     try:
         while time.monotonic() - started < args.minutes * 60:
             time.sleep(args.every)
             info = admin.info()
             print(
                 f"{time.monotonic() - started:5.0f} {counts.calls:9d} {rss_mb():7.1f} "
-                f"{info['connected_clients']:7d} {admin.dbsize():7d} "
-                f"{info['used_memory'] / 2**20:8.1f} {counts.errors or 0}",
+                f"{rss_mb(child.pid or 0):8.1f} {info['connected_clients']:7d} "
+                f"{admin.dbsize():7d} {info['used_memory'] / 2**20:8.1f} {counts.errors or 0}",
                 flush=True,
             )
     finally:
         stop.set()
+        stop_tasks.set()
         for worker in workers:
             worker.join(30)
         client.close()
+        task_calls, task_stale, task_errors = report.get(timeout=60)
+        child.join(30)
     no_ttl = sum(1 for key in admin.scan_iter(count=1000) if admin.pttl(key) == -1)
     print(
-        f"\n{counts.calls} calls in {time.monotonic() - started:.0f} s; "
-        f"stale reads {counts.stale}; errors {counts.errors or 0}; "
-        f"keys {admin.dbsize()}, of which without a TTL {no_ttl}"
+        f"\nthreads: {counts.calls} calls, stale reads {counts.stale}, errors "
+        f"{counts.errors or 0}\ntasks: {task_calls} calls, stale reads {task_stale}, errors "
+        f"{task_errors or 0}\nin {time.monotonic() - started:.0f} s; keys {admin.dbsize()}, "
+        f"of which without a TTL {no_ttl}"
     )
     admin.close()
     server.stop()
-    if counts.stale or no_ttl:
+    if counts.stale or task_stale or no_ttl:
         raise SystemExit(1)
 
 
