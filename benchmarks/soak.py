@@ -227,7 +227,8 @@ def main() -> None:
         f"\nthreads: {counts.calls} calls, stale reads {counts.stale}, errors "
         f"{counts.errors or 0}\ntasks: {task_calls} calls, stale reads {task_stale}, errors "
         f"{task_errors or 0}\nin {time.monotonic() - started:.0f} s; keys {admin.dbsize()}, "
-        f"of which without a TTL {no_ttl}"
+        f"of which without a TTL {no_ttl}; threads' cache: {len(cache._flights.by_key)} "
+        f"flights left, {len(cache._key_memo)} memoised keys"
     )
     admin.close()
     server.stop()
