@@ -29,7 +29,7 @@ from ._client import (
     sentinel_kwargs,
 )
 from ._cluster import async_cluster_execute
-from ._flights import ALONE, RETRY, Failed, Flight
+from ._flights import ALONE, RETRY, AsyncWaiter, Failed, Flight
 from ._protocol import (
     AsyncClock,
     Brief,
@@ -199,12 +199,20 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
     async def get(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> Any:
         """The object whose ``id_field`` is ``id_val``; see :meth:`cachecow.CacheCow.get`."""
         id_field, id_val = self._normalize(cls, id_field, id_val)
+        if not self._joins:  # a reader that never waits for another reads alone
+            flow = self._get_flow(cls, id_field, id_val)
+            return await self._drive(flow, cls, id_field, id_val)
         key = self.get_keys(cls, id_field, id_val)[0]
         # Lead a read of this key, or join the one in flight (see _flights.py).
         me = asyncio.current_task()
-        flight, index = self._flights.join(key, me, asyncio.Event, asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        flight, index = self._flights.join(key, me, AsyncWaiter, loop)
+        deadline = loop.time() + self.wait_timeout
         while index >= 0:
-            await flight.waiter.wait()
+            if not await flight.waiter.wait(max(0.0, deadline - loop.time())):
+                self.metrics.incr("wait_timeouts")  # as a busy reader that waited in vain
+                flow = self._fetch_uncached(cls, id_field, id_val)
+                return await self._drive(flow, cls, id_field, id_val)
             outcome = flight.outcome
             if isinstance(outcome, Failed) or (index < flight.covered and outcome is not RETRY):
                 obj = self._followed(cls, id_field, id_val, outcome)
@@ -212,7 +220,7 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
                     return obj
                 index = -2
                 break
-            flight, index = self._flights.rejoin(flight, key, me, asyncio.Event)
+            flight, index = self._flights.rejoin(flight, key, me, AsyncWaiter)
         if index == -2:  # read alone (see Flights.join)
             return await self._drive(self._get_flow(cls, id_field, id_val), cls, id_field, id_val)
         obj = None
@@ -228,7 +236,7 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
         finally:
             if flight.covered or error is not None:
                 flight.outcome = self._outcome(cls, id_field, id_val, obj, error)
-            waiter = self._flights.land(flight, key, asyncio.Event)
+            waiter = self._flights.land(flight, key, AsyncWaiter)
             if waiter is not None:
                 waiter.set()
 

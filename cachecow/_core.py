@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar, overload
 
@@ -215,12 +216,18 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         raised by ``fetch`` reach the caller unchanged.
         """
         id_field, id_val = self._normalize(cls, id_field, id_val)
+        if not self._joins:  # a reader that never waits for another reads alone
+            return self._drive(self._get_flow(cls, id_field, id_val), cls, id_field, id_val)
         key = self.get_keys(cls, id_field, id_val)[0]
         # Lead a read of this key, or join the one in flight (see _flights.py).
         me = threading.get_ident()
         flight, index = self._flights.join(key, me, threading.Event)
+        deadline = time.monotonic() + self.wait_timeout
         while index >= 0:
-            flight.waiter.wait()
+            if not flight.waiter.wait(max(0.0, deadline - time.monotonic())):
+                self.metrics.incr("wait_timeouts")  # as a busy reader that waited in vain
+                flow = self._fetch_uncached(cls, id_field, id_val)
+                return self._drive(flow, cls, id_field, id_val)
             outcome = flight.outcome
             if isinstance(outcome, Failed) or (index < flight.covered and outcome is not RETRY):
                 obj = self._followed(cls, id_field, id_val, outcome)

@@ -18,17 +18,22 @@ An error is no stale answer: every follower, however late, raises the error the 
 raised (a failed ``fetch``, or Redis failing: under a stalled Redis a follower then waits no
 longer than the leader's own call, not for a second one).
 
+A follower waits as a busy reader waits for a lease: ``wait_timeout`` at most, then it fetches
+without caching (two fetches that each read the other's key through the cache would otherwise
+wait for each other forever). Readers that may not wait (``busy="fetch"``) never join.
+
 The flights are per cache instance, and only for ``get``; ``get_many`` reads alone.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ALONE", "RETRY", "Failed", "Flight", "Flights", "Missing", "Shared"]
+__all__ = ["ALONE", "RETRY", "AsyncWaiter", "Failed", "Flight", "Flights", "Missing", "Shared"]
 
 
 class Flight:
@@ -107,6 +112,42 @@ class Flights:
                 flight.next = Flight(flight.loop, None, joined=late, waiter=waiter())
                 self.by_key[key] = flight.next
             return flight.waiter
+
+
+class AsyncWaiter:
+    """What asyncio followers wait on: an ``asyncio.Event`` whose :meth:`wait` takes a timeout
+    without a task per waiter (``asyncio.wait_for`` makes one: 5,000 of them per flight)."""
+
+    __slots__ = ("_futures", "_set")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._futures: list[asyncio.Future[bool]] = []
+
+    def set(self) -> None:
+        self._set = True
+        for future in self._futures:
+            if not future.done():
+                future.set_result(True)
+        self._futures.clear()
+
+    async def wait(self, timeout: float) -> bool:
+        """Whether it was set within ``timeout`` seconds."""
+        if self._set:
+            return True
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        self._futures.append(future)
+        timer = loop.call_later(timeout, _expire, future)
+        try:
+            return await future
+        finally:
+            timer.cancel()
+
+
+def _expire(future: asyncio.Future[bool]) -> None:
+    if not future.done():
+        future.set_result(False)
 
 
 @dataclass(frozen=True, slots=True)

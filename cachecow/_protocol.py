@@ -731,6 +731,12 @@ class CacheCowBase(Generic[ClientT]):
 
     # -- single flight (see _flights.py) ---------------------------------------------------------
 
+    @property
+    def _joins(self) -> bool:
+        """Whether a get may join the one in flight: only a reader that may wait for another
+        (busy "wait"), and for ``wait_timeout`` at most."""
+        return self.busy is BusyPolicy.WAIT and self.wait_timeout > 0
+
     def _outcome(
         self, cls: Any, id_field: Field, id_val: Any, obj: Any, error: BaseException | None
     ) -> Any:

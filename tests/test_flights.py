@@ -161,3 +161,61 @@ def test_a_late_follower_takes_the_leaders_error_without_a_read_of_its_own(
     assert [str(e) for e in errors] == ["database down"] * 2
     assert calls == [5]
     assert cache._flights.by_key == {}
+
+
+def test_two_fetches_reading_each_others_key_do_not_wait_forever(
+    redis_client: redis.Redis,
+) -> None:
+    """Thread A leads key 1 and its fetch reads key 2; thread B leads key 2 and its fetch reads
+    key 1. Each joins the other's read: a follower waits ``wait_timeout`` at most, then
+    fetches without caching, as a busy reader does; both reads end."""
+    both_fetching = threading.Barrier(2)
+    nested = threading.local()
+
+    class Crossed(CacheCow):
+        def fetch(self, cls: Any, id_field: Any, id_val: Any) -> Any:
+            if getattr(nested, "depth", 0):
+                return {"id": id_val}
+            nested.depth = 1
+            try:
+                both_fetching.wait(10)  # both lead their key now
+                other = self.get(cls, id_field, 3 - id_val)
+            finally:
+                nested.depth = 0
+            return {"id": id_val, "other": other["id"]}
+
+    cache = Crossed(redis_client, wait_timeout=0.2)
+    results: dict[int, Any] = {}
+
+    def read(key: int) -> None:
+        results[key] = cache.get("row", "id", key)
+
+    threads = [threading.Thread(target=read, args=(key,)) for key in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert not any(thread.is_alive() for thread in threads), "the two reads wait for each other"
+    assert results == {1: {"id": 1, "other": 2}, 2: {"id": 2, "other": 1}}
+    assert cache.metrics.snapshot().wait_timeouts == 2
+
+
+def test_a_reader_that_never_waits_never_joins(redis_client: redis.Redis) -> None:
+    """Under busy="fetch" a reader never waits for another: no single flight either."""
+    started, go = threading.Event(), threading.Event()
+
+    class Slow(CacheCow):
+        def fetch(self, cls: Any, id_field: Any, id_val: Any) -> Any:
+            if not started.is_set():
+                started.set()
+                go.wait(10)
+            return {"id": id_val}
+
+    cache = Slow(redis_client, busy="fetch")
+    leader = threading.Thread(target=cache.get, args=("row", "id", 4))
+    leader.start()
+    started.wait(10)
+    assert cache.get("row", "id", 4) == {"id": 4}  # fetched at once, uncached
+    go.set()
+    leader.join(10)
+    assert cache.metrics.snapshot().joined == 0
