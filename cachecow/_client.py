@@ -91,6 +91,12 @@ class ClusterBlockingPool(BlockingConnectionPool):
             return super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
         except MaxConnectionsError:
             raise
+        except TypeError as exc:
+            # The cluster client disconnects a node's connections, those in use too, when it
+            # finds the node failed (a failover, a moved slot); one disconnected between the
+            # checkout's connect() and its readiness poll makes redis-py poll None ("argument
+            # must be an int, or have a fileno() method"). A dropped connection, to the caller.
+            raise RedisConnectionError(f"connection closed during checkout: {exc}") from exc
         except RedisConnectionError as exc:
             if str(exc) != "No connection available.":  # a connection that failed to connect
                 raise

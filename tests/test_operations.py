@@ -23,6 +23,7 @@ import redis.asyncio as aredis
 
 import cachecow
 from cachecow import AsyncCacheCow, CacheCow, CacheUnavailable
+from cachecow._client import ClusterBlockingPool
 from cachecow.testing.server import (
     RedisClusterServers,
     RedisSentinelGroup,
@@ -433,3 +434,26 @@ def test_2000_tasks_share_one_async_cluster_client(
     errors = Counter(type(r).__name__ for r in results if isinstance(r, BaseException))
     assert errors == Counter()
     assert results == [{"id": n % 700} for n in range(tasks_n)]
+
+
+def test_a_cluster_connection_closed_during_checkout_is_a_connection_error(
+    own_redis_server: RedisServer,
+) -> None:
+    """redis-py's cluster client disconnects a failed node's connections, those in use too; one
+    closed between the checkout's connect() and its readiness poll made redis-py poll ``None``
+    and raise TypeError, which the fault suite saw under failovers and resharding. The cluster
+    pool turns it into the dropped connection it is (the cluster client retries those)."""
+    pool = ClusterBlockingPool(port=own_redis_server.port, max_connections=2, timeout=0.5)
+    connection = pool.get_connection()
+    pool.release(connection)
+
+    def closed_meanwhile(timeout: float = 0) -> bool:
+        # another thread's disconnect, caught halfway: the parser's socket is gone already,
+        # its reader not yet
+        connection._parser._sock = None
+        return bool(connection._parser.can_read(timeout))
+
+    connection.can_read = closed_meanwhile  # type: ignore[method-assign]
+    with pytest.raises(redis.ConnectionError, match="closed during checkout"):
+        pool.get_connection()
+    pool.disconnect()
