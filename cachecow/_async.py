@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, cast, overload
 
 import redis.asyncio as aredis
@@ -29,7 +29,8 @@ from ._client import (
     sentinel_kwargs,
 )
 from ._cluster import async_cluster_execute
-from ._flights import ALONE, RETRY, AsyncWaiter, Failed, Flight
+from ._core import item_args
+from ._flights import ALONE, RETRY, AsyncWaiter, Flight
 from ._protocol import (
     AsyncClock,
     Brief,
@@ -146,6 +147,8 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
     also have ``async def async_sleep(seconds)`` (:class:`~cachecow.AsyncClock`).
     """
 
+    _waiter = AsyncWaiter
+
     def _check_client(self, redis: aredis.Redis) -> None:
         check_client(redis, is_async=True)
         self._cluster = isinstance(redis, AsyncRedisCluster)
@@ -199,46 +202,36 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
     async def get(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> Any:
         """The object whose ``id_field`` is ``id_val``; see :meth:`cachecow.CacheCow.get`."""
         id_field, id_val = self._normalize(cls, id_field, id_val)
+        lookup = (cls, id_field, id_val)
+        keys = self.get_keys(*lookup)
         if not self._joins:  # a reader that never waits for another reads alone
-            flow = self._get_flow(cls, id_field, id_val)
-            return await self._drive(flow, cls, id_field, id_val)
-        key = self.get_keys(cls, id_field, id_val)[0]
+            return await self._drive(self._get_flow(*lookup, keys), *lookup)
         # Lead a read of this key, or join the one in flight (see _flights.py).
         me = asyncio.current_task()
         loop = asyncio.get_running_loop()
-        flight, index = self._flights.join(key, me, AsyncWaiter, loop)
+        flight, index = self._flights.join(keys[0], me, loop)
         deadline = loop.time() + self.wait_timeout
         while index >= 0:
             if not await flight.waiter.wait(max(0.0, deadline - loop.time())):
                 self.metrics.incr("wait_timeouts")  # as a busy reader that waited in vain
-                flow = self._fetch_uncached(cls, id_field, id_val)
-                return await self._drive(flow, cls, id_field, id_val)
-            outcome = flight.outcome
-            if isinstance(outcome, Failed) or (index < flight.covered and outcome is not RETRY):
-                obj = self._followed(cls, id_field, id_val, outcome)
-                if obj is not ALONE:
-                    return obj
-                index = -2
-                break
-            flight, index = self._flights.rejoin(flight, key, me, AsyncWaiter)
+                return await self._drive(self._fetch_uncached(*lookup), *lookup)
+            obj = self._answer(lookup, flight, index)
+            if obj is ALONE:
+                return await self._drive(self._get_flow(*lookup), *lookup)
+            if obj is not RETRY:
+                return obj
+            flight, index = self._flights.rejoin(flight, me)
         if index == -2:  # read alone (see Flights.join)
-            return await self._drive(self._get_flow(cls, id_field, id_val), cls, id_field, id_val)
-        obj = None
-        error: BaseException | None = None
+            return await self._drive(self._get_flow(*lookup, keys), *lookup)
+        obj = error = None
         try:
-            obj = await self._drive(
-                self._get_flow(cls, id_field, id_val), cls, id_field, id_val, flight=flight
-            )
+            obj = await self._drive(self._get_flow(*lookup, keys), *lookup, flight=flight)
             return obj
         except BaseException as exc:
             error = exc
             raise
         finally:
-            if flight.covered or error is not None:
-                flight.outcome = self._outcome(cls, id_field, id_val, obj, error)
-            waiter = self._flights.land(flight, key, AsyncWaiter)
-            if waiter is not None:
-                waiter.set()
+            self._land(flight, lookup, obj, error)
 
     async def peek(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> Any:
         """The cached object of a lookup, or ``None``; see :meth:`cachecow.CacheCow.peek`."""
@@ -355,19 +348,22 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
                 result = None
                 error = exc if isinstance(op, Fetch | FetchMany) else as_redis_error(exc)
 
-    async def _gated(self, call: Coroutine[Any, Any, Any]) -> Any:
-        """Await a Redis call; on a cluster, once fewer than ``max_connections`` calls are
-        under way (waiting at most the socket timeout, then ``MaxConnectionsError``)."""
-        gate = self._gate
-        if gate is None:
-            return await call
+    def _gated(self, call: Coroutine[Any, Any, Any]) -> Awaitable[Any]:
+        """A Redis call to await; on a cluster, once fewer than ``max_connections`` calls are
+        under way (waiting at most the socket timeout, then ``MaxConnectionsError``). Off a
+        cluster, the call itself: no coroutine around it on the hot path."""
+        return call if self._gate is None else self._through_gate(self._gate, call)
+
+    async def _through_gate(self, gate: asyncio.Semaphore, call: Coroutine[Any, Any, Any]) -> Any:
         try:
             await asyncio.wait_for(gate.acquire(), self._gate_timeout)
-        except TimeoutError:
+        except BaseException as exc:  # never sent (a timeout, a cancellation): close it unrun
             call.close()
-            raise MaxConnectionsError(
-                f"no cluster connection freed up within {self._gate_timeout}s"
-            ) from None
+            if isinstance(exc, TimeoutError):
+                raise MaxConnectionsError(
+                    f"no cluster connection freed up within {self._gate_timeout}s"
+                ) from None
+            raise
         try:
             return await call
         finally:
@@ -407,13 +403,7 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
             return reply
 
     def _item_args(self, item: Script | Command) -> tuple[Any, ...]:
-        """A batch item's command: a script by EVALSHA (or EVAL, see ``_eval_only``)."""
-        if isinstance(item, Script):
-            call = self._calls[item.name]
-            if self._eval_only:
-                return call.eval_args(item.keys, item.args)
-            return call.args(item.keys, item.args)
-        return item.args
+        return item_args(self._calls, item, eval_only=self._eval_only)
 
     async def _pipeline(self, op: Pipeline) -> list[Any]:
         if self._cluster:

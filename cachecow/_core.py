@@ -15,6 +15,7 @@ from redis.exceptions import NoPermissionError, NoScriptError
 from ._client import (
     DEFAULT_MAX_CONNECTIONS,
     ClusterBlockingPool,
+    ScriptCall,
     bounded_cluster_kwargs,
     bounded_kwargs,
     check_client,
@@ -23,7 +24,7 @@ from ._client import (
     sentinel_kwargs,
 )
 from ._cluster import cluster_execute
-from ._flights import ALONE, RETRY, Failed, Flight
+from ._flights import ALONE, RETRY, Flight
 from ._protocol import (
     Brief,
     CacheCowBase,
@@ -49,6 +50,18 @@ T = TypeVar("T")
 
 
 _UNSENT: Any = object()  # a batch item with no reply yet
+
+
+def item_args(
+    calls: dict[str, ScriptCall], item: Script | Command, *, eval_only: bool
+) -> tuple[Any, ...]:
+    """A batch item's command: a script by EVALSHA, or by EVAL where the ACL refuses EVALSHA."""
+    if isinstance(item, Script):
+        call = calls[item.name]
+        return (
+            call.eval_args(item.keys, item.args) if eval_only else call.args(item.keys, item.args)
+        )
+    return item.args
 
 
 def connect(
@@ -216,42 +229,35 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         raised by ``fetch`` reach the caller unchanged.
         """
         id_field, id_val = self._normalize(cls, id_field, id_val)
+        lookup = (cls, id_field, id_val)
+        keys = self.get_keys(*lookup)
         if not self._joins:  # a reader that never waits for another reads alone
-            return self._drive(self._get_flow(cls, id_field, id_val), cls, id_field, id_val)
-        key = self.get_keys(cls, id_field, id_val)[0]
+            return self._drive(self._get_flow(*lookup, keys), *lookup)
         # Lead a read of this key, or join the one in flight (see _flights.py).
         me = threading.get_ident()
-        flight, index = self._flights.join(key, me, threading.Event)
+        flight, index = self._flights.join(keys[0], me)
         deadline = time.monotonic() + self.wait_timeout
         while index >= 0:
             if not flight.waiter.wait(max(0.0, deadline - time.monotonic())):
                 self.metrics.incr("wait_timeouts")  # as a busy reader that waited in vain
-                flow = self._fetch_uncached(cls, id_field, id_val)
-                return self._drive(flow, cls, id_field, id_val)
-            outcome = flight.outcome
-            if isinstance(outcome, Failed) or (index < flight.covered and outcome is not RETRY):
-                obj = self._followed(cls, id_field, id_val, outcome)
-                if obj is not ALONE:
-                    return obj
-                index = -2
-                break
-            flight, index = self._flights.rejoin(flight, key, me, threading.Event)
+                return self._drive(self._fetch_uncached(*lookup), *lookup)
+            obj = self._answer(lookup, flight, index)
+            if obj is ALONE:
+                return self._drive(self._get_flow(*lookup), *lookup)
+            if obj is not RETRY:
+                return obj
+            flight, index = self._flights.rejoin(flight, me)
         if index == -2:  # read alone (see Flights.join)
-            return self._drive(self._get_flow(cls, id_field, id_val), cls, id_field, id_val)
-        obj = None
-        error: BaseException | None = None
+            return self._drive(self._get_flow(*lookup, keys), *lookup)
+        obj = error = None
         try:
-            obj = self._drive(self._get_flow(cls, id_field, id_val), cls, id_field, id_val, flight)
+            obj = self._drive(self._get_flow(*lookup, keys), *lookup, flight)
             return obj
         except BaseException as exc:
             error = exc
             raise
         finally:
-            if flight.covered or error is not None:
-                flight.outcome = self._outcome(cls, id_field, id_val, obj, error)
-            waiter = self._flights.land(flight, key, threading.Event)
-            if waiter is not None:
-                waiter.set()
+            self._land(flight, lookup, obj, error)
 
     def peek(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> Any:
         """The cached object of a lookup, or ``None`` when it is not cached: never fetches.
@@ -489,10 +495,4 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         return replies
 
     def _item_args(self, item: Script | Command) -> tuple[Any, ...]:
-        """A batch item's command: a script by EVALSHA (or EVAL, see ``_eval_only``)."""
-        if isinstance(item, Script):
-            call = self._calls[item.name]
-            if self._eval_only:
-                return call.eval_args(item.keys, item.args)
-            return call.args(item.keys, item.args)
-        return item.args
+        return item_args(self._calls, item, eval_only=self._eval_only)

@@ -39,69 +39,68 @@ __all__ = ["ALONE", "RETRY", "AsyncWaiter", "Failed", "Flight", "Flights", "Miss
 class Flight:
     """One leader's read of one key, and who joined it."""
 
-    __slots__ = ("covered", "joined", "leader", "loop", "next", "outcome", "waiter")
+    __slots__ = ("covered", "joined", "key", "leader", "loop", "next", "outcome", "waiter")
 
-    def __init__(self, loop: Any, leader: Any, *, joined: int = 0, waiter: Any = None) -> None:
+    def __init__(
+        self, key: str, loop: Any, leader: Any, *, joined: int = 0, waiter: Any = None
+    ) -> None:
+        self.key = key
         self.loop = loop  # the event loop of an asyncio flight (only its tasks may join)
         self.leader = leader  # the leading thread's id or task; None for a flight opened for
         #                       late followers, until the first of them (or a newcomer) leads
         self.joined = joined  # followers so far; follower n is the n-th to join (from 0)
         self.covered = 0  # the followers that joined before the leader's last deciding call
         self.outcome: Any = RETRY  # set before the waiter is set
-        self.waiter = waiter  # an Event, made when the first follower joins
+        self.waiter = waiter  # made when the first follower joins
         self.next: Flight | None = None  # the flight opened for the followers that came late
 
 
 class Flights:
-    """The flights of one cache instance, by value key."""
+    """The flights of one cache instance, by value key; followers wait on a ``waiter()`` (a
+    ``threading.Event``, or an :class:`AsyncWaiter`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, waiter: Callable[[], Any]) -> None:
         self.by_key: dict[str, Flight] = {}
+        self.waiter = waiter
         self.lock = threading.Lock()  # never held across a call or an await
 
-    def join(
-        self, key: str, me: Any, waiter: Callable[[], Any], loop: Any = None
-    ) -> tuple[Flight, int]:
+    def join(self, key: str, me: Any, loop: Any = None) -> tuple[Flight, int]:
         """The flight of ``key`` and the place in it of reader ``me`` (a thread's id, or a
         task): -1 to lead it, -2 to read alone (a flight of another event loop, or one that
         ``me`` leads already: a ``fetch`` reading its own key), else its index as a follower."""
         with self.lock:
             flight = self.by_key.get(key)
             if flight is None:
-                flight = self.by_key[key] = Flight(loop, me)
+                flight = self.by_key[key] = Flight(key, loop, me)
                 return flight, -1
             if flight.loop is not loop or flight.leader == me:
                 return flight, -2
-            return self._place(flight, me, waiter)
+            return self._place(flight, me)
 
-    def rejoin(
-        self, old: Flight, key: str, me: Any, waiter: Callable[[], Any]
-    ) -> tuple[Flight, int]:
+    def rejoin(self, old: Flight, me: Any) -> tuple[Flight, int]:
         """A follower that came too late for ``old``: the flight opened for it, or a new one."""
         if old.next is None:  # the leader was interrupted (or opened none): start over
-            return self.join(key, me, waiter, old.loop)
+            return self.join(old.key, me, old.loop)
         with self.lock:
-            return self._place(old.next, me, waiter, joined=True)
+            return self._place(old.next, me, joined=True)
 
-    def _place(
-        self, flight: Flight, me: Any, waiter: Callable[[], Any], joined: bool = False
-    ) -> tuple[Flight, int]:
+    def _place(self, flight: Flight, me: Any, joined: bool = False) -> tuple[Flight, int]:
         if flight.leader is None:
             flight.leader = me
             return flight, -1
         if flight.waiter is None:
-            flight.waiter = waiter()
+            flight.waiter = self.waiter()
         if joined:
             return flight, 0  # counted when the flight was opened, before any of its calls
         flight.joined += 1
         return flight, flight.joined - 1
 
-    def land(self, flight: Flight, key: str, waiter: Callable[[], Any]) -> Any:
+    def land(self, flight: Flight) -> Any:
         """The leader's read has ended (its outcome set): remove its flight, open the next one
         for the followers that cannot take the outcome, and return the waiter to set (``None``
         if nobody joined)."""
         with self.lock:
-            del self.by_key[key]
+            del self.by_key[flight.key]
             if flight.outcome is RETRY:
                 late = flight.joined
             elif isinstance(flight.outcome, Failed):
@@ -109,8 +108,10 @@ class Flights:
             else:
                 late = flight.joined - flight.covered
             if late > 0:
-                flight.next = Flight(flight.loop, None, joined=late, waiter=waiter())
-                self.by_key[key] = flight.next
+                flight.next = Flight(
+                    flight.key, flight.loop, None, joined=late, waiter=self.waiter()
+                )
+                self.by_key[flight.key] = flight.next
             return flight.waiter
 
 
@@ -180,7 +181,7 @@ Missing = _Marker("Missing")
 
 RETRY = _Marker("RETRY")
 """Nothing to take: the leader was interrupted (a cancellation, ``KeyboardInterrupt``) or took
-no deciding call; its followers read again."""
+no deciding call, or the follower came too late; it reads again, in the next flight."""
 
 ALONE = _Marker("ALONE")
 """The leader's object cannot be shared (it does not serialize): each follower reads alone."""

@@ -18,6 +18,7 @@ import logging
 import math
 import random
 import secrets
+import threading
 import time
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from redis.crc import key_slot
 from redis.exceptions import ClusterError, RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ._flights import ALONE, RETRY, Failed, Flights, Missing, Shared
+from ._flights import ALONE, RETRY, Failed, Flight, Flights, Missing, Shared
 from .exceptions import (
     CacheUnavailable,
     ConfigurationError,
@@ -345,6 +346,9 @@ class CacheCowBase(Generic[ClientT]):
     #: never keeps a large lookup value alive.
     key_memo_size: int = 8192
 
+    #: What a get that joined another's waits on (see _flights.py).
+    _waiter: Callable[[], Any] = threading.Event
+
     #: How long the first poll of a waiting reader waits, and the most any poll waits.
     wait_first_delay: float = 0.002
     wait_max_delay: float = 0.05
@@ -424,9 +428,8 @@ class CacheCowBase(Generic[ClientT]):
         self._tombstone_ttl_ms = max(1, int(self.tombstone_ttl * 1000))
         self._random = random.Random()
         self._last_error_log: float | None = None
-        self._warned_uncacheable: set[tuple[str, Field]] = set()
-        self._warned_oversized: set[tuple[str, Field]] = set()
-        self._flights = Flights()  # the gets in flight (single flight, see _flights.py)
+        self._warned: set[tuple[str, str, Field]] = set()  # (why, model, field) logged
+        self._flights = Flights(self._waiter)  # the gets in flight (see _flights.py)
 
     def _check_client(self, redis: ClientT) -> None:
         """Refuse a client this class cannot drive (the client classes override it)."""
@@ -582,34 +585,21 @@ class CacheCowBase(Generic[ClientT]):
                 self.fail_open_log_interval,
             )
 
-    def _warn_uncacheable(self, cls: Any, id_field: Field, id_val: Any) -> None:
+    def _warn_once(self, why: str, cls: Any, id_field: Field, id_val: Any, advice: str) -> None:
+        """Log that a fetched object is returned but not cached, once per reason, model and
+        field."""
         label = self.model_label(cls)
-        if (label, id_field) in self._warned_uncacheable:
+        if (why, label, id_field) in self._warned:
             return
-        self._warned_uncacheable.add((label, id_field))
+        self._warned.add((why, label, id_field))
         logger.warning(
-            "cachecow: fetch(%s, %r, %r) returned an object that fails verify(); it is returned "
-            "but never cached. Pass lookup values in the field's own type (5, not '5'), or "
-            "override verify(). Logged once per model and field.",
+            "cachecow: fetch(%s, %r, %r) returned an object that %s; it is returned but never "
+            "cached. %s Logged once per model and field.",
             label,
             id_field,
             id_val,
-        )
-
-    def _warn_oversized(self, cls: Any, id_field: Field, id_val: Any, size: int) -> None:
-        label = self.model_label(cls)
-        if (label, id_field) in self._warned_oversized:
-            return
-        self._warned_oversized.add((label, id_field))
-        logger.warning(
-            "cachecow: fetch(%s, %r, %r) returned an object of %d serialized bytes, over "
-            "max_value_bytes=%d; it is returned but not cached. Raise max_value_bytes (None: "
-            "no limit) if Redis should hold such values. Logged once per model and field.",
-            label,
-            id_field,
-            id_val,
-            size,
-            self.max_value_bytes,
+            why,
+            advice,
         )
 
     # -- lookups of the public calls ----------------------------------------------------------
@@ -710,12 +700,24 @@ class CacheCowBase(Generic[ClientT]):
             return TOMBSTONE, self._tombstone_ttl_ms
         if not self._verified(cls, id_field, id_val, obj):
             self.metrics.incr("uncacheable")
-            self._warn_uncacheable(cls, id_field, id_val)
+            self._warn_once(
+                "fails verify()",
+                cls,
+                id_field,
+                id_val,
+                "Pass lookup values in the field's own type (5, not '5'), or override verify().",
+            )
             return None
         payload = self.serialize(obj)
         if self.max_value_bytes is not None and len(payload) > self.max_value_bytes:
             self.metrics.incr("oversized_values")
-            self._warn_oversized(cls, id_field, id_val, len(payload))
+            self._warn_once(
+                f"serializes to over max_value_bytes={self.max_value_bytes}",
+                cls,
+                id_field,
+                id_val,
+                "Raise max_value_bytes (None: no limit) if Redis should hold such values.",
+            )
             return None
         return payload, jittered_ms(self.ttl, self.ttl_jitter, self._random.random())
 
@@ -754,21 +756,36 @@ class CacheCowBase(Generic[ClientT]):
             return Missing
         return Failed(error)
 
-    def _followed(self, cls: Any, id_field: Field, id_val: Any, outcome: Any) -> Any:
-        """A follower's answer from its leader's outcome (:data:`ALONE` if it must read alone)."""
+    def _answer(self, lookup: tuple[Any, Field, Any], flight: Flight, index: int) -> Any:
+        """A woken follower's answer from its leader's outcome: its own object (or the not-found
+        exception, or the leader's error, raised), :data:`RETRY` to read in the next flight,
+        :data:`ALONE` to read alone."""
+        outcome = flight.outcome
+        if isinstance(outcome, Failed):
+            raise outcome.error
+        if index >= flight.covered or outcome is RETRY:
+            return RETRY
         if isinstance(outcome, Shared):
             try:
-                obj = self.deserialize(cls, outcome.payload)
+                obj = self.deserialize(lookup[0], outcome.payload)
             except Exception:
                 return ALONE
             self.metrics.incr("joined")
             return obj
         if outcome is Missing:
             self.metrics.incr("joined")
-            raise self.not_found(cls, id_field, id_val)
-        if isinstance(outcome, Failed):
-            raise outcome.error
+            raise self.not_found(*lookup)
         return ALONE
+
+    def _land(
+        self, flight: Flight, lookup: tuple[Any, Field, Any], obj: Any, error: BaseException | None
+    ) -> None:
+        """The leader's read has ended: leave its outcome to its followers and wake them."""
+        if flight.covered or error is not None:
+            flight.outcome = self._outcome(*lookup, obj, error)
+        waiter = self._flights.land(flight)
+        if waiter is not None:
+            waiter.set()
 
     def _fetch_uncached(self, cls: Any, id_field: Field, id_val: Any) -> Flow:
         self.metrics.incr("fetches")
@@ -780,10 +797,14 @@ class CacheCowBase(Generic[ClientT]):
 
     # -- flows: one lookup ----------------------------------------------------------------------
 
-    def _get_flow(self, cls: Any, id_field: Field, id_val: Any) -> Flow:
-        """Read a (normalized) lookup: the protocol of DESIGN.md section 1."""
-        value_key, flag_key = self.get_keys(cls, id_field, id_val)
-        keys = (value_key, flag_key)
+    def _get_flow(
+        self, cls: Any, id_field: Field, id_val: Any, keys: tuple[str, str] | None = None
+    ) -> Flow:
+        """Read a (normalized) lookup, whose ``keys`` the caller may have built already: the
+        protocol of DESIGN.md section 1."""
+        if keys is None:
+            keys = self.get_keys(cls, id_field, id_val)
+        flag_key = keys[1]
         token = new_token()
         lease_args: tuple[Any, ...] = (token, self._flag_ttl_ms)
         deadline: float | None = None
