@@ -26,7 +26,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     terminalreporter.write_line(
         "ops: calls made; reads failed / inv.err: errors raised to callers (invalidations are "
         "retried until they succeed); stale: reads older than an invalidation that had returned; "
-        "after: stale entries once recovered; worst ms: slowest single call"
+        "after: stale entries once recovered; worst ms: slowest single call; "
+        "stall ms: longest the test process stood still (allowed on top of the bound)"
     )
     terminalreporter.write_line(Report.header())
     for report in REPORTS:
