@@ -37,7 +37,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 # too) on keys under its prefix; no SCRIPT, so scripts go by EVALSHA and EVAL.
 ACL_RULES = (
     "on resetkeys ~cachecow:* resetchannels -@all "
-    "+get +mget +set +del +pttl +pexpire +evalsha +eval"
+    "+get +mget +set +del +exists +pttl +pexpire +evalsha +eval"
 )
 
 

@@ -11,17 +11,16 @@
 --   a bulk string - the value key's bytes (a hit; a tombstone is a hit too)
 --   1             - the lease is now held by ARGV[1] (or already was)
 --   0             - busy: another reader holds the lease
---   2             - as 1, after replacing foreign data: the flag key held another type than
---                   a string (a hash, a list...); see get_or_lease.lua
---   3             - as 0, after repairing foreign data: the flag had no time to live and was
---                   given flag_ttl
+--   2             - as 1, after removing foreign data: the value or flag key held another
+--                   type than a string (a hash, a list...); see get_or_lease.lua
+--   3             - as 0, after repairing foreign data: a value key of another type was
+--                   deleted, or the flag had no time to live and was given flag_ttl
 --
 -- NOTE: any number of lookups: MGET is sent in chunks of CHUNK keys, because Lua's unpack
 -- fails ("too many results to unpack") beyond about 8,000 values.
 -- NOTE: a value key of another type (foreign data) reads as a miss here (MGET answers nil for
--- it, where GET raises WRONGTYPE): the lease is taken as for any miss, and commit_many.lua's
--- SET replaces it. It is neither looked for nor counted, so a batch of misses costs no extra
--- command per key; get_or_lease.lua deletes and counts it.
+-- it, where GET raises WRONGTYPE): each miss is checked with EXISTS (one O(1) command per miss,
+-- none per hit), and such a key is deleted and reported, as get_or_lease.lua does.
 local CHUNK = 4000
 local token = ARGV[1]
 local flag_ttl_ms = ARGV[2]
@@ -55,20 +54,33 @@ for n = 1, #value_keys do
     end
     if value then
         replies[n] = value
-    elseif redis.call('SET', flag_key, token, 'NX', 'PX', flag_ttl_ms) then
-        replies[n] = 1
     else
-        local flag = redis.pcall('GET', flag_key)  -- NOTE: pcall: WRONGTYPE is foreign data
-        if flag == token then
-            replies[n] = 1  -- NOTE: sent again after a lost reply (get_or_lease.lua)
-        elseif type(flag) == 'table' then
-            redis.call('SET', flag_key, token, 'PX', flag_ttl_ms)  -- no reader's lease: replace it
-            replies[n] = 2
-        elseif redis.call('PTTL', flag_key) == -1 then
-            redis.call('PEXPIRE', flag_key, flag_ttl_ms)  -- NOTE: every lease has a time to live
-            replies[n] = 3
+        local repaired = false
+        if redis.call('EXISTS', value_key) == 1 then  -- not a string: foreign data
+            redis.call('DEL', value_key)
+            repaired = true
+        end
+        local leased
+        if redis.call('SET', flag_key, token, 'NX', 'PX', flag_ttl_ms) then
+            leased = true
         else
-            replies[n] = 0
+            local flag = redis.pcall('GET', flag_key)  -- NOTE: pcall: WRONGTYPE is foreign data
+            if flag == token then
+                leased = true  -- NOTE: sent again after a lost reply (get_or_lease.lua)
+            elseif type(flag) == 'table' then
+                redis.call('SET', flag_key, token, 'PX', flag_ttl_ms)  -- no reader's lease: replace it
+                leased, repaired = true, true
+            elseif redis.call('PTTL', flag_key) == -1 then
+                redis.call('PEXPIRE', flag_key, flag_ttl_ms)  -- NOTE: every lease has a time to live
+                leased, repaired = false, true
+            else
+                leased = false
+            end
+        end
+        if leased then
+            replies[n] = repaired and 2 or 1
+        else
+            replies[n] = repaired and 3 or 0
         end
     end
 end
