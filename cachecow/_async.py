@@ -30,7 +30,7 @@ from ._client import (
 )
 from ._cluster import async_cluster_execute
 from ._core import item_args
-from ._flights import ALONE, RETRY, AsyncWaiter, Flight
+from ._flights import ALONE, RETRY, AsyncWaiter
 from ._protocol import (
     AsyncClock,
     Brief,
@@ -43,9 +43,9 @@ from ._protocol import (
     Replicated,
     Script,
     Sleep,
+    Wait,
     all_answered,
     as_redis_error,
-    deciding,
 )
 from ._sentinel import AsyncBlockingSentinelPool, AsyncSentinel, AsyncSentinelMaster
 from .exceptions import ConfigurationError, NotFound
@@ -225,7 +225,7 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
             return await self._drive(self._get_flow(*lookup, keys), *lookup)
         obj = error = None
         try:
-            obj = await self._drive(self._get_flow(*lookup, keys), *lookup, flight=flight)
+            obj = await self._drive(self._get_flow(*lookup, keys, flight), *lookup)
             return obj
         except BaseException as exc:
             error = exc
@@ -243,8 +243,9 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
     ) -> list[Any]:
         """The objects of many lookups, in order; see :meth:`cachecow.CacheCow.get_many`."""
         field, values = self._normalize_many(cls, id_field, id_vals)
+        me, loop = asyncio.current_task(), asyncio.get_running_loop()
         result: list[Any] = await self._drive(
-            self._get_many_flow(cls, field, values), cls, field, None
+            self._read_many(cls, field, values, me, loop), cls, field, None
         )
         return result
 
@@ -293,10 +294,8 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
         id_val: Any,
         *,
         initialize: bool = True,
-        flight: Flight | None = None,
     ) -> Any:
-        """Perform each operation a flow yields, awaiting it, until the flow returns or raises;
-        for the leader of a ``flight``, mark who joined before each deciding call."""
+        """Perform each operation a flow yields, awaiting it, until the flow returns or raises."""
         result: Any = None
         error: BaseException | None = None
         unreachable: BaseException | None = None
@@ -314,8 +313,6 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
             except StopIteration as stop:
                 return stop.value
             error = None
-            if flight is not None and deciding(op):
-                flight.covered = flight.joined
             if unreachable is not None:  # the flow's first operation fails with it
                 error, unreachable = unreachable, None
                 continue
@@ -339,6 +336,8 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
                 elif isinstance(op, Sleep):
                     await self._async_clock.async_sleep(op.seconds)
                     result = None
+                elif isinstance(op, Wait):
+                    result = await op.waiter.wait(op.seconds)
                 elif isinstance(op, Brief):
                     await self._brief(op)
                     result = None

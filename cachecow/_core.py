@@ -24,7 +24,7 @@ from ._client import (
     sentinel_kwargs,
 )
 from ._cluster import cluster_execute
-from ._flights import ALONE, RETRY, Flight
+from ._flights import ALONE, RETRY
 from ._protocol import (
     Brief,
     CacheCowBase,
@@ -36,9 +36,9 @@ from ._protocol import (
     Replicated,
     Script,
     Sleep,
+    Wait,
     all_answered,
     as_redis_error,
-    deciding,
     refuse_awaitable,
 )
 from ._sentinel import BlockingSentinelPool, Sentinel, SentinelMaster, mend_sentinel_pool
@@ -251,7 +251,7 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
             return self._drive(self._get_flow(*lookup, keys), *lookup)
         obj = error = None
         try:
-            obj = self._drive(self._get_flow(*lookup, keys), *lookup, flight)
+            obj = self._drive(self._get_flow(*lookup, keys, flight), *lookup)
             return obj
         except BaseException as exc:
             error = exc
@@ -281,7 +281,8 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         with every lease released.
         """
         field, values = self._normalize_many(cls, id_field, id_vals)
-        return self._drive(self._get_many_flow(cls, field, values), cls, field, None)  # type: ignore[no-any-return]
+        flow = self._read_many(cls, field, values, threading.get_ident())
+        return self._drive(flow, cls, field, None)  # type: ignore[no-any-return]
 
     def invalidate(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> None:
         """Forget the cached value of a lookup and void every lease in flight for it.
@@ -319,11 +320,8 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         """Delete these ``(value key, flag key)`` pairs in one round trip (the outbox's drain)."""
         self._drive(self._invalidate_keys_flow(pairs), None, None, None)
 
-    def _drive(
-        self, flow: Flow, cls: Any, id_field: Any, id_val: Any, flight: Flight | None = None
-    ) -> Any:
-        """Perform each operation a flow yields, until it returns or raises; for the leader
-        of a ``flight``, mark who joined before each deciding call."""
+    def _drive(self, flow: Flow, cls: Any, id_field: Any, id_val: Any) -> Any:
+        """Perform each operation a flow yields, until it returns or raises."""
         result: Any = None
         error: BaseException | None = None
         while True:
@@ -332,8 +330,6 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
             except StopIteration as stop:
                 return stop.value
             error = None
-            if flight is not None and deciding(op):
-                flight.covered = flight.joined
             try:
                 if isinstance(op, Script):
                     result = self._run_script(op)
@@ -352,6 +348,8 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
                 elif isinstance(op, Sleep):
                     self.clock.sleep(op.seconds)
                     result = None
+                elif isinstance(op, Wait):
+                    result = op.waiter.wait(op.seconds)
                 elif isinstance(op, Brief):  # no bound to put on a sync call: run it in full
                     self._drive(op.flow, None, None, None)
                     result = None

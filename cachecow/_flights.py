@@ -22,7 +22,12 @@ A follower waits as a busy reader waits for a lease: ``wait_timeout`` at most, t
 without caching (two fetches that each read the other's key through the cache would otherwise
 wait for each other forever). Readers that may not wait (``busy="fetch"``) never join.
 
-The flights are per cache instance, and only for ``get``; ``get_many`` reads alone.
+A batch (``get_many``) takes part key by key: it leads the flights of the keys nobody reads
+yet, reading them in its own batch (which marks, at each lease call and fetch, the followers of
+the keys that call covers), and follows the others, waiting for them only once its own keys are
+landed, so two batches never wait on each other.
+
+The flights are per cache instance.
 """
 
 from __future__ import annotations
@@ -33,7 +38,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ALONE", "RETRY", "AsyncWaiter", "Failed", "Flight", "Flights", "Missing", "Shared"]
+__all__ = [
+    "ALONE",
+    "RETRY",
+    "AsyncWaiter",
+    "Failed",
+    "Flight",
+    "Flights",
+    "Missing",
+    "Shared",
+    "cover",
+]
 
 
 class Flight:
@@ -69,13 +84,33 @@ class Flights:
         task): -1 to lead it, -2 to read alone (a flight of another event loop, or one that
         ``me`` leads already: a ``fetch`` reading its own key), else its index as a follower."""
         with self.lock:
-            flight = self.by_key.get(key)
-            if flight is None:
-                flight = self.by_key[key] = Flight(key, loop, me)
-                return flight, -1
-            if flight.loop is not loop or flight.leader == me:
-                return flight, -2
-            return self._place(flight, me)
+            return self._join(key, me, loop)
+
+    def join_many(self, keys: list[str], me: Any, loop: Any = None) -> list[tuple[Flight, int]]:
+        """:meth:`join` each of ``keys`` (distinct), under one lock (the loop of :meth:`_join`
+        inlined: a batch's keys are usually all new)."""
+        by_key = self.by_key
+        places = []
+        with self.lock:
+            for key in keys:
+                flight = by_key.get(key)
+                if flight is None:
+                    flight = by_key[key] = Flight(key, loop, me)
+                    places.append((flight, -1))
+                elif flight.loop is not loop or flight.leader == me:
+                    places.append((flight, -2))
+                else:
+                    places.append(self._place(flight, me))
+        return places
+
+    def _join(self, key: str, me: Any, loop: Any) -> tuple[Flight, int]:
+        flight = self.by_key.get(key)
+        if flight is None:
+            flight = self.by_key[key] = Flight(key, loop, me)
+            return flight, -1
+        if flight.loop is not loop or flight.leader == me:
+            return flight, -2
+        return self._place(flight, me)
 
     def rejoin(self, old: Flight, me: Any) -> tuple[Flight, int]:
         """A follower that came too late for ``old``: the flight opened for it, or a new one."""
@@ -95,6 +130,18 @@ class Flights:
         flight.joined += 1
         return flight, flight.joined - 1
 
+    def land_unjoined(self, flights: list[Flight]) -> list[Flight]:
+        """Remove, under one lock, the flights nobody joined (a batch's usual case); return
+        the others, to :meth:`land` one by one."""
+        joined = []
+        with self.lock:
+            for flight in flights:
+                if flight.joined:
+                    joined.append(flight)
+                else:
+                    del self.by_key[flight.key]
+        return joined
+
     def land(self, flight: Flight) -> Any:
         """The leader's read has ended (its outcome set): remove its flight, open the next one
         for the followers that cannot take the outcome, and return the waiter to set (``None``
@@ -113,6 +160,14 @@ class Flights:
                 )
                 self.by_key[flight.key] = flight.next
             return flight.waiter
+
+
+def cover(flight: Flight | None) -> None:
+    """The leader of ``flight`` is about to issue a deciding call (a lease call, whose reply
+    is Redis's state then, or a fetch, the database's): the followers so far may take its
+    result."""
+    if flight is not None:
+        flight.covered = flight.joined
 
 
 class AsyncWaiter:

@@ -28,7 +28,7 @@ from redis.crc import key_slot
 from redis.exceptions import ClusterError, RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ._flights import ALONE, RETRY, Failed, Flight, Flights, Missing, Shared
+from ._flights import ALONE, RETRY, Failed, Flight, Flights, Missing, Shared, cover
 from .exceptions import (
     CacheUnavailable,
     ConfigurationError,
@@ -87,7 +87,7 @@ def _discard_args(discards: dict[str, bytes]) -> Callable[[str], tuple[Any, ...]
 class _Lookup:
     """One distinct lookup of a batch read, and what happened to it so far."""
 
-    __slots__ = ("busy", "flag_key", "id_val", "missed", "waited")
+    __slots__ = ("busy", "flag_key", "flight", "id_val", "missed", "waited")
 
     def __init__(self, id_val: Any, flag_key: str) -> None:
         self.id_val = id_val
@@ -95,6 +95,7 @@ class _Lookup:
         self.missed = False
         self.busy = False
         self.waited = False
+        self.flight: Flight | None = None  # the flight this batch leads for it, if any
 
 
 class BusyPolicy(str, enum.Enum):
@@ -174,6 +175,15 @@ class Fetch:
 class Sleep:
     """Wait ``seconds`` (through the clock); the result is ``None``."""
 
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Wait for a flight's ``waiter`` (see ``_flights.py``) at most ``seconds``; the result is
+    whether it was set."""
+
+    waiter: Any
     seconds: float
 
 
@@ -261,7 +271,7 @@ class Replicated:
 
 
 FETCH = Fetch()
-Op = Script | Command | Fetch | FetchMany | Sleep | Pipeline | Replicated | Brief
+Op = Script | Command | Fetch | FetchMany | Sleep | Wait | Pipeline | Replicated | Brief
 Flow = Generator[Op, Any, Any]
 
 
@@ -269,10 +279,13 @@ Flow = Generator[Op, Any, Any]
 # Pure arithmetic.
 
 
-def deciding(op: object) -> bool:
-    """Whether a read's answer may come from this operation's result: a lease call (Redis's
-    state then) or a fetch (the database's); see ``_flights.py``."""
-    return type(op) is Fetch or (type(op) is Script and op.name == "get_or_lease")
+def _cover_many(lookups: dict[str, _Lookup], value_keys: list[str]) -> None:
+    """:func:`cover` the flights a batch leads for these keys (before a call that decides
+    them)."""
+    for value_key in value_keys:
+        flight = lookups[value_key].flight
+        if flight is not None:
+            flight.covered = flight.joined
 
 
 def new_token() -> str:
@@ -756,10 +769,12 @@ class CacheCowBase(Generic[ClientT]):
             return Missing
         return Failed(error)
 
-    def _answer(self, lookup: tuple[Any, Field, Any], flight: Flight, index: int) -> Any:
+    def _answer(
+        self, lookup: tuple[Any, Field, Any], flight: Flight, index: int, *, many: bool = False
+    ) -> Any:
         """A woken follower's answer from its leader's outcome: its own object (or the not-found
-        exception, or the leader's error, raised), :data:`RETRY` to read in the next flight,
-        :data:`ALONE` to read alone."""
+        exception, or the leader's error, raised; for a batch, ``None`` for not found),
+        :data:`RETRY` to read in the next flight, :data:`ALONE` to read alone."""
         outcome = flight.outcome
         if isinstance(outcome, Failed):
             raise outcome.error
@@ -774,21 +789,36 @@ class CacheCowBase(Generic[ClientT]):
             return obj
         if outcome is Missing:
             self.metrics.incr("joined")
+            if many:
+                return None
             raise self.not_found(*lookup)
         return ALONE
 
     def _land(
-        self, flight: Flight, lookup: tuple[Any, Field, Any], obj: Any, error: BaseException | None
+        self,
+        flight: Flight,
+        lookup: tuple[Any, Field, Any],
+        obj: Any,
+        error: BaseException | None,
+        *,
+        many: bool = False,
     ) -> None:
-        """The leader's read has ended: leave its outcome to its followers and wake them."""
+        """The leader's read has ended: leave its outcome to its followers and wake them. (A
+        batch's leader, ``many``, ends with ``obj`` ``None`` for "no such object".)"""
         if flight.covered or error is not None:
-            flight.outcome = self._outcome(*lookup, obj, error)
+            if many and obj is None and error is None:
+                flight.outcome = Missing
+            else:
+                flight.outcome = self._outcome(*lookup, obj, error)
         waiter = self._flights.land(flight)
         if waiter is not None:
             waiter.set()
 
-    def _fetch_uncached(self, cls: Any, id_field: Field, id_val: Any) -> Flow:
+    def _fetch_uncached(
+        self, cls: Any, id_field: Field, id_val: Any, flight: Flight | None = None
+    ) -> Flow:
         self.metrics.incr("fetches")
+        cover(flight)
         try:
             obj = yield FETCH
         except NotFound as exc:
@@ -798,10 +828,16 @@ class CacheCowBase(Generic[ClientT]):
     # -- flows: one lookup ----------------------------------------------------------------------
 
     def _get_flow(
-        self, cls: Any, id_field: Field, id_val: Any, keys: tuple[str, str] | None = None
+        self,
+        cls: Any,
+        id_field: Field,
+        id_val: Any,
+        keys: tuple[str, str] | None = None,
+        flight: Flight | None = None,
     ) -> Flow:
         """Read a (normalized) lookup, whose ``keys`` the caller may have built already: the
-        protocol of DESIGN.md section 1."""
+        protocol of DESIGN.md section 1. The leader of a ``flight`` marks, before each lease
+        call and fetch, the followers that may take its result."""
         if keys is None:
             keys = self.get_keys(cls, id_field, id_val)
         flag_key = keys[1]
@@ -812,12 +848,13 @@ class CacheCowBase(Generic[ClientT]):
         discarded = False
         counted_miss = False
         while True:
+            cover(flight)
             try:
                 reply = yield Script("get_or_lease", keys, lease_args)
             except RedisError as exc:
                 self._redis_failed(exc, "get", keys)
                 self.metrics.incr("fail_open_fetches")
-                return (yield from self._fetch_uncached(cls, id_field, id_val))
+                return (yield from self._fetch_uncached(cls, id_field, id_val, flight))
             except GeneratorExit:
                 raise
             except BaseException as exc:
@@ -834,7 +871,7 @@ class CacheCowBase(Generic[ClientT]):
                 if discarded:
                     # A second unusable value in one read: someone keeps writing values this
                     # process cannot use. Serve from the database rather than loop.
-                    return (yield from self._fetch_uncached(cls, id_field, id_val))
+                    return (yield from self._fetch_uncached(cls, id_field, id_val, flight))
                 discarded = True
                 # Delete exactly these bytes (if still there) and try for the lease, in one trip.
                 lease_args = (token, self._flag_ttl_ms, reply)
@@ -858,13 +895,13 @@ class CacheCowBase(Generic[ClientT]):
             if deadline is None:
                 self.metrics.incr("busy")
                 if self.busy is BusyPolicy.FETCH or self.wait_timeout <= 0:
-                    return (yield from self._fetch_uncached(cls, id_field, id_val))
+                    return (yield from self._fetch_uncached(cls, id_field, id_val, flight))
                 self.metrics.incr("waits")
                 deadline = self.clock.monotonic() + self.wait_timeout
             pause = self._wait_step(deadline, attempt)
             if pause <= 0:
                 self.metrics.incr("wait_timeouts")
-                return (yield from self._fetch_uncached(cls, id_field, id_val))
+                return (yield from self._fetch_uncached(cls, id_field, id_val, flight))
             attempt += 1
             yield Sleep(pause)
             lease_args = (token, self._flag_ttl_ms)
@@ -872,6 +909,7 @@ class CacheCowBase(Generic[ClientT]):
         # This reader holds the lease.
         self.metrics.incr("leases")
         self.metrics.incr("fetches")
+        cover(flight)
         try:
             try:
                 obj = yield FETCH
@@ -1036,11 +1074,106 @@ class CacheCowBase(Generic[ClientT]):
                 lookups[value_key] = _Lookup(id_val, flag_key)
         return lookups, order
 
-    def _get_many_flow(self, cls: Any, id_field: Field, id_vals: list[Any]) -> Flow:
-        """Read many (normalized) lookups: one round trip for the hits, one ``fetch_many`` and
-        one more round trip for the misses; busy lookups follow the busy policy."""
+    def _read_many(
+        self, cls: Any, id_field: Field, id_vals: list[Any], me: Any = None, loop: Any = None
+    ) -> Flow:
+        """Read many (normalized) lookups, in order; for a reader ``me`` (a thread's id, or a
+        task of ``loop``) that may wait, in single flight with the process's other readers
+        of the same keys (see ``_flights.py``)."""
         lookups, order = self._lookups(cls, id_field, id_vals)
         found: dict[str, Any] = {}  # value key -> object, or None for "no such object"
+        if me is None or not self._joins:
+            yield from self._get_many_flow(cls, id_field, lookups, list(lookups), found)
+        else:
+            yield from self._read_many_together(cls, id_field, lookups, found, me, loop)
+        return [found.get(value_key) for value_key in order]
+
+    def _read_many_together(
+        self,
+        cls: Any,
+        id_field: Field,
+        lookups: dict[str, _Lookup],
+        found: dict[str, Any],
+        me: Any,
+        loop: Any,
+    ) -> Flow:
+        """Lead the flights of the keys nobody in this process reads yet, reading them in one
+        batch, and only then wait for the others' (at most ``wait_timeout``, then fetch them
+        uncached, as a follower of a ``get``); a key whose flight gives nothing to take is
+        read again, in its next flight."""
+        deadline = time.monotonic() + self.wait_timeout
+        places = list(zip(lookups, self._flights.join_many(list(lookups), me, loop), strict=True))
+        while places:
+            reading: list[str] = []
+            followed: list[tuple[str, Flight, int]] = []
+            for value_key, (flight, index) in places:
+                if index >= 0:
+                    followed.append((value_key, flight, index))
+                    continue
+                if index == -1:
+                    lookups[value_key].flight = flight
+                reading.append(value_key)
+            if reading:
+                yield from self._lead_many(cls, id_field, lookups, reading, found)
+            places = []
+            timed_out: list[str] = []
+            for value_key, flight, index in followed:
+                if not (yield Wait(flight.waiter, max(0.0, deadline - time.monotonic()))):
+                    timed_out.append(value_key)
+                    continue
+                lookup = lookups[value_key]
+                answer = self._answer((cls, id_field, lookup.id_val), flight, index, many=True)
+                if answer is ALONE:
+                    places.append((value_key, (flight, -2)))
+                elif answer is RETRY:
+                    places.append((value_key, self._flights.rejoin(flight, me)))
+                else:
+                    found[value_key] = answer
+            if timed_out:
+                self.metrics.incr("wait_timeouts", len(timed_out))
+                self.metrics.incr("fetches", len(timed_out))
+                fetched = yield from self._fetch_many(cls, id_field, lookups, timed_out)
+                for value_key in timed_out:
+                    found[value_key] = fetched.get(lookups[value_key].id_val)
+
+    def _lead_many(
+        self,
+        cls: Any,
+        id_field: Field,
+        lookups: dict[str, _Lookup],
+        reading: list[str],
+        found: dict[str, Any],
+    ) -> Flow:
+        """Read ``reading`` in one batch, then land the flights it leads, whatever happened."""
+        error: BaseException | None = None
+        try:
+            yield from self._get_many_flow(cls, id_field, lookups, reading, found)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            led: dict[str, Flight] = {}
+            for value_key in reading:
+                lookup = lookups[value_key]
+                if lookup.flight is not None:
+                    led[value_key], lookup.flight = lookup.flight, None
+            for flight in self._flights.land_unjoined(list(led.values())):
+                lookup = lookups[flight.key]
+                obj = found.get(flight.key)
+                self._land(flight, (cls, id_field, lookup.id_val), obj, error, many=True)
+
+    def _get_many_flow(
+        self,
+        cls: Any,
+        id_field: Field,
+        lookups: dict[str, _Lookup],
+        pending: list[str],
+        found: dict[str, Any],
+    ) -> Flow:
+        """Read the ``pending`` lookups into ``found``: one round trip for the hits, one
+        ``fetch_many`` and one more round trip for the misses; busy lookups follow the busy
+        policy. Before each lease call and fetch, the followers of the flights the batch
+        leads for the keys it covers are marked (see ``_flights.py``)."""
         uncached: list[str] = []  # to fetch without caching
         discards: dict[str, bytes] = {}
         discarded: set[str] = set()
@@ -1048,7 +1181,6 @@ class CacheCowBase(Generic[ClientT]):
         deadline: float | None = None
         attempt = 0
         token = new_token()
-        pending = list(lookups)
         while pending:
             replies = yield from self._guarded(
                 cls,
@@ -1143,7 +1275,6 @@ class CacheCowBase(Generic[ClientT]):
             fetched = yield from self._fetch_many(cls, id_field, lookups, uncached)
             for value_key in uncached:
                 found[value_key] = fetched.get(lookups[value_key].id_val)
-        return [found.get(value_key) for value_key in order]
 
     def _guarded(
         self,
@@ -1157,6 +1288,7 @@ class CacheCowBase(Generic[ClientT]):
     ) -> Flow:
         """A batched lease round trip; on a Redis error, fail open (serve ``pending`` straight
         from ``fetch_many``, returning ``None``) or raise."""
+        _cover_many(lookups, pending)
         try:
             return (yield from self._batched("get_or_lease_many", lookups, pending, head, per_key))
         except GeneratorExit:
@@ -1188,6 +1320,7 @@ class CacheCowBase(Generic[ClientT]):
         self, cls: Any, id_field: Field, lookups: dict[str, _Lookup], value_keys: list[str]
     ) -> Flow:
         """``fetch_many`` for these lookups, as a mapping; a value mapped to None is not found."""
+        _cover_many(lookups, value_keys)
         fetched = yield FetchMany(tuple(lookups[vk].id_val for vk in value_keys))
         if not isinstance(fetched, Mapping):
             raise TypeError(f"fetch_many must return a mapping, got {type(fetched).__name__}")

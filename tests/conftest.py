@@ -15,7 +15,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.section("fault suite: load on one client")
         terminalreporter.write_line(
             "errors: raised to callers; fetches: fetch calls per cold key (distinct counts); "
-            "commands: Redis commands the server processed; latency of each call"
+            "scripts: script calls the server ran; latency of each call"
         )
         terminalreporter.write_line(Load.header())
         for load in LOADS:

@@ -364,7 +364,7 @@ class Load:
     latencies: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
     cold_fetches: list[int] = field(default_factory=list)  # fetches of each cold key
-    redis_commands: int = 0  # commands the server processed for the run
+    redis_commands: int = 0  # script calls the server ran for the run
 
     def record(self, elapsed: float, error: BaseException | None) -> None:
         self.latencies.append(elapsed)
@@ -391,7 +391,7 @@ class Load:
     @staticmethod
     def header() -> str:
         return (
-            f"{'load':<44} {'calls':>7} {'errors':>10} {'fetches':>9} {'commands':>8} "
+            f"{'load':<44} {'calls':>7} {'errors':>10} {'fetches':>9} {'scripts':>8} "
             f"{'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}"
         )
 

@@ -86,12 +86,18 @@ def test_get_many_herd_of_64_tasks_makes_one_fetch_many(redis_server: Any) -> No
 
         cache = Batch(client, wait_timeout=10.0)
         tasks = [asyncio.create_task(cache.get_many("row", "id", [1, 2, 3])) for _ in range(64)]
-        while cache.metrics.snapshot().waits < 63 * 3:
+        while not calls:
             await asyncio.sleep(0.005)
+        # one task leads the three keys' reads; the 63 others joined them (single flight)
+        flights = [cache._flights.by_key[cache.get_keys("row", "id", k)[0]] for k in (1, 2, 3)]
+        assert [(f.joined, f.covered) for f in flights] == [(63, 63)] * 3
         gate.set()
         results = await asyncio.gather(*tasks)
         assert results == [[{"id": 1}, {"id": 2}, {"id": 3}]] * 64
+        assert len({id(r[0]) for r in results}) == 64  # each caller has objects of its own
         assert calls == [(1, 2, 3)]
+        snap = cache.metrics.snapshot()
+        assert (snap.leases, snap.joined, snap.waits, snap.busy) == (3, 63 * 3, 0, 0)
 
     run(with_client(redis_server.port, body))
 

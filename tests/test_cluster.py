@@ -264,11 +264,14 @@ def test_a_stalled_node_does_not_hold_up_batches_on_other_nodes(cluster: Any) ->
         assert gate.wait(10)
 
     answers: list[Any] = []
-    # node A's key first: A's pipeline runs in the caller's thread, C's in a worker
-    waiting = [
-        threading.Thread(target=lambda: answers.append(cache.get_many("item", "id", [a[0], c[0]])))
-        for _ in range(12)
-    ]
+
+    def batch(reader: Any) -> None:
+        answers.append(reader.get_many("item", "id", [a[0], c[0]]))
+
+    # node A's key first: A's pipeline runs in the caller's thread, C's in a worker. Twelve
+    # cache instances: batches of one instance would share one read (single flight).
+    readers = [test_contract_dict.DictCache(cluster, db) for _ in range(12)]
+    waiting = [threading.Thread(target=batch, args=(reader,)) for reader in readers]
     with held_pipelines(cluster, stall, node=stalled):
         try:
             for caller in waiting:

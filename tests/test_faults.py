@@ -501,9 +501,16 @@ def test_sentinel_manual_failover_mid_run(
 LOAD_TIMEOUT = 1.0  # the clients' timeout: a pool wait or a call beyond it is an error
 
 
-def commands_processed(server: RedisServer) -> int:
+def script_calls(server: RedisServer) -> int:
+    """The script calls (``EVALSHA``, ``EVAL``) the server has run so far: the Redis calls a
+    cache's reads make (a connection's handshake and a first call's ``NOSCRIPT`` not counted)."""
     with redis.Redis(port=server.port, socket_timeout=5) as client:
-        return int(client.info("stats")["total_commands_processed"])
+        stats = client.info("commandstats")
+    return sum(
+        int(stat["calls"]) - int(stat.get("failed_calls", 0))
+        for name, stat in stats.items()
+        if name in ("cmdstat_evalsha", "cmdstat_eval")
+    )
 
 
 def test_load_200_threads_on_one_client(redis_server: RedisServer) -> None:
@@ -513,7 +520,7 @@ def test_load_200_threads_on_one_client(redis_server: RedisServer) -> None:
     load = Load("200 threads, 1 client: 10 cold keys, then hot")
     threads, rounds, hot_reads = 200, 10, 50
     barrier = threading.Barrier(threads)
-    before = commands_processed(redis_server)
+    before = script_calls(redis_server)
 
     def call(key: int) -> None:
         started, error = time.monotonic(), None
@@ -535,7 +542,7 @@ def test_load_200_threads_on_one_client(redis_server: RedisServer) -> None:
         thread.start()
     for thread in workers:
         thread.join(60)
-    load.redis_commands = commands_processed(redis_server) - before
+    load.redis_commands = script_calls(redis_server) - before
     load.cold_fetches = [table.reads.get(1000 + cold, 0) for cold in range(rounds)]
     LOADS.append(load)
     client.close()
@@ -570,9 +577,9 @@ def test_load_5000_tasks_on_one_client(redis_server: RedisServer) -> None:
 
         try:
             for cold in range(rounds):
-                before = commands_processed(redis_server)
+                before = script_calls(redis_server)
                 await asyncio.gather(*(call(2000 + cold) for _ in range(tasks)))
-                per_cold.append(commands_processed(redis_server) - before - 1)
+                per_cold.append(script_calls(redis_server) - before)
             await asyncio.gather(*(hot(seed) for seed in range(tasks)))
             assert cache.metrics.snapshot().wait_timeouts == 0
         finally:
@@ -581,10 +588,49 @@ def test_load_5000_tasks_on_one_client(redis_server: RedisServer) -> None:
     asyncio.run(run())
     load.cold_fetches = [table.reads.get(2000 + cold, 0) for cold in range(rounds)]
     load.redis_commands = max(per_cold)
-    load.scenario += f" (commands per cold key <= {max(per_cold)})"
+    load.scenario += f" (scripts per cold key <= {max(per_cold)})"
     LOADS.append(load)
     assert load.errors == {}, load.row()
     assert load.cold_fetches == [1] * rounds, load.row()
     # One lease call and one commit, give or take a read by those that came last: not one
     # call (or one poll loop) per task.
     assert max(per_cold) <= 10, per_cold
+
+
+def test_load_5000_batches_on_one_client(redis_server: RedisServer) -> None:
+    """5,000 asyncio tasks, each a get_many of 10 of 50 cold keys (overlapping windows): the
+    batches share their reads key by key, so each key is fetched once."""
+    table = CountingTable(delay=0.001)
+    tasks, keys, size = 5000, 50, 10
+    load = Load("5,000 asyncio get_many of 10 of 50 cold keys")
+
+    async def run() -> None:
+        client = cachecow.connect_async(redis_server.url, timeout=LOAD_TIMEOUT)
+        cache = AsyncLoadCache(client, table, prefix=f"load-{time.monotonic_ns()}:")
+
+        async def call(first: int) -> None:
+            started, error = time.monotonic(), None
+            try:
+                wanted = [3000 + (first + i) % keys for i in range(size)]
+                rows = await cache.get_many("row", "id", wanted)
+                assert [row["id"] for row in rows] == wanted
+            except Exception as exc:
+                error = exc
+            load.record(time.monotonic() - started, error)
+
+        try:
+            before = script_calls(redis_server)
+            await asyncio.gather(*(call(i) for i in range(tasks)))
+            load.redis_commands = script_calls(redis_server) - before
+            assert cache.metrics.snapshot().wait_timeouts == 0
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+    load.cold_fetches = [table.reads.get(3000 + key, 0) for key in range(keys)]
+    LOADS.append(load)
+    assert load.errors == {}, load.row()
+    assert load.cold_fetches == [1] * keys, load.row()
+    # The batches that lead a key: a lease call and a commit each, and a read by those that
+    # came last; not a call (or a poll loop) per task.
+    assert load.redis_commands <= 4 * keys, load.row()

@@ -736,6 +736,109 @@ class CacheCowContract:
             holder.join(GATE_TIMEOUT)
             cache.metrics.reset()
 
+    def test_batches_and_gets_in_one_process_share_reads(self) -> None:
+        """Batches join the reads in flight key by key, as gets do: while a batch waits for
+        another process's lease on key 1, 8 batches of [2, 1] and 8 gets of 1 make no call
+        for key 1 of their own; key 2, which the first batch had already filled when they
+        came, they read again (a hit), together."""
+        self.write(1, "v1")
+        self.write(2, "v2")
+        elsewhere = self.cache()
+        probe, holder = self.gated_reader(elsewhere, 1)
+        cache = self.cache(busy="wait", wait_timeout=GATE_TIMEOUT)
+        fetches = FetchProbe(cache)
+        leader = self.batch_reader(cache, [1, 2])
+        self.wait_until(lambda: cache.metrics.snapshot().waits == 1, "the batch waits for 1")
+        batches = [self.batch_reader(cache, [2, 1]) for _ in range(8)]
+        singles = [self.reader(cache, 1) for _ in range(8)]
+        self.wait_until(lambda: self.joined(cache, 1) == 16, "16 readers joined key 1")
+        probe.release()
+        assert [self.payload_of(o) for o in leader.outcome()] == ["v1", "v2"]
+        for batch in batches:
+            assert [self.payload_of(o) for o in batch.outcome()] == ["v2", "v1"]
+        assert {self.payload_of(r.outcome()) for r in singles} == {"v1"}
+        snap = cache.metrics.snapshot()
+        assert (fetches.many_calls, snap.fetches) == (1, 1), snap  # key 2, by the first batch
+        # key 1: 16 joined the batch's wait; key 2: one of the 8 read it again, 7 joined it
+        assert (snap.joined, snap.waits, snap.leases, snap.hits) == (23, 1, 1, 2), snap
+        assert self.payload_of(holder.outcome()) == "v1"
+
+    def test_batch_joining_after_the_fetch_never_gets_its_value(self) -> None:
+        """A batch or a get that joins a batch's read after its fetch_many read the database
+        (here, after its own process wrote and invalidated) reads again, and gets the new
+        value; the batch's old value is refused at commit."""
+        self.write(1, "v1")
+        cache = self.cache(busy="wait", wait_timeout=GATE_TIMEOUT)
+        probe = FetchProbe.of(cache)
+        probe.gate_next()
+        leader = self.batch_reader(cache, [1])
+        probe.wait_fetched()  # has read v1, not yet committed
+        self.write(1, "v2")
+        self.invalidate(cache, 1)
+        late_batch = self.batch_reader(cache, [1])
+        late_get = self.reader(cache, 1)
+        self.wait_until(lambda: self.joined(cache, 1) == 2, "two readers joined")
+        probe.release()
+        assert [self.payload_of(o) for o in leader.outcome()] == ["v1"]
+        assert [self.payload_of(o) for o in late_batch.outcome()] == ["v2"]
+        assert self.payload_of(late_get.outcome()) == "v2"
+        assert cache.metrics.snapshot().stale_commits == 1
+        assert self.cached_payload(cache, 1) == "v2"
+
+    def test_batch_followers_share_a_fetch_error_and_a_not_found(self) -> None:
+        """The followers of a batch's read get what its fetch_many got: its exception, or "no
+        such object" (None in a batch, the not-found exception for a get)."""
+        cache = self.cache(busy="wait", wait_timeout=GATE_TIMEOUT)
+        fetches = FetchProbe(cache)
+        elsewhere = self.cache()
+        missing = type(cache.not_found(self.model, self.field, self.lookup(9)))
+        for fail in (RuntimeError("database down"), None):
+            self.write(9, "v1")
+            self.invalidate(cache, 9)
+            probe, holder = self.gated_reader(elsewhere, 9)  # has read v1, lease held
+            leader = self.batch_reader(cache, [9])
+            self.wait_until(lambda: cache.metrics.snapshot().busy >= 1, "the batch waits")
+            batch, single = self.batch_reader(cache, [9]), self.reader(cache, 9)
+            self.wait_until(lambda: self.joined(cache, 9) == 2, "two readers joined")
+            if fail is None:
+                self.delete(9)
+            fetches.fail_next = fail
+            self.invalidate(elsewhere, 9)  # voids the lease: the batch leases and fetches
+            probe.release()
+            for reader in (leader, batch, single):
+                reader.join(GATE_TIMEOUT)
+            if fail is not None:
+                assert [leader.error, batch.error, single.error] == [fail] * 3
+            else:
+                assert (leader.outcome(), batch.outcome()) == ([None], [None])
+                assert type(single.error) is missing
+            snap = cache.metrics.snapshot()
+            assert (fetches.many_calls, snap.fetches) == (1, 1), snap
+            holder.join(GATE_TIMEOUT)
+            fetches.many_calls = 0
+            cache.metrics.reset()
+
+    def test_batch_waits_for_others_only_after_landing_its_own(self) -> None:
+        """A batch that leads some keys and follows others fills and lands its own first, so
+        batches that overlap never wait on each other."""
+        self.write(1, "v1")
+        self.write(2, "v2")
+        cache = self.cache(busy="wait", wait_timeout=GATE_TIMEOUT)
+        probe = FetchProbe.of(cache)
+        probe.gate_next()
+        first = self.batch_reader(cache, [1])
+        probe.wait_fetched()
+        second = self.batch_reader(cache, [2, 1])  # leads 2, follows 1
+        self.wait_until(lambda: self.joined(cache, 1) == 1, "the second batch joined key 1")
+        flights = getattr(cache, "wrapped", cache)._flights.by_key
+        # key 2 is filled and landed while key 1 is still being read
+        self.wait_until(lambda: self.keys(cache, 2)[0] not in flights, "key 2 is landed")
+        assert self.cached_payload(cache, 2) == "v2"
+        assert probe.many_calls == 2
+        probe.release()
+        assert [self.payload_of(o) for o in first.outcome()] == ["v1"]
+        assert [self.payload_of(o) for o in second.outcome()] == ["v2", "v1"]
+
     def test_waiter_never_returns_a_value_older_than_an_invalidation(self) -> None:
         """A reader waiting on a lease that an invalidation then voids does not get the old
         holder's value: it leases and fetches the new one itself."""
