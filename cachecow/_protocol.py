@@ -1248,7 +1248,13 @@ class CacheCowBase(Generic[ClientT]):
                 # Fill our own leases before waiting on anyone else's: two batch readers that
                 # each wait for the other's lease would otherwise both time out. Busy lookups
                 # that will not wait ride along in the same fetch_many, uncached.
-                yield from self._fill(cls, id_field, lookups, leased, token, found, extra)
+                if not (yield from self._fill(cls, id_field, lookups, leased, token, found, extra)):
+                    # The commit failed and fail_open served it: no further call (a poll) to
+                    # a Redis that just failed, which could cost the caller a second timeout.
+                    rest = busy + list(discards)
+                    self.metrics.incr("fail_open_fetches", len(rest))
+                    uncached += rest
+                    busy, discards = [], {}
             else:
                 uncached += extra
             if busy:
@@ -1338,7 +1344,8 @@ class CacheCowBase(Generic[ClientT]):
     ) -> Flow:
         """Fetch the lookups this reader leased (and ``extra`` ones, not to be cached) in one
         ``fetch_many``, and commit the leased ones in one round trip, only under this reader's
-        own live leases."""
+        own live leases. Returns whether Redis answered the commit (``False``: it failed, and
+        ``fail_open`` let the read go on)."""
         self.metrics.incr("leases", len(leased))
         self.metrics.incr("fetches", len(leased) + len(extra))
         entries: dict[str, tuple[Any, Any]] = {}  # value key -> (payload, ttl_ms)
@@ -1367,7 +1374,7 @@ class CacheCowBase(Generic[ClientT]):
             if not _timed_out(exc):
                 yield from self._release_many(lookups, leased, token, counted=False)
             self._redis_failed(exc, "commit", tuple(leased))
-            return
+            return False
         except GeneratorExit:
             raise
         except BaseException as exc:
@@ -1385,6 +1392,7 @@ class CacheCowBase(Generic[ClientT]):
             self.metrics.incr("commits", stored)
         if refused:
             self.metrics.incr("stale_commits", refused)
+        return True
 
     def _release_many(
         self, lookups: dict[str, _Lookup], leased: list[str], token: str, *, counted: bool = True

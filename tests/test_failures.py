@@ -137,6 +137,47 @@ def test_redis_dies_between_lease_and_commit(own_redis_server: RedisServer) -> N
         assert cache.metrics.snapshot().redis_errors == 1
 
 
+def test_a_batch_whose_commit_times_out_waits_no_second_timeout(
+    own_redis_server: RedisServer,
+) -> None:
+    """Under fail_open, a batch whose commit timed out (Redis paused during its fetch_many)
+    serves its busy keys from the database at once: polling for them would wait on the same
+    stalled Redis a second time."""
+    client = cachecow.connect(own_redis_server.url, timeout=TIMEOUT)
+    holder = RowCache(client)
+    holder.db[2] = {"id": 2, "name": "two"}
+    held = FetchProbe(holder)
+    held.gate_next()
+    holding = threading.Thread(target=holder.get, args=("row", "id", 2), daemon=True)
+    holding.start()
+    held.wait_fetched()  # key 2's lease is the holder's
+    batch = RowCache(client, fail_open=True, wait_timeout=10.0)
+    batch.db[2] = holder.db[2]
+    probe = FetchProbe(batch)
+    probe.gate_next()
+    outcome: dict[str, Any] = {}
+
+    def read() -> None:
+        outcome["result"] = timed(batch.get_many, "row", "id", [1, 2])
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    probe.wait_fetched()  # key 1 leased and fetched, key 2 busy
+    own_redis_server.pause()
+    try:
+        probe.release()
+        reader.join(10)
+    finally:
+        own_redis_server.resume()
+        held.release()
+        holding.join(10)
+    elapsed, rows, error = outcome["result"]
+    assert (rows, error) == ([batch.db[1], batch.db[2]], None)
+    snap = batch.metrics.snapshot()
+    assert (snap.redis_errors, snap.waits, snap.fail_open_fetches) == (1, 0, 1), snap
+    assert elapsed < TIMEOUT + MARGIN
+
+
 def test_restart_empty_recovers_and_reloads_scripts(own_redis_server: RedisServer) -> None:
     client = cachecow.connect(own_redis_server.url, timeout=TIMEOUT)
     cache = RowCache(client)
