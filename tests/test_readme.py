@@ -24,7 +24,8 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 CI_RUN = ROOT / ".ci" / "run"
 
 TEST_COMMAND = (
-    "python3 -m venv .venv && .venv/bin/pip install -q -e '.[dev]' && .venv/bin/python -m pytest"
+    "python3 -m venv .venv && .venv/bin/pip install -q -e '.[dev]' "
+    "&& .venv/bin/python -m pytest --full"
 )
 DEMO_COMMAND = (
     "python3 -m venv .venv && .venv/bin/pip install -q -e '.[demo]' "

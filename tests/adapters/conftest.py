@@ -1,13 +1,19 @@
-"""Fixtures of the adapters' tests."""
+"""Fixtures of the adapters' tests; Django is configured here, for these tests only
+(pytest-django sets it up before their first test)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
+import django
 import pytest
 from sqlalchemy.orm import sessionmaker
 
 from tests.adapters.sa_env import Database, open_database
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.adapters.django_settings")
+django.setup()  # before the test modules import their models
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
