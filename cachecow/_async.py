@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, cast, overload
 
@@ -207,12 +208,11 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
         if not self._joins:  # a reader that never waits for another reads alone
             return await self._drive(self._get_flow(*lookup, keys), *lookup)
         # Lead a read of this key, or join the one in flight (see _flights.py).
-        me = asyncio.current_task()
-        loop = asyncio.get_running_loop()
+        me, loop = self._reader()
         flight, index = self._flights.join(keys[0], me, loop)
-        deadline = loop.time() + self.wait_timeout
+        deadline = time.monotonic() + self.wait_timeout
         while index >= 0:
-            if not await flight.waiter.wait(max(0.0, deadline - loop.time())):
+            if not await flight.waiter.wait(max(0.0, deadline - time.monotonic())):
                 self.metrics.incr("wait_timeouts")  # as a busy reader that waited in vain
                 return await self._drive(self._fetch_uncached(*lookup), *lookup)
             obj = self._answer(lookup, flight, index)
@@ -243,10 +243,8 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
     ) -> list[Any]:
         """The objects of many lookups, in order; see :meth:`cachecow.CacheCow.get_many`."""
         field, values = self._normalize_many(cls, id_field, id_vals)
-        me, loop = asyncio.current_task(), asyncio.get_running_loop()
-        result: list[Any] = await self._drive(
-            self._read_many(cls, field, values, me, loop), cls, field, None
-        )
+        flow = self._read_many(cls, field, values, *self._reader())
+        result: list[Any] = await self._drive(flow, cls, field, None)
         return result
 
     async def invalidate(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> None:
@@ -285,6 +283,10 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
         except Exception as exc:  # given up (TimeoutError), or the client failed
             self.metrics.incr("redis_errors")
             logger.warning("cachecow: gave up releasing leases after a cancellation: %r", exc)
+
+    def _reader(self) -> tuple[Any, Any]:
+        """Who reads (for single flight): the current task, and its event loop."""
+        return asyncio.current_task(), asyncio.get_running_loop()
 
     async def _drive(
         self,

@@ -234,8 +234,8 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         if not self._joins:  # a reader that never waits for another reads alone
             return self._drive(self._get_flow(*lookup, keys), *lookup)
         # Lead a read of this key, or join the one in flight (see _flights.py).
-        me = threading.get_ident()
-        flight, index = self._flights.join(keys[0], me)
+        me, loop = self._reader()
+        flight, index = self._flights.join(keys[0], me, loop)
         deadline = time.monotonic() + self.wait_timeout
         while index >= 0:
             if not flight.waiter.wait(max(0.0, deadline - time.monotonic())):
@@ -281,8 +281,9 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         with every lease released.
         """
         field, values = self._normalize_many(cls, id_field, id_vals)
-        flow = self._read_many(cls, field, values, threading.get_ident())
-        return self._drive(flow, cls, field, None)  # type: ignore[no-any-return]
+        flow = self._read_many(cls, field, values, *self._reader())
+        result: list[Any] = self._drive(flow, cls, field, None)
+        return result
 
     def invalidate(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> None:
         """Forget the cached value of a lookup and void every lease in flight for it.
@@ -319,6 +320,10 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
     def _invalidate_pairs(self, pairs: list[tuple[str, str]]) -> None:
         """Delete these ``(value key, flag key)`` pairs in one round trip (the outbox's drain)."""
         self._drive(self._invalidate_keys_flow(pairs), None, None, None)
+
+    def _reader(self) -> tuple[Any, Any]:
+        """Who reads (for single flight): the current thread, and no event loop."""
+        return threading.get_ident(), None
 
     def _drive(self, flow: Flow, cls: Any, id_field: Any, id_val: Any) -> Any:
         """Perform each operation a flow yields, until it returns or raises."""
