@@ -32,10 +32,8 @@ from ._client import (
 from ._cluster import async_cluster_execute
 from ._core import item_args
 from ._flights import ALONE, RETRY, AsyncWaiter
-from ._protocol import (
-    AsyncClock,
+from ._ops import (
     Brief,
-    CacheCowBase,
     Command,
     Fetch,
     FetchMany,
@@ -48,6 +46,7 @@ from ._protocol import (
     all_answered,
     as_redis_error,
 )
+from ._protocol import AsyncClock, CacheCowBase
 from ._sentinel import AsyncBlockingSentinelPool, AsyncSentinel, AsyncSentinelMaster
 from .exceptions import ConfigurationError, NotFound
 from .keys import Field

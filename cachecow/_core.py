@@ -25,9 +25,8 @@ from ._client import (
 )
 from ._cluster import cluster_execute
 from ._flights import ALONE, RETRY
-from ._protocol import (
+from ._ops import (
     Brief,
-    CacheCowBase,
     Command,
     Fetch,
     FetchMany,
@@ -39,8 +38,8 @@ from ._protocol import (
     Wait,
     all_answered,
     as_redis_error,
-    refuse_awaitable,
 )
+from ._protocol import CacheCowBase, refuse_awaitable
 from ._sentinel import BlockingSentinelPool, Sentinel, SentinelMaster, mend_sentinel_pool
 from ._threads import node_runner
 

@@ -17,18 +17,39 @@ import inspect
 import logging
 import math
 import random
-import secrets
 import threading
 import time
-from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, NoReturn, Protocol, TypeVar, runtime_checkable
 
 from redis.crc import key_slot
-from redis.exceptions import ClusterError, RedisClusterException, RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from ._flights import ALONE, RETRY, Failed, Flight, Flights, Missing, Shared, cover
+from ._ops import (
+    _BUSY,
+    _BUSY_REPAIRED,
+    _LEASED,
+    _LEASED_REPAIRED,
+    _TOMB,
+    _UNUSABLE,
+    CANCEL_RELEASE_SECONDS,
+    FETCH,
+    TOMBSTONE,
+    Brief,
+    Command,
+    FetchMany,
+    Flow,
+    PartialPipelineError,
+    Pipeline,
+    Replicated,
+    Script,
+    Sleep,
+    Wait,
+    _timed_out,
+    _wrong_type,
+    new_token,
+)
 from .exceptions import (
     CacheUnavailable,
     ConfigurationError,
@@ -49,34 +70,11 @@ from .keys import (
 from .metrics import Metrics, MetricsHook
 from .serializers import JsonSerializer, Serializer
 
-__all__ = ["TOMBSTONE", "AsyncClock", "BusyPolicy", "CacheCowBase", "Clock", "SystemClock"]
+__all__ = ["AsyncClock", "BusyPolicy", "CacheCowBase", "Clock", "SystemClock"]
 
 logger = logging.getLogger("cachecow")
 
-TOMBSTONE = b"\x00cachecow:tombstone\x00"
-"""The reserved value meaning "no such object". No JSON, MessagePack or pickle output equals it."""
-
-# get_or_lease.lua answers a hit with the value's bytes, or one of these integers.
-_LEASED = 1
-_BUSY = 0
-_LEASED_REPAIRED = 2  # leased, after deleting foreign data (a key of another type)
-_BUSY_REPAIRED = 3  # busy, after deleting foreign data or giving a flag without TTL one
-
 _MISSING = object()
-_TOMB: Any = object()  # a cached "not found"
-_UNUSABLE: Any = object()  # cached bytes that cannot be decoded or fail verify
-
-
-def _wrong_type(exc: BaseException) -> bool:
-    """Whether Redis refused a command because its key holds another type (WRONGTYPE)."""
-    return isinstance(exc, ResponseError) and str(exc).startswith("WRONGTYPE")
-
-
-def _timed_out(exc: BaseException) -> bool:
-    """Whether a Redis failure is a timeout (of a whole call, or of a cluster node's part)."""
-    if isinstance(exc, PartialPipelineError):
-        exc = exc.error
-    return isinstance(exc, RedisTimeoutError)
 
 
 def _discard_args(discards: dict[str, bytes]) -> Callable[[str], tuple[Any, ...]]:
@@ -147,135 +145,6 @@ class SystemClock:
 
 
 # ---------------------------------------------------------------------------------------------
-# Operations a flow yields to its driver.
-
-
-@dataclass(frozen=True, slots=True)
-class Script:
-    """Run the Lua script ``name`` (``cachecow/lua/<name>.lua``); the result is its reply."""
-
-    name: str
-    keys: tuple[str, ...]
-    args: tuple[Any, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Command:
-    """Run one Redis command; the result is its reply."""
-
-    args: tuple[Any, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Fetch:
-    """Call the ``fetch`` hook for the flow's lookup; the result is what it returned."""
-
-
-@dataclass(frozen=True, slots=True)
-class Sleep:
-    """Wait ``seconds`` (through the clock); the result is ``None``."""
-
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class Wait:
-    """Wait for a flight's ``waiter`` (see ``_flights.py``) at most ``seconds``; the result is
-    whether it was set."""
-
-    waiter: Any
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class FetchMany:
-    """Call the ``fetch_many`` hook for these lookup values; the result is its mapping."""
-
-    id_vals: tuple[Any, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Pipeline:
-    """Send these scripts and commands in one round trip; the result is their replies, in order
-    (a reply that is an error is raised). On a cluster, when some calls fail and others were
-    answered, the driver raises :class:`PartialPipelineError`."""
-
-    ops: tuple[Script | Command, ...]
-
-
-class PartialPipelineError(RedisError):
-    """A :class:`Pipeline` on Redis Cluster of which some calls failed (a node down) while
-    others were answered: ``replies`` holds each call's reply, or the error it failed with, and
-    ``error`` is the first error. ``by_key`` (set by the batch that sent it) maps the value key
-    of each lookup in an answered call to its reply, so a batch can give back the leases it
-    won on the nodes that answered instead of leaving them to block their keys until they
-    expire."""
-
-    def __init__(self, error: BaseException, replies: list[Any]) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.replies = replies
-        self.by_key: dict[str, Any] = {}
-
-
-def all_answered(results: list[Any]) -> list[Any]:
-    """A cluster pipeline's ``results`` (replies, or the errors items failed with) if none
-    failed; else the error, or a :class:`PartialPipelineError` when some were answered."""
-    errors = [result for result in results if isinstance(result, BaseException)]
-    if not errors:
-        return results
-    if len(errors) == len(results):
-        raise errors[0]
-    raise PartialPipelineError(errors[0], results)
-
-
-def as_redis_error(exc: BaseException) -> BaseException:
-    """``exc``, or a :class:`~redis.exceptions.ClusterError` in its place if it is one of the
-    exceptions redis-py's cluster clients raise when no node can be reached that are no
-    ``RedisError`` (``RedisClusterException``, ``SlotNotCoveredError``): to the protocol,
-    those are Redis failures like any other (``fail_open`` serves the read, an invalidation
-    raises :class:`~cachecow.InvalidationFailed`)."""
-    if isinstance(exc, RedisClusterException) and not isinstance(exc, RedisError):
-        error = ClusterError(f"{type(exc).__name__}: {exc}")
-        error.__cause__ = exc
-        return error
-    return exc
-
-
-CANCEL_RELEASE_SECONDS = 0.1
-"""How long a cancelled asyncio call may spend giving back its leases before the
-cancellation goes on (a release takes one round trip; on a stalled Redis it is given up)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Brief:
-    """Run this flow (a lease release after a cancellation) for at most ``seconds``, then go
-    on whatever became of it: the asyncio driver gives it up after that (the leases then
-    expire on their own), so a cancellation is held up by at most that much even when Redis
-    is stalled; the sync driver runs it in full."""
-
-    flow: Any
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class Replicated:
-    """Send these commands and then ``WAIT replicas timeout_ms`` on the same connection (on a
-    cluster: per node, each node's commands and its WAIT on one connection); the result is the
-    fewest replicas that acknowledged the writes on any node (a reply that is an error is
-    raised)."""
-
-    ops: tuple[Command, ...]
-    replicas: int
-    timeout_ms: int
-
-
-FETCH = Fetch()
-Op = Script | Command | Fetch | FetchMany | Sleep | Wait | Pipeline | Replicated | Brief
-Flow = Generator[Op, Any, Any]
-
-
-# ---------------------------------------------------------------------------------------------
 # Pure arithmetic.
 
 
@@ -286,11 +155,6 @@ def _cover_many(lookups: dict[str, _Lookup], value_keys: list[str]) -> None:
         flight = lookups[value_key].flight
         if flight is not None:
             flight.covered = flight.joined
-
-
-def new_token() -> str:
-    """A fresh lease token: 128 random bits, as 32 hex characters."""
-    return secrets.token_hex(16)
 
 
 def jittered_ms(seconds: float, jitter: float, unit_random: float) -> int:

@@ -17,7 +17,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cachecow import CacheCow, CacheUnavailable, InvalidationFailed, NotFound
-from cachecow._protocol import TOMBSTONE, PartialPipelineError
+from cachecow._ops import TOMBSTONE, PartialPipelineError
 from cachecow.testing.contract import FakeClock
 from cachecow.testing.flows import BUSY, LEASED, REFUSED, STORED, Scripted, ScriptError
 

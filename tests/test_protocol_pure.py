@@ -23,7 +23,8 @@ from cachecow import (
     NotFound,
     SystemClock,
 )
-from cachecow._protocol import CacheCowBase, backoff_delay, jittered_ms, new_token
+from cachecow._ops import new_token
+from cachecow._protocol import CacheCowBase, backoff_delay, jittered_ms
 from cachecow.metrics import COUNTERS
 
 ALMOST_ONE = math.nextafter(1.0, 0.0)

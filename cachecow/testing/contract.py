@@ -42,7 +42,7 @@ import redis.asyncio as aredis
 
 from cachecow._async import AsyncCacheCow
 from cachecow._core import CacheCow
-from cachecow._protocol import TOMBSTONE
+from cachecow._ops import TOMBSTONE
 from cachecow.exceptions import CacheCowError
 from cachecow.testing.bridge import LoopThread, SyncFacade
 from cachecow.testing.plugin import async_twin

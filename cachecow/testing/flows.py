@@ -25,9 +25,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from cachecow._protocol import (
+from cachecow._ops import (
     Brief,
-    CacheCowBase,
     Command,
     Fetch,
     FetchMany,
@@ -37,6 +36,7 @@ from cachecow._protocol import (
     Sleep,
     Wait,
 )
+from cachecow._protocol import CacheCowBase
 
 __all__ = ["BUSY", "LEASED", "REFUSED", "STORED", "FlowRun", "ScriptError", "Scripted"]
 
