@@ -25,6 +25,7 @@ from typing import Any, Generic, NoReturn, Protocol, TypeVar, runtime_checkable
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
+from ._batch import read_many
 from ._flights import ALONE, RETRY, Failed, Flight, Flights, Missing, Shared, cover
 from ._ops import (
     _BUSY,
@@ -38,14 +39,12 @@ from ._ops import (
     TOMBSTONE,
     Brief,
     Command,
-    FetchMany,
     Flow,
     PartialPipelineError,
     Pipeline,
     Replicated,
     Script,
     Sleep,
-    Wait,
     _timed_out,
     _wrong_type,
     new_token,
@@ -60,7 +59,6 @@ from .exceptions import (
 from .keys import (
     Field,
     build_keys,
-    build_many_keys,
     memo_key,
     model_label,
     normalize_lookup,
@@ -75,25 +73,6 @@ __all__ = ["AsyncClock", "BusyPolicy", "CacheCowBase", "Clock", "SystemClock"]
 logger = logging.getLogger("cachecow")
 
 _MISSING = object()
-
-
-def _discard_args(discards: dict[str, bytes]) -> Callable[[str], tuple[Any, ...]]:
-    """The per-key arguments of a batch lease that also discards unusable values."""
-    return lambda value_key: (discards.get(value_key, b""),)
-
-
-class _Lookup:
-    """One distinct lookup of a batch read, and what happened to it so far."""
-
-    __slots__ = ("busy", "flag_key", "flight", "id_val", "missed", "waited")
-
-    def __init__(self, id_val: Any, flag_key: str) -> None:
-        self.id_val = id_val
-        self.flag_key = flag_key
-        self.missed = False
-        self.busy = False
-        self.waited = False
-        self.flight: Flight | None = None  # the flight this batch leads for it, if any
 
 
 class BusyPolicy(str, enum.Enum):
@@ -146,15 +125,6 @@ class SystemClock:
 
 # ---------------------------------------------------------------------------------------------
 # Pure arithmetic.
-
-
-def _cover_many(lookups: dict[str, _Lookup], value_keys: list[str]) -> None:
-    """:func:`cover` the flights a batch leads for these keys (before a call that decides
-    them)."""
-    for value_key in value_keys:
-        flight = lookups[value_key].flight
-        if flight is not None:
-            flight.covered = flight.joined
 
 
 def jittered_ms(seconds: float, jitter: float, unit_random: float) -> int:
@@ -307,6 +277,7 @@ class CacheCowBase(Generic[ClientT]):
         self._last_error_log: float | None = None
         self._warned: set[tuple[str, str, Field]] = set()  # (why, model, field) logged
         self._flights = Flights(self._waiter)  # the gets in flight (see _flights.py)
+        self._default_keys = type(self).get_keys is CacheCowBase.get_keys
 
     def _check_client(self, redis: ClientT) -> None:
         """Refuse a client this class cannot drive (the client classes override it)."""
@@ -611,6 +582,11 @@ class CacheCowBase(Generic[ClientT]):
     # -- single flight (see _flights.py) ---------------------------------------------------------
 
     @property
+    def _fetches_when_busy(self) -> bool:
+        """Whether a reader that finds another's lease fetches at once (without caching)."""
+        return self.busy is BusyPolicy.FETCH or self.wait_timeout <= 0
+
+    @property
     def _joins(self) -> bool:
         """Whether a get may join the one in flight: only a reader that may wait for another
         (busy "wait"), and for ``wait_timeout`` at most."""
@@ -758,7 +734,7 @@ class CacheCowBase(Generic[ClientT]):
             # Busy: another reader holds the lease.
             if deadline is None:
                 self.metrics.incr("busy")
-                if self.busy is BusyPolicy.FETCH or self.wait_timeout <= 0:
+                if self._fetches_when_busy:
                     return (yield from self._fetch_uncached(cls, id_field, id_val, flight))
                 self.metrics.incr("waits")
                 deadline = self.clock.monotonic() + self.wait_timeout
@@ -871,47 +847,6 @@ class CacheCowBase(Generic[ClientT]):
 
     # -- flows: many lookups of one field -------------------------------------------------------
 
-    def _batched(
-        self,
-        name: str,
-        lookups: dict[str, _Lookup],
-        value_keys: list[str],
-        head: tuple[Any, ...],
-        per_key: Callable[[str], tuple[Any, ...]] | None,
-    ) -> Flow:
-        """Run a ``*_many`` script over ``value_keys``: one call, or one per cluster slot in one
-        pipeline. Returns ``{value_key: reply}``."""
-        groups = self._slot_groups(value_keys)
-        ops = []
-        for group in groups:
-            keys: list[str] = []
-            args: list[Any] = list(head)
-            for value_key in group:
-                keys += (value_key, lookups[value_key].flag_key)
-                if per_key is not None:
-                    args += per_key(value_key)
-            ops.append(Script(name, tuple(keys), tuple(args)))
-        if len(ops) == 1:
-            replies = [(yield ops[0])]
-        else:
-            try:
-                replies = yield Pipeline(tuple(ops))
-            except PartialPipelineError as exc:
-                for group, reply in zip(groups, exc.replies, strict=True):
-                    if isinstance(reply, list) and len(reply) == len(group):
-                        exc.by_key.update(zip(group, reply, strict=True))
-                raise
-        out: dict[str, Any] = {}
-        for group, reply in zip(groups, replies, strict=True):
-            if isinstance(reply, bytes):  # commit_many: one character per lookup
-                reply = [code - 48 for code in reply]  # b"10" -> [1, 0]
-            if not isinstance(reply, list) or len(reply) != len(group):
-                raise CacheUnavailable(
-                    f"unexpected reply from {name}: {reply!r}", operation=name, keys=tuple(group)
-                )
-            out.update(zip(group, reply, strict=True))
-        return out
-
     def _slot_groups(self, value_keys: list[str]) -> list[list[str]]:
         """The keys grouped by Redis Cluster slot (one group unless the client is a cluster)."""
         if not self._group_by_slot:
@@ -921,353 +856,12 @@ class CacheCowBase(Generic[ClientT]):
             groups.setdefault(key_slot(value_key.encode()), []).append(value_key)
         return list(groups.values())
 
-    def _lookups(
-        self, cls: Any, id_field: Field, id_vals: Iterable[Any]
-    ) -> tuple[dict[str, _Lookup], list[str]]:
-        """Each distinct lookup by its value key, and the value key of each input position."""
-        values = list(id_vals)
-        if type(self).get_keys is CacheCowBase.get_keys:  # the default keys, in one pass
-            pairs = build_many_keys(self.prefix, self.model_label(cls), id_field, values)
-        else:
-            pairs = [self.get_keys(cls, id_field, id_val) for id_val in values]
-        lookups: dict[str, _Lookup] = {}
-        order: list[str] = []
-        for id_val, (value_key, flag_key) in zip(values, pairs, strict=True):
-            order.append(value_key)
-            if value_key not in lookups:
-                lookups[value_key] = _Lookup(id_val, flag_key)
-        return lookups, order
-
     def _read_many(
         self, cls: Any, id_field: Field, id_vals: list[Any], me: Any = None, loop: Any = None
     ) -> Flow:
-        """Read many (normalized) lookups, in order; for a reader ``me`` (a thread's id, or a
-        task of ``loop``) that may wait, in single flight with the process's other readers
-        of the same keys (see ``_flights.py``)."""
-        lookups, order = self._lookups(cls, id_field, id_vals)
-        found: dict[str, Any] = {}  # value key -> object, or None for "no such object"
-        if me is None or not self._joins:
-            yield from self._get_many_flow(cls, id_field, lookups, list(lookups), found)
-        else:
-            yield from self._read_many_together(cls, id_field, lookups, found, me, loop)
-        return [found.get(value_key) for value_key in order]
-
-    def _read_many_together(
-        self,
-        cls: Any,
-        id_field: Field,
-        lookups: dict[str, _Lookup],
-        found: dict[str, Any],
-        me: Any,
-        loop: Any,
-    ) -> Flow:
-        """Lead the flights of the keys nobody in this process reads yet, reading them in one
-        batch, and only then wait for the others' (at most ``wait_timeout``, then fetch them
-        uncached, as a follower of a ``get``); a key whose flight gives nothing to take is
-        read again, in its next flight."""
-        deadline = time.monotonic() + self.wait_timeout
-        places = list(zip(lookups, self._flights.join_many(list(lookups), me, loop), strict=True))
-        while places:
-            reading: list[str] = []
-            followed: list[tuple[str, Flight, int]] = []
-            for value_key, (flight, index) in places:
-                if index >= 0:
-                    followed.append((value_key, flight, index))
-                    continue
-                if index == -1:
-                    lookups[value_key].flight = flight
-                reading.append(value_key)
-            if reading:
-                yield from self._lead_many(cls, id_field, lookups, reading, found)
-            places = []
-            timed_out: list[str] = []
-            for value_key, flight, index in followed:
-                if not (yield Wait(flight.waiter, max(0.0, deadline - time.monotonic()))):
-                    timed_out.append(value_key)
-                    continue
-                lookup = lookups[value_key]
-                answer = self._answer((cls, id_field, lookup.id_val), flight, index, many=True)
-                if answer is ALONE:
-                    places.append((value_key, (flight, -2)))
-                elif answer is RETRY:
-                    places.append((value_key, self._flights.rejoin(flight, me)))
-                else:
-                    found[value_key] = answer
-            if timed_out:
-                self.metrics.incr("wait_timeouts", len(timed_out))
-                self.metrics.incr("fetches", len(timed_out))
-                fetched = yield from self._fetch_many(cls, id_field, lookups, timed_out)
-                for value_key in timed_out:
-                    found[value_key] = fetched.get(lookups[value_key].id_val)
-
-    def _lead_many(
-        self,
-        cls: Any,
-        id_field: Field,
-        lookups: dict[str, _Lookup],
-        reading: list[str],
-        found: dict[str, Any],
-    ) -> Flow:
-        """Read ``reading`` in one batch, then land the flights it leads, whatever happened."""
-        error: BaseException | None = None
-        try:
-            yield from self._get_many_flow(cls, id_field, lookups, reading, found)
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            led: dict[str, Flight] = {}
-            for value_key in reading:
-                lookup = lookups[value_key]
-                if lookup.flight is not None:
-                    led[value_key], lookup.flight = lookup.flight, None
-            for flight in self._flights.land_unjoined(list(led.values())):
-                lookup = lookups[flight.key]
-                obj = found.get(flight.key)
-                self._land(flight, (cls, id_field, lookup.id_val), obj, error, many=True)
-
-    def _get_many_flow(
-        self,
-        cls: Any,
-        id_field: Field,
-        lookups: dict[str, _Lookup],
-        pending: list[str],
-        found: dict[str, Any],
-    ) -> Flow:
-        """Read the ``pending`` lookups into ``found``: one round trip for the hits, one
-        ``fetch_many`` and one more round trip for the misses; busy lookups follow the busy
-        policy. Before each lease call and fetch, the followers of the flights the batch
-        leads for the keys it covers are marked (see ``_flights.py``)."""
-        uncached: list[str] = []  # to fetch without caching
-        discards: dict[str, bytes] = {}
-        discarded: set[str] = set()
-        waiting: list[str] = []
-        deadline: float | None = None
-        attempt = 0
-        token = new_token()
-        while pending:
-            replies = yield from self._guarded(
-                cls,
-                id_field,
-                lookups,
-                pending,
-                found,
-                (token, self._flag_ttl_ms),
-                _discard_args(discards) if discards else None,
-            )
-            if replies is None:  # Redis failed and fail_open served them: done
-                uncached += waiting
-                break
-            discards = {}
-            tally: dict[str, int] = {}
-            misses = busy_count = corrupt = 0
-            leased: list[str] = []
-            busy: list[str] = []
-            for value_key in pending:
-                reply = replies[value_key]
-                lookup = lookups[value_key]
-                if isinstance(reply, bytes):
-                    obj = self._cached(cls, id_field, lookup.id_val, reply, tally)
-                    if obj is _TOMB:
-                        found[value_key] = None
-                    elif obj is not _UNUSABLE:
-                        found[value_key] = obj
-                    elif value_key in discarded:
-                        uncached.append(value_key)
-                    else:
-                        discarded.add(value_key)
-                        discards[value_key] = reply
-                    continue
-                if not lookup.missed:
-                    lookup.missed = True
-                    misses += 1
-                if reply in (_LEASED_REPAIRED, _BUSY_REPAIRED):
-                    corrupt += 1
-                    reply = _LEASED if reply == _LEASED_REPAIRED else _BUSY
-                if reply == _LEASED:
-                    leased.append(value_key)
-                elif reply == _BUSY:
-                    if not lookup.busy:
-                        lookup.busy = True
-                        busy_count += 1
-                    busy.append(value_key)
-                else:
-                    raise CacheUnavailable(
-                        f"unexpected reply from get_or_lease_many: {reply!r}",
-                        operation="get_many",
-                        keys=(value_key,),
-                    )
-            for counter, amount in tally.items():
-                self.metrics.incr(counter, amount)
-            if misses:
-                self.metrics.incr("misses", misses)
-            if busy_count:
-                self.metrics.incr("busy", busy_count)
-            if corrupt:
-                self.metrics.incr("corrupt_keys", corrupt)
-            extra: list[str] = []
-            if busy and (self.busy is BusyPolicy.FETCH or self.wait_timeout <= 0):
-                extra, busy = busy, []
-            if leased:
-                # Fill our own leases before waiting on anyone else's: two batch readers that
-                # each wait for the other's lease would otherwise both time out. Busy lookups
-                # that will not wait ride along in the same fetch_many, uncached.
-                if not (yield from self._fill(cls, id_field, lookups, leased, token, found, extra)):
-                    # The commit failed and fail_open served it: no further call (a poll) to
-                    # a Redis that just failed, which could cost the caller a second timeout.
-                    rest = busy + list(discards)
-                    self.metrics.incr("fail_open_fetches", len(rest))
-                    uncached += rest
-                    busy, discards = [], {}
-            else:
-                uncached += extra
-            if busy:
-                if deadline is None:
-                    deadline = self.clock.monotonic() + self.wait_timeout
-                newly_waiting = [vk for vk in busy if not lookups[vk].waited]
-                for value_key in newly_waiting:
-                    lookups[value_key].waited = True
-                if newly_waiting:
-                    self.metrics.incr("waits", len(newly_waiting))
-                if not discards:
-                    pause = self._wait_step(deadline, attempt)
-                    if pause <= 0:
-                        self.metrics.incr("wait_timeouts", len(busy))
-                        uncached += busy
-                        busy = []
-                    else:
-                        attempt += 1
-                        yield Sleep(pause)
-            waiting = busy
-            pending = list(discards) + busy
-        if uncached:
-            self.metrics.incr("fetches", len(uncached))
-            fetched = yield from self._fetch_many(cls, id_field, lookups, uncached)
-            for value_key in uncached:
-                found[value_key] = fetched.get(lookups[value_key].id_val)
-
-    def _guarded(
-        self,
-        cls: Any,
-        id_field: Field,
-        lookups: dict[str, _Lookup],
-        pending: list[str],
-        found: dict[str, Any],
-        head: tuple[Any, ...],
-        per_key: Callable[[str], tuple[Any, ...]] | None,
-    ) -> Flow:
-        """A batched lease round trip; on a Redis error, fail open (serve ``pending`` straight
-        from ``fetch_many``, returning ``None``) or raise."""
-        _cover_many(lookups, pending)
-        try:
-            return (yield from self._batched("get_or_lease_many", lookups, pending, head, per_key))
-        except GeneratorExit:
-            raise
-        except BaseException as exc:
-            if not isinstance(exc, RedisError):
-                # Cancelled while the replies were on their way: any lease won may be ours
-                # (the token is the head's first argument).
-                yield from self._interrupted(exc, self._release_many(lookups, pending, head[0]))
-                raise
-            if isinstance(exc, PartialPipelineError):
-                # Some nodes answered: give back the leases won there (the token is the head's
-                # first argument), or they would keep those keys from being cached, and make
-                # their readers wait, until they expire.
-                won = [
-                    vk for vk, reply in exc.by_key.items() if reply in (_LEASED, _LEASED_REPAIRED)
-                ]
-                if won:
-                    yield from self._release_many(lookups, won, head[0])
-            self._redis_failed(exc, "get_many", tuple(pending))
-        self.metrics.incr("fail_open_fetches", len(pending))
-        self.metrics.incr("fetches", len(pending))
-        fetched = yield from self._fetch_many(cls, id_field, lookups, pending)
-        for value_key in pending:
-            found[value_key] = fetched.get(lookups[value_key].id_val)
-        return None
-
-    def _fetch_many(
-        self, cls: Any, id_field: Field, lookups: dict[str, _Lookup], value_keys: list[str]
-    ) -> Flow:
-        """``fetch_many`` for these lookups, as a mapping; a value mapped to None is not found."""
-        _cover_many(lookups, value_keys)
-        fetched = yield FetchMany(tuple(lookups[vk].id_val for vk in value_keys))
-        if not isinstance(fetched, Mapping):
-            raise TypeError(f"fetch_many must return a mapping, got {type(fetched).__name__}")
-        return fetched
-
-    def _fill(
-        self,
-        cls: Any,
-        id_field: Field,
-        lookups: dict[str, _Lookup],
-        leased: list[str],
-        token: str,
-        found: dict[str, Any],
-        extra: list[str],
-    ) -> Flow:
-        """Fetch the lookups this reader leased (and ``extra`` ones, not to be cached) in one
-        ``fetch_many``, and commit the leased ones in one round trip, only under this reader's
-        own live leases. Returns whether Redis answered the commit (``False``: it failed, and
-        ``fail_open`` let the read go on)."""
-        self.metrics.incr("leases", len(leased))
-        self.metrics.incr("fetches", len(leased) + len(extra))
-        entries: dict[str, tuple[Any, Any]] = {}  # value key -> (payload, ttl_ms)
-        try:
-            fetched = yield from self._fetch_many(cls, id_field, lookups, leased + extra)
-            for value_key in extra:
-                found[value_key] = fetched.get(lookups[value_key].id_val)
-            for value_key in leased:
-                id_val = lookups[value_key].id_val
-                obj = fetched.get(id_val)
-                found[value_key] = obj
-                prepared = self._payload(cls, id_field, id_val, obj)
-                entries[value_key] = (b"", 0) if prepared is None else prepared
-        except GeneratorExit:
-            raise
-        except BaseException as exc:
-            # fetch_many or serialize failed: free every lease at once, then re-raise unchanged.
-            yield from self._released(exc, self._release_many(lookups, leased, token))
-            raise
-        try:
-            replies = yield from self._batched(
-                "commit_many", lookups, leased, (token,), lambda vk: entries[vk]
-            )
-        except RedisError as exc:
-            # As in _get_flow: give back whatever leases are still ours (never raises).
-            if not _timed_out(exc):
-                yield from self._release_many(lookups, leased, token, counted=False)
-            self._redis_failed(exc, "commit", tuple(leased))
-            return False
-        except GeneratorExit:
-            raise
-        except BaseException as exc:
-            yield from self._interrupted(exc, self._release_many(lookups, leased, token))
-            raise
-        stored = refused = 0
-        for value_key in leased:
-            if entries[value_key][1] == 0:
-                continue  # released, not stored
-            if replies[value_key] == 1:
-                stored += 1
-            else:
-                refused += 1
-        if stored:
-            self.metrics.incr("commits", stored)
-        if refused:
-            self.metrics.incr("stale_commits", refused)
-        return True
-
-    def _release_many(
-        self, lookups: dict[str, _Lookup], leased: list[str], token: str, *, counted: bool = True
-    ) -> Flow:
-        """Give back every lease of ``leased`` still ours; never raises (as :meth:`_release`)."""
-        try:
-            yield from self._batched("commit_many", lookups, leased, (token,), lambda vk: (b"", 0))
-        except Exception as exc:  # a Redis failure, or a reply of the wrong shape
-            if counted:
-                self.metrics.incr("redis_errors")
-            logger.warning("cachecow: could not release %d leases: %s", len(leased), exc)
+        """Read many (normalized) lookups, in order (see ``_batch.py``); for a reader ``me``
+        that may wait, in single flight with the process's other readers of the same keys."""
+        return read_many(self, cls, id_field, id_vals, me, loop)
 
     # -- flows: invalidation --------------------------------------------------------------------
 

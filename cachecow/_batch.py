@@ -1,0 +1,446 @@
+"""Batch reads: ``get_many``'s flow, DESIGN.md section 1 for many lookups of one field at once.
+
+A :class:`BatchRead` is one call's read of some lookups: one ``get_or_lease_many`` round trip
+for the hits and the leases, one ``fetch_many`` for the leased lookups (and for busy ones that
+will not wait), one ``commit_many`` under the batch's token; busy lookups are polled after the
+batch's own leases are committed. :func:`read_many` runs it, alone or in single flight with
+the process's other readers of the same keys (see ``_flights.py``).
+
+On Redis Cluster every script call is made once per hash slot, in one pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import RedisError
+
+from ._flights import ALONE, RETRY, Flight
+from ._ops import (
+    _BUSY,
+    _BUSY_REPAIRED,
+    _LEASED,
+    _LEASED_REPAIRED,
+    _TOMB,
+    _UNUSABLE,
+    FetchMany,
+    Flow,
+    PartialPipelineError,
+    Pipeline,
+    Script,
+    Sleep,
+    Wait,
+    _timed_out,
+    new_token,
+)
+from .exceptions import CacheUnavailable
+from .keys import Field, build_many_keys
+
+if TYPE_CHECKING:
+    from ._protocol import CacheCowBase
+
+    Cache = CacheCowBase[Any]
+
+logger = logging.getLogger("cachecow")
+
+
+class Lookup:
+    """One distinct lookup of a batch read, and what happened to it so far."""
+
+    __slots__ = ("busy", "flag_key", "flight", "id_val", "missed", "waited")
+
+    def __init__(self, id_val: Any, flag_key: str) -> None:
+        self.id_val = id_val
+        self.flag_key = flag_key
+        self.missed = False
+        self.busy = False
+        self.waited = False
+        self.flight: Flight | None = None  # the flight this batch leads for it, if any
+
+
+def lookups_of(
+    cache: Cache, cls: Any, id_field: Field, id_vals: list[Any]
+) -> tuple[dict[str, Lookup], list[str]]:
+    """Each distinct lookup by its value key, and the value key of each input position."""
+    if cache._default_keys:  # the default keys, in one pass
+        pairs = build_many_keys(cache.prefix, cache.model_label(cls), id_field, id_vals)
+    else:
+        pairs = [cache.get_keys(cls, id_field, id_val) for id_val in id_vals]
+    lookups: dict[str, Lookup] = {}
+    order: list[str] = []
+    for id_val, (value_key, flag_key) in zip(id_vals, pairs, strict=True):
+        order.append(value_key)
+        if value_key not in lookups:
+            lookups[value_key] = Lookup(id_val, flag_key)
+    return lookups, order
+
+
+def read_many(
+    cache: Cache, cls: Any, id_field: Field, id_vals: list[Any], me: Any, loop: Any
+) -> Flow:
+    """Read many (normalized) lookups, in order; for a reader ``me`` (a thread's id, or a task
+    of ``loop``) that may wait, in single flight with the process's other readers."""
+    lookups, order = lookups_of(cache, cls, id_field, id_vals)
+    batch = BatchRead(cache, cls, id_field, lookups)
+    if me is None or not cache._joins:
+        yield from batch.read(list(lookups))
+    else:
+        yield from _read_together(batch, me, loop)
+    return [batch.found.get(value_key) for value_key in order]
+
+
+def _read_together(batch: BatchRead, me: Any, loop: Any) -> Flow:
+    """Lead the flights of the keys nobody in this process reads yet, reading them in one
+    batch, and only then wait for the others' (at most ``wait_timeout``, then fetch them
+    uncached, as a follower of a ``get``); a key whose flight gives nothing to take is read
+    again, in its next flight."""
+    cache, lookups = batch.cache, batch.lookups
+    deadline = time.monotonic() + cache.wait_timeout
+    places = list(zip(lookups, cache._flights.join_many(list(lookups), me, loop), strict=True))
+    while places:
+        reading: list[str] = []
+        followed: list[tuple[str, Flight, int]] = []
+        for value_key, (flight, index) in places:
+            if index >= 0:
+                followed.append((value_key, flight, index))
+                continue
+            if index == -1:
+                lookups[value_key].flight = flight
+            reading.append(value_key)
+        if reading:
+            yield from _lead(batch, reading)
+        places = []
+        timed_out: list[str] = []
+        for value_key, flight, index in followed:
+            if not (yield Wait(flight.waiter, max(0.0, deadline - time.monotonic()))):
+                timed_out.append(value_key)
+                continue
+            lookup = (batch.cls, batch.id_field, lookups[value_key].id_val)
+            answer = cache._answer(lookup, flight, index, many=True)
+            if answer is ALONE:
+                places.append((value_key, (flight, -2)))
+            elif answer is RETRY:
+                places.append((value_key, cache._flights.rejoin(flight, me)))
+            else:
+                batch.found[value_key] = answer
+        if timed_out:
+            cache.metrics.incr("wait_timeouts", len(timed_out))
+            yield from batch.fetch_uncached(timed_out)
+
+
+def _lead(batch: BatchRead, reading: list[str]) -> Flow:
+    """Read ``reading`` in one batch, then land the flights it leads, whatever happened."""
+    error: BaseException | None = None
+    try:
+        again = BatchRead(batch.cache, batch.cls, batch.id_field, batch.lookups, batch.found)
+        yield from again.read(reading)
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        led: list[Flight] = []
+        for value_key in reading:
+            lookup = batch.lookups[value_key]
+            if lookup.flight is not None:
+                led.append(lookup.flight)
+                lookup.flight = None
+        for flight in batch.cache._flights.land_unjoined(led):
+            id_val = batch.lookups[flight.key].id_val
+            obj = batch.found.get(flight.key)
+            batch.cache._land(flight, (batch.cls, batch.id_field, id_val), obj, error, many=True)
+
+
+class BatchRead:
+    """One batch read of lookups of one field: the state its flow keeps between round trips
+    (the token its leases are taken with, the deadline of its wait, what it will fetch
+    without caching), and the answers, in ``found`` (value key -> object, or ``None`` for "no
+    such object")."""
+
+    def __init__(
+        self,
+        cache: Cache,
+        cls: Any,
+        id_field: Field,
+        lookups: dict[str, Lookup],
+        found: dict[str, Any] | None = None,
+    ) -> None:
+        self.cache = cache
+        self.cls = cls
+        self.id_field = id_field
+        self.lookups = lookups
+        self.found: dict[str, Any] = {} if found is None else found
+        self.token = new_token()
+        self.uncached: list[str] = []  # to fetch without caching, at the end
+        self.discarded: set[str] = set()  # found unusable once already
+        self.deadline: float | None = None  # of the wait for busy lookups
+        self.attempt = 0  # polls so far
+
+    def read(self, pending: list[str]) -> Flow:
+        """Read the ``pending`` lookups into :attr:`found`."""
+        discards: dict[str, bytes] = {}
+        waiting: list[str] = []
+        while pending:
+            replies = yield from self._lease_round(pending, discards)
+            if replies is None:  # Redis failed and fail_open served them: done
+                self.uncached += waiting
+                break
+            leased, busy, discards = self._sort(pending, replies)
+            extra: list[str] = []
+            if busy and self.cache._fetches_when_busy:
+                extra, busy = busy, []
+            if leased:
+                # Fill our own leases before waiting on anyone else's: two batch readers that
+                # each wait for the other's lease would otherwise both time out. Busy lookups
+                # that will not wait ride along in the same fetch_many, uncached.
+                if not (yield from self._fill(leased, extra)):
+                    # The commit failed and fail_open served it: no further call (a poll) to
+                    # a Redis that just failed, which could cost the caller a second timeout.
+                    rest = busy + list(discards)
+                    self.cache.metrics.incr("fail_open_fetches", len(rest))
+                    self.uncached += rest
+                    busy, discards = [], {}
+            else:
+                self.uncached += extra
+            if busy:
+                busy = yield from self._pause(busy, sleep=not discards)
+            waiting = busy
+            pending = list(discards) + busy
+        if self.uncached:
+            yield from self.fetch_uncached(self.uncached)
+
+    def _sort(
+        self, pending: list[str], replies: dict[str, Any]
+    ) -> tuple[list[str], list[str], dict[str, bytes]]:
+        """Take the hits into :attr:`found`; return the leased lookups, the busy ones, and the
+        unusable bytes to discard in the next round trip. Counts what it sees."""
+        cache, lookups = self.cache, self.lookups
+        tally: dict[str, int] = {}
+        leased: list[str] = []
+        busy: list[str] = []
+        discards: dict[str, bytes] = {}
+        for value_key in pending:
+            reply = replies[value_key]
+            lookup = lookups[value_key]
+            if isinstance(reply, bytes):
+                obj = cache._cached(self.cls, self.id_field, lookup.id_val, reply, tally)
+                if obj is _TOMB:
+                    self.found[value_key] = None
+                elif obj is not _UNUSABLE:
+                    self.found[value_key] = obj
+                elif value_key in self.discarded:
+                    self.uncached.append(value_key)
+                else:
+                    self.discarded.add(value_key)
+                    discards[value_key] = reply
+                continue
+            if not lookup.missed:
+                lookup.missed = True
+                tally["misses"] = tally.get("misses", 0) + 1
+            if reply in (_LEASED_REPAIRED, _BUSY_REPAIRED):
+                tally["corrupt_keys"] = tally.get("corrupt_keys", 0) + 1
+                reply = _LEASED if reply == _LEASED_REPAIRED else _BUSY
+            if reply == _LEASED:
+                leased.append(value_key)
+            elif reply == _BUSY:
+                if not lookup.busy:
+                    lookup.busy = True
+                    tally["busy"] = tally.get("busy", 0) + 1
+                busy.append(value_key)
+            else:
+                raise CacheUnavailable(
+                    f"unexpected reply from get_or_lease_many: {reply!r}",
+                    operation="get_many",
+                    keys=(value_key,),
+                )
+        for counter, amount in tally.items():
+            cache.metrics.incr(counter, amount)
+        return leased, busy, discards
+
+    def _pause(self, busy: list[str], *, sleep: bool) -> Flow:
+        """Wait before polling the ``busy`` lookups again (unless a discard is sent first,
+        ``sleep`` off); returns those still to poll (none once the wait is over: they are then
+        fetched without caching)."""
+        cache = self.cache
+        if self.deadline is None:
+            self.deadline = cache.clock.monotonic() + cache.wait_timeout
+        newly_waiting = [vk for vk in busy if not self.lookups[vk].waited]
+        for value_key in newly_waiting:
+            self.lookups[value_key].waited = True
+        if newly_waiting:
+            cache.metrics.incr("waits", len(newly_waiting))
+        if not sleep:
+            return busy
+        pause = cache._wait_step(self.deadline, self.attempt)
+        if pause <= 0:
+            cache.metrics.incr("wait_timeouts", len(busy))
+            self.uncached += busy
+            return []
+        self.attempt += 1
+        yield Sleep(pause)
+        return busy
+
+    def _lease_round(self, pending: list[str], discards: dict[str, bytes]) -> Flow:
+        """The lease round trip for ``pending`` (discarding unusable bytes); on a Redis error,
+        fail open (serve ``pending`` from ``fetch_many``, returning ``None``) or raise."""
+        per_key = _discard_args(discards) if discards else None
+        self._cover(pending)
+        try:
+            head = (self.token, self.cache._flag_ttl_ms)
+            return (yield from self._script("get_or_lease_many", pending, head, per_key))
+        except GeneratorExit:
+            raise
+        except BaseException as exc:
+            if not isinstance(exc, RedisError):
+                # Cancelled while the replies were on their way: any lease won may be ours.
+                yield from self.cache._interrupted(exc, self._release(pending))
+                raise
+            if isinstance(exc, PartialPipelineError):
+                # Some nodes answered: give back the leases won there, or they would keep those
+                # keys from being cached, and make their readers wait, until they expire.
+                won = [
+                    vk for vk, reply in exc.by_key.items() if reply in (_LEASED, _LEASED_REPAIRED)
+                ]
+                if won:
+                    yield from self._release(won)
+            self.cache._redis_failed(exc, "get_many", tuple(pending))
+        self.cache.metrics.incr("fail_open_fetches", len(pending))
+        yield from self.fetch_uncached(pending)
+        return None
+
+    def fetch_uncached(self, value_keys: list[str]) -> Flow:
+        """Fetch these lookups into :attr:`found`, caching nothing."""
+        self.cache.metrics.incr("fetches", len(value_keys))
+        fetched = yield from self._fetch(value_keys)
+        for value_key in value_keys:
+            self.found[value_key] = fetched.get(self.lookups[value_key].id_val)
+
+    def _fetch(self, value_keys: list[str]) -> Flow:
+        """``fetch_many`` for these lookups, as a mapping; a value mapped to None is not found."""
+        self._cover(value_keys)
+        fetched = yield FetchMany(tuple(self.lookups[vk].id_val for vk in value_keys))
+        if not isinstance(fetched, Mapping):
+            raise TypeError(f"fetch_many must return a mapping, got {type(fetched).__name__}")
+        return fetched
+
+    def _fill(self, leased: list[str], extra: list[str]) -> Flow:
+        """Fetch the leased lookups (and ``extra`` ones, not to be cached) in one
+        ``fetch_many``, and commit the leased ones in one round trip, only under this batch's
+        own live leases. Returns whether Redis answered the commit (``False``: it failed, and
+        ``fail_open`` let the read go on)."""
+        cache = self.cache
+        cache.metrics.incr("leases", len(leased))
+        cache.metrics.incr("fetches", len(leased) + len(extra))
+        entries: dict[str, tuple[Any, Any]] = {}  # value key -> (payload, ttl_ms)
+        try:
+            fetched = yield from self._fetch(leased + extra)
+            for value_key in extra:
+                self.found[value_key] = fetched.get(self.lookups[value_key].id_val)
+            for value_key in leased:
+                id_val = self.lookups[value_key].id_val
+                obj = fetched.get(id_val)
+                self.found[value_key] = obj
+                prepared = cache._payload(self.cls, self.id_field, id_val, obj)
+                entries[value_key] = (b"", 0) if prepared is None else prepared
+        except GeneratorExit:
+            raise
+        except BaseException as exc:
+            # fetch_many or serialize failed: free every lease at once, then re-raise unchanged.
+            yield from cache._released(exc, self._release(leased))
+            raise
+        return (yield from self._commit(leased, entries))
+
+    def _commit(self, leased: list[str], entries: dict[str, tuple[Any, Any]]) -> Flow:
+        """Commit ``entries`` (an empty payload gives a lease back); whether Redis answered."""
+        cache = self.cache
+        try:
+            replies = yield from self._script(
+                "commit_many", leased, (self.token,), lambda vk: entries[vk]
+            )
+        except RedisError as exc:
+            # As in a single read: give back whatever leases are still ours (never raises).
+            if not _timed_out(exc):
+                yield from self._release(leased, counted=False)
+            cache._redis_failed(exc, "commit", tuple(leased))
+            return False
+        except GeneratorExit:
+            raise
+        except BaseException as exc:
+            yield from cache._interrupted(exc, self._release(leased))
+            raise
+        stored = sum(1 for vk in leased if entries[vk][1] != 0 and replies[vk] == 1)
+        refused = sum(1 for vk in leased if entries[vk][1] != 0 and replies[vk] != 1)
+        if stored:
+            cache.metrics.incr("commits", stored)
+        if refused:
+            cache.metrics.incr("stale_commits", refused)
+        return True
+
+    def _release(self, leased: list[str], *, counted: bool = True) -> Flow:
+        """Give back every lease of ``leased`` still ours; never raises."""
+        try:
+            yield from self._script("commit_many", leased, (self.token,), lambda vk: (b"", 0))
+        except Exception as exc:  # a Redis failure, or a reply of the wrong shape
+            if counted:
+                self.cache.metrics.incr("redis_errors")
+            logger.warning("cachecow: could not release %d leases: %s", len(leased), exc)
+
+    def _script(
+        self,
+        name: str,
+        value_keys: list[str],
+        head: tuple[Any, ...],
+        per_key: Callable[[str], tuple[Any, ...]] | None,
+    ) -> Flow:
+        """Run a ``*_many`` script over ``value_keys``: one call, or one per cluster slot in one
+        pipeline. Returns ``{value_key: reply}``."""
+        groups = self.cache._slot_groups(value_keys)
+        ops = []
+        for group in groups:
+            keys: list[str] = []
+            args: list[Any] = list(head)
+            for value_key in group:
+                keys += (value_key, self.lookups[value_key].flag_key)
+                if per_key is not None:
+                    args += per_key(value_key)
+            ops.append(Script(name, tuple(keys), tuple(args)))
+        if len(ops) == 1:
+            replies = [(yield ops[0])]
+        else:
+            try:
+                replies = yield Pipeline(tuple(ops))
+            except PartialPipelineError as exc:
+                for group, reply in zip(groups, exc.replies, strict=True):
+                    if isinstance(reply, list) and len(reply) == len(group):
+                        exc.by_key.update(zip(group, reply, strict=True))
+                raise
+        return _by_key(name, groups, replies)
+
+    def _cover(self, value_keys: list[str]) -> None:
+        """Before a call that decides these lookups: the followers of the flights this batch
+        leads for them may take its result (see ``_flights.py``)."""
+        for value_key in value_keys:
+            flight = self.lookups[value_key].flight
+            if flight is not None:
+                flight.covered = flight.joined
+
+
+def _by_key(name: str, groups: list[list[str]], replies: list[Any]) -> dict[str, Any]:
+    """Each value key's reply, from one reply per group of keys."""
+    out: dict[str, Any] = {}
+    for group, reply in zip(groups, replies, strict=True):
+        if isinstance(reply, bytes):  # commit_many: one character per lookup
+            reply = [code - 48 for code in reply]  # b"10" -> [1, 0]
+        if not isinstance(reply, list) or len(reply) != len(group):
+            raise CacheUnavailable(
+                f"unexpected reply from {name}: {reply!r}", operation=name, keys=tuple(group)
+            )
+        out.update(zip(group, reply, strict=True))
+    return out
+
+
+def _discard_args(discards: dict[str, bytes]) -> Callable[[str], tuple[Any, ...]]:
+    """Per key of a lease round: the unusable bytes to delete first, or ``""`` for none."""
+    return lambda value_key: (discards.get(value_key, ""),)
