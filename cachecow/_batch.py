@@ -34,7 +34,9 @@ from ._ops import (
     Sleep,
     Wait,
     _timed_out,
+    interrupted,
     new_token,
+    released,
 )
 from .exceptions import CacheUnavailable
 from .keys import Field, build_many_keys
@@ -295,7 +297,7 @@ class BatchRead:
         except BaseException as exc:
             if not isinstance(exc, RedisError):
                 # Cancelled while the replies were on their way: any lease won may be ours.
-                yield from self.cache._interrupted(exc, self._release(pending))
+                yield from interrupted(exc, self._release(pending))
                 raise
             if isinstance(exc, PartialPipelineError):
                 # Some nodes answered: give back the leases won there, or they would keep those
@@ -348,7 +350,7 @@ class BatchRead:
             raise
         except BaseException as exc:
             # fetch_many or serialize failed: free every lease at once, then re-raise unchanged.
-            yield from cache._released(exc, self._release(leased))
+            yield from released(exc, self._release(leased))
             raise
         return (yield from self._commit(leased, entries))
 
@@ -368,7 +370,7 @@ class BatchRead:
         except GeneratorExit:
             raise
         except BaseException as exc:
-            yield from cache._interrupted(exc, self._release(leased))
+            yield from interrupted(exc, self._release(leased))
             raise
         stored = sum(1 for vk in leased if entries[vk][1] != 0 and replies[vk] == 1)
         refused = sum(1 for vk in leased if entries[vk][1] != 0 and replies[vk] != 1)

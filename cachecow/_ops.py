@@ -8,6 +8,7 @@ cachecow's but its exceptions, so every other module can import it.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -174,3 +175,30 @@ def _timed_out(exc: BaseException) -> bool:
 def new_token() -> str:
     """A fresh lease token: 128 random bits, as 32 hex characters."""
     return secrets.token_hex(16)
+
+
+def interrupted(exc: BaseException, release: Flow) -> Flow:
+    """A call failed while a reply to it was on its way (the lease, a commit), other than by a
+    Redis error: the leases may be ours, and left alone they would hold their keys for
+    flag_ttl. The release compares the token, so it frees nothing that is not ours.
+
+    - An asyncio cancellation releases for at most :data:`CANCEL_RELEASE_SECONDS`, so deadlines
+      (``asyncio.timeout``, ``wait_for``) hold even when Redis is stalled, which is when calls
+      get cancelled.
+    - Any other exception releases as after a failed ``fetch``.
+    - ``KeyboardInterrupt``, ``SystemExit`` and other interruptions that are not exceptions
+      release nothing: a release would hold up the interrupt by a full Redis timeout when
+      Redis is slow, which is when interrupts come."""
+    if isinstance(exc, Exception | asyncio.CancelledError):
+        yield from released(exc, release)
+    else:
+        release.close()
+
+
+def released(exc: BaseException, release: Flow) -> Flow:
+    """Run ``release`` after ``exc``: for at most :data:`CANCEL_RELEASE_SECONDS` after an
+    asyncio cancellation, in full otherwise (as after a failed ``fetch``)."""
+    if isinstance(exc, asyncio.CancelledError):
+        yield Brief(release, CANCEL_RELEASE_SECONDS)
+    else:
+        yield from release

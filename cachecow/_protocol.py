@@ -26,29 +26,18 @@ from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from ._batch import read_many
-from ._flights import ALONE, RETRY, Failed, Flight, Flights, Missing, Shared, cover
+from ._flights import ALONE, RETRY, Failed, Flight, Flights, Missing, Shared
 from ._ops import (
-    _BUSY,
-    _BUSY_REPAIRED,
-    _LEASED,
-    _LEASED_REPAIRED,
     _TOMB,
     _UNUSABLE,
-    CANCEL_RELEASE_SECONDS,
-    FETCH,
     TOMBSTONE,
-    Brief,
     Command,
     Flow,
     PartialPipelineError,
     Pipeline,
     Replicated,
-    Script,
-    Sleep,
-    _timed_out,
-    _wrong_type,
-    new_token,
 )
+from ._single import SingleRead, peek
 from .exceptions import (
     CacheUnavailable,
     ConfigurationError,
@@ -657,15 +646,10 @@ class CacheCowBase(Generic[ClientT]):
     def _fetch_uncached(
         self, cls: Any, id_field: Field, id_val: Any, flight: Flight | None = None
     ) -> Flow:
-        self.metrics.incr("fetches")
-        cover(flight)
-        try:
-            obj = yield FETCH
-        except NotFound as exc:
-            raise self.not_found(cls, id_field, id_val) from exc
-        return self._fetched(cls, id_field, id_val, obj)
+        """A (normalized) lookup's object from ``fetch``, caching nothing."""
+        return SingleRead(self, (cls, id_field, id_val), None, flight).fetch_uncached()
 
-    # -- flows: one lookup ----------------------------------------------------------------------
+    # -- flows ----------------------------------------------------------------------------------
 
     def _get_flow(
         self,
@@ -675,175 +659,12 @@ class CacheCowBase(Generic[ClientT]):
         keys: tuple[str, str] | None = None,
         flight: Flight | None = None,
     ) -> Flow:
-        """Read a (normalized) lookup, whose ``keys`` the caller may have built already: the
-        protocol of DESIGN.md section 1. The leader of a ``flight`` marks, before each lease
-        call and fetch, the followers that may take its result."""
-        if keys is None:
-            keys = self.get_keys(cls, id_field, id_val)
-        flag_key = keys[1]
-        token = new_token()
-        lease_args: tuple[Any, ...] = (token, self._flag_ttl_ms)
-        deadline: float | None = None
-        attempt = 0
-        discarded = False
-        counted_miss = False
-        while True:
-            cover(flight)
-            try:
-                reply = yield Script("get_or_lease", keys, lease_args)
-            except RedisError as exc:
-                self._redis_failed(exc, "get", keys)
-                self.metrics.incr("fail_open_fetches")
-                return (yield from self._fetch_uncached(cls, id_field, id_val, flight))
-            except GeneratorExit:
-                raise
-            except BaseException as exc:
-                # Cancelled while the reply was on its way: the lease may be ours.
-                yield from self._interrupted(exc, self._release(flag_key, token))
-                raise
-
-            if isinstance(reply, bytes):
-                obj = self._cached(cls, id_field, id_val, reply)
-                if obj is _TOMB:
-                    raise self.not_found(cls, id_field, id_val)
-                if obj is not _UNUSABLE:
-                    return obj
-                if discarded:
-                    # A second unusable value in one read: someone keeps writing values this
-                    # process cannot use. Serve from the database rather than loop.
-                    return (yield from self._fetch_uncached(cls, id_field, id_val, flight))
-                discarded = True
-                # Delete exactly these bytes (if still there) and try for the lease, in one trip.
-                lease_args = (token, self._flag_ttl_ms, reply)
-                continue
-
-            if not counted_miss:
-                counted_miss = True
-                self.metrics.incr("misses")
-            if reply == _LEASED:
-                break
-            if reply in (_LEASED_REPAIRED, _BUSY_REPAIRED):
-                self.metrics.incr("corrupt_keys")
-                if reply == _LEASED_REPAIRED:
-                    break
-                reply = _BUSY
-            if reply != _BUSY:
-                raise CacheUnavailable(
-                    f"unexpected reply from get_or_lease: {reply!r}", operation="get", keys=keys
-                )
-            # Busy: another reader holds the lease.
-            if deadline is None:
-                self.metrics.incr("busy")
-                if self._fetches_when_busy:
-                    return (yield from self._fetch_uncached(cls, id_field, id_val, flight))
-                self.metrics.incr("waits")
-                deadline = self.clock.monotonic() + self.wait_timeout
-            pause = self._wait_step(deadline, attempt)
-            if pause <= 0:
-                self.metrics.incr("wait_timeouts")
-                return (yield from self._fetch_uncached(cls, id_field, id_val, flight))
-            attempt += 1
-            yield Sleep(pause)
-            lease_args = (token, self._flag_ttl_ms)
-
-        # This reader holds the lease.
-        self.metrics.incr("leases")
-        self.metrics.incr("fetches")
-        cover(flight)
-        try:
-            try:
-                obj = yield FETCH
-            except NotFound:
-                obj = None
-            prepared = self._payload(cls, id_field, id_val, obj)
-            if prepared is None:
-                yield from self._release(flag_key, token)
-                return obj
-        except GeneratorExit:
-            raise
-        except BaseException as exc:
-            # fetch or serialize failed: free the lease at once, then re-raise unchanged.
-            yield from self._released(exc, self._release(flag_key, token))
-            raise
-
-        payload, ttl_ms = prepared
-        try:
-            stored = yield Script("commit", keys, (token, payload, ttl_ms))
-        except RedisError as exc:
-            # Out of memory, a value over proto-max-bulk-len (the connection dropped), a
-            # lost connection: the commit may or may not have landed. The release compares
-            # the token, so it frees the lease only if it is still ours (never raises). Not
-            # after a timeout: Redis is stalled, and the release would wait as long again.
-            if not _timed_out(exc):
-                yield from self._release(flag_key, token, counted=False)
-            self._redis_failed(exc, "commit", keys)
-        except GeneratorExit:
-            raise
-        except BaseException as exc:
-            yield from self._interrupted(exc, self._release(flag_key, token))  # as above
-            raise
-        else:
-            self.metrics.incr("commits" if stored == 1 else "stale_commits")
-        return self._fetched(cls, id_field, id_val, obj)
-
-    def _release(self, flag_key: str, token: str, *, counted: bool = True) -> Flow:
-        """Give the lease back if it is still ours; never raises (the flag expires anyway).
-        A failure is logged, and counted in ``redis_errors`` unless ``counted`` is off (the
-        clean-up of an operation whose own failure was counted)."""
-        try:
-            yield Script("release", (flag_key,), (token,))
-        except Exception as exc:  # a Redis failure, or a reply of the wrong shape
-            if counted:
-                self.metrics.incr("redis_errors")
-            logger.warning("cachecow: could not release lease %s: %s", flag_key, exc)
-
-    def _interrupted(self, exc: BaseException, release: Flow) -> Flow:
-        """A call failed while a reply to it was on its way (the lease, a commit), other than
-        by a Redis error: the leases may be ours, and left alone they would hold their keys
-        for flag_ttl. The release compares the token, so it frees nothing that is not ours.
-
-        - An asyncio cancellation releases for at most :data:`CANCEL_RELEASE_SECONDS`, so
-          deadlines (``asyncio.timeout``, ``wait_for``) hold even when Redis is stalled,
-          which is when calls get cancelled.
-        - Any other exception releases as after a failed ``fetch``.
-        - ``KeyboardInterrupt``, ``SystemExit`` and other interruptions that are not
-          exceptions release nothing: a release would hold up the interrupt by a full Redis
-          timeout when Redis is slow, which is when interrupts come."""
-        if isinstance(exc, Exception | asyncio.CancelledError):
-            yield from self._released(exc, release)
-        else:
-            release.close()
-
-    def _released(self, exc: BaseException, release: Flow) -> Flow:
-        """Run ``release`` after ``exc``: for at most :data:`CANCEL_RELEASE_SECONDS` after an
-        asyncio cancellation, in full otherwise (as after a failed ``fetch``)."""
-        if isinstance(exc, asyncio.CancelledError):
-            yield Brief(release, CANCEL_RELEASE_SECONDS)
-        else:
-            yield from release
+        """Read a (normalized) lookup (see ``_single.py``)."""
+        return SingleRead(self, (cls, id_field, id_val), keys, flight).read()
 
     def _peek_flow(self, cls: Any, id_field: Field, id_val: Any) -> Flow:
-        """Read a lookup from the cache only: the object, ``None`` if not cached; never
-        fetches, never leases (a tombstone raises the not-found exception, as ``get`` does)."""
-        value_key = self.get_keys(cls, id_field, id_val)[0]
-        try:
-            reply = yield Command(("GET", value_key))
-        except RedisError as exc:
-            if _wrong_type(exc):
-                # Foreign data of another type under the value key: a miss. Left in place
-                # (a plain DEL here could race a commit); the next get deletes it atomically.
-                self.metrics.incr("corrupt_keys")
-                self.metrics.incr("misses")
-                return None
-            self._redis_failed(exc, "peek", (value_key,))
-            return None
-        if reply is None:
-            self.metrics.incr("misses")
-            return None
-        obj = self._cached(cls, id_field, id_val, reply)
-        if obj is _TOMB:
-            raise self.not_found(cls, id_field, id_val)
-        return None if obj is _UNUSABLE else obj
+        """Read a (normalized) lookup from the cache only (see ``_single.py``)."""
+        return peek(self, (cls, id_field, id_val))
 
     # -- flows: many lookups of one field -------------------------------------------------------
 

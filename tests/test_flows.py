@@ -282,6 +282,14 @@ def test_get_busy_wait_times_out_then_fetches_uncached() -> None:
     assert counts(c, "wait_timeouts", "leases", "fetches") == (1, 0, 1)
 
 
+def test_get_busy_fetch_of_nothing_raises_not_found_uncached() -> None:
+    c = cache(busy="fetch")
+    run = Scripted(c).get("user", "id", 1, [BUSY, NotFound("gone")])
+    assert run.names() == ["get_or_lease", "fetch"]
+    assert isinstance(run.error, NotFound)
+    assert isinstance(run.error.__cause__, NotFound)
+
+
 @pytest.mark.parametrize(("reply", "corrupt"), [(3, 1), (BUSY, 0)])
 def test_get_busy_after_repairing_foreign_data_is_counted(reply: int, corrupt: int) -> None:
     c = cache(busy="fetch")

@@ -1,0 +1,227 @@
+"""Single reads: ``get``'s flow (DESIGN.md section 1) and ``peek``'s.
+
+A :class:`SingleRead` is one call's read of one lookup: a ``get_or_lease`` call answers with the
+cached bytes, or grants this reader the lease (a fresh token), or says another reader holds it;
+a leaseholder fetches and commits under its token, a busy reader polls with backoff for the
+holder's value, then fetches without caching. Every lease this reader may hold is given back on
+any failure that left it (see :func:`cachecow._ops.interrupted`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import RedisError
+
+from ._flights import Flight, cover
+from ._ops import (
+    _BUSY,
+    _BUSY_REPAIRED,
+    _LEASED,
+    _LEASED_REPAIRED,
+    _TOMB,
+    _UNUSABLE,
+    FETCH,
+    Command,
+    Flow,
+    Script,
+    Sleep,
+    _timed_out,
+    _wrong_type,
+    interrupted,
+    new_token,
+    released,
+)
+from .exceptions import CacheUnavailable, NotFound
+from .keys import Field
+
+if TYPE_CHECKING:
+    from ._protocol import CacheCowBase
+
+    Cache = CacheCowBase[Any]
+
+logger = logging.getLogger("cachecow")
+
+
+class SingleRead:
+    """One ``get`` of one (normalized) lookup, whose ``keys`` the caller may have built
+    already; the leader of a ``flight`` marks, before each lease call and fetch, the followers
+    that may take its result (see ``_flights.py``)."""
+
+    def __init__(
+        self,
+        cache: Cache,
+        lookup: tuple[Any, Field, Any],
+        keys: tuple[str, str] | None = None,
+        flight: Flight | None = None,
+    ) -> None:
+        self.cache = cache
+        self.lookup = lookup  # (cls, id_field, id_val)
+        self.keys = cache.get_keys(*lookup) if keys is None else keys
+        self.flight = flight
+        self.token = new_token()
+        self.deadline: float | None = None  # of the wait for another reader's lease
+        self.attempt = 0  # polls so far
+
+    def read(self) -> Flow:
+        """The lookup's object: cached, or fetched under this reader's lease (or uncached)."""
+        cache = self.cache
+        discard: tuple[bytes, ...] = ()  # unusable bytes to delete with the next lease call
+        discarded = counted_miss = False
+        while True:
+            cover(self.flight)
+            try:
+                args = (self.token, cache._flag_ttl_ms, *discard)
+                reply = yield Script("get_or_lease", self.keys, args)
+            except RedisError as exc:
+                cache._redis_failed(exc, "get", self.keys)
+                cache.metrics.incr("fail_open_fetches")
+                return (yield from self.fetch_uncached())
+            except GeneratorExit:
+                raise
+            except BaseException as exc:
+                # Cancelled while the reply was on its way: the lease may be ours.
+                yield from interrupted(exc, self._release())
+                raise
+            if isinstance(reply, bytes):
+                obj = cache._cached(*self.lookup, reply)
+                if obj is _TOMB:
+                    raise cache.not_found(*self.lookup)
+                if obj is not _UNUSABLE:
+                    return obj
+                if discarded:
+                    # A second unusable value in one read: someone keeps writing values this
+                    # process cannot use. Serve from the database rather than loop.
+                    return (yield from self.fetch_uncached())
+                discarded, discard = True, (reply,)  # delete exactly these, try for the lease
+                continue
+            discard = ()
+            if not counted_miss:
+                counted_miss = True
+                cache.metrics.incr("misses")
+            if self._leased(reply):
+                return (yield from self._fill())
+            if not (yield from self._pause()):
+                return (yield from self.fetch_uncached())
+
+    def _leased(self, reply: Any) -> bool:
+        """Whether a lease call's code grants the lease (else another reader holds it)."""
+        if reply in (_LEASED_REPAIRED, _BUSY_REPAIRED):
+            self.cache.metrics.incr("corrupt_keys")
+        if reply in (_LEASED, _LEASED_REPAIRED):
+            return True
+        if reply in (_BUSY, _BUSY_REPAIRED):
+            return False
+        raise CacheUnavailable(
+            f"unexpected reply from get_or_lease: {reply!r}", operation="get", keys=self.keys
+        )
+
+    def _pause(self) -> Flow:
+        """Another reader holds the lease: wait before polling again; ``False`` to fetch
+        without caching instead (the ``busy`` policy, or the wait is over)."""
+        cache = self.cache
+        if self.deadline is None:
+            cache.metrics.incr("busy")
+            if cache._fetches_when_busy:
+                return False
+            cache.metrics.incr("waits")
+            self.deadline = cache.clock.monotonic() + cache.wait_timeout
+        pause = cache._wait_step(self.deadline, self.attempt)
+        if pause <= 0:
+            cache.metrics.incr("wait_timeouts")
+            return False
+        self.attempt += 1
+        yield Sleep(pause)
+        return True
+
+    def _fill(self) -> Flow:
+        """Fetch under this reader's lease and commit; the fetched object (or not-found)."""
+        cache = self.cache
+        cache.metrics.incr("leases")
+        cache.metrics.incr("fetches")
+        cover(self.flight)
+        try:
+            try:
+                obj = yield FETCH
+            except NotFound:
+                obj = None
+            prepared = cache._payload(*self.lookup, obj)
+            if prepared is None:
+                yield from self._release()
+                return obj
+        except GeneratorExit:
+            raise
+        except BaseException as exc:
+            # fetch or serialize failed: free the lease at once, then re-raise unchanged.
+            yield from released(exc, self._release())
+            raise
+        yield from self._commit(*prepared)
+        return cache._fetched(*self.lookup, obj)
+
+    def _commit(self, payload: bytes, ttl_ms: int) -> Flow:
+        """Store ``payload`` if this reader's lease is still live (else nothing: counted)."""
+        cache = self.cache
+        try:
+            stored = yield Script("commit", self.keys, (self.token, payload, ttl_ms))
+        except RedisError as exc:
+            # Out of memory, a value over proto-max-bulk-len (the connection dropped), a
+            # lost connection: the commit may or may not have landed. The release compares
+            # the token, so it frees the lease only if it is still ours (never raises). Not
+            # after a timeout: Redis is stalled, and the release would wait as long again.
+            if not _timed_out(exc):
+                yield from self._release(counted=False)
+            cache._redis_failed(exc, "commit", self.keys)
+        except GeneratorExit:
+            raise
+        except BaseException as exc:
+            yield from interrupted(exc, self._release())  # as above
+            raise
+        else:
+            cache.metrics.incr("commits" if stored == 1 else "stale_commits")
+
+    def fetch_uncached(self) -> Flow:
+        """The object from ``fetch``, caching nothing."""
+        self.cache.metrics.incr("fetches")
+        cover(self.flight)
+        try:
+            obj = yield FETCH
+        except NotFound as exc:
+            raise self.cache.not_found(*self.lookup) from exc
+        return self.cache._fetched(*self.lookup, obj)
+
+    def _release(self, *, counted: bool = True) -> Flow:
+        """Give the lease back if it is still ours; never raises (the flag expires anyway).
+        A failure is logged, and counted in ``redis_errors`` unless ``counted`` is off (the
+        clean-up of an operation whose own failure was counted)."""
+        flag_key = self.keys[1]
+        try:
+            yield Script("release", (flag_key,), (self.token,))
+        except Exception as exc:  # a Redis failure, or a reply of the wrong shape
+            if counted:
+                self.cache.metrics.incr("redis_errors")
+            logger.warning("cachecow: could not release lease %s: %s", flag_key, exc)
+
+
+def peek(cache: Cache, lookup: tuple[Any, Field, Any]) -> Flow:
+    """Read a lookup from the cache only: the object, ``None`` if not cached; never fetches,
+    never leases (a tombstone raises the not-found exception, as ``get`` does)."""
+    value_key = cache.get_keys(*lookup)[0]
+    try:
+        reply = yield Command(("GET", value_key))
+    except RedisError as exc:
+        if _wrong_type(exc):
+            # Foreign data of another type under the value key: a miss. Left in place (a
+            # plain DEL here could race a commit); the next get deletes it atomically.
+            cache.metrics.incr("corrupt_keys")
+            cache.metrics.incr("misses")
+            return None
+        cache._redis_failed(exc, "peek", (value_key,))
+        return None
+    if reply is None:
+        cache.metrics.incr("misses")
+        return None
+    obj = cache._cached(*lookup, reply)
+    if obj is _TOMB:
+        raise cache.not_found(*lookup)
+    return None if obj is _UNUSABLE else obj
