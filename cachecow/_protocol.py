@@ -20,28 +20,24 @@ import random
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, Generic, NoReturn, Protocol, TypeVar, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from redis.crc import key_slot
-from redis.exceptions import RedisError
 
 from ._batch import read_many
 from ._flights import ALONE, RETRY, Failed, Flight, Flights, Missing, Shared
+from ._invalidation import invalidate
 from ._ops import (
     _TOMB,
     _UNUSABLE,
     TOMBSTONE,
-    Command,
     Flow,
     PartialPipelineError,
-    Pipeline,
-    Replicated,
 )
 from ._single import SingleRead, peek
 from .exceptions import (
     CacheUnavailable,
     ConfigurationError,
-    InvalidationFailed,
     InvalidLookup,
     NotFound,
 )
@@ -687,65 +683,9 @@ class CacheCowBase(Generic[ClientT]):
     # -- flows: invalidation --------------------------------------------------------------------
 
     def _invalidate_flow(self, cls: Any, id_field: Field, id_val: Any) -> Flow:
-        """Delete a lookup's value and flag in one command: voids every lease in flight."""
-        keys = self.get_keys(cls, id_field, id_val)
-        delete = Command(("DEL", *keys))
-        try:
-            if self.wait_replicas:
-                acked = yield Replicated((delete,), self.wait_replicas, self._wait_replicas_ms)
-            else:
-                yield delete
-        except RedisError as exc:
-            self._invalidation_failed(exc, keys)
-        if self.wait_replicas:
-            self._check_replicated(acked, keys)
-        self.metrics.incr("invalidations")
+        """Delete a (normalized) lookup's value and flag (see ``_invalidation.py``)."""
+        return invalidate(self, [self.get_keys(cls, id_field, id_val)])
 
     def _invalidate_keys_flow(self, pairs: list[tuple[str, str]]) -> Flow:
-        """Delete many lookups' keys in one round trip (one DEL per cluster slot)."""
-        flags = dict(pairs)
-        if not flags:
-            return
-        groups = self._slot_groups(list(flags))
-        ops = tuple(
-            Command(("DEL", *(k for vk in group for k in (vk, flags[vk])))) for group in groups
-        )
-        keys = tuple(k for pair in pairs for k in pair)
-        try:
-            if self.wait_replicas:
-                acked = yield Replicated(ops, self.wait_replicas, self._wait_replicas_ms)
-            elif len(ops) == 1:
-                yield ops[0]
-            else:
-                yield Pipeline(ops)
-        except RedisError as exc:
-            self._invalidation_failed(exc, keys)
-        if self.wait_replicas:
-            self._check_replicated(acked, keys)
-        self.metrics.incr("invalidations", len(flags))
-
-    def _check_replicated(self, acked: Any, keys: tuple[str, ...]) -> None:
-        """Raise unless ``wait_replicas`` replicas acknowledged an invalidation in time: a
-        failover to a replica that never received it would bring the old values back."""
-        if int(acked) >= self.wait_replicas:
-            return
-        self.metrics.incr("redis_errors")
-        raise InvalidationFailed(
-            f"invalidation of {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} reached "
-            f"the master but only {int(acked)} of wait_replicas={self.wait_replicas} replicas "
-            f"within {self.wait_replicas_timeout}s; a failover now could bring old values back: "
-            "retry it",
-            operation="invalidate",
-            keys=keys,
-        )
-
-    def _invalidation_failed(self, exc: BaseException, keys: tuple[str, ...]) -> NoReturn:
-        self.metrics.incr("redis_errors")
-        if isinstance(exc, PartialPipelineError):  # the callers see the error itself
-            exc = exc.error
-        raise InvalidationFailed(
-            f"invalidation of {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} did not "
-            f"reach Redis ({type(exc).__name__}: {exc}); the cache may still hold old values",
-            operation="invalidate",
-            keys=keys,
-        ) from exc
+        """Delete many lookups' keys in one round trip (see ``_invalidation.py``)."""
+        return invalidate(self, pairs)

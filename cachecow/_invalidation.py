@@ -1,0 +1,75 @@
+"""Invalidation: delete lookups' value and flag keys in one round trip.
+
+Deleting the flag voids every lease in flight for the lookup: a reader that fetched before the
+invalidation finds its token gone at commit, and stores nothing (DESIGN.md section 1). A lost
+invalidation always raises :class:`~cachecow.InvalidationFailed`, whatever ``fail_open`` says:
+only the writer can retry it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from redis.exceptions import RedisError
+
+from ._ops import Command, Flow, PartialPipelineError, Pipeline, Replicated
+from .exceptions import InvalidationFailed
+
+if TYPE_CHECKING:
+    from ._protocol import CacheCowBase
+
+    Cache = CacheCowBase[Any]
+
+
+def invalidate(cache: Cache, pairs: list[tuple[str, str]]) -> Flow:
+    """Delete these ``(value key, flag key)`` pairs: one ``DEL`` (one per cluster slot, in a
+    pipeline), then, with ``wait_replicas``, a ``WAIT`` on the same connection."""
+    flags = dict(pairs)
+    if not flags:
+        return
+    groups = cache._slot_groups(list(flags))
+    ops = tuple(Command(("DEL", *(k for vk in group for k in (vk, flags[vk])))) for group in groups)
+    keys = tuple(k for pair in pairs for k in pair)
+    try:
+        if cache.wait_replicas:
+            acked = yield Replicated(ops, cache.wait_replicas, cache._wait_replicas_ms)
+        elif len(ops) == 1:
+            yield ops[0]
+        else:
+            yield Pipeline(ops)
+    except RedisError as exc:
+        _failed(cache, exc, keys)
+    if cache.wait_replicas:
+        _check_replicated(cache, acked, keys)
+    cache.metrics.incr("invalidations", len(flags))
+
+
+def _check_replicated(cache: Cache, acked: Any, keys: tuple[str, ...]) -> None:
+    """Raise unless ``wait_replicas`` replicas acknowledged an invalidation in time: a failover
+    to a replica that never received it would bring the old values back."""
+    if int(acked) >= cache.wait_replicas:
+        return
+    cache.metrics.incr("redis_errors")
+    raise InvalidationFailed(
+        f"invalidation of {_listed(keys)} reached the master but only {int(acked)} of "
+        f"wait_replicas={cache.wait_replicas} replicas within {cache.wait_replicas_timeout}s; "
+        "a failover now could bring old values back: retry it",
+        operation="invalidate",
+        keys=keys,
+    )
+
+
+def _failed(cache: Cache, exc: BaseException, keys: tuple[str, ...]) -> NoReturn:
+    cache.metrics.incr("redis_errors")
+    if isinstance(exc, PartialPipelineError):  # the callers see the error itself
+        exc = exc.error
+    raise InvalidationFailed(
+        f"invalidation of {_listed(keys)} did not reach Redis ({type(exc).__name__}: {exc}); "
+        "the cache may still hold old values",
+        operation="invalidate",
+        keys=keys,
+    ) from exc
+
+
+def _listed(keys: tuple[str, ...]) -> str:
+    return f"{', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
