@@ -1,9 +1,9 @@
 """What a flow and its driver exchange: the operations a flow yields, and what comes back.
 
-A read or an invalidation is a generator (a *flow*, in ``_protocol.py`` and ``_batch.py``) that
-yields these operations and is sent their results, or has their exceptions thrown into it; the
-drivers (``_core.py``, ``_async.py``) perform them. This module imports nothing else of
-cachecow's but its exceptions, so every other module can import it.
+A read or an invalidation is a generator (a *flow*, in ``_single.py``, ``_batch.py`` and
+``_invalidation.py``) that yields these operations and is sent their results, or has their
+exceptions thrown into it; the drivers (``_core.py``, ``_async.py``) perform them. This module
+imports nothing else of cachecow's, so every other module can import it.
 """
 
 from __future__ import annotations

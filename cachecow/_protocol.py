@@ -1,12 +1,17 @@
-"""The leased cache-aside protocol, free of I/O.
+"""The base of both cache classes: options, hooks, and the steps the flows share.
 
-Every decision of the protocol lives here: tokens, the meaning of each script reply, TTL and
-jitter arithmetic, the busy policy and its backoff schedule, what is counted and what is raised.
-A read or an invalidation is a generator (a *flow*) that yields the I/O it needs as small
-operation objects (:class:`Script`, :class:`Command`, :class:`Fetch`, :class:`Sleep`) and is sent
-their results, or has their exceptions thrown into it. A client class only *drives* flows: the
-synchronous :class:`cachecow.CacheCow` performs each operation with redis-py and plain calls, and an
-asyncio twin performs the same operations with ``await``, without a second copy of the logic.
+The protocol is free of I/O. A read or an invalidation is a generator (a *flow*) that yields the
+I/O it needs as small operations (``_ops.py``) and is sent their results, or has their
+exceptions thrown into it: ``_single.py`` holds ``get`` and ``peek``, ``_batch.py``
+``get_many``, ``_invalidation.py`` the invalidations, ``_flights.py`` single flight. A client
+class only *drives* flows: the synchronous :class:`cachecow.CacheCow` performs each operation
+with redis-py and plain calls, and its asyncio twin performs the same operations with
+``await``, without a second copy of the logic.
+
+Here: the options and their checks, the hooks a subclass overrides, the normalisation of
+lookups, the failure policy (``fail_open``, rate-limited logging), the steps every flow shares
+(reading a hit, preparing a commit, the backoff of a wait), and the leader's side of single
+flight.
 """
 
 from __future__ import annotations
