@@ -8,7 +8,8 @@ value read before an invalidation is never cached after it.
 from ._async import AsyncCacheCow, connect_async, connect_cluster_async, connect_sentinel_async
 from ._core import CacheCow, connect, connect_cluster, connect_sentinel
 from ._ops import TOMBSTONE
-from ._protocol import AsyncClock, BusyPolicy, Clock, SystemClock
+from ._options import BusyPolicy
+from ._protocol import AsyncClock, Clock, SystemClock
 from ._version import __version__
 from .exceptions import (
     CacheCowError,

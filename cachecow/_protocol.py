@@ -17,10 +17,8 @@ flight.
 from __future__ import annotations
 
 import asyncio
-import enum
 import inspect
 import logging
-import math
 import random
 import threading
 import time
@@ -39,6 +37,7 @@ from ._ops import (
     Flow,
     PartialPipelineError,
 )
+from ._options import BusyPolicy, Options
 from ._single import SingleRead, peek
 from .exceptions import (
     CacheUnavailable,
@@ -63,16 +62,6 @@ __all__ = ["AsyncClock", "BusyPolicy", "CacheCowBase", "Clock", "SystemClock"]
 logger = logging.getLogger("cachecow")
 
 _MISSING = object()
-
-
-class BusyPolicy(str, enum.Enum):
-    """What a reader does when another reader holds the lease of the key it missed."""
-
-    FETCH = "fetch"
-    """Fetch at once and return the object without caching it (no waiting, more database load)."""
-    WAIT = "wait"
-    """Poll for the lease holder's value with backoff for up to ``wait_timeout`` seconds (taking
-    the lease over if the holder's expires), then fetch without caching."""
 
 
 @runtime_checkable
@@ -147,24 +136,6 @@ def refuse_awaitable(result: Any, hook: str) -> Any:
     return result
 
 
-def _non_negative(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigurationError(f"{name} must be a number of seconds >= 0, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ConfigurationError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
-    return float(value)
-
-
-def _positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigurationError(f"{name} must be a number of seconds, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigurationError(f"{name} must be a finite number of seconds > 0, got {value!r}")
-    if value < 0.001:
-        raise ConfigurationError(f"{name} must be at least 0.001 seconds (1 ms), got {value!r}")
-    return float(value)
-
-
 # ---------------------------------------------------------------------------------------------
 
 
@@ -210,42 +181,31 @@ class CacheCowBase(Generic[ClientT]):
         clock: Clock | None = None,
         metrics_hook: MetricsHook | None = None,
     ) -> None:
-        self.ttl = _positive("ttl", ttl)
-        if isinstance(ttl_jitter, bool) or not isinstance(ttl_jitter, (int, float)):
-            raise ConfigurationError(f"ttl_jitter must be a fraction in [0, 1), got {ttl_jitter!r}")
-        if not 0.0 <= ttl_jitter < 1.0:
-            raise ConfigurationError(f"ttl_jitter must be a fraction in [0, 1), got {ttl_jitter!r}")
-        self.ttl_jitter = float(ttl_jitter)
-        self.flag_ttl = _positive("flag_ttl", flag_ttl)
-        self.tombstone_ttl = _positive("tombstone_ttl", tombstone_ttl)
-        if max_value_bytes is not None and (
-            isinstance(max_value_bytes, bool)
-            or not isinstance(max_value_bytes, int)
-            or max_value_bytes <= 0
-        ):
-            raise ConfigurationError(
-                f"max_value_bytes must be a whole number of bytes > 0, or None for no limit, "
-                f"got {max_value_bytes!r}"
-            )
-        self.max_value_bytes = max_value_bytes
-        try:
-            self.busy = BusyPolicy(busy)
-        except ValueError:
-            choices = ", ".join(repr(p.value) for p in BusyPolicy)
-            raise ConfigurationError(f"busy must be one of {choices}, got {busy!r}") from None
-        self.wait_timeout = _non_negative("wait_timeout", wait_timeout)
-        self.fail_open = bool(fail_open)
-        self.fail_open_log_interval = _non_negative(
-            "fail_open_log_interval", fail_open_log_interval
+        options = Options(
+            ttl=ttl,
+            ttl_jitter=ttl_jitter,
+            flag_ttl=flag_ttl,
+            tombstone_ttl=tombstone_ttl,
+            max_value_bytes=max_value_bytes,
+            busy=busy,
+            wait_timeout=wait_timeout,
+            fail_open=fail_open,
+            fail_open_log_interval=fail_open_log_interval,
+            wait_replicas=wait_replicas,
+            wait_replicas_timeout=wait_replicas_timeout,
         )
-        if isinstance(wait_replicas, bool) or not isinstance(wait_replicas, int):
-            raise ConfigurationError(
-                f"wait_replicas must be a whole number of replicas, got {wait_replicas!r}"
-            )
-        if wait_replicas < 0:
-            raise ConfigurationError(f"wait_replicas must be 0 or more, got {wait_replicas!r}")
-        self.wait_replicas = wait_replicas
-        self.wait_replicas_timeout = _positive("wait_replicas_timeout", wait_replicas_timeout)
+        self.options = options  # checked; the same values are this cache's attributes too
+        self.ttl, self.ttl_jitter = options.ttl, options.ttl_jitter
+        self.flag_ttl, self.tombstone_ttl = options.flag_ttl, options.tombstone_ttl
+        self.max_value_bytes = options.max_value_bytes
+        self.busy = BusyPolicy(options.busy)
+        self.wait_timeout = options.wait_timeout
+        self.fail_open, self.fail_open_log_interval = (
+            options.fail_open,
+            options.fail_open_log_interval,
+        )
+        self.wait_replicas = options.wait_replicas
+        self.wait_replicas_timeout = options.wait_replicas_timeout
         self._wait_replicas_ms = max(1, int(self.wait_replicas_timeout * 1000))
         self.serializer: Serializer = JsonSerializer() if serializer is None else serializer
         if not isinstance(self.serializer, Serializer):

@@ -1,0 +1,107 @@
+"""A cache's options, checked once: each wrong value is a :class:`~cachecow.ConfigurationError`
+that names the option, at construction rather than at the first read."""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+from .exceptions import ConfigurationError
+
+
+class BusyPolicy(str, enum.Enum):
+    """What a reader does when another reader holds the lease of the key it missed."""
+
+    FETCH = "fetch"
+    """Fetch at once and return the object without caching it (no waiting, more database load)."""
+    WAIT = "wait"
+    """Poll for the lease holder's value with backoff for up to ``wait_timeout`` seconds (taking
+    the lease over if the holder's expires), then fetch without caching."""
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """The options of :class:`cachecow.CacheCow` that are plain values (see its docstring and
+    the README's Options table), normalised: seconds as floats, ``busy`` as a
+    :class:`BusyPolicy`."""
+
+    ttl: float = 3600.0
+    ttl_jitter: float = 0.1
+    flag_ttl: float = 10.0
+    tombstone_ttl: float = 30.0
+    max_value_bytes: int | None = 1_048_576
+    busy: BusyPolicy | str = BusyPolicy.WAIT
+    wait_timeout: float = 1.0
+    fail_open: bool = False
+    fail_open_log_interval: float = 60.0
+    wait_replicas: int = 0
+    wait_replicas_timeout: float = 0.1
+
+    def __post_init__(self) -> None:
+        checked = {
+            "ttl": positive("ttl", self.ttl),
+            "ttl_jitter": _fraction("ttl_jitter", self.ttl_jitter),
+            "flag_ttl": positive("flag_ttl", self.flag_ttl),
+            "tombstone_ttl": positive("tombstone_ttl", self.tombstone_ttl),
+            "max_value_bytes": _byte_limit(self.max_value_bytes),
+            "busy": _busy(self.busy),
+            "wait_timeout": non_negative("wait_timeout", self.wait_timeout),
+            "fail_open": bool(self.fail_open),
+            "fail_open_log_interval": non_negative(
+                "fail_open_log_interval", self.fail_open_log_interval
+            ),
+            "wait_replicas": _replicas(self.wait_replicas),
+            "wait_replicas_timeout": positive("wait_replicas_timeout", self.wait_replicas_timeout),
+        }
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+
+
+def non_negative(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(f"{name} must be a number of seconds >= 0, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ConfigurationError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
+def positive(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(f"{name} must be a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigurationError(f"{name} must be a finite number of seconds > 0, got {value!r}")
+    if value < 0.001:
+        raise ConfigurationError(f"{name} must be at least 0.001 seconds (1 ms), got {value!r}")
+    return float(value)
+
+
+def _fraction(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ConfigurationError(f"{name} must be a fraction in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _byte_limit(value: int | None) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise ConfigurationError(
+            f"max_value_bytes must be a whole number of bytes > 0, or None for no limit, "
+            f"got {value!r}"
+        )
+    return value
+
+
+def _busy(value: BusyPolicy | str) -> BusyPolicy:
+    try:
+        return BusyPolicy(value)
+    except ValueError:
+        choices = ", ".join(repr(p.value) for p in BusyPolicy)
+        raise ConfigurationError(f"busy must be one of {choices}, got {value!r}") from None
+
+
+def _replicas(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError(f"wait_replicas must be a whole number of replicas, got {value!r}")
+    if value < 0:
+        raise ConfigurationError(f"wait_replicas must be 0 or more, got {value!r}")
+    return value
