@@ -102,6 +102,7 @@ def _read_together(batch: BatchRead, me: Any, loop: Any) -> Flow:
     cache, lookups = batch.cache, batch.lookups
     deadline = time.monotonic() + cache.wait_timeout
     places = list(zip(lookups, cache._flights.join_many(list(lookups), me, loop), strict=True))
+    redis_failed = False  # under fail_open: no second call to a Redis that failed this call
     while places:
         reading: list[str] = []
         followed: list[tuple[str, Flight, int]] = []
@@ -113,16 +114,19 @@ def _read_together(batch: BatchRead, me: Any, loop: Any) -> Flow:
                 lookups[value_key].flight = flight
             reading.append(value_key)
         if reading:
-            yield from _lead(batch, reading)
+            redis_failed = (yield from _lead(batch, reading)) or redis_failed
         places = []
         timed_out: list[str] = []
+        uncached: list[str] = []
         for value_key, flight, index in followed:
             if not (yield Wait(flight.waiter, max(0.0, deadline - time.monotonic()))):
                 timed_out.append(value_key)
                 continue
             lookup = (batch.cls, batch.id_field, lookups[value_key].id_val)
             answer = cache._answer(lookup, flight, index, many=True)
-            if answer is ALONE:
+            if redis_failed and (answer is ALONE or answer is RETRY):
+                uncached.append(value_key)
+            elif answer is ALONE:
                 places.append((value_key, (flight, -2)))
             elif answer is RETRY:
                 places.append((value_key, cache._flights.rejoin(flight, me)))
@@ -130,15 +134,20 @@ def _read_together(batch: BatchRead, me: Any, loop: Any) -> Flow:
                 batch.found[value_key] = answer
         if timed_out:
             cache.metrics.incr("wait_timeouts", len(timed_out))
-            yield from batch.fetch_uncached(timed_out)
+        if uncached:
+            cache.metrics.incr("fail_open_fetches", len(uncached))
+        if timed_out or uncached:
+            yield from batch.fetch_uncached(timed_out + uncached)
 
 
 def _lead(batch: BatchRead, reading: list[str]) -> Flow:
-    """Read ``reading`` in one batch, then land the flights it leads, whatever happened."""
+    """Read ``reading`` in one batch, then land the flights it leads, whatever happened;
+    whether Redis failed during it (and ``fail_open`` went on)."""
     error: BaseException | None = None
+    again = BatchRead(batch.cache, batch.cls, batch.id_field, batch.lookups, batch.found)
     try:
-        again = BatchRead(batch.cache, batch.cls, batch.id_field, batch.lookups, batch.found)
         yield from again.read(reading)
+        return again.redis_failed
     except BaseException as exc:
         error = exc
         raise
@@ -179,6 +188,7 @@ class BatchRead:
         self.discarded: set[str] = set()  # found unusable once already
         self.deadline: float | None = None  # of the wait for busy lookups
         self.attempt = 0  # polls so far
+        self.redis_failed = False  # a call failed and fail_open served the read
 
     def read(self, pending: list[str]) -> Flow:
         """Read the ``pending`` lookups into :attr:`found`."""
@@ -308,6 +318,7 @@ class BatchRead:
                 if won:
                     yield from self._release(won)
             self.cache._redis_failed(exc, "get_many", tuple(pending))
+        self.redis_failed = True
         self.cache.metrics.incr("fail_open_fetches", len(pending))
         yield from self.fetch_uncached(pending)
         return None
@@ -366,6 +377,7 @@ class BatchRead:
             if not _timed_out(exc):
                 yield from self._release(leased, counted=False)
             cache._redis_failed(exc, "commit", tuple(leased))
+            self.redis_failed = True
             return False
         except GeneratorExit:
             raise

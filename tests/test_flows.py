@@ -657,6 +657,23 @@ def test_a_batch_follower_of_an_object_that_cannot_be_shared_reads_alone() -> No
     assert run.value() == [row(2)]
 
 
+def test_a_batch_whose_redis_failed_reads_a_retried_key_uncached() -> None:
+    """Under fail_open, a batch whose own lease call failed does not lead a followed key's
+    next flight: that would wait on the failed Redis a second time in one call."""
+    c = cache(fail_open=True)
+    other = led_elsewhere(c, 2)
+
+    def landed_before_covering(op: Any) -> bool:  # nothing to take: it would read again
+        c._land(other, ("user", "id", 2), row(2), None, many=True)
+        return True
+
+    replies = [RedisTimeoutError("slow"), {1: row(1)}, landed_before_covering, {2: row(2)}]
+    run = Scripted(c).get_many("user", "id", [1, 2], replies, reader="me")
+    assert run.names() == ["get_or_lease_many", "fetch_many", "wait", "fetch_many"]
+    assert run.value() == [row(1), row(2)]
+    assert counts(c, "redis_errors", "fail_open_fetches") == (1, 2)
+
+
 def test_followers_of_a_batchs_key_take_its_fetch_or_its_error() -> None:
     c = cache()
     key = c.get_keys("user", "id", 1)[0]
