@@ -31,7 +31,7 @@ from ._client import (
 )
 from ._cluster import async_cluster_execute
 from ._core import item_args
-from ._flights import ALONE, RETRY, AsyncWaiter
+from ._flights import ALONE, RETRY, AsyncWaiter, answer, land
 from ._ops import (
     Brief,
     Command,
@@ -214,7 +214,7 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
             if not await flight.waiter.wait(max(0.0, deadline - time.monotonic())):
                 self.metrics.incr("wait_timeouts")  # as a busy reader that waited in vain
                 return await self._drive(self._fetch_uncached(*lookup), *lookup)
-            obj = self._answer(lookup, flight, index)
+            obj = answer(self, lookup, flight, index)
             if obj is ALONE:
                 return await self._drive(self._get_flow(*lookup), *lookup)
             if obj is not RETRY:
@@ -230,7 +230,7 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
             error = exc
             raise
         finally:
-            self._land(flight, lookup, obj, error)
+            land(self, flight, lookup, obj, error)
 
     async def peek(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> Any:
         """The cached object of a lookup, or ``None``; see :meth:`cachecow.CacheCow.peek`."""

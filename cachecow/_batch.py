@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
-from ._flights import ALONE, RETRY, Flight
+from ._flights import ALONE, RETRY, Flight, answer, land
 from ._ops import (
     _BUSY,
     _BUSY_REPAIRED,
@@ -123,15 +123,15 @@ def _read_together(batch: BatchRead, me: Any, loop: Any) -> Flow:
                 timed_out.append(value_key)
                 continue
             lookup = (batch.cls, batch.id_field, lookups[value_key].id_val)
-            answer = cache._answer(lookup, flight, index, many=True)
-            if redis_failed and (answer is ALONE or answer is RETRY):
+            taken = answer(cache, lookup, flight, index, many=True)
+            if redis_failed and (taken is ALONE or taken is RETRY):
                 uncached.append(value_key)
-            elif answer is ALONE:
+            elif taken is ALONE:
                 places.append((value_key, (flight, -2)))
-            elif answer is RETRY:
+            elif taken is RETRY:
                 places.append((value_key, cache._flights.rejoin(flight, me)))
             else:
-                batch.found[value_key] = answer
+                batch.found[value_key] = taken
         if timed_out:
             cache.metrics.incr("wait_timeouts", len(timed_out))
         if uncached:
@@ -161,7 +161,7 @@ def _lead(batch: BatchRead, reading: list[str]) -> Flow:
         for flight in batch.cache._flights.land_unjoined(led):
             id_val = batch.lookups[flight.key].id_val
             obj = batch.found.get(flight.key)
-            batch.cache._land(flight, (batch.cls, batch.id_field, id_val), obj, error, many=True)
+            land(batch.cache, flight, (batch.cls, batch.id_field, id_val), obj, error, many=True)
 
 
 class BatchRead:

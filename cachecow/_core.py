@@ -24,7 +24,7 @@ from ._client import (
     sentinel_kwargs,
 )
 from ._cluster import cluster_execute
-from ._flights import ALONE, RETRY
+from ._flights import ALONE, RETRY, answer, land
 from ._ops import (
     Brief,
     Command,
@@ -240,7 +240,7 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
             if not flight.waiter.wait(max(0.0, deadline - time.monotonic())):
                 self.metrics.incr("wait_timeouts")  # as a busy reader that waited in vain
                 return self._drive(self._fetch_uncached(*lookup), *lookup)
-            obj = self._answer(lookup, flight, index)
+            obj = answer(self, lookup, flight, index)
             if obj is ALONE:
                 return self._drive(self._get_flow(*lookup), *lookup)
             if obj is not RETRY:
@@ -256,7 +256,7 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
             error = exc
             raise
         finally:
-            self._land(flight, lookup, obj, error)
+            land(self, flight, lookup, obj, error)
 
     def peek(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> Any:
         """The cached object of a lookup, or ``None`` when it is not cached: never fetches.

@@ -27,7 +27,8 @@ yet, reading them in its own batch (which marks, at each lease call and fetch, t
 the keys that call covers), and follows the others, waiting for them only once its own keys are
 landed, so two batches never wait on each other.
 
-The flights are per cache instance.
+The flights are per cache instance. :func:`land` leaves a leader's outcome to its followers,
+and :func:`answer` turns it into each follower's own answer.
 """
 
 from __future__ import annotations
@@ -36,7 +37,12 @@ import asyncio
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._protocol import CacheCowBase
+
+    Cache = CacheCowBase[Any]
 
 __all__ = [
     "ALONE",
@@ -47,7 +53,9 @@ __all__ = [
     "Flights",
     "Missing",
     "Shared",
+    "answer",
     "cover",
+    "land",
 ]
 
 
@@ -240,3 +248,76 @@ no deciding call, or the follower came too late; it reads again, in the next fli
 
 ALONE = _Marker("ALONE")
 """The leader's object cannot be shared (it does not serialize): each follower reads alone."""
+
+
+# -- the leader's outcome, and each follower's answer -----------------------------------------
+
+
+def land(
+    cache: Cache,
+    flight: Flight,
+    lookup: tuple[Any, Any, Any],
+    obj: Any,
+    error: BaseException | None,
+    *,
+    many: bool = False,
+) -> None:
+    """The leader's read of ``lookup`` ended with ``obj`` or ``error``: leave its outcome to
+    its followers and wake them. (A batch's leader, ``many``, ends with ``obj`` ``None`` for
+    "no such object".)"""
+    if flight.covered or error is not None:
+        if many and obj is None and error is None:
+            flight.outcome = Missing
+        else:
+            flight.outcome = _outcome(cache, lookup, obj, error)
+    waiter = cache._flights.land(flight)
+    if waiter is not None:
+        waiter.set()
+
+
+def _outcome(
+    cache: Cache, lookup: tuple[Any, Any, Any], obj: Any, error: BaseException | None
+) -> Any:
+    """What a leader's read gives its followers: its object serialized, "no such object", its
+    exception, or nothing to take (an interruption, an object that does not serialize)."""
+    if error is None:
+        try:
+            return Shared(cache.serialize(obj))
+        except Exception:
+            return ALONE
+    if not isinstance(error, Exception):
+        return RETRY
+    if type(error) is type(cache.not_found(*lookup)):
+        return Missing
+    return Failed(error)
+
+
+def answer(
+    cache: Cache,
+    lookup: tuple[Any, Any, Any],
+    flight: Flight,
+    index: int,
+    *,
+    many: bool = False,
+) -> Any:
+    """A woken follower's answer from its leader's outcome: its own object (or the not-found
+    exception, or the leader's error, raised; for a batch, ``None`` for not found),
+    :data:`RETRY` to read in the next flight, :data:`ALONE` to read alone."""
+    outcome = flight.outcome
+    if isinstance(outcome, Failed):
+        raise outcome.error
+    if index >= flight.covered or outcome is RETRY:
+        return RETRY
+    if isinstance(outcome, Shared):
+        try:
+            obj = cache.deserialize(lookup[0], outcome.payload)
+        except Exception:
+            return ALONE
+        cache.metrics.incr("joined")
+        return obj
+    if outcome is Missing:
+        cache.metrics.incr("joined")
+        if many:
+            return None
+        raise cache.not_found(*lookup)
+    return ALONE

@@ -10,8 +10,7 @@ with redis-py and plain calls, and its asyncio twin performs the same operations
 
 Here: the options and their checks, the hooks a subclass overrides, the normalisation of
 lookups, the failure policy (``fail_open``, rate-limited logging), the steps every flow shares
-(reading a hit, preparing a commit, the backoff of a wait), and the leader's side of single
-flight.
+(reading a hit, preparing a commit, the backoff of a wait).
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 from redis.crc import key_slot
 
 from ._batch import read_many
-from ._flights import ALONE, RETRY, Failed, Flight, Flights, Missing, Shared
+from ._flights import Flight, Flights
 from ._invalidation import invalidate
 from ._ops import (
     _TOMB,
@@ -541,68 +540,6 @@ class CacheCowBase(Generic[ClientT]):
         """Whether a get may join the one in flight: only a reader that may wait for another
         (busy "wait"), and for ``wait_timeout`` at most."""
         return self.busy is BusyPolicy.WAIT and self.wait_timeout > 0
-
-    def _outcome(
-        self, cls: Any, id_field: Field, id_val: Any, obj: Any, error: BaseException | None
-    ) -> Any:
-        """What a leader's read gives its followers: its object serialized, "no such
-        object", its exception, or nothing to take (an interruption, an object that does not
-        serialize)."""
-        if error is None:
-            try:
-                return Shared(self.serialize(obj))
-            except Exception:
-                return ALONE
-        if not isinstance(error, Exception):
-            return RETRY
-        if type(error) is type(self.not_found(cls, id_field, id_val)):
-            return Missing
-        return Failed(error)
-
-    def _answer(
-        self, lookup: tuple[Any, Field, Any], flight: Flight, index: int, *, many: bool = False
-    ) -> Any:
-        """A woken follower's answer from its leader's outcome: its own object (or the not-found
-        exception, or the leader's error, raised; for a batch, ``None`` for not found),
-        :data:`RETRY` to read in the next flight, :data:`ALONE` to read alone."""
-        outcome = flight.outcome
-        if isinstance(outcome, Failed):
-            raise outcome.error
-        if index >= flight.covered or outcome is RETRY:
-            return RETRY
-        if isinstance(outcome, Shared):
-            try:
-                obj = self.deserialize(lookup[0], outcome.payload)
-            except Exception:
-                return ALONE
-            self.metrics.incr("joined")
-            return obj
-        if outcome is Missing:
-            self.metrics.incr("joined")
-            if many:
-                return None
-            raise self.not_found(*lookup)
-        return ALONE
-
-    def _land(
-        self,
-        flight: Flight,
-        lookup: tuple[Any, Field, Any],
-        obj: Any,
-        error: BaseException | None,
-        *,
-        many: bool = False,
-    ) -> None:
-        """The leader's read has ended: leave its outcome to its followers and wake them. (A
-        batch's leader, ``many``, ends with ``obj`` ``None`` for "no such object".)"""
-        if flight.covered or error is not None:
-            if many and obj is None and error is None:
-                flight.outcome = Missing
-            else:
-                flight.outcome = self._outcome(*lookup, obj, error)
-        waiter = self._flights.land(flight)
-        if waiter is not None:
-            waiter.set()
 
     def _fetch_uncached(
         self, cls: Any, id_field: Field, id_val: Any, flight: Flight | None = None

@@ -17,6 +17,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cachecow import CacheCow, CacheUnavailable, InvalidationFailed, NotFound
+from cachecow._flights import answer, land
 from cachecow._ops import TOMBSTONE, PartialPipelineError
 from cachecow.testing.contract import FakeClock
 from cachecow.testing.flows import BUSY, LEASED, REFUSED, STORED, Scripted, ScriptError
@@ -589,7 +590,7 @@ def lands(c: CacheCow, flight: Any, obj: Any = None, error: BaseException | None
 
     def reply(op: Any) -> bool:
         flight.covered = flight.joined
-        c._land(flight, ("user", "id", obj), obj, error, many=True)
+        land(c, flight, ("user", "id", obj), obj, error, many=True)
         return True
 
     return reply
@@ -630,7 +631,7 @@ def test_a_batch_follower_too_late_for_a_result_reads_again_in_the_next_flight()
     other = led_elsewhere(c, 2)
 
     def landed_before_covering(op: Any) -> bool:  # decided before the follower came
-        c._land(other, ("user", "id", 2), row(2), None, many=True)
+        land(c, other, ("user", "id", 2), row(2), None, many=True)
         return True
 
     run = Scripted(c).get_many(
@@ -647,7 +648,7 @@ def test_a_batch_follower_of_an_object_that_cannot_be_shared_reads_alone() -> No
 
     def landed_unserializable(op: Any) -> bool:
         other.covered = other.joined
-        c._land(other, ("user", "id", 2), {"id": 2, "x": object()}, None, many=True)
+        land(c, other, ("user", "id", 2), {"id": 2, "x": object()}, None, many=True)
         return True
 
     run = Scripted(c).get_many(
@@ -664,7 +665,7 @@ def test_a_batch_whose_redis_failed_reads_a_retried_key_uncached() -> None:
     other = led_elsewhere(c, 2)
 
     def landed_before_covering(op: Any) -> bool:  # nothing to take: it would read again
-        c._land(other, ("user", "id", 2), row(2), None, many=True)
+        land(c, other, ("user", "id", 2), row(2), None, many=True)
         return True
 
     replies = [RedisTimeoutError("slow"), {1: row(1)}, landed_before_covering, {2: row(2)}]
@@ -687,13 +688,13 @@ def test_followers_of_a_batchs_key_take_its_fetch_or_its_error() -> None:
     assert Scripted(c).get_many("user", "id", [1], replies, reader="me").value() == [row(1)]
     flight, index = places[0]
     assert (index, flight.covered) == (0, 1)
-    assert c._answer(("user", "id", 1), flight, index, many=True) == row(1)
+    assert answer(c, ("user", "id", 1), flight, index, many=True) == row(1)
     boom = RuntimeError("database down")
     replies = [joined_before_the_fetch, boom, b"0"]
     assert Scripted(c).get_many("user", "id", [1], replies, reader="me").error is boom
     flight, index = places[1]
     with pytest.raises(RuntimeError):
-        c._answer(("user", "id", 1), flight, index, many=True)
+        answer(c, ("user", "id", 1), flight, index, many=True)
 
 
 # -- invalidation -----------------------------------------------------------------------------
