@@ -5,11 +5,19 @@ token) before it reads the database, and stores what it read only if its lease s
 value read before an invalidation is never cached after it.
 """
 
-from ._async import AsyncCacheCow, connect_async, connect_cluster_async, connect_sentinel_async
-from ._core import CacheCow, connect, connect_cluster, connect_sentinel
+from ._async import AsyncCacheCow
+from ._clock import AsyncClock, Clock, SystemClock
+from ._connect import (
+    connect,
+    connect_async,
+    connect_cluster,
+    connect_cluster_async,
+    connect_sentinel,
+    connect_sentinel_async,
+)
+from ._core import CacheCow
 from ._ops import TOMBSTONE
 from ._options import BusyPolicy
-from ._protocol import AsyncClock, Clock, SystemClock
 from ._version import __version__
 from .exceptions import (
     CacheCowError,

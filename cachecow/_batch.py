@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
+from ._entries import decoded, encoded
+from ._failures import redis_failed
 from ._flights import ALONE, RETRY, Flight, answer, land
 from ._ops import (
     _BUSY,
@@ -81,16 +83,17 @@ def lookups_of(
 
 
 def read_many(
-    cache: Cache, cls: Any, id_field: Field, id_vals: list[Any], me: Any, loop: Any
+    cache: Cache, cls: Any, id_field: Field, id_vals: list[Any], reader: tuple[Any, Any] | None
 ) -> Flow:
-    """Read many (normalized) lookups, in order; for a reader ``me`` (a thread's id, or a task
-    of ``loop``) that may wait, in single flight with the process's other readers."""
+    """Read many (normalized) lookups, in order; for a ``reader`` that may wait (a thread's id
+    and ``None``, or a task and its event loop), in single flight with the process's other
+    readers."""
     lookups, order = lookups_of(cache, cls, id_field, id_vals)
     batch = BatchRead(cache, cls, id_field, lookups)
-    if me is None or not cache._joins:
+    if reader is None or not cache._joins:
         yield from batch.read(list(lookups))
     else:
-        yield from _read_together(batch, me, loop)
+        yield from _read_together(batch, *reader)
     return [batch.found.get(value_key) for value_key in order]
 
 
@@ -100,7 +103,7 @@ def _read_together(batch: BatchRead, me: Any, loop: Any) -> Flow:
     uncached, as a follower of a ``get``); a key whose flight gives nothing to take is read
     again, in its next flight."""
     cache, lookups = batch.cache, batch.lookups
-    deadline = time.monotonic() + cache.wait_timeout
+    deadline = time.monotonic() + cache.options.wait_timeout
     places = list(zip(lookups, cache._flights.join_many(list(lookups), me, loop), strict=True))
     redis_failed = False  # under fail_open: no second call to a Redis that failed this call
     while places:
@@ -161,7 +164,7 @@ def _lead(batch: BatchRead, reading: list[str]) -> Flow:
         for flight in batch.cache._flights.land_unjoined(led):
             id_val = batch.lookups[flight.key].id_val
             obj = batch.found.get(flight.key)
-            land(batch.cache, flight, (batch.cls, batch.id_field, id_val), obj, error, many=True)
+            land(batch.cache, flight, (batch.cls, batch.id_field, id_val), obj, error)
 
 
 class BatchRead:
@@ -237,7 +240,7 @@ class BatchRead:
             reply = replies[value_key]
             lookup = lookups[value_key]
             if isinstance(reply, bytes):
-                obj = cache._cached(self.cls, self.id_field, lookup.id_val, reply, tally)
+                obj = decoded(cache, (self.cls, self.id_field, lookup.id_val), reply, tally)
                 if obj is _TOMB:
                     self.found[value_key] = None
                 elif obj is not _UNUSABLE:
@@ -277,7 +280,7 @@ class BatchRead:
         fetched without caching)."""
         cache = self.cache
         if self.deadline is None:
-            self.deadline = cache.clock.monotonic() + cache.wait_timeout
+            self.deadline = cache.clock.monotonic() + cache.options.wait_timeout
         newly_waiting = [vk for vk in busy if not self.lookups[vk].waited]
         for value_key in newly_waiting:
             self.lookups[value_key].waited = True
@@ -300,7 +303,7 @@ class BatchRead:
         per_key = _discard_args(discards) if discards else None
         self._cover(pending)
         try:
-            head = (self.token, self.cache._flag_ttl_ms)
+            head = (self.token, self.cache.options.flag_ttl_ms)
             return (yield from self._script("get_or_lease_many", pending, head, per_key))
         except GeneratorExit:
             raise
@@ -317,7 +320,7 @@ class BatchRead:
                 ]
                 if won:
                     yield from self._release(won)
-            self.cache._redis_failed(exc, "get_many", tuple(pending))
+            redis_failed(self.cache, exc, "get_many", tuple(pending))
         self.redis_failed = True
         self.cache.metrics.incr("fail_open_fetches", len(pending))
         yield from self.fetch_uncached(pending)
@@ -333,7 +336,8 @@ class BatchRead:
     def _fetch(self, value_keys: list[str]) -> Flow:
         """``fetch_many`` for these lookups, as a mapping; a value mapped to None is not found."""
         self._cover(value_keys)
-        fetched = yield FetchMany(tuple(self.lookups[vk].id_val for vk in value_keys))
+        values = tuple(self.lookups[vk].id_val for vk in value_keys)
+        fetched = yield FetchMany(self.cls, self.id_field, values)
         if not isinstance(fetched, Mapping):
             raise TypeError(f"fetch_many must return a mapping, got {type(fetched).__name__}")
         return fetched
@@ -355,7 +359,7 @@ class BatchRead:
                 id_val = self.lookups[value_key].id_val
                 obj = fetched.get(id_val)
                 self.found[value_key] = obj
-                prepared = cache._payload(self.cls, self.id_field, id_val, obj)
+                prepared = encoded(cache, (self.cls, self.id_field, id_val), obj)
                 entries[value_key] = (b"", 0) if prepared is None else prepared
         except GeneratorExit:
             raise
@@ -376,7 +380,7 @@ class BatchRead:
             # As in a single read: give back whatever leases are still ours (never raises).
             if not _timed_out(exc):
                 yield from self._release(leased, counted=False)
-            cache._redis_failed(exc, "commit", tuple(leased))
+            redis_failed(cache, exc, "commit", tuple(leased))
             self.redis_failed = True
             return False
         except GeneratorExit:
@@ -399,7 +403,7 @@ class BatchRead:
         except Exception as exc:  # a Redis failure, or a reply of the wrong shape
             if counted:
                 self.cache.metrics.incr("redis_errors")
-            logger.warning("cachecow: could not release %d leases: %s", len(leased), exc)
+            logger.warning("could not release %d leases: %s", len(leased), exc)
 
     def _script(
         self,

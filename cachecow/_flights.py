@@ -259,14 +259,12 @@ def land(
     lookup: tuple[Any, Any, Any],
     obj: Any,
     error: BaseException | None,
-    *,
-    many: bool = False,
 ) -> None:
     """The leader's read of ``lookup`` ended with ``obj`` or ``error``: leave its outcome to
-    its followers and wake them. (A batch's leader, ``many``, ends with ``obj`` ``None`` for
-    "no such object".)"""
+    its followers and wake them. (``obj`` ``None`` is "no such object": a batch's answer; a
+    ``get`` raises its not-found exception instead.)"""
     if flight.covered or error is not None:
-        if many and obj is None and error is None:
+        if obj is None and error is None:
             flight.outcome = Missing
         else:
             flight.outcome = _outcome(cache, lookup, obj, error)

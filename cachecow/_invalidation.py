@@ -30,16 +30,17 @@ def invalidate(cache: Cache, pairs: list[tuple[str, str]]) -> Flow:
     groups = cache._slot_groups(list(flags))
     ops = tuple(Command(("DEL", *(k for vk in group for k in (vk, flags[vk])))) for group in groups)
     keys = tuple(k for pair in pairs for k in pair)
+    options = cache.options
     try:
-        if cache.wait_replicas:
-            acked = yield Replicated(ops, cache.wait_replicas, cache._wait_replicas_ms)
+        if options.wait_replicas:
+            acked = yield Replicated(ops, options.wait_replicas, options.wait_replicas_ms)
         elif len(ops) == 1:
             yield ops[0]
         else:
             yield Pipeline(ops)
     except RedisError as exc:
         _failed(cache, exc, keys)
-    if cache.wait_replicas:
+    if options.wait_replicas:
         _check_replicated(cache, acked, keys)
     cache.metrics.incr("invalidations", len(flags))
 
@@ -47,12 +48,13 @@ def invalidate(cache: Cache, pairs: list[tuple[str, str]]) -> Flow:
 def _check_replicated(cache: Cache, acked: Any, keys: tuple[str, ...]) -> None:
     """Raise unless ``wait_replicas`` replicas acknowledged an invalidation in time: a failover
     to a replica that never received it would bring the old values back."""
-    if int(acked) >= cache.wait_replicas:
+    options = cache.options
+    if int(acked) >= options.wait_replicas:
         return
     cache.metrics.incr("redis_errors")
     raise InvalidationFailed(
         f"invalidation of {_listed(keys)} reached the master but only {int(acked)} of "
-        f"wait_replicas={cache.wait_replicas} replicas within {cache.wait_replicas_timeout}s; "
+        f"wait_replicas={options.wait_replicas} replicas within {options.wait_replicas_timeout}s; "
         "a failover now could bring old values back: retry it",
         operation="invalidate",
         keys=keys,

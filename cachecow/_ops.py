@@ -38,7 +38,11 @@ class Command:
 
 @dataclass(frozen=True, slots=True)
 class Fetch:
-    """Call the ``fetch`` hook for the flow's lookup; the result is what it returned."""
+    """Call the ``fetch`` hook for this lookup; the result is what it returned."""
+
+    cls: Any
+    id_field: Any
+    id_val: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +63,10 @@ class Wait:
 
 @dataclass(frozen=True, slots=True)
 class FetchMany:
-    """Call the ``fetch_many`` hook for these lookup values; the result is its mapping."""
+    """Call the ``fetch_many`` hook for these values of one field; the result is its mapping."""
 
+    cls: Any
+    id_field: Any
     id_vals: tuple[Any, ...]
 
 
@@ -140,7 +146,6 @@ class Replicated:
     timeout_ms: int
 
 
-FETCH = Fetch()
 Op = Script | Command | Fetch | FetchMany | Sleep | Wait | Pipeline | Replicated | Brief
 Flow = Generator[Op, Any, Any]
 

@@ -22,9 +22,9 @@ class BusyPolicy(str, enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Options:
-    """The options of :class:`cachecow.CacheCow` that are plain values (see its docstring and
-    the README's Options table), normalised: seconds as floats, ``busy`` as a
-    :class:`BusyPolicy`."""
+    """The options of :class:`cachecow.CacheCow` that are plain values (see its docstring),
+    checked and normalised: seconds as floats, ``busy`` as a :class:`BusyPolicy`. A cache
+    keeps them as ``cache.options``."""
 
     ttl: float = 3600.0
     ttl_jitter: float = 0.1
@@ -56,6 +56,21 @@ class Options:
         }
         for name, value in checked.items():
             object.__setattr__(self, name, value)
+
+    @property
+    def flag_ttl_ms(self) -> int:
+        """``flag_ttl`` in milliseconds (a lease's ``PX``)."""
+        return max(1, int(self.flag_ttl * 1000))
+
+    @property
+    def tombstone_ttl_ms(self) -> int:
+        """``tombstone_ttl`` in milliseconds."""
+        return max(1, int(self.tombstone_ttl * 1000))
+
+    @property
+    def wait_replicas_ms(self) -> int:
+        """``wait_replicas_timeout`` in milliseconds (``WAIT``'s timeout)."""
+        return max(1, int(self.wait_replicas_timeout * 1000))
 
 
 def non_negative(name: str, value: float) -> float:

@@ -15,31 +15,23 @@ lookups, the failure policy (``fail_open``, rate-limited logging), the steps eve
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 import random
 import threading
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, Generic, TypeVar
 
 from redis.crc import key_slot
 
 from ._batch import read_many
+from ._clock import AsyncClock, Clock, SystemClock, backoff_delay
 from ._flights import Flight, Flights
 from ._invalidation import invalidate
-from ._ops import (
-    _TOMB,
-    _UNUSABLE,
-    TOMBSTONE,
-    Flow,
-    PartialPipelineError,
-)
+from ._ops import Flow
 from ._options import BusyPolicy, Options
 from ._single import SingleRead, peek
 from .exceptions import (
-    CacheUnavailable,
     ConfigurationError,
     InvalidLookup,
     NotFound,
@@ -61,67 +53,6 @@ __all__ = ["AsyncClock", "BusyPolicy", "CacheCowBase", "Clock", "SystemClock"]
 logger = logging.getLogger("cachecow")
 
 _MISSING = object()
-
-
-@runtime_checkable
-class Clock(Protocol):
-    """Time as the protocol sees it; inject a fake one to test waiting without sleeping."""
-
-    def monotonic(self) -> float:
-        """Seconds on a clock that never goes back."""
-        ...
-
-    def sleep(self, seconds: float) -> None:
-        """Block for ``seconds``."""
-        ...
-
-
-@runtime_checkable
-class AsyncClock(Clock, Protocol):
-    """A clock that can also sleep without blocking an event loop (for AsyncCacheCow)."""
-
-    async def async_sleep(self, seconds: float) -> None:
-        """Wait ``seconds`` without blocking the event loop."""
-        ...
-
-
-class SystemClock:
-    """The real clock: :func:`time.monotonic` and :func:`time.sleep`."""
-
-    def monotonic(self) -> float:
-        """Seconds on the system's monotonic clock."""
-        return time.monotonic()
-
-    def sleep(self, seconds: float) -> None:
-        """Sleep for ``seconds``."""
-        time.sleep(seconds)
-
-    async def async_sleep(self, seconds: float) -> None:
-        """Sleep for ``seconds`` without blocking the event loop (used by AsyncCacheCow)."""
-        await asyncio.sleep(seconds)
-
-
-# ---------------------------------------------------------------------------------------------
-# Pure arithmetic.
-
-
-def jittered_ms(seconds: float, jitter: float, unit_random: float) -> int:
-    """``seconds`` in milliseconds, shortened by up to ``jitter`` (a fraction); at least 1 ms.
-
-    ``unit_random`` is a number in [0, 1). The configured TTL is the upper bound: jitter only
-    ever shortens it, so entries written together expire spread over ``[ttl * (1 - jitter), ttl]``.
-    """
-    return max(1, int(seconds * 1000.0 * (1.0 - jitter * unit_random)))
-
-
-def backoff_delay(attempt: int, unit_random: float, *, first: float, cap: float) -> float:
-    """The pause before poll ``attempt`` (0-based) of a waiting reader, in seconds.
-
-    Doubles from ``first`` up to ``cap``, and keeps a random half of it ("equal jitter"), so
-    waiters that arrived together do not poll in lockstep.
-    """
-    base = min(cap, first * (2.0 ** min(attempt, 32)))
-    return base / 2.0 + base / 2.0 * unit_random
 
 
 def refuse_awaitable(result: Any, hook: str) -> Any:
@@ -180,7 +111,7 @@ class CacheCowBase(Generic[ClientT]):
         clock: Clock | None = None,
         metrics_hook: MetricsHook | None = None,
     ) -> None:
-        options = Options(
+        self.options = Options(
             ttl=ttl,
             ttl_jitter=ttl_jitter,
             flag_ttl=flag_ttl,
@@ -193,19 +124,6 @@ class CacheCowBase(Generic[ClientT]):
             wait_replicas=wait_replicas,
             wait_replicas_timeout=wait_replicas_timeout,
         )
-        self.options = options  # checked; the same values are this cache's attributes too
-        self.ttl, self.ttl_jitter = options.ttl, options.ttl_jitter
-        self.flag_ttl, self.tombstone_ttl = options.flag_ttl, options.tombstone_ttl
-        self.max_value_bytes = options.max_value_bytes
-        self.busy = BusyPolicy(options.busy)
-        self.wait_timeout = options.wait_timeout
-        self.fail_open, self.fail_open_log_interval = (
-            options.fail_open,
-            options.fail_open_log_interval,
-        )
-        self.wait_replicas = options.wait_replicas
-        self.wait_replicas_timeout = options.wait_replicas_timeout
-        self._wait_replicas_ms = max(1, int(self.wait_replicas_timeout * 1000))
         self.serializer: Serializer = JsonSerializer() if serializer is None else serializer
         if not isinstance(self.serializer, Serializer):
             raise ConfigurationError(
@@ -218,18 +136,17 @@ class CacheCowBase(Generic[ClientT]):
         self.metrics = Metrics(metrics_hook)
         self._group_by_slot = False  # set by a client class for Redis Cluster clients
         self._key_memo: dict[tuple[Any, ...], tuple[str, str]] = {}
-        self._check_client(redis)
+        self._bind_client(redis)
         self.redis: ClientT = redis
-        self._flag_ttl_ms = max(1, int(self.flag_ttl * 1000))
-        self._tombstone_ttl_ms = max(1, int(self.tombstone_ttl * 1000))
         self._random = random.Random()
-        self._last_error_log: float | None = None
-        self._warned: set[tuple[str, str, Field]] = set()  # (why, model, field) logged
+        self._last_error_log: float | None = None  # when fail_open last logged (_failures.py)
+        self._warned: set[tuple[str, str, Field]] = set()  # not cached: logged (_entries.py)
         self._flights = Flights(self._waiter)  # the gets in flight (see _flights.py)
         self._default_keys = type(self).get_keys is CacheCowBase.get_keys
 
-    def _check_client(self, redis: ClientT) -> None:
-        """Refuse a client this class cannot drive (the client classes override it)."""
+    def _bind_client(self, redis: ClientT) -> None:
+        """Set up how this class performs Redis calls on ``redis`` (each client class does),
+        refusing a client it cannot drive."""
 
     # -- hooks ----------------------------------------------------------------------------------
 
@@ -355,50 +272,6 @@ class CacheCowBase(Generic[ClientT]):
         """
         return NotFound(cls, id_field, id_val)
 
-    # -- failure policy -------------------------------------------------------------------------
-
-    def _redis_failed(self, exc: BaseException, operation: str, keys: tuple[str, ...]) -> None:
-        """Count a Redis failure on a read; raise unless ``fail_open`` (then log, rate-limited)."""
-        self.metrics.incr("redis_errors")
-        if isinstance(exc, PartialPipelineError):  # the callers see the error itself
-            exc = exc.error
-        if not self.fail_open:
-            raise CacheUnavailable(
-                f"Redis failed during {operation} ({type(exc).__name__}: {exc}); "
-                "pass fail_open=True to serve reads from the database instead",
-                operation=operation,
-                keys=keys,
-            ) from exc
-        now = self.clock.monotonic()
-        last = self._last_error_log
-        if last is None or now - last >= self.fail_open_log_interval:
-            self._last_error_log = now
-            logger.warning(
-                "cachecow: Redis failed during %s (%s: %s); serving from the database "
-                "without caching (logged at most every %gs)",
-                operation,
-                type(exc).__name__,
-                exc,
-                self.fail_open_log_interval,
-            )
-
-    def _warn_once(self, why: str, cls: Any, id_field: Field, id_val: Any, advice: str) -> None:
-        """Log that a fetched object is returned but not cached, once per reason, model and
-        field."""
-        label = self.model_label(cls)
-        if (why, label, id_field) in self._warned:
-            return
-        self._warned.add((why, label, id_field))
-        logger.warning(
-            "cachecow: fetch(%s, %r, %r) returned an object that %s; it is returned but never "
-            "cached. %s Logged once per model and field.",
-            label,
-            id_field,
-            id_val,
-            why,
-            advice,
-        )
-
     # -- lookups of the public calls ----------------------------------------------------------
 
     def _normalize(self, cls: Any, id_field: Any, id_val: Any) -> tuple[Field, Any]:
@@ -447,77 +320,6 @@ class CacheCowBase(Generic[ClientT]):
 
     # -- flows: shared steps --------------------------------------------------------------------
 
-    def _fetched(self, cls: Any, id_field: Field, id_val: Any, obj: Any) -> Any:
-        """What a caller gets for a fetched object: the object, or the not-found exception."""
-        if obj is None:
-            raise self.not_found(cls, id_field, id_val)
-        return obj
-
-    def _cached(
-        self,
-        cls: Any,
-        id_field: Field,
-        id_val: Any,
-        reply: bytes,
-        tally: dict[str, int] | None = None,
-    ) -> Any:
-        """Read a hit: the object, :data:`_TOMB` for a tombstone, or :data:`_UNUSABLE`.
-
-        What it finds is counted in the metrics, or in ``tally`` for the caller to add at once.
-        """
-        if reply == TOMBSTONE:
-            outcome, counter = _TOMB, "tombstone_hits"
-        else:
-            try:
-                obj = self.deserialize(cls, reply)
-            except Exception:
-                outcome, counter = _UNUSABLE, "decode_failures"
-            else:
-                if self._verified(cls, id_field, id_val, obj):
-                    outcome, counter = obj, "hits"
-                else:
-                    outcome, counter = _UNUSABLE, "verify_failures"
-        if tally is None:
-            self.metrics.incr(counter)
-        else:
-            tally[counter] = tally.get(counter, 0) + 1
-        return outcome
-
-    def _verified(self, cls: Any, id_field: Field, id_val: Any, obj: Any) -> bool:
-        try:
-            return bool(self.verify(cls, id_field, id_val, obj))
-        except Exception:
-            return False
-
-    def _payload(
-        self, cls: Any, id_field: Field, id_val: Any, obj: Any
-    ) -> tuple[bytes, int] | None:
-        """What to commit for a fetched object (``None``: it may not be cached)."""
-        if obj is None:
-            return TOMBSTONE, self._tombstone_ttl_ms
-        if not self._verified(cls, id_field, id_val, obj):
-            self.metrics.incr("uncacheable")
-            self._warn_once(
-                "fails verify()",
-                cls,
-                id_field,
-                id_val,
-                "Pass lookup values in the field's own type (5, not '5'), or override verify().",
-            )
-            return None
-        payload = self.serialize(obj)
-        if self.max_value_bytes is not None and len(payload) > self.max_value_bytes:
-            self.metrics.incr("oversized_values")
-            self._warn_once(
-                f"serializes to over max_value_bytes={self.max_value_bytes}",
-                cls,
-                id_field,
-                id_val,
-                "Raise max_value_bytes (None: no limit) if Redis should hold such values.",
-            )
-            return None
-        return payload, jittered_ms(self.ttl, self.ttl_jitter, self._random.random())
-
     def _wait_step(self, deadline: float, attempt: int) -> float:
         """How long a busy reader sleeps before poll ``attempt``; 0 when its wait is over."""
         remaining = deadline - self.clock.monotonic()
@@ -533,13 +335,13 @@ class CacheCowBase(Generic[ClientT]):
     @property
     def _fetches_when_busy(self) -> bool:
         """Whether a reader that finds another's lease fetches at once (without caching)."""
-        return self.busy is BusyPolicy.FETCH or self.wait_timeout <= 0
+        return self.options.busy is BusyPolicy.FETCH or self.options.wait_timeout <= 0
 
     @property
     def _joins(self) -> bool:
         """Whether a get may join the one in flight: only a reader that may wait for another
         (busy "wait"), and for ``wait_timeout`` at most."""
-        return self.busy is BusyPolicy.WAIT and self.wait_timeout > 0
+        return self.options.busy is BusyPolicy.WAIT and self.options.wait_timeout > 0
 
     def _fetch_uncached(
         self, cls: Any, id_field: Field, id_val: Any, flight: Flight | None = None
@@ -576,11 +378,11 @@ class CacheCowBase(Generic[ClientT]):
         return list(groups.values())
 
     def _read_many(
-        self, cls: Any, id_field: Field, id_vals: list[Any], me: Any = None, loop: Any = None
+        self, cls: Any, id_field: Field, id_vals: list[Any], reader: tuple[Any, Any] | None
     ) -> Flow:
-        """Read many (normalized) lookups, in order (see ``_batch.py``); for a reader ``me``
-        that may wait, in single flight with the process's other readers of the same keys."""
-        return read_many(self, cls, id_field, id_vals, me, loop)
+        """Read many (normalized) lookups, in order (see ``_batch.py``); for a ``reader`` that
+        may wait, in single flight with the process's other readers of the same keys."""
+        return read_many(self, cls, id_field, id_vals, reader)
 
     # -- flows: invalidation --------------------------------------------------------------------
 

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
+from ._entries import decoded, encoded, fetched
+from ._failures import redis_failed
 from ._flights import Flight, cover
 from ._ops import (
     _BUSY,
@@ -22,8 +24,8 @@ from ._ops import (
     _LEASED_REPAIRED,
     _TOMB,
     _UNUSABLE,
-    FETCH,
     Command,
+    Fetch,
     Flow,
     Script,
     Sleep,
@@ -72,10 +74,10 @@ class SingleRead:
         while True:
             cover(self.flight)
             try:
-                args = (self.token, cache._flag_ttl_ms, *discard)
+                args = (self.token, cache.options.flag_ttl_ms, *discard)
                 reply = yield Script("get_or_lease", self.keys, args)
             except RedisError as exc:
-                cache._redis_failed(exc, "get", self.keys)
+                redis_failed(cache, exc, "get", self.keys)
                 cache.metrics.incr("fail_open_fetches")
                 return (yield from self.fetch_uncached())
             except GeneratorExit:
@@ -85,7 +87,7 @@ class SingleRead:
                 yield from interrupted(exc, self._release())
                 raise
             if isinstance(reply, bytes):
-                obj = cache._cached(*self.lookup, reply)
+                obj = decoded(cache, self.lookup, reply)
                 if obj is _TOMB:
                     raise cache.not_found(*self.lookup)
                 if obj is not _UNUSABLE:
@@ -126,7 +128,7 @@ class SingleRead:
             if cache._fetches_when_busy:
                 return False
             cache.metrics.incr("waits")
-            self.deadline = cache.clock.monotonic() + cache.wait_timeout
+            self.deadline = cache.clock.monotonic() + cache.options.wait_timeout
         pause = cache._wait_step(self.deadline, self.attempt)
         if pause <= 0:
             cache.metrics.incr("wait_timeouts")
@@ -143,10 +145,10 @@ class SingleRead:
         cover(self.flight)
         try:
             try:
-                obj = yield FETCH
+                obj = yield Fetch(*self.lookup)
             except NotFound:
                 obj = None
-            prepared = cache._payload(*self.lookup, obj)
+            prepared = encoded(cache, self.lookup, obj)
             if prepared is None:
                 yield from self._release()
                 return obj
@@ -157,7 +159,7 @@ class SingleRead:
             yield from released(exc, self._release())
             raise
         yield from self._commit(*prepared)
-        return cache._fetched(*self.lookup, obj)
+        return fetched(cache, self.lookup, obj)
 
     def _commit(self, payload: bytes, ttl_ms: int) -> Flow:
         """Store ``payload`` if this reader's lease is still live (else nothing: counted)."""
@@ -171,7 +173,7 @@ class SingleRead:
             # after a timeout: Redis is stalled, and the release would wait as long again.
             if not _timed_out(exc):
                 yield from self._release(counted=False)
-            cache._redis_failed(exc, "commit", self.keys)
+            redis_failed(cache, exc, "commit", self.keys)
         except GeneratorExit:
             raise
         except BaseException as exc:
@@ -185,10 +187,10 @@ class SingleRead:
         self.cache.metrics.incr("fetches")
         cover(self.flight)
         try:
-            obj = yield FETCH
+            obj = yield Fetch(*self.lookup)
         except NotFound as exc:
             raise self.cache.not_found(*self.lookup) from exc
-        return self.cache._fetched(*self.lookup, obj)
+        return fetched(self.cache, self.lookup, obj)
 
     def _release(self, *, counted: bool = True) -> Flow:
         """Give the lease back if it is still ours; never raises (the flag expires anyway).
@@ -200,7 +202,7 @@ class SingleRead:
         except Exception as exc:  # a Redis failure, or a reply of the wrong shape
             if counted:
                 self.cache.metrics.incr("redis_errors")
-            logger.warning("cachecow: could not release lease %s: %s", flag_key, exc)
+            logger.warning("could not release lease %s: %s", flag_key, exc)
 
 
 def peek(cache: Cache, lookup: tuple[Any, Field, Any]) -> Flow:
@@ -216,12 +218,12 @@ def peek(cache: Cache, lookup: tuple[Any, Field, Any]) -> Flow:
             cache.metrics.incr("corrupt_keys")
             cache.metrics.incr("misses")
             return None
-        cache._redis_failed(exc, "peek", (value_key,))
+        redis_failed(cache, exc, "peek", (value_key,))
         return None
     if reply is None:
         cache.metrics.incr("misses")
         return None
-    obj = cache._cached(*lookup, reply)
+    obj = decoded(cache, lookup, reply)
     if obj is _TOMB:
         raise cache.not_found(*lookup)
     return None if obj is _UNUSABLE else obj

@@ -21,7 +21,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from ._core import CacheCow, connect
+from ._connect import connect
+from ._core import CacheCow
 
 __all__ = ["main"]
 

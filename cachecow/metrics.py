@@ -94,7 +94,7 @@ class Metrics:
             except Exception:
                 if not self._hook_failed:
                     self._hook_failed = True
-                    logger.exception("cachecow: the metrics hook raised (logged once; ignored)")
+                    logger.exception("the metrics hook raised (logged once; ignored)")
 
     def snapshot(self) -> MetricsSnapshot:
         """A consistent copy of every counter."""

@@ -176,7 +176,7 @@ def test_cancelled_with_the_lease_reply_in_flight_releases_the_lease(
             await cache.get_many("row", "id", [4, 5])
             flags = [cache.get_keys("row", "id", key)[1] for key in (1, 2, 3)]
             name = "get_or_lease_many" if batch else "get_or_lease"
-            HeldConnection.hold(cache._calls[name].sha)
+            HeldConnection.hold(cache._io.scripts[name].sha)
             call = cache.get_many("row", "id", [1, 2, 3]) if batch else cache.get("row", "id", 1)
             task = asyncio.create_task(call)
             want = 3 if batch else 1
@@ -210,7 +210,7 @@ def test_cancelled_before_its_commit_is_sent_releases_the_lease(
             await cache.get("row", "id", 5)  # the scripts loaded
             await cache.get_many("row", "id", [4, 5])
             flags = [cache.get_keys("row", "id", key)[1] for key in (1, 2, 3)]
-            HeldConnection.hold(cache._calls["commit_many" if batch else "commit"].sha)
+            HeldConnection.hold(cache._io.scripts["commit_many" if batch else "commit"].sha)
             HeldConnection.before_send = True
             call = cache.get_many("row", "id", [1, 2, 3]) if batch else cache.get("row", "id", 1)
             task = asyncio.create_task(call)

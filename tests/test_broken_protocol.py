@@ -43,7 +43,7 @@ class Breaks:
 
     def install(self, cache: Any) -> None:
         for name, source in self.scripts.items():
-            cache._calls[name] = ScriptCall(name, source)  # every path sends these
+            cache._io.scripts[name] = ScriptCall(name, source)  # every path sends these
 
 
 class BrokenSync(Breaks, test_contract_dict.TestDictCacheContract):

@@ -481,7 +481,7 @@ def test_a_script_flushed_again_right_after_its_reload_still_runs_on_a_cluster(
     nodes = cluster.get_primaries()
 
     def wrap(cache: Any, flush: Callable[[], Any]) -> None:
-        real = cache._execute
+        real = cache._io.execute
 
         def execute(*args: Any, **options: Any) -> Any:
             result = real(*args, **options)
@@ -495,7 +495,7 @@ def test_a_script_flushed_again_right_after_its_reload_still_runs_on_a_cluster(
                 flush()
             return result
 
-        cache._execute = execute if mode == "sync" else aexecute
+        cache._io.execute = execute if mode == "sync" else aexecute
 
     if mode == "sync":
         cache: Any = test_contract_dict.DictCache(cluster, db)

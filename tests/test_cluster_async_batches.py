@@ -17,6 +17,7 @@ from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from cachecow import AsyncCacheCow, CacheUnavailable
+from cachecow._async_redis_io import AsyncRedisIO
 from cachecow._scripts import SCRIPT_NAMES, script_source
 from cachecow.testing import RedisClusterServers
 from tests.test_contract_dict import AsyncDictCache
@@ -45,13 +46,13 @@ def cluster(redis_cluster_servers: RedisClusterServers) -> Iterator[Any]:
 def alone_calls(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """Every item a batch sends alone through the cluster client (not in a node pipeline)."""
     calls: list[Any] = []
-    real = AsyncCacheCow._alone
+    real = AsyncRedisIO.one
 
-    async def spy(self: AsyncCacheCow, item: Any) -> Any:
+    async def spy(self: AsyncRedisIO, item: Any) -> Any:
         calls.append(item)
         return await real(self, item)
 
-    monkeypatch.setattr(AsyncCacheCow, "_alone", spy)
+    monkeypatch.setattr(AsyncRedisIO, "one", spy)
     return calls
 
 

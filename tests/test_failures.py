@@ -404,7 +404,7 @@ def test_a_lease_call_sent_again_after_a_lost_reply_finds_its_own_lease(
         DroppedReplyConnection.flag = flag_key
         DroppedReplyConnection.watcher = admin
         name = "get_or_lease_many" if batch else "get_or_lease"
-        DroppedReplyConnection.sha = cache._calls[name].sha.encode()
+        DroppedReplyConnection.sha = cache._io.scripts[name].sha.encode()
         before = cache.metrics.snapshot()
         got = cache.get_many("item", "id", [1]) if batch else [cache.get("item", "id", 1)]
         after = cache.metrics.snapshot()

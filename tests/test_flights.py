@@ -180,6 +180,9 @@ def test_two_fetches_reading_each_others_key_do_not_wait_forever(
             try:
                 both_fetching.wait(10)  # both lead their key now
                 other = self.get(cls, id_field, 3 - id_val)
+                # Neither lands its flight before both followers gave up waiting (else a slow
+                # thread's follower could take the other's landed result instead).
+                both_fetching.wait(10)
             finally:
                 nested.depth = 0
             return {"id": id_val, "other": other["id"]}

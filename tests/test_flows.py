@@ -590,7 +590,7 @@ def lands(c: CacheCow, flight: Any, obj: Any = None, error: BaseException | None
 
     def reply(op: Any) -> bool:
         flight.covered = flight.joined
-        land(c, flight, ("user", "id", obj), obj, error, many=True)
+        land(c, flight, ("user", "id", obj), obj, error)
         return True
 
     return reply
@@ -631,7 +631,7 @@ def test_a_batch_follower_too_late_for_a_result_reads_again_in_the_next_flight()
     other = led_elsewhere(c, 2)
 
     def landed_before_covering(op: Any) -> bool:  # decided before the follower came
-        land(c, other, ("user", "id", 2), row(2), None, many=True)
+        land(c, other, ("user", "id", 2), row(2), None)
         return True
 
     run = Scripted(c).get_many(
@@ -648,7 +648,7 @@ def test_a_batch_follower_of_an_object_that_cannot_be_shared_reads_alone() -> No
 
     def landed_unserializable(op: Any) -> bool:
         other.covered = other.joined
-        land(c, other, ("user", "id", 2), {"id": 2, "x": object()}, None, many=True)
+        land(c, other, ("user", "id", 2), {"id": 2, "x": object()}, None)
         return True
 
     run = Scripted(c).get_many(
@@ -665,7 +665,7 @@ def test_a_batch_whose_redis_failed_reads_a_retried_key_uncached() -> None:
     other = led_elsewhere(c, 2)
 
     def landed_before_covering(op: Any) -> bool:  # nothing to take: it would read again
-        land(c, other, ("user", "id", 2), row(2), None, many=True)
+        land(c, other, ("user", "id", 2), row(2), None)
         return True
 
     replies = [RedisTimeoutError("slow"), {1: row(1)}, landed_before_covering, {2: row(2)}]
@@ -694,7 +694,7 @@ def test_followers_of_a_batchs_key_take_its_fetch_or_its_error() -> None:
     assert Scripted(c).get_many("user", "id", [1], replies, reader="me").error is boom
     flight, index = places[1]
     with pytest.raises(RuntimeError):
-        answer(c, ("user", "id", 1), flight, index, many=True)
+        answer(c, ("user", "id", 1), flight, index)
 
 
 # -- invalidation -----------------------------------------------------------------------------
@@ -773,7 +773,7 @@ def test_a_closed_flow_yields_nothing_more(call: str, replies: list[Any]) -> Non
     other operation, which no driver would perform (Python raises if a closing generator
     yields)."""
     c = cache()
-    flow = c._get_flow("user", "id", 1) if call == "get" else c._read_many("user", "id", [1])
+    flow = c._get_flow("user", "id", 1) if call == "get" else c._read_many("user", "id", [1], None)
     op = next(flow)
     for reply in replies:
         op = flow.send(reply)

@@ -9,6 +9,7 @@ setting (``maxmemory`` with ``noeviction``, ``proto-max-bulk-len``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -209,7 +210,8 @@ def test_a_hash_at_the_flag_key_written_during_the_fetch(redis_client: redis.Red
     assert cache.get("row", "id", 1) == {"id": 1}  # the commit is refused
     assert not redis_client.exists(value_key)
     cache.extra = {"x": "y" * 100}
-    cache.max_value_bytes = 10  # now the lease is released instead of committed
+    # now the lease is released instead of committed
+    cache.options = dataclasses.replace(cache.options, max_value_bytes=10)
     assert cache.get("row", "id", 1) == {"id": 1, "x": "y" * 100}
     snap = cache.metrics.snapshot()
     assert (snap.stale_commits, snap.corrupt_keys, snap.redis_errors) == (1, 1, 0)
@@ -355,7 +357,7 @@ def test_an_oversized_value_is_returned_but_not_cached(
 
 def test_max_value_bytes_defaults_to_one_mebibyte(redis_client: redis.Redis) -> None:
     cache = Rows(redis_client)
-    assert cache.max_value_bytes == 1_048_576
+    assert cache.options.max_value_bytes == 1_048_576
     cache.extra = {"blob": "b" * 1_048_576}
     cache.get("row", "id", 1)
     assert redis_client.dbsize() == 0

@@ -365,7 +365,7 @@ def test_an_acl_that_refuses_the_keys_still_fails(own_redis_server: RedisServer)
     cache = Rows(client)
     with pytest.raises(CacheUnavailable):
         cache.get("row", "id", 1)
-    assert not cache._eval_only
+    assert not cache._io.eval_only
     client.close()
 
 

@@ -23,8 +23,10 @@ from cachecow import (
     NotFound,
     SystemClock,
 )
+from cachecow._clock import backoff_delay
+from cachecow._entries import jittered_ms
 from cachecow._ops import new_token
-from cachecow._protocol import CacheCowBase, backoff_delay, jittered_ms
+from cachecow._protocol import CacheCowBase
 from cachecow.metrics import COUNTERS
 
 ALMOST_ONE = math.nextafter(1.0, 0.0)
@@ -159,13 +161,13 @@ def test_backoff_huge_attempt_is_capped_without_overflow() -> None:
 
 
 def test_base_defaults(base: CacheCowBase) -> None:
-    assert base.ttl == 3600.0
-    assert base.ttl_jitter == 0.1
-    assert base.flag_ttl == 10.0
-    assert base.tombstone_ttl == 30.0
-    assert base.busy is BusyPolicy.WAIT
-    assert base.wait_timeout == 1.0
-    assert base.fail_open is False
+    assert base.options.ttl == 3600.0
+    assert base.options.ttl_jitter == 0.1
+    assert base.options.flag_ttl == 10.0
+    assert base.options.tombstone_ttl == 30.0
+    assert base.options.busy is BusyPolicy.WAIT
+    assert base.options.wait_timeout == 1.0
+    assert base.options.fail_open is False
     assert isinstance(base.serializer, JsonSerializer)
     assert base.prefix == "cachecow:"
     assert isinstance(base.clock, SystemClock)
@@ -196,14 +198,14 @@ def test_base_keeps_given_options() -> None:
         clock=clock,
         metrics_hook=lambda name, amount: calls.append((name, amount)),
     )
-    assert cache.ttl == 5.0
-    assert type(cache.ttl) is float
-    assert cache.ttl_jitter == 0.0
-    assert cache.flag_ttl == 0.5
-    assert cache.tombstone_ttl == 2.0
-    assert cache.busy is BusyPolicy.FETCH
-    assert cache.wait_timeout == 0.0
-    assert cache.fail_open is True
+    assert cache.options.ttl == 5.0
+    assert type(cache.options.ttl) is float
+    assert cache.options.ttl_jitter == 0.0
+    assert cache.options.flag_ttl == 0.5
+    assert cache.options.tombstone_ttl == 2.0
+    assert cache.options.busy is BusyPolicy.FETCH
+    assert cache.options.wait_timeout == 0.0
+    assert cache.options.fail_open is True
     assert cache.serializer is serializer
     assert cache.prefix == "app:"
     assert cache.clock is clock
@@ -226,7 +228,7 @@ def test_durations_must_be_finite_and_at_least_a_millisecond(option: str, value:
 @pytest.mark.parametrize("value", [0.001, 1, 2.5, 86_400 * 365])
 def test_durations_accepted(option: str, value: float) -> None:
     cache = CacheCowBase(None, **{option: value})
-    assert getattr(cache, option) == float(value)
+    assert getattr(cache.options, option) == float(value)
 
 
 @pytest.mark.parametrize(
@@ -239,7 +241,7 @@ def test_ttl_jitter_must_be_a_fraction_below_one(value: Any) -> None:
 
 @pytest.mark.parametrize("value", [0, 0.0, 0.25, 0.5, ALMOST_ONE])
 def test_ttl_jitter_accepted(value: float) -> None:
-    assert CacheCowBase(None, ttl_jitter=value).ttl_jitter == value
+    assert CacheCowBase(None, ttl_jitter=value).options.ttl_jitter == value
 
 
 @pytest.mark.parametrize(
@@ -252,7 +254,7 @@ def test_ttl_jitter_accepted(value: float) -> None:
     ],
 )
 def test_busy_accepted(value: Any, expected: BusyPolicy) -> None:
-    assert CacheCowBase(None, busy=value).busy is expected
+    assert CacheCowBase(None, busy=value).options.busy is expected
 
 
 @pytest.mark.parametrize("value", ["sleep", "WAIT", "Fetch", "", None, 0, 1, ["wait"]], ids=repr)
@@ -274,8 +276,8 @@ def test_busy_policy_is_a_str_enum() -> None:
 @pytest.mark.parametrize("value", [0, 0.0, 0.001, 5, 2.5])
 def test_wait_timeout_accepted(value: float) -> None:
     cache = CacheCowBase(None, wait_timeout=value)
-    assert cache.wait_timeout == float(value)
-    assert type(cache.wait_timeout) is float
+    assert cache.options.wait_timeout == float(value)
+    assert type(cache.options.wait_timeout) is float
 
 
 @pytest.mark.parametrize("value", [-1, -0.001, math.nan, math.inf, True, "1", None], ids=repr)

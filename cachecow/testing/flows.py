@@ -122,7 +122,8 @@ class Scripted:
         flight with the flights already in ``cache._flights``, and a ``Wait`` for another
         reader's flight is answered from the replies too (``True``: it landed)."""
         field, values = self.cache._normalize_many(cls, id_field, id_vals)
-        return self.run(self.cache._read_many(cls, field, values, reader), replies)
+        together = None if reader is None else (reader, None)
+        return self.run(self.cache._read_many(cls, field, values, together), replies)
 
     def peek(self, cls: Any, id_field: Any, id_val: Any, replies: Iterable[Any]) -> FlowRun:
         field, value = self.cache._normalize(cls, id_field, id_val)

@@ -1,0 +1,256 @@
+"""How the asyncio driver performs a flow's Redis operations with a ``redis.asyncio`` client.
+
+The twin of ``_redis_io.py`` (``tests/test_parity.py`` fails when the two drift), plus what
+asyncio needs of its own: on a cluster, a gate on the number of calls under way (redis-py's
+asyncio cluster client has no blocking pool), and the cluster's map loaded before the first
+command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, cast
+
+import redis.asyncio as aredis
+from redis.asyncio.cluster import ClusterNode, PipelineCommand
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.exceptions import (
+    MaxConnectionsError,
+    NoPermissionError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+)
+
+from ._client import check_client, script_calls
+from ._cluster import async_cluster_execute
+from ._ops import Command, Pipeline, Replicated, Script, all_answered, as_redis_error
+from ._redis_io import item_args, item_key
+
+__all__ = ["AsyncRedisIO"]
+
+_UNREAD: Any = object()  # a node pipeline's command whose reply was never read
+
+
+class AsyncRedisIO:
+    """Performs Redis operations on a ``redis.asyncio`` client; refuses one it cannot drive."""
+
+    def __init__(self, client: aredis.Redis) -> None:
+        check_client(client, is_async=True)
+        self.client: Any = client
+        self.cluster = isinstance(client, AsyncRedisCluster)
+        self.execute: Callable[..., Any] = (
+            async_cluster_execute(client) if self.cluster else client.execute_command
+        )
+        self.scripts = script_calls()
+        # redis-py 8.1's asyncio cluster client has no blocking pool: a call that finds a
+        # node's max_connections in use fails at once. A gate of that many calls at a time
+        # (each uses at most one connection per node) makes the others wait, bounded by the
+        # socket timeout, as connect_async()'s blocking pool does.
+        self.gate: asyncio.Semaphore | None = None
+        self.gate_timeout = 0.5
+        if self.cluster:
+            options = client.nodes_manager.connection_kwargs  # type: ignore[attr-defined]
+            self.gate = asyncio.Semaphore(options.get("max_connections") or 100)
+            self.gate_timeout = options.get("socket_timeout") or 0.5
+        # Where an ACL refuses script commands (NOPERM) but EVAL works: without SCRIPT LOAD,
+        # a NOSCRIPT is answered by EVAL (which caches the script for the next EVALSHA);
+        # without EVALSHA, every script goes by EVAL. Set on the first refusal.
+        self.no_script_load = False
+        self.eval_only = False
+
+    async def ready(self) -> BaseException | None:
+        """Load a cluster's map before a flow's first command (a no-op once loaded); the
+        error if the cluster cannot be reached. Without it, redis-py 8.1 routes a script to a
+        random node, and every 5th MOVED reply closes every connection, those of concurrent
+        calls too."""
+        if not self.cluster:
+            return None
+        try:
+            await self.client.initialize()
+        except (RedisError, RedisClusterException) as exc:
+            return as_redis_error(exc)
+        return None
+
+    def perform(self, op: Script | Command | Pipeline | Replicated) -> Awaitable[Any]:
+        """Run one operation; its reply (or its replies, for a batch). On a cluster, once fewer
+        than ``max_connections`` calls are under way (waiting at most the socket timeout, then
+        ``MaxConnectionsError``); off a cluster, no coroutine around the call."""
+        if isinstance(op, Script):
+            call = self.script(op)
+        elif isinstance(op, Command):
+            call = self.execute(*op.args)
+        elif isinstance(op, Pipeline):
+            call = self.pipeline(op)
+        else:
+            call = self.replicated(op)
+        return call if self.gate is None else self._through_gate(self.gate, call)
+
+    async def _through_gate(self, gate: asyncio.Semaphore, call: Coroutine[Any, Any, Any]) -> Any:
+        try:
+            await asyncio.wait_for(gate.acquire(), self.gate_timeout)
+        except BaseException as exc:  # never sent (a timeout, a cancellation): close it unrun
+            call.close()
+            if isinstance(exc, TimeoutError):
+                raise MaxConnectionsError(
+                    f"no cluster connection freed up within {self.gate_timeout}s"
+                ) from None
+            raise
+        try:
+            return await call
+        finally:
+            gate.release()
+
+    async def one(self, item: Script | Command) -> Any:
+        """A batch item sent alone (through the cluster client, which follows moves)."""
+        if isinstance(item, Script):
+            return await self.script(item)
+        return await self.execute(*item.args)
+
+    async def script(self, op: Script) -> Any:
+        call = self.scripts[op.name]
+        if self.eval_only:
+            return await self.execute(*call.eval_args(op.keys, op.args))
+        try:
+            return await self.execute(*call.args(op.keys, op.args))
+        except NoScriptError:  # a restarted server, a failover, SCRIPT FLUSH
+            if self.no_script_load:  # EVAL, which also caches it for the next EVALSHA
+                return await self.execute(*call.eval_args(op.keys, op.args))
+            try:
+                if self.cluster:  # every primary at once, not one node per NOSCRIPT
+                    primaries = self.client.get_primaries()
+                    await self.execute("SCRIPT", "LOAD", call.source, target_nodes=primaries)
+                else:
+                    await self.client.script_load(call.source)
+            except NoPermissionError:  # an ACL without SCRIPT LOAD: EVAL, from now on
+                reply = await self.execute(*call.eval_args(op.keys, op.args))
+                self.no_script_load = True
+                return reply
+            try:
+                return await self.execute(*call.args(op.keys, op.args))
+            except NoScriptError:  # flushed again between the load and the call
+                return await self.execute(*call.eval_args(op.keys, op.args))
+        except NoPermissionError:  # an ACL without EVALSHA: EVAL for every script from now on
+            reply = await self.execute(*call.eval_args(op.keys, op.args))
+            self.eval_only = True
+            return reply
+
+    async def pipeline(self, op: Pipeline) -> list[Any]:
+        if self.cluster:
+            return await self._cluster_pipeline(op)
+        pipe: Any = self.client.pipeline(transaction=False)
+        for item in op.ops:
+            pipe.execute_command(*self._item_args(item))
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        for index, (item, reply) in enumerate(zip(op.ops, replies, strict=True)):
+            # A script that Redis did not run (NOSCRIPT, or NOPERM for EVALSHA): alone, which
+            # loads it or falls back to EVAL.
+            if isinstance(item, Script) and isinstance(reply, NoScriptError | NoPermissionError):
+                replies[index] = await self.script(item)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    async def replicated(self, op: Replicated) -> int:
+        """Commands, then WAIT on the same connection; the fewest replicas that acknowledged."""
+        if not self.cluster:
+            pipe: Any = self.client.pipeline(transaction=False)
+            for item in op.ops:
+                pipe.execute_command(*item.args)
+            pipe.execute_command("WAIT", op.replicas, op.timeout_ms)
+            replies = await pipe.execute(raise_on_error=True)
+            return int(replies[-1])
+        try:
+            return await self._replicated_per_node(op)
+        except Exception:
+            # A moved slot or a failed node: through the cluster client, which follows moves
+            # and refreshes its map, then once more with the WAIT (deleting twice is harmless).
+            for item in op.ops:
+                await self.one(item)
+            return await self._replicated_per_node(op)
+
+    async def _replicated_per_node(self, op: Replicated) -> int:
+        cluster = cast(AsyncRedisCluster, self.client)
+        by_node: dict[str, tuple[ClusterNode, list[PipelineCommand]]] = {}
+        for index, item in enumerate(op.ops):
+            node = cluster.get_node_from_key(item.args[1])
+            if node is None:
+                raise RedisError(f"no node serves the slot of {item.args[1]!r} now")
+            by_node.setdefault(node.name, (node, []))[1].append(PipelineCommand(index, *item.args))
+        groups = [
+            (node, [*commands, PipelineCommand(-1, "WAIT", op.replicas, op.timeout_ms)])
+            for node, commands in by_node.values()
+        ]
+        await asyncio.gather(*(node.execute_pipeline(commands) for node, commands in groups))
+        acked = []
+        for _node, commands in groups:
+            for command in commands:
+                if isinstance(command.result, Exception):
+                    raise command.result
+            acked.append(int(cast(Any, commands[-1].result)))
+        return min(acked, default=op.replicas)
+
+    async def _cluster_pipeline(self, op: Pipeline) -> list[Any]:
+        """A batch on Redis Cluster: one pipeline per node (each item touches one slot), the
+        nodes concurrently, each pipeline on a connection of its own from its node's pool.
+
+        Then, one at a time, every item that got no good reply goes again alone through the
+        cluster client, which loads scripts, follows moves, refreshes its map of the cluster
+        and retries (and raises if the error persists): an item whose reply is an error
+        (NOSCRIPT after SCRIPT FLUSH or a failover, MOVED/ASK during resharding), and each
+        unread item of a node whose pipeline failed as a whole (a dead node, a failover).
+        The pipelines bypass the cluster client's error handling, and the items sent alone go
+        one at a time once every pipeline is done, for the reason :meth:`ready` loads the map.
+        """
+        cluster = cast(AsyncRedisCluster, self.client)
+        await cluster.initialize()  # a no-op once the client knows the cluster
+        by_node: dict[str, tuple[ClusterNode, list[PipelineCommand]]] = {}
+        alone: list[int] = []  # the indexes of the items to send alone
+        for index, item in enumerate(op.ops):
+            try:
+                node = cluster.get_node_from_key(item_key(item))
+            except RedisError:  # a slot no node serves now: the cluster client will find one
+                node = None
+            if node is None:
+                alone.append(index)
+                continue
+            command = PipelineCommand(index, *self._item_args(item))
+            command.result = _UNREAD
+            by_node.setdefault(node.name, (node, []))[1].append(command)
+        groups = list(by_node.values())
+        if len(groups) == 1:
+            await _node_pipeline(*groups[0])
+        elif groups:
+            await asyncio.gather(*(_node_pipeline(node, commands) for node, commands in groups))
+        results: list[Any] = [None] * len(op.ops)
+        for _node, commands in groups:
+            for command in commands:
+                if command.result is _UNREAD or isinstance(command.result, Exception):
+                    alone.append(command.position)
+                else:
+                    results[command.position] = command.result
+        failed: RedisError | None = None
+        for index in sorted(alone):
+            if failed is not None:  # the cluster is failing: send nothing more alone
+                results[index] = failed
+                continue
+            try:
+                results[index] = await self.one(op.ops[index])
+            except RedisError as exc:
+                failed = results[index] = exc
+        return all_answered(results)
+
+    def _item_args(self, item: Script | Command) -> tuple[Any, ...]:
+        return item_args(self.scripts, item, eval_only=self.eval_only)
+
+
+async def _node_pipeline(node: ClusterNode, commands: list[PipelineCommand]) -> None:
+    """Send ``commands`` to ``node`` in one round trip; each reply (or error) lands in its
+    command's ``result``. If the pipeline fails as a whole, the commands whose replies were
+    not read keep the ``_UNREAD`` mark."""
+    try:
+        await node.execute_pipeline(commands)
+    except Exception:  # a connection lost, refused, timed out, closed under it: not cancelled
+        return
