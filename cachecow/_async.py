@@ -14,7 +14,7 @@ import redis.asyncio as aredis
 from ._async_redis_io import AsyncRedisIO
 from ._clock import AsyncClock
 from ._flights import ALONE, RETRY, AsyncWaiter, answer, land
-from ._ops import Brief, Fetch, FetchMany, Flow, Sleep, Wait, as_redis_error
+from ._ops import Fetch, FetchMany, Flow, Sleep, TimeBoxed, Wait, as_redis_error
 from ._protocol import CacheCowBase
 from .exceptions import ConfigurationError, NotFound
 from .keys import Field
@@ -129,7 +129,7 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
 
     async def invalidate_lookups(self, lookups: Iterable[tuple[Any, Any, Any]]) -> None:
         """:meth:`invalidate` any ``(cls, id_field, id_val)`` lookups, in one round trip."""
-        await self._drive(self._invalidate_keys_flow(self._triples_keys(lookups)))
+        await self._drive(self._invalidate_keys_flow(self._lookups_keys(lookups)))
 
     async def invalidate_object(self, obj: Any, *, previous: Any = None, model: Any = None) -> None:
         """Invalidate every unique lookup of ``obj`` (and of ``previous``), in one round trip."""
@@ -140,7 +140,7 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
         """Delete these ``(value key, flag key)`` pairs in one round trip (the outbox's drain)."""
         await self._drive(self._invalidate_keys_flow(pairs))
 
-    async def _brief(self, op: Brief) -> None:
+    async def _timeboxed(self, op: TimeBoxed) -> None:
         """Run ``op.flow`` (a release) for at most ``op.seconds``; never raises an exception
         (the leases then expire on their own)."""
         try:
@@ -180,8 +180,8 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
                     await self._async_clock.async_sleep(op.seconds)
                 elif isinstance(op, Wait):
                     result = await op.waiter.wait(op.seconds)
-                elif isinstance(op, Brief):
-                    await self._brief(op)
+                elif isinstance(op, TimeBoxed):
+                    await self._timeboxed(op)
                 else:
                     result = await self._io.perform(op)
             except BaseException as exc:

@@ -25,7 +25,7 @@ from redis.exceptions import (
 
 from ._client import check_client, script_calls
 from ._cluster import async_cluster_execute
-from ._ops import Command, Pipeline, Replicated, Script, all_answered, as_redis_error
+from ._ops import Command, Pipeline, ReplicatedWrite, Script, all_answered, as_redis_error
 from ._redis_io import item_args, item_key
 
 __all__ = ["AsyncRedisIO"]
@@ -73,7 +73,7 @@ class AsyncRedisIO:
             return as_redis_error(exc)
         return None
 
-    def perform(self, op: Script | Command | Pipeline | Replicated) -> Awaitable[Any]:
+    def perform(self, op: Script | Command | Pipeline | ReplicatedWrite) -> Awaitable[Any]:
         """Run one operation; its reply (or its replies, for a batch). On a cluster, once fewer
         than ``max_connections`` calls are under way (waiting at most the socket timeout, then
         ``MaxConnectionsError``); off a cluster, no coroutine around the call."""
@@ -153,7 +153,7 @@ class AsyncRedisIO:
                 raise reply
         return replies
 
-    async def replicated(self, op: Replicated) -> int:
+    async def replicated(self, op: ReplicatedWrite) -> int:
         """Commands, then WAIT on the same connection; the fewest replicas that acknowledged."""
         if not self.cluster:
             pipe: Any = self.client.pipeline(transaction=False)
@@ -171,7 +171,7 @@ class AsyncRedisIO:
                 await self.one(item)
             return await self._replicated_per_node(op)
 
-    async def _replicated_per_node(self, op: Replicated) -> int:
+    async def _replicated_per_node(self, op: ReplicatedWrite) -> int:
         cluster = cast(AsyncRedisCluster, self.client)
         by_node: dict[str, tuple[ClusterNode, list[PipelineCommand]]] = {}
         for index, item in enumerate(op.ops):

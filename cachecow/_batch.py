@@ -36,9 +36,9 @@ from ._ops import (
     Sleep,
     Wait,
     _timed_out,
-    interrupted,
     new_token,
-    released,
+    release_after,
+    release_on_failure,
 )
 from .exceptions import CacheUnavailable
 from .keys import Field, build_many_keys
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("cachecow")
 
 
-class Lookup:
+class BatchItem:
     """One distinct lookup of a batch read, and what happened to it so far."""
 
     __slots__ = ("busy", "flag_key", "flight", "id_val", "missed", "waited")
@@ -67,18 +67,18 @@ class Lookup:
 
 def lookups_of(
     cache: Cache, cls: Any, id_field: Field, id_vals: list[Any]
-) -> tuple[dict[str, Lookup], list[str]]:
+) -> tuple[dict[str, BatchItem], list[str]]:
     """Each distinct lookup by its value key, and the value key of each input position."""
     if cache._default_keys:  # the default keys, in one pass
         pairs = build_many_keys(cache.prefix, cache.model_label(cls), id_field, id_vals)
     else:
         pairs = [cache.get_keys(cls, id_field, id_val) for id_val in id_vals]
-    lookups: dict[str, Lookup] = {}
+    lookups: dict[str, BatchItem] = {}
     order: list[str] = []
     for id_val, (value_key, flag_key) in zip(id_vals, pairs, strict=True):
         order.append(value_key)
         if value_key not in lookups:
-            lookups[value_key] = Lookup(id_val, flag_key)
+            lookups[value_key] = BatchItem(id_val, flag_key)
     return lookups, order
 
 
@@ -178,7 +178,7 @@ class BatchRead:
         cache: Cache,
         cls: Any,
         id_field: Field,
-        lookups: dict[str, Lookup],
+        lookups: dict[str, BatchItem],
         found: dict[str, Any] | None = None,
     ) -> None:
         self.cache = cache
@@ -310,7 +310,7 @@ class BatchRead:
         except BaseException as exc:
             if not isinstance(exc, RedisError):
                 # Cancelled while the replies were on their way: any lease won may be ours.
-                yield from interrupted(exc, self._release(pending))
+                yield from release_on_failure(exc, self._release(pending))
                 raise
             if isinstance(exc, PartialPipelineError):
                 # Some nodes answered: give back the leases won there, or they would keep those
@@ -365,7 +365,7 @@ class BatchRead:
             raise
         except BaseException as exc:
             # fetch_many or serialize failed: free every lease at once, then re-raise unchanged.
-            yield from released(exc, self._release(leased))
+            yield from release_after(exc, self._release(leased))
             raise
         return (yield from self._commit(leased, entries))
 
@@ -386,7 +386,7 @@ class BatchRead:
         except GeneratorExit:
             raise
         except BaseException as exc:
-            yield from interrupted(exc, self._release(leased))
+            yield from release_on_failure(exc, self._release(leased))
             raise
         stored = sum(1 for vk in leased if entries[vk][1] != 0 and replies[vk] == 1)
         refused = sum(1 for vk in leased if entries[vk][1] != 0 and replies[vk] != 1)

@@ -10,7 +10,7 @@ from typing import Any, TypeVar, overload
 import redis as redis_py
 
 from ._flights import ALONE, RETRY, answer, land
-from ._ops import Brief, Fetch, FetchMany, Flow, Sleep, Wait, as_redis_error
+from ._ops import Fetch, FetchMany, Flow, Sleep, TimeBoxed, Wait, as_redis_error
 from ._protocol import CacheCowBase, refuse_awaitable
 from ._redis_io import RedisIO
 
@@ -154,7 +154,7 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
 
     def invalidate_lookups(self, lookups: Iterable[tuple[Any, Any, Any]]) -> None:
         """:meth:`invalidate` any ``(cls, id_field, id_val)`` lookups, in one round trip."""
-        self._drive(self._invalidate_keys_flow(self._triples_keys(lookups)))
+        self._drive(self._invalidate_keys_flow(self._lookups_keys(lookups)))
 
     def invalidate_object(self, obj: Any, *, previous: Any = None, model: Any = None) -> None:
         """Invalidate every unique lookup of ``obj`` (see :meth:`unique_lookups`), in one round
@@ -194,7 +194,7 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
                     self.clock.sleep(op.seconds)
                 elif isinstance(op, Wait):
                     result = op.waiter.wait(op.seconds)
-                elif isinstance(op, Brief):  # no bound to put on a sync call: run it in full
+                elif isinstance(op, TimeBoxed):  # no bound to put on a sync call: run it in full
                     self._drive(op.flow)
                 else:
                     result = self._io.perform(op)

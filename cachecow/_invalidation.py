@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from redis.exceptions import RedisError
 
-from ._ops import Command, Flow, PartialPipelineError, Pipeline, Replicated
+from ._ops import Command, Flow, PartialPipelineError, Pipeline, ReplicatedWrite
 from .exceptions import InvalidationFailed
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ def invalidate(cache: Cache, pairs: list[tuple[str, str]]) -> Flow:
     options = cache.options
     try:
         if options.wait_replicas:
-            acked = yield Replicated(ops, options.wait_replicas, options.wait_replicas_ms)
+            acked = yield ReplicatedWrite(ops, options.wait_replicas, options.wait_replicas_ms)
         elif len(ops) == 1:
             yield ops[0]
         else:

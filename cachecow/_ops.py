@@ -124,7 +124,7 @@ cancellation goes on (a release takes one round trip; on a stalled Redis it is g
 
 
 @dataclass(frozen=True, slots=True)
-class Brief:
+class TimeBoxed:
     """Run this flow (a lease release after a cancellation) for at most ``seconds``, then go
     on whatever became of it: the asyncio driver gives it up after that (the leases then
     expire on their own), so a cancellation is held up by at most that much even when Redis
@@ -135,7 +135,7 @@ class Brief:
 
 
 @dataclass(frozen=True, slots=True)
-class Replicated:
+class ReplicatedWrite:
     """Send these commands and then ``WAIT replicas timeout_ms`` on the same connection (on a
     cluster: per node, each node's commands and its WAIT on one connection); the result is the
     fewest replicas that acknowledged the writes on any node (a reply that is an error is
@@ -146,7 +146,7 @@ class Replicated:
     timeout_ms: int
 
 
-Op = Script | Command | Fetch | FetchMany | Sleep | Wait | Pipeline | Replicated | Brief
+Op = Script | Command | Fetch | FetchMany | Sleep | Wait | Pipeline | ReplicatedWrite | TimeBoxed
 Flow = Generator[Op, Any, Any]
 
 
@@ -182,7 +182,7 @@ def new_token() -> str:
     return secrets.token_hex(16)
 
 
-def interrupted(exc: BaseException, release: Flow) -> Flow:
+def release_on_failure(exc: BaseException, release: Flow) -> Flow:
     """A call failed while a reply to it was on its way (the lease, a commit), other than by a
     Redis error: the leases may be ours, and left alone they would hold their keys for
     flag_ttl. The release compares the token, so it frees nothing that is not ours.
@@ -195,15 +195,15 @@ def interrupted(exc: BaseException, release: Flow) -> Flow:
       release nothing: a release would hold up the interrupt by a full Redis timeout when
       Redis is slow, which is when interrupts come."""
     if isinstance(exc, Exception | asyncio.CancelledError):
-        yield from released(exc, release)
+        yield from release_after(exc, release)
     else:
         release.close()
 
 
-def released(exc: BaseException, release: Flow) -> Flow:
+def release_after(exc: BaseException, release: Flow) -> Flow:
     """Run ``release`` after ``exc``: for at most :data:`CANCEL_RELEASE_SECONDS` after an
     asyncio cancellation, in full otherwise (as after a failed ``fetch``)."""
     if isinstance(exc, asyncio.CancelledError):
-        yield Brief(release, CANCEL_RELEASE_SECONDS)
+        yield TimeBoxed(release, CANCEL_RELEASE_SECONDS)
     else:
         yield from release

@@ -311,7 +311,7 @@ class CacheCowBase(Generic[ClientT]):
                 pairs.append(self.get_keys(cls, field, value))
         return pairs
 
-    def _triples_keys(self, lookups: Iterable[tuple[Any, Any, Any]]) -> list[tuple[str, str]]:
+    def _lookups_keys(self, lookups: Iterable[tuple[Any, Any, Any]]) -> list[tuple[str, str]]:
         pairs = []
         for cls, id_field, id_val in lookups:
             field, value = self._normalize(cls, id_field, id_val)

@@ -1,7 +1,7 @@
 """How the synchronous driver performs a flow's Redis operations with a redis-py client.
 
 :class:`RedisIO` runs the operations that reach Redis (:class:`Script`, :class:`Command`,
-:class:`Pipeline`, :class:`Replicated`) on a single server, a Sentinel-managed master or a
+:class:`Pipeline`, :class:`ReplicatedWrite`) on a single server, a Sentinel-managed master or a
 Redis Cluster: scripts by EVALSHA (loaded again after a restart or a failover, or sent by EVAL
 where an ACL refuses the script commands), batches as pipelines (per node on a cluster, the
 nodes in parallel). ``_async_redis_io.py`` is its asyncio twin.
@@ -19,7 +19,7 @@ from redis.exceptions import NoPermissionError, NoScriptError
 
 from ._client import ScriptCall, check_client, script_calls
 from ._cluster import cluster_execute
-from ._ops import Command, Pipeline, Replicated, Script, all_answered
+from ._ops import Command, Pipeline, ReplicatedWrite, Script, all_answered
 from ._sentinel import mend_sentinel_pool
 from ._threads import node_runner
 
@@ -63,7 +63,7 @@ class RedisIO:
         self.no_script_load = False
         self.eval_only = False
 
-    def perform(self, op: Script | Command | Pipeline | Replicated) -> Any:
+    def perform(self, op: Script | Command | Pipeline | ReplicatedWrite) -> Any:
         """Run one operation; its reply (or its replies, for a batch)."""
         if isinstance(op, Script):
             return self.script(op)
@@ -124,7 +124,7 @@ class RedisIO:
                 raise reply
         return replies
 
-    def replicated(self, op: Replicated) -> int:
+    def replicated(self, op: ReplicatedWrite) -> int:
         """Commands, then WAIT on the same connection; the fewest replicas that acknowledged."""
         if not self.cluster:
             pipe: Any = self.client.pipeline(transaction=False)

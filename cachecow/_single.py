@@ -4,7 +4,7 @@ A :class:`SingleRead` is one call's read of one lookup: a ``get_or_lease`` call 
 cached bytes, or grants this reader the lease (a fresh token), or says another reader holds it;
 a leaseholder fetches and commits under its token, a busy reader polls with backoff for the
 holder's value, then fetches without caching. Every lease this reader may hold is given back on
-any failure that left it (see :func:`cachecow._ops.interrupted`).
+any failure that left it (see :func:`cachecow._ops.release_on_failure`).
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from ._ops import (
     Sleep,
     _timed_out,
     _wrong_type,
-    interrupted,
     new_token,
-    released,
+    release_after,
+    release_on_failure,
 )
 from .exceptions import CacheUnavailable, NotFound
 from .keys import Field
@@ -84,7 +84,7 @@ class SingleRead:
                 raise
             except BaseException as exc:
                 # Cancelled while the reply was on its way: the lease may be ours.
-                yield from interrupted(exc, self._release())
+                yield from release_on_failure(exc, self._release())
                 raise
             if isinstance(reply, bytes):
                 obj = decoded(cache, self.lookup, reply)
@@ -156,7 +156,7 @@ class SingleRead:
             raise
         except BaseException as exc:
             # fetch or serialize failed: free the lease at once, then re-raise unchanged.
-            yield from released(exc, self._release())
+            yield from release_after(exc, self._release())
             raise
         yield from self._commit(*prepared)
         return fetched(cache, self.lookup, obj)
@@ -177,7 +177,7 @@ class SingleRead:
         except GeneratorExit:
             raise
         except BaseException as exc:
-            yield from interrupted(exc, self._release())  # as above
+            yield from release_on_failure(exc, self._release())  # as above
             raise
         else:
             cache.metrics.incr("commits" if stored == 1 else "stale_commits")

@@ -226,14 +226,14 @@ def test_get_commit_timed_out_keeps_the_lease() -> None:
 def test_get_cancelled_with_the_lease_reply_in_flight_releases_briefly() -> None:
     c = cache()
     run = Scripted(c).get("user", "id", 1, [asyncio.CancelledError(), 1])
-    assert run.names() == ["get_or_lease", "brief", "release"]
+    assert run.names() == ["get_or_lease", "timeboxed", "release"]
     assert token_of(run.scripts("release")[0]) == token_of(run.ops[0])
     assert isinstance(run.error, asyncio.CancelledError)
 
 
 def test_get_cancelled_during_the_commit_releases_briefly() -> None:
     run = Scripted(cache()).get("user", "id", 1, [LEASED, ROW, asyncio.CancelledError(), 1])
-    assert run.names() == ["get_or_lease", "fetch", "commit", "brief", "release"]
+    assert run.names() == ["get_or_lease", "fetch", "commit", "timeboxed", "release"]
     assert isinstance(run.error, asyncio.CancelledError)
 
 
@@ -441,7 +441,7 @@ def test_get_many_partial_pipeline_gives_back_the_leases_won() -> None:
 
 def test_get_many_cancelled_releases_briefly() -> None:
     run = Scripted(cache()).get_many("user", "id", [1], [asyncio.CancelledError(), b"0"])
-    assert run.names() == ["get_or_lease_many", "brief", "commit_many"]
+    assert run.names() == ["get_or_lease_many", "timeboxed", "commit_many"]
     assert isinstance(run.error, asyncio.CancelledError)
 
 
@@ -512,7 +512,13 @@ def test_get_many_commit_timed_out_keeps_the_leases() -> None:
 def test_get_many_commit_cancelled_releases_briefly() -> None:
     replies = [[LEASED], {1: row(1)}, asyncio.CancelledError(), b"0"]
     run = Scripted(cache()).get_many("user", "id", [1], replies)
-    assert run.names() == ["get_or_lease_many", "fetch_many", "commit_many", "brief", "commit_many"]
+    assert run.names() == [
+        "get_or_lease_many",
+        "fetch_many",
+        "commit_many",
+        "timeboxed",
+        "commit_many",
+    ]
     assert isinstance(run.error, asyncio.CancelledError)
 
 
@@ -716,7 +722,7 @@ def test_invalidate_failure_raises_invalidation_failed() -> None:
 def test_invalidate_waits_for_replicas(acked: int, ok: bool) -> None:
     c = cache(wait_replicas=1)
     run = Scripted(c).invalidate("user", "id", 1, [acked])
-    assert run.names() == ["replicated"]
+    assert run.names() == ["replicated_write"]
     assert (run.error is None) is ok
 
 
@@ -731,7 +737,7 @@ def test_invalidate_many_is_one_command_and_nothing_for_none() -> None:
 @pytest.mark.parametrize(("acked", "ok"), [(1, True), (0, False)])
 def test_invalidate_many_waits_for_replicas(acked: int, ok: bool) -> None:
     run = Scripted(cache(wait_replicas=1)).invalidate_many("user", "id", [1, 2], [acked])
-    assert run.names() == ["replicated"]
+    assert run.names() == ["replicated_write"]
     assert (run.error is None) is ok
 
 

@@ -44,7 +44,7 @@ ONLY_SYNC = {
 ONLY_ASYNC = {
     "cache": {
         "fetch_many": "awaits an async fetch per lookup (the sync default is inherited)",
-        "_brief": "bounds a release after a cancellation in time",
+        "_timeboxed": "bounds a release after a cancellation in time",
     },
     "redis_io": {
         "ready": "loads a cluster's map before a flow's first command",

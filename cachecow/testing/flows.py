@@ -26,14 +26,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cachecow._ops import (
-    Brief,
     Command,
     Fetch,
     FetchMany,
     Pipeline,
-    Replicated,
+    ReplicatedWrite,
     Script,
     Sleep,
+    TimeBoxed,
     Wait,
 )
 from cachecow._protocol import CacheCowBase
@@ -65,7 +65,7 @@ class FlowRun:
     def names(self) -> list[str]:
         """A short name per operation: a script's name, a command's name (``"DEL"``),
         ``"fetch"``, ``"fetch_many"``, ``"sleep"``, ``"wait"``, ``"pipeline"``,
-        ``"replicated"``, and ``"brief"`` before the operations of a bounded release."""
+        ``"replicated_write"``, and ``"timeboxed"`` before the operations of a bounded release."""
         return [_name(op) for op in self.ops]
 
     def value(self) -> Any:
@@ -90,8 +90,8 @@ def _name(op: Any) -> str:
         Sleep: "sleep",
         Wait: "wait",
         Pipeline: "pipeline",
-        Replicated: "replicated",
-        Brief: "brief",
+        ReplicatedWrite: "replicated_write",
+        TimeBoxed: "timeboxed",
     }[type(op)]
 
 
@@ -177,7 +177,7 @@ def _drive(flow: Any, replies: Iterator[Any], ops: list[Any], sleep: Any) -> Any
         if isinstance(op, Sleep):
             sleep(op.seconds)
             continue
-        if isinstance(op, Brief):  # a bounded release: its operations are scripted too
+        if isinstance(op, TimeBoxed):  # a bounded release: its operations are scripted too
             _drive(op.flow, replies, ops, sleep)
             continue
         try:
