@@ -321,3 +321,15 @@ def test_the_sites_chart_is_the_benchmarks_chart() -> None:
     assert copy.read_bytes() == chart.read_bytes(), (
         "cp benchmarks/results/chart.png docs/assets/chart.png (the site shows the copy)"
     )
+
+
+def test_changelog_is_one_line_per_change_under_added_and_changed() -> None:
+    changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    unreleased = section(changelog, "Unreleased")
+    assert re.findall(r"^### (.+)$", unreleased, re.M) == ["Added", "Changed"]
+    bullets = [line for line in unreleased.splitlines() if line.startswith("- ")]
+    assert len(bullets) >= 20
+    for line in unreleased.splitlines():
+        assert not line.startswith("  "), f"a change takes one line: {line!r}"
+        if line.startswith("- "):
+            assert len(line) <= 120, f"keep a change under 120 characters: {line!r}"
