@@ -2,7 +2,7 @@
 
 - Connection pools: the clients of ``cachecow.connect*`` share a blocking pool of
   ``max_connections``, whose wait for a free connection is bounded by ``timeout``.
-- ACL: a Redis user allowed only the commands the README lists (no ``SCRIPT``, maybe no
+- ACL: a Redis user allowed only the commands docs/operations.md lists (no ``SCRIPT``, maybe no
   ``EVALSHA``) can use the cache: scripts fall back to ``EVAL``.
 - TLS: ``rediss://`` URLs.
 """
@@ -31,9 +31,9 @@ from cachecow.testing.server import (
     RedisTLSServer,
 )
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+OPERATIONS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
 
-# The ACL of the README's operators' section, exactly: the commands cachecow sends (its scripts'
+# The ACL of docs/operations.md, exactly: the commands cachecow sends (its scripts'
 # too) on keys under its prefix; no SCRIPT, so scripts go by EVALSHA and EVAL.
 ACL_RULES = (
     "on resetkeys ~cachecow:* resetchannels -@all "
@@ -281,8 +281,8 @@ def test_connect_sentinel_pool_waits(redis_sentinel_group: RedisSentinelGroup) -
 # -- ACL: no SCRIPT LOAD, maybe no EVALSHA ------------------------------------------------------
 
 
-def test_the_readme_states_the_tested_acl() -> None:
-    assert ACL_RULES in re.sub(r"\s+", " ", README.read_text(encoding="utf-8"))
+def test_the_docs_state_the_tested_acl() -> None:
+    assert ACL_RULES in re.sub(r"\s+", " ", OPERATIONS.read_text(encoding="utf-8"))
 
 
 def _acl_user(port: int, name: str, extra: str) -> str:
