@@ -1,4 +1,4 @@
-"""Batch reads: ``get_many``'s flow, DESIGN.md section 1 for many lookups of one field at once.
+"""Batch reads: ``get_many``'s flow, the protocol (docs/protocol.md) for many lookups at once.
 
 A :class:`BatchRead` is one call's read of some lookups: one ``get_or_lease_many`` round trip
 for the hits and the leases, one ``fetch_many`` for the leased lookups (and for busy ones that

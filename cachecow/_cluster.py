@@ -1,33 +1,10 @@
 """Calls through redis-py's cluster clients, mended where redis-py 8.1 fails mid-resharding.
 
-When a cluster grows, slots move to a new master that serves no slot yet. While a slot
-migrates, its old owner answers ``ASK`` for the keys it no longer holds, naming the new master.
-redis-py builds its map of the cluster from ``CLUSTER SLOTS``, which lists only masters that
-serve slots, and follows an ``ASK`` only to a node on that map: to the new master it fails
-with an ``AttributeError`` on ``None`` (redis/redis-py#4015, sync and asyncio alike), not a
-``RedisError``, so neither ``fail_open`` nor ``InvalidationFailed`` would see it.
-
-Worse, the sync client's failure is not clean. Its retry loop keeps the connection of the
-attempt that got the ``ASK`` (already back in the pool, maybe lent to another thread by then)
-and, on the ``AttributeError``, disconnects it and puts it back in the pool a second time: two
-threads can then share one connection and read each other's replies (seen here as a
-``CLUSTER NODES`` answered with another connection's ``CLIENT SETINFO`` error).
-
-So the failure must not happen at all. :func:`cluster_execute` and
-:func:`async_cluster_execute` wrap ``execute_command``, and :func:`mend_ask_target` makes the
-client's ``get_node`` (which the ``ASK`` path calls with the redirect's ``host:port``) answer a
-node it does not know with a new primary node of that address, registered in the client's
-map, instead of ``None``; it does so only inside cachecow's own calls (a context variable set
-by the wrappers), so the user's own calls of ``get_node`` see redis-py's answers unchanged.
-
-Any other ``AttributeError`` out of the client (the asyncio client closes every connection
-under the calls in flight at every 5th ``MOVED`` reply, and a call then fails on a vanished
-writer) is met by the wrappers as before: they add every live master missing from the
-client's map (from ``CLUSTER NODES``) and send the command once more; if it fails again the
-error becomes a :class:`~redis.exceptions.ClusterError`, which cachecow handles like any Redis
-failure. The one retry is safe for every command cachecow sends: each either never reached
-Redis (the failure is on the way out) or is harmless twice (a ``DEL``; a commit whose lease is
-gone is refused).
+:func:`mend_ask_target` lets an ``ASK`` to a master the client's map does not know yet reach
+it (redis/redis-py#4015); :func:`cluster_execute` and :func:`async_cluster_execute` wrap
+``execute_command`` so that any other ``AttributeError`` out of the client becomes one retry
+with the missing masters added, then a :class:`~redis.exceptions.ClusterError`. Why, and what
+was seen: docs/internals.md#ask-to-new-master and #cluster-attributeerror.
 """
 
 from __future__ import annotations

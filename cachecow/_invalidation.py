@@ -1,7 +1,7 @@
 """Invalidation: delete lookups' value and flag keys in one round trip.
 
 Deleting the flag voids every lease in flight for the lookup: a reader that fetched before the
-invalidation finds its token gone at commit, and stores nothing (DESIGN.md section 1). A lost
+invalidation finds its token gone at commit, and stores nothing (docs/protocol.md). A lost
 invalidation always raises :class:`~cachecow.InvalidationFailed`, whatever ``fail_open`` says:
 only the writer can retry it.
 """

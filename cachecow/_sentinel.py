@@ -1,30 +1,12 @@
 """The Sentinel clients that :func:`cachecow.connect_sentinel` and
 :func:`cachecow.connect_sentinel_async` build, mended where redis-py 8.1 fails under load.
 
-redis-py's ``Sentinel.discover_master`` asks each Sentinel in turn and then moves the one that
-answered to the head of its list with ``sentinels[0], sentinels[i] = sentinel, sentinels[0]``,
-``i`` being where it stood when the loop reached it. Every new connection to the master asks,
-so after a failover many callers (threads, or tasks between their awaits) do this at once; a
-caller whose ``i`` is out of date by then writes one Sentinel into two places and drops
-another. The client then never asks the dropped Sentinel again, and its open connections can
-no longer be closed (seen in the fault suite: after a master was killed under load, the
-client's list held one of the three Sentinels twice and six connections to the lost one
-were left to the garbage collector). :class:`Sentinel` and :class:`AsyncSentinel` ask a copy of
-the list and move the Sentinel that answered by its place at that moment, under a lock (sync)
-or with no ``await`` in between (asyncio).
-
-The master clients they return (:class:`SentinelMaster`, :class:`AsyncSentinelMaster`) close
-the connections to the Sentinels when they are closed: those Sentinel objects were made for
-them alone.
-
-The sync master client's connections (:class:`SentinelPool`) drop their socket when a reply
-cannot be read, as every other redis-py connection does. redis-py 8.1's sync
-``SentinelManagedConnection.read_response`` defaults ``disconnect_on_error`` to ``False``
-(redis/redis-py#4292), so after a read timed out, the connection went back to the pool with
-the reply still on its way, and the next call on it read the previous call's reply. Seen in
-the fault suite under load: a ``get`` answered with another key's row, and ``get_or_lease``
-given a batch's four values (cachecow's retry does not retry a timeout, so nothing else
-closed the connection).
+- :class:`Sentinel` and :class:`AsyncSentinel` reorder their list of Sentinels safely when many
+  callers discover the master at once (docs/internals.md#sentinel-discover-master).
+- :class:`SentinelMaster` and :class:`AsyncSentinelMaster` close their Sentinels' connections
+  when they are closed (docs/internals.md#sentinel-close).
+- :class:`SentinelPool`'s connections drop their socket when a reply cannot be read, so no call
+  reads the previous call's reply (redis/redis-py#4292; docs/internals.md#sentinel-read-timeout).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Single reads: ``get``'s flow (DESIGN.md section 1) and ``peek``'s.
+"""Single reads: ``get``'s flow (docs/protocol.md) and ``peek``'s.
 
 A :class:`SingleRead` is one call's read of one lookup: a ``get_or_lease`` call answers with the
 cached bytes, or grants this reader the lease (a fresh token), or says another reader holds it;

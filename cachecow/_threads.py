@@ -1,19 +1,8 @@
 """Worker threads for the sync class's cluster batches: one call per node, all nodes at once.
 
-A batch on Redis Cluster sends one pipeline to each node it touches, the nodes in parallel. A
-fixed pool of threads would queue a node's call behind others' whenever the pool is busy, and
-one stalled node keeps a pool busy: each of its calls holds a thread for the socket timeout
-and a fallback call after it, so batches that touch only healthy nodes would wait seconds
-behind them (a helper measured 3.5 s with an 8-thread pool and a 0.5 s timeout). So
-:class:`NodeRunner` never queues: an idle worker takes each call, or a new worker starts.
-Workers are reused while there is work and exit after ``idle_seconds`` without any, so the
-number of threads follows the number of node calls in flight, which the application's own
-concurrency bounds.
-
-Two more cases a pool gets wrong, handled here: after ``fork()`` the child has none of the
-parent's threads (a pool that believes it has idle workers would wait forever), so the runner
-starts afresh in a new process; and when no thread can start (at interpreter shutdown, where
-a pool refuses new work with a ``RuntimeError``), a call runs in the caller's thread.
+:class:`NodeRunner` never queues a node's call behind another's (an idle worker takes it, or a
+new worker starts), starts afresh after ``fork()``, and runs a call in the caller's thread when
+no thread can start. Why a plain thread pool is not enough: docs/internals.md#node-runner.
 """
 
 from __future__ import annotations

@@ -231,7 +231,7 @@ class RaceOutcome:
 
 
 class CacheCowContract:
-    """The promises of shared/DESIGN.md, as tests any cache class can be run against."""
+    """The protocol's promises (docs/protocol.md), as tests any cache class can be run against."""
 
     model: Any = "contract-item"
     field: Any = "id"
