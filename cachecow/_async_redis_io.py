@@ -1,6 +1,6 @@
 """How the asyncio driver performs a flow's Redis operations with a ``redis.asyncio`` client.
 
-The twin of ``_redis_io.py`` (``tests/test_parity.py`` fails when the two drift), plus what
+The twin of ``_redis_io.py`` (``tests/pure/test_parity.py`` fails when the two drift), plus what
 asyncio needs of its own: on a cluster, a gate on the number of calls under way (redis-py's
 asyncio cluster client has no blocking pool), and the cluster's map loaded before the first
 command.

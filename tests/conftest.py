@@ -8,7 +8,7 @@ adapters (SQLite, PostgreSQL, MariaDB, mongomock) with Django's own test suite, 
 the built wheel and the benchmarks. A file or directory named on the command line runs
 whatever its tier.
 
-At the end of a run, the fault suite's figures (tests/test_faults.py) are printed as a table.
+At the end of a run, the fault suite's figures (tests/faults/test_faults.py) are printed as a table.
 """
 
 from __future__ import annotations
@@ -18,22 +18,17 @@ from typing import Any
 
 import pytest
 
-from tests.faults import LOADS, REPORTS, Load, Report
+from tests.support.faults import LOADS, REPORTS, Load, Report
 
 FULL_TIER = {
+    # directories of tests/ (each holds tests that need the same things)
+    "cluster",  # a private Redis Cluster (6 redis-servers)
+    "sentinel",  # a private Sentinel group
+    "faults",  # processes killed, paused, restarted, failed over; the swarms
     "adapters",  # SQLAlchemy, Django, MongoEngine, the outbox: PostgreSQL and MariaDB
     "django_suite",  # Django's own test suite over the cached manager
-    "test_cluster.py",
-    "test_cluster_async_batches.py",
-    "test_resharding.py",
-    "test_sentinel.py",
-    "test_faults.py",
-    "test_swarm.py",
-    "test_example_django.py",
-    "test_example_mongoengine.py",
-    "test_example_sqlalchemy.py",
-    "test_packaging.py",
-    "test_benchmarks.py",
+    "examples",  # the example apps, run as their READMEs say
+    "packaging",  # the wheel built and installed into a fresh venv; the benchmarks' smoke run
 }
 
 
@@ -46,12 +41,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
-    """Leave the full tier out of a plain ``pytest`` run (unless named on the command line)."""
+    """Leave the full tier out of a plain ``pytest`` run, unless it is named on the command
+    line (a directory of it, or a file inside one)."""
     if config.getoption("--full") or collection_path.name not in FULL_TIER:
         return None
-    named = {Path(arg.split("::")[0]).resolve() for arg in config.args}
-    if collection_path.resolve() in named:
-        return None
+    path = collection_path.resolve()
+    for arg in config.args:
+        named = Path(arg.split("::")[0]).resolve()
+        if named == path or path in named.parents:
+            return None
     return True
 
 

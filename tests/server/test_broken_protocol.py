@@ -21,7 +21,7 @@ from cachecow import AsyncCacheCow, CacheCow
 from cachecow._client import ScriptCall
 from cachecow._scripts import script_source
 from cachecow.testing.contract import CacheCowContract
-from tests import test_contract_dict
+from tests.server import test_contract_dict
 
 TOKEN_CHECK = "if redis.call('GET', flag_key) ~= token then"
 EXISTENCE_CHECK = "if redis.call('EXISTS', flag_key) == 0 then"

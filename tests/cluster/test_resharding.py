@@ -38,7 +38,7 @@ from cachecow.testing import RedisClusterServers
 from cachecow.testing.bridge import SyncFacade
 from cachecow.testing.contract import FetchProbe
 from cachecow.testing.plugin import require_server
-from tests.faults import (
+from tests.support.faults import (
     KEYS,
     REPORTS,
     Report,

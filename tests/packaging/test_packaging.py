@@ -22,7 +22,7 @@ import pytest
 import cachecow
 from cachecow._scripts import SCRIPT_NAMES
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGE_DIR = ROOT / "cachecow"
 ADAPTERS_DIR = ROOT / "adapters"
 TIMEOUT = 300

@@ -28,8 +28,8 @@ from cachecow.testing import RedisClusterServers, free_port
 from cachecow.testing.bridge import LoopThread, SyncFacade
 from cachecow.testing.contract import AsyncCacheCowContract, CacheCowContract, FetchProbe
 from cachecow.testing.plugin import require_server
-from tests import test_contract_dict
-from tests.forking import passes_in_a_forked_child
+from tests.server import test_contract_dict
+from tests.support.forking import passes_in_a_forked_child
 
 
 @pytest.fixture
@@ -475,7 +475,7 @@ def test_a_batch_failing_on_one_node_gives_back_the_leases_it_won(
 def test_a_script_flushed_again_right_after_its_reload_still_runs_on_a_cluster(
     cluster: Any, mode: str
 ) -> None:
-    """As on one server (tests/test_failures.py): a SCRIPT FLUSH on every node, forced
+    """As on one server (tests/server/test_failures.py): a SCRIPT FLUSH on every node, forced
     between the reload on every primary and the second call, no longer fails the call."""
     db = {i: {"id": i, "payload": f"p{i}"} for i in range(3)}
     nodes = cluster.get_primaries()

@@ -26,7 +26,7 @@ from cachecow import AsyncCacheCow, CacheCow, ConfigurationError, InvalidationFa
 from cachecow.testing import RedisSentinelGroup, RedisServer
 from cachecow.testing.bridge import LoopThread, SyncFacade
 from cachecow.testing.contract import AsyncCacheCowContract, CacheCowContract
-from tests import test_contract_dict
+from tests.server import test_contract_dict
 
 
 def commandstats(client: Any) -> dict[str, int]:

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from cachecow.testing.plugin import in_ci
-from tests.examples_support import ROOT, run_script
+from tests.support.examples import ROOT, run_script
 
 EXAMPLE = ROOT / "examples" / "sqlalchemy_app.py"
 POSTGRES_URL = "postgresql+psycopg://root@127.0.0.1:5432/test"

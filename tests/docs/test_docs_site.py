@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 yaml = pytest.importorskip("yaml", reason="the site needs the docs extra (mkdocs)")
 pytest.importorskip("mkdocs", reason="the site needs the docs extra (mkdocs)")

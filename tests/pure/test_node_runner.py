@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from cachecow._threads import NodeRunner
-from tests.forking import passes_in_a_forked_child
+from tests.support.forking import passes_in_a_forked_child
 
 
 def test_every_call_runs_and_reports_what_it_raised() -> None:

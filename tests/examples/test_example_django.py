@@ -18,7 +18,7 @@ from pathlib import Path
 
 import redis
 
-from tests.examples_support import ROOT, run_script
+from tests.support.examples import ROOT, run_script
 
 EXAMPLE = ROOT / "examples" / "django_app" / "run.py"
 

@@ -18,7 +18,7 @@ import pytest
 
 from cachecow import AsyncCacheCow, CacheCow
 
-ROOT = Path(__file__).resolve().parent.parent / "cachecow"
+ROOT = Path(__file__).resolve().parents[2] / "cachecow"
 
 TWINS = {
     "cache": (("_core.py", "CacheCow"), ("_async.py", "AsyncCacheCow")),

@@ -237,7 +237,7 @@ def test_a_script_flushed_again_right_after_its_reload_still_runs(
     between the two (forced here inside the load) made that second call fail with NOSCRIPT too,
     a Redis failure for the caller (a helper saw it under ``SCRIPT FLUSH`` every 1 ms: once in
     49382 calls). The second call now sends the script's source (``EVAL``)."""
-    from tests import test_contract_dict
+    from tests.server import test_contract_dict
 
     db = {1: {"id": 1, "payload": "one"}}
     admin = redis.Redis(port=redis_server.port)
@@ -322,8 +322,8 @@ def test_an_interrupt_with_the_lease_reply_in_flight_goes_straight_to_the_caller
     Redis is slow, and a release in the call would hold the interrupt up by a full timeout
     (a minute with redis-py's default retries). An exception (here a ``RuntimeError`` from
     the connection) releases, as after a failed ``fetch``; an asyncio cancellation releases
-    within a bound (tests/test_async.py)."""
-    from tests import test_contract_dict
+    within a bound (tests/server/test_async.py)."""
+    from tests.server import test_contract_dict
 
     db = {i: {"id": i} for i in range(1, 6)}
     admin = redis.Redis(port=redis_server.port)
@@ -390,7 +390,7 @@ def test_a_lease_call_sent_again_after_a_lost_reply_finds_its_own_lease(
     lease already this reader's: it fetches and caches, as on one call. The scripts answered
     "busy" before, so the reader waited on its own lease, then fetched without caching, and
     the key stayed uncached for flag_ttl (found by a helper, by reading)."""
-    from tests import test_contract_dict
+    from tests.server import test_contract_dict
 
     db = {i: {"id": i} for i in range(1, 6)}
     admin = redis.Redis(port=redis_server.port)

@@ -2,7 +2,7 @@
 
 Each test scripts what Redis and the database answer and checks what the flow sent and what
 its caller got (see :mod:`cachecow.testing.flows`). The Lua side of the protocol is tested
-against real Redis elsewhere (``tests/test_broken_protocol.py`` and the contract suite).
+against real Redis elsewhere (``tests/server/test_broken_protocol.py`` and the contract suite).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 reference tables (options, hooks, counters, exceptions), and the links between them.
 
 The README is the front page; the reference sections live in docs/ (see mkdocs.yml). Each
-check reads the file that now holds its claim; tests/test_docs_site.py builds the site.
+check reads the file that now holds its claim; tests/docs/test_docs_site.py builds the site.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import cachecow
 from cachecow import exceptions
 from cachecow.metrics import COUNTERS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 DOCS = ROOT / "docs"
 CI_RUN = ROOT / ".ci" / "run"

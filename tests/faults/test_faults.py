@@ -1,7 +1,7 @@
 """The fault suite: real Redis processes killed, paused, restarted empty, failed over (Redis
 Cluster and Sentinel) and stripped of their scripts while readers and writers run.
 
-Each scenario runs the workload of ``tests/faults.py`` and reports what the callers saw
+Each scenario runs the workload of ``tests/support/faults.py`` and reports what the callers saw
 (operations, failures, stale reads, stale values after recovery, worst latency); the figures
 are printed at the end of the run. What each one asserts is the promise under that failure:
 
@@ -33,7 +33,7 @@ from cachecow import CacheUnavailable, InvalidationFailed
 from cachecow.testing import RedisClusterServers, RedisSentinelGroup, RedisServer
 from cachecow.testing.contract import FetchProbe
 from cachecow.testing.plugin import require_server
-from tests.faults import (
+from tests.support.faults import (
     CLUSTER_MODES,
     LOADS,
     MODES,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 pytest.importorskip("dogpile.cache", reason="the benchmark needs the bench extra")
 pytest.importorskip("matplotlib", reason="the benchmark needs the bench extra")

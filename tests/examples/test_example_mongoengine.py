@@ -13,7 +13,7 @@ import re
 import pytest
 import redis
 
-from tests.examples_support import ROOT, run_script
+from tests.support.examples import ROOT, run_script
 
 pytest.importorskip("mongoengine", reason="the mongoengine extra is not installed")
 pytest.importorskip("mongomock", reason="mongomock (the example's default MongoDB) is missing")

@@ -31,7 +31,7 @@ from cachecow.testing.server import (
     RedisTLSServer,
 )
 
-OPERATIONS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
+OPERATIONS = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 
 # The ACL of docs/operations.md, exactly: the commands cachecow sends (its scripts'
 # too) on keys under its prefix; no SCRIPT, so scripts go by EVALSHA and EVAL.

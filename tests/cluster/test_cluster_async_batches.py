@@ -20,7 +20,7 @@ from cachecow import AsyncCacheCow, CacheUnavailable
 from cachecow._async_redis_io import AsyncRedisIO
 from cachecow._scripts import SCRIPT_NAMES, script_source
 from cachecow.testing import RedisClusterServers
-from tests.test_contract_dict import AsyncDictCache
+from tests.server.test_contract_dict import AsyncDictCache
 
 T = TypeVar("T")
 
