@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -49,7 +49,7 @@ class ModelInfo:
         values = ((lookup, self.value_of(obj, lookup)) for lookup in self.lookups)
         return [(lookup, value) for lookup, value in values if not has_null(value)]
 
-    def lookups_of(self, row: Mapping[str, Any]) -> list[Lookup]:
+    def row_lookups(self, row: Mapping[str, Any]) -> list[Lookup]:
         """The lookups whose every field ``row`` has (by attribute name), not None."""
         return row_lookups(self.cls, self.lookups, row)
 
@@ -120,17 +120,16 @@ class ModelCache(Generic[InfoT]):
         data, a transaction of its own), for :meth:`fetch_many`."""
         raise NotImplementedError
 
-    def fetch_many(
-        self, cls: Any, id_field: Field, id_vals: Sequence[Any]
-    ) -> Mapping[Any, Any] | Awaitable[Mapping[Any, Any]]:
+    def fetch_many(self, cls: Any, id_field: Field, id_vals: Sequence[Any]) -> Mapping[Any, Any]:
         info = self.model_info(cls)
         return info.by_value(id_field, self.select_many(cls, id_field, id_vals))
 
 
-def to_python(field: Any, value: Any) -> Any:
-    """``value`` as Django's and MongoEngine's field converts it, or as it is if it cannot."""
+def to_python(field_of: Callable[[str], Any], name: str, value: Any) -> Any:
+    """``value`` as the Django or MongoEngine field ``field_of(name)`` converts it, or as it
+    is if it cannot."""
     try:
-        return field.to_python(value)
+        return field_of(name).to_python(value)
     except Exception:
         return value
 

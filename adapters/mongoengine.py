@@ -111,7 +111,7 @@ class _Model(ModelInfo):
         )
 
     def values(self, doc: Any) -> dict[str, Any]:
-        """A document's lookup attributes, as :meth:`lookups_of` takes them."""
+        """A document's lookup attributes, as :meth:`row_lookups` takes them."""
         return {k: getattr(doc, k) for k in self.lookup_keys}
 
     def stored(self, query: dict[str, Any]) -> list[dict[str, Any]]:
@@ -170,7 +170,7 @@ class MongoCache(ModelCache[_Model], CacheCow):
         super().check_lookup(cls, id_field)
 
     def coerce_value(self, info: _Model, name: str, value: Any) -> Any:
-        return to_python(info.cls._fields.get(name), value)
+        return to_python(info.cls._fields.__getitem__, name, value)
 
     def _plain_queryset(self, cls: Any) -> Any:
         # Never the document's own queryset class: a CachedQuerySet would ask the cache back.
@@ -227,9 +227,9 @@ class MongoCache(ModelCache[_Model], CacheCow):
     def _after_write(self, sender: Any, document: Any, **kwargs: Any) -> None:
         info = self.model_info(sender)
         stored = document.__dict__.pop(self._stash, [])
-        lookups = info.lookups_of(info.values(document))
+        lookups = info.row_lookups(info.values(document))
         for row in stored:
-            lookups += info.lookups_of(row)
+            lookups += info.row_lookups(row)
         self.invalidate_lookups(list(dict.fromkeys(lookups)))
 
 
@@ -297,7 +297,7 @@ class CachedQuerySet(QuerySet):  # type: ignore[misc]
     def _invalidate(self, rows: list[dict[str, Any]]) -> None:
         cache = default_cache()
         info = cache.model_info(self._document)
-        lookups = [lk for row in rows for lk in info.lookups_of(row)]
+        lookups = [lk for row in rows for lk in info.row_lookups(row)]
         if lookups:
             cache.invalidate_lookups(list(dict.fromkeys(lookups)))
 
