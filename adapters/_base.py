@@ -1,6 +1,8 @@
-"""What every adapter shares: a model's info and its cache, the lookup hooks, the batched fetch
-and the default cache. An adapter supplies :meth:`ModelCache.inspect_model`, ``fetch``,
-:meth:`ModelCache.select_many` (one query), ``serialize``/``deserialize`` and its invalidation."""
+"""What every adapter shares: unique lookups, a model's info and its cache, the lookup hooks,
+the batched fetch and the default cache. An adapter supplies :meth:`ModelCache.inspect_model`,
+``fetch``, :meth:`ModelCache.select_many` (one query), ``serialize``/``deserialize`` (with
+:meth:`ModelInfo.encode_row`/:meth:`ModelInfo.decode_row` for a row of columns) and its
+invalidation."""
 
 from __future__ import annotations
 
@@ -10,12 +12,42 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
+from cachecow import InvalidLookup
 from cachecow.keys import Field
 
 from ._codecs import Codec
-from ._lookups import Lookup, coerce, has_null, keys_of, kwargs_of, refuse, row_lookups
 
-__all__ = ["DefaultCache", "ModelCache", "ModelInfo", "filter_in", "to_python"]
+__all__ = [
+    "DefaultCache",
+    "Lookup",
+    "ModelCache",
+    "ModelInfo",
+    "filter_in",
+    "has_null",
+    "keys_of",
+    "kwargs_of",
+    "to_python",
+]
+
+Lookup = tuple[Any, Field, Any]
+"""``(model, field, value)``, as :meth:`cachecow.CacheCow.invalidate_lookups` takes them."""
+
+
+def keys_of(lookup: Field) -> tuple[str, ...]:
+    """The field names of a lookup."""
+    return lookup if isinstance(lookup, tuple) else (lookup,)
+
+
+def has_null(value: Any) -> bool:
+    """Whether a lookup value is, or holds, None (a NULL no unique lookup can match)."""
+    return value is None or (isinstance(value, tuple) and any(v is None for v in value))
+
+
+def kwargs_of(id_field: Field, id_val: Any) -> dict[str, Any]:
+    """A lookup as ORM keyword arguments."""
+    if isinstance(id_field, tuple):
+        return dict(zip(id_field, id_val, strict=True))
+    return {id_field: id_val}
 
 
 @dataclass(kw_only=True)
@@ -50,8 +82,17 @@ class ModelInfo:
         return [(lookup, value) for lookup, value in values if not has_null(value)]
 
     def row_lookups(self, row: Mapping[str, Any]) -> list[Lookup]:
-        """The lookups whose every field ``row`` has (by attribute name), not None."""
-        return row_lookups(self.cls, self.lookups, row)
+        """The lookups whose every field a row of values (by attribute name) has, and whose
+        value holds no None."""
+        out: list[Lookup] = []
+        for lookup in self.lookups:
+            keys = keys_of(lookup)
+            if all(k in row for k in keys):
+                got = [row[k] for k in keys]
+                value = tuple(got) if isinstance(lookup, tuple) else got[0]
+                if not has_null(value):
+                    out.append((self.cls, lookup, value))
+        return out
 
     def by_value(self, lookup: Field, objs: Iterable[Any]) -> dict[Any, Any]:
         """``objs`` by their value of ``lookup``, as ``fetch_many`` returns them."""
@@ -101,11 +142,21 @@ class ModelCache(Generic[InfoT]):
     def check_lookup(self, cls: Any, id_field: Field) -> None:
         info = self.model_info(cls)
         if id_field not in info.lookups:
-            raise refuse(info.label, id_field, info.lookups, self.lookup_hint)
+            asked = id_field if isinstance(id_field, str) else _shown(id_field)
+            valid = ", ".join(_shown(lookup) for lookup in info.lookups)
+            raise InvalidLookup(
+                f"{info.label}: {asked!r} is not a unique lookup; valid lookups are "
+                f"{valid}{self.lookup_hint}"
+            )
 
     def coerce_lookup(self, cls: Any, id_field: Field, id_val: Any) -> Any:
         info = self.model_info(cls)
-        return coerce(id_field, id_val, functools.partial(self.coerce_value, info))
+        if isinstance(id_field, tuple):
+            return tuple(
+                self.coerce_value(info, name, value)
+                for name, value in zip(id_field, id_val, strict=True)
+            )
+        return self.coerce_value(info, id_field, id_val)
 
     def coerce_value(self, info: InfoT, name: str, value: Any) -> Any:
         """One field's lookup value in its field's type (:meth:`coerce_lookup`, field by
@@ -123,6 +174,11 @@ class ModelCache(Generic[InfoT]):
     def fetch_many(self, cls: Any, id_field: Field, id_vals: Sequence[Any]) -> Mapping[Any, Any]:
         info = self.model_info(cls)
         return info.by_value(id_field, self.select_many(cls, id_field, id_vals))
+
+
+def _shown(lookup: Field) -> str:
+    """``'email'``, ``(org_id, user_id)``."""
+    return repr(lookup) if isinstance(lookup, str) else "(" + ", ".join(lookup) + ")"
 
 
 def to_python(field_of: Callable[[str], Any], name: str, value: Any) -> Any:

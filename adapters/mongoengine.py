@@ -57,10 +57,16 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from cachecow import CacheCow, ConfigurationError, NotFound
 from cachecow.keys import Field, normalize_lookup
 
-from ._base import DefaultCache, ModelCache, ModelInfo, filter_in, to_python
-from ._lookups import has_null as _has_null
-from ._lookups import keys_of as _keys
-from ._lookups import kwargs_of as _kwargs
+from ._base import (
+    DefaultCache,
+    ModelCache,
+    ModelInfo,
+    filter_in,
+    has_null,
+    keys_of,
+    kwargs_of,
+    to_python,
+)
 
 __all__ = ["CachedQuerySet", "MongoCache", "default_cache", "set_default_cache"]
 
@@ -101,7 +107,7 @@ class _Model(ModelInfo):
             lookup, _ = normalize_lookup(names, (None,) * len(names))
             if lookup not in lookups:
                 lookups.append(lookup)
-        keys = dict.fromkeys(k for lookup in lookups for k in _keys(lookup))
+        keys = dict.fromkeys(k for lookup in lookups for k in keys_of(lookup))
         return cls(
             cls=doc,
             label=doc.__qualname__,
@@ -178,7 +184,7 @@ class MongoCache(ModelCache[_Model], CacheCow):
 
     def fetch(self, cls: Any, id_field: Field, id_val: Any) -> Any:
         try:
-            return self._plain_queryset(cls).get(**_kwargs(id_field, id_val))
+            return self._plain_queryset(cls).get(**kwargs_of(id_field, id_val))
         except cls.DoesNotExist:
             raise NotFound(cls, id_field, id_val) from None
 
@@ -187,7 +193,7 @@ class MongoCache(ModelCache[_Model], CacheCow):
 
     def not_found(self, cls: Any, id_field: Field, id_val: Any) -> BaseException:
         exc: BaseException = cls.DoesNotExist(
-            f"{cls.__name__} matching {_kwargs(id_field, id_val)} does not exist"
+            f"{cls.__name__} matching {kwargs_of(id_field, id_val)} does not exist"
         )
         return exc
 
@@ -290,7 +296,7 @@ class CachedQuerySet(QuerySet):  # type: ignore[misc]
             if "pk" in query:
                 query[self._document._meta["id_field"]] = query.pop("pk")
             field, value = normalize_lookup(tuple(query), tuple(query.values()))
-            if field in info.lookups and not _has_null(value):
+            if field in info.lookups and not has_null(value):
                 return cache.get(self._document, field, value)
         return super().get(*q_objs, **query)
 

@@ -91,9 +91,8 @@ from cachecow import AsyncCacheCow, CacheCow, ConfigurationError, InvalidLookup,
 from cachecow.keys import Field, model_label, normalize_lookup
 
 from . import _outbox
-from ._base import ModelCache, ModelInfo
+from ._base import ModelCache, ModelInfo, has_null
 from ._codecs import Codec, codec_for
-from ._lookups import has_null as _has_null
 
 __all__ = [
     "AsyncSQLAlchemyCache",
@@ -248,7 +247,7 @@ class _SQLAlchemyModels(ModelCache[_Model]):
     def _select(self, cls: Any, id_field: Field, id_vals: Sequence[Any], dialect: Any) -> Any:
         info = self.model_info(cls)
         for value in id_vals:
-            if _has_null(value):
+            if has_null(value):
                 raise InvalidLookup(f"a unique lookup cannot match NULL: {id_field}={value!r}")
         stmt = select(cls).options(undefer("*"))
         if isinstance(id_field, str):

@@ -84,11 +84,17 @@ from cachecow import CacheCow, ConfigurationError, NotFound
 from cachecow.keys import Field, model_label, normalize_lookup
 
 from .. import _outbox
-from .._base import DefaultCache, ModelCache, ModelInfo, filter_in, to_python
+from .._base import (
+    DefaultCache,
+    Lookup,
+    ModelCache,
+    ModelInfo,
+    filter_in,
+    has_null,
+    kwargs_of,
+    to_python,
+)
 from .._codecs import Codec, codec_for
-from .._lookups import Lookup
-from .._lookups import has_null as _has_null
-from .._lookups import kwargs_of as _kwargs
 from . import _triggers
 from ._triggers import (
     InstallTriggers,
@@ -229,7 +235,7 @@ class _Model(ModelInfo):
             attrs[attname] = value
         names = tuple(attrs)
         field, value = normalize_lookup(names, tuple(attrs[n] for n in names))
-        if field not in self.lookups or _has_null(value):
+        if field not in self.lookups or has_null(value):
             return None
         return field, value
 
@@ -367,7 +373,7 @@ class DjangoCache(ModelCache[_Model], CacheCow):
         alias = self.db_for(cls)
         self._check_installed(cls, alias)
         try:
-            return _rows(cls, alias).get(**_kwargs(id_field, id_val))
+            return _rows(cls, alias).get(**kwargs_of(id_field, id_val))
         except cls.DoesNotExist:
             raise NotFound(cls, id_field, id_val) from None
 
@@ -408,7 +414,7 @@ class DjangoCache(ModelCache[_Model], CacheCow):
                 if cached is not None:
                     return cached
             try:
-                return _rows(cls, alias).get(**_kwargs(field, value))
+                return _rows(cls, alias).get(**kwargs_of(field, value))
             except cls.DoesNotExist:
                 raise self.not_found(cls, field, value) from None
         return super().get(cls, id_field, id_val)
