@@ -37,8 +37,8 @@ they touch. Writes through the collection itself (pymongo) are not seen.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 try:
@@ -57,10 +57,16 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from cachecow import CacheCow, ConfigurationError, NotFound
 from cachecow.keys import Field, normalize_lookup
 
-from ._lookups import Lookup, coerce, describe, refuse, row_lookups
-from ._lookups import has_null as _has_null
-from ._lookups import keys_of as _keys
-from ._lookups import kwargs_of as _kwargs
+from ._base import (
+    DefaultCache,
+    ModelCache,
+    ModelInfo,
+    filter_in,
+    has_null,
+    keys_of,
+    kwargs_of,
+    to_python,
+)
 
 __all__ = ["CachedQuerySet", "MongoCache", "default_cache", "set_default_cache"]
 
@@ -69,50 +75,50 @@ __all__ = ["CachedQuerySet", "MongoCache", "default_cache", "set_default_cache"]
 _JSON = JSONOptions(json_mode=JSONMode.RELAXED, tz_aware=False)
 
 
-class _Doc:
+@dataclass(kw_only=True)
+class _Model(ModelInfo):
     """A document class as the adapter sees it: its unique lookups and their fields."""
 
-    def __init__(self, model: Any) -> None:
+    place: tuple[str, str]  # where it was first seen (see _place)
+    db_keys: dict[str, str]  # each lookup attribute's field in the stored document
+
+    @classmethod
+    def of(cls, model: Any) -> _Model:
         if not (isinstance(model, type) and issubclass(model, Document)):
             raise ConfigurationError(f"{model!r} is not a MongoEngine Document class")
-        cls: Any = model
-        if cls._meta.get("abstract"):
-            raise ConfigurationError(f"{cls.__qualname__} is abstract")
-        if cls._meta.get("allow_inheritance"):
+        doc: Any = model
+        if doc._meta.get("abstract"):
+            raise ConfigurationError(f"{doc.__qualname__} is abstract")
+        if doc._meta.get("allow_inheritance"):
             raise ConfigurationError(
-                f"{cls.__qualname__} allows inheritance, which cachecow does not cache yet"
+                f"{doc.__qualname__} allows inheritance, which cachecow does not cache yet"
             )
-        self.cls = cls
-        self.place = _place(cls)
-        pk = cls._meta["id_field"]
+        pk = doc._meta["id_field"]
         lookups: list[Field] = [pk]
-        for name, field in cls._fields.items():
+        for name, field in doc._fields.items():
             if not getattr(field, "unique", False) or name == pk:
                 continue
             unique_with = field.unique_with or ()
             if isinstance(unique_with, str):
                 unique_with = (unique_with,)
             names = (name, *unique_with)
-            if any(isinstance(cls._fields[n], _NOT_LOOKUPS) for n in names):
+            if any(isinstance(doc._fields[n], _NOT_LOOKUPS) for n in names):
                 continue  # a reference or an embedded document: no stable value to key by
             lookup, _ = normalize_lookup(names, (None,) * len(names))
             if lookup not in lookups:
                 lookups.append(lookup)
-        self.lookups = lookups
-        self.keys = list(dict.fromkeys(k for lookup in lookups for k in _keys(lookup)))
-        self.db_keys = {k: cls._fields[k].db_field for k in self.keys}
+        keys = dict.fromkeys(k for lookup in lookups for k in keys_of(lookup))
+        return cls(
+            cls=doc,
+            label=doc.__qualname__,
+            lookups=lookups,
+            place=_place(doc),
+            db_keys={k: doc._fields[k].db_field for k in keys},
+        )
 
-    def value_of(self, doc: Any, lookup: Field) -> Any:
-        if isinstance(lookup, tuple):
-            return tuple(getattr(doc, key) for key in lookup)
-        return getattr(doc, lookup)
-
-    def describe(self) -> str:
-        return describe(self.lookups)
-
-    def lookups_of(self, values: dict[str, Any]) -> list[Lookup]:
-        """The lookups whose every field ``values`` has (by field name), not None."""
-        return row_lookups(self.cls, self.lookups, values)
+    def values(self, doc: Any) -> dict[str, Any]:
+        """A document's lookup attributes, as :meth:`row_lookups` takes them."""
+        return {k: getattr(doc, k) for k in self.lookup_keys}
 
     def stored(self, query: dict[str, Any]) -> list[dict[str, Any]]:
         """The unique fields of the documents matching a raw ``query``, as stored now."""
@@ -142,7 +148,7 @@ def _place(cls: Any) -> tuple[str, str]:
     return cls._meta.get("db_alias", "default"), cls._get_collection_name()
 
 
-class MongoCache(CacheCow):
+class MongoCache(ModelCache[_Model], CacheCow):
     """A :class:`~cachecow.CacheCow` of MongoEngine documents (see the module docstring).
 
     :param redis: a redis-py client.
@@ -151,38 +157,26 @@ class MongoCache(CacheCow):
 
     def __init__(self, redis: Any, **options: Any) -> None:
         super().__init__(redis, **options)
-        self._docs: dict[type, _Doc] = {}
+        self._models: dict[Any, _Model] = {}
         self._receivers: list[tuple[Any, Any, Any]] = []
         self._stash = f"_cachecow_stored_{id(self)}"  # one per cache: two may watch a class
 
-    def doc_info(self, cls: Any) -> _Doc:
-        info = self._docs.get(cls)
-        if info is None:
-            info = self._docs[cls] = _Doc(cls)
-        return info
+    def inspect_model(self, cls: Any) -> _Model:
+        return _Model.of(cls)
 
     # -- hooks ----------------------------------------------------------------------------------
 
     def check_lookup(self, cls: Any, id_field: Field) -> None:
-        info = self.doc_info(cls)
+        info = self.model_info(cls)
         if _place(cls) != info.place:
             raise ConfigurationError(
                 f"{cls.__qualname__} is switched to {_place(cls)} (switch_db/switch_collection): "
                 f"cachecow caches its documents in {info.place} only"
             )
-        if id_field not in info.lookups:
-            raise refuse(cls.__qualname__, id_field, info.lookups)
+        super().check_lookup(cls, id_field)
 
-    def coerce_lookup(self, cls: Any, id_field: Field, id_val: Any) -> Any:
-        fields = self.doc_info(cls).cls._fields
-
-        def convert(name: str, value: Any) -> Any:
-            try:
-                return fields[name].to_python(value)
-            except Exception:
-                return value
-
-        return coerce(id_field, id_val, convert)
+    def coerce_value(self, info: _Model, name: str, value: Any) -> Any:
+        return to_python(info.cls._fields.__getitem__, name, value)
 
     def _plain_queryset(self, cls: Any) -> Any:
         # Never the document's own queryset class: a CachedQuerySet would ask the cache back.
@@ -190,32 +184,18 @@ class MongoCache(CacheCow):
 
     def fetch(self, cls: Any, id_field: Field, id_val: Any) -> Any:
         try:
-            return self._plain_queryset(cls).get(**_kwargs(id_field, id_val))
+            return self._plain_queryset(cls).get(**kwargs_of(id_field, id_val))
         except cls.DoesNotExist:
             raise NotFound(cls, id_field, id_val) from None
 
-    def fetch_many(self, cls: Any, id_field: Field, id_vals: Sequence[Any]) -> dict[Any, Any]:
-        info = self.doc_info(cls)
-        queryset = self._plain_queryset(cls)
-        if isinstance(id_field, str):
-            docs = queryset.filter(**{f"{id_field}__in": list(id_vals)})
-        else:
-            query = Q()
-            for value in id_vals:
-                query |= Q(**_kwargs(id_field, value))
-            docs = queryset.filter(query)
-        return {info.value_of(doc, id_field): doc for doc in docs}
+    def select_many(self, cls: Any, id_field: Field, id_vals: Sequence[Any]) -> Any:
+        return filter_in(self._plain_queryset(cls), Q, id_field, id_vals)
 
     def not_found(self, cls: Any, id_field: Field, id_val: Any) -> BaseException:
         exc: BaseException = cls.DoesNotExist(
-            f"{cls.__name__} matching {_kwargs(id_field, id_val)} does not exist"
+            f"{cls.__name__} matching {kwargs_of(id_field, id_val)} does not exist"
         )
         return exc
-
-    def unique_lookups(self, obj: Any) -> Iterable[tuple[Field, Any]]:
-        info = self.doc_info(type(obj))
-        values = ((lookup, info.value_of(obj, lookup)) for lookup in info.lookups)
-        return [(lookup, value) for lookup, value in values if not _has_null(value)]
 
     def serialize(self, obj: Any) -> bytes:
         return json_util.dumps(obj.to_mongo(), json_options=_JSON).encode()
@@ -227,7 +207,7 @@ class MongoCache(CacheCow):
 
     def watch(self, cls: Any) -> None:
         """Invalidate ``cls``'s lookups right after every save and delete of a document."""
-        self.doc_info(cls)
+        self.model_info(cls)
         for signal, receiver in [
             (signals.pre_save, self._before_write),
             (signals.post_save, self._after_write),
@@ -247,40 +227,38 @@ class MongoCache(CacheCow):
         # What the database holds now: the values this document's entries are cached under,
         # whatever the in-memory document remembers.
         pk = document.pk
-        info = self.doc_info(sender)
+        info = self.model_info(sender)
         document.__dict__[self._stash] = info.stored({"_id": pk}) if pk is not None else []
 
     def _after_write(self, sender: Any, document: Any, **kwargs: Any) -> None:
-        info = self.doc_info(sender)
+        info = self.model_info(sender)
         stored = document.__dict__.pop(self._stash, [])
-        lookups = info.lookups_of({k: getattr(document, k) for k in info.keys})
+        lookups = info.row_lookups(info.values(document))
         for row in stored:
-            lookups += info.lookups_of(row)
+            lookups += info.row_lookups(row)
         self.invalidate_lookups(list(dict.fromkeys(lookups)))
 
 
 # -- the default cache, for CachedQuerySet ------------------------------------------------------
 
-_default: MongoCache | None = None
-_default_lock = threading.Lock()
+
+def _unset() -> MongoCache:
+    raise ConfigurationError(
+        "no default cachecow cache: call cachecow.adapters.mongoengine.set_default_cache()"
+    )
+
+
+_default: DefaultCache[MongoCache] = DefaultCache(_unset)
 
 
 def default_cache() -> MongoCache:
     """The cache :class:`CachedQuerySet` uses (set with :func:`set_default_cache`)."""
-    if _default is None:
-        raise ConfigurationError(
-            "no default cachecow cache: call cachecow.adapters.mongoengine.set_default_cache()"
-        )
-    return _default
+    return _default.get()
 
 
 def set_default_cache(cache: MongoCache | None, *, watch: Iterable[type] = ()) -> None:
     """Make ``cache`` the one :class:`CachedQuerySet` uses, and watch ``watch`` with it."""
-    global _default
-    with _default_lock:
-        previous, _default = _default, cache
-    if previous is not None and previous is not cache:
-        previous.unwatch()
+    _default.set(cache)
     if cache is not None:
         for cls in watch:
             cache.watch(cls)
@@ -314,27 +292,27 @@ class CachedQuerySet(QuerySet):  # type: ignore[misc]
     def get(self, *q_objs: Any, **query: Any) -> Any:
         if not q_objs and query and self._plain():
             cache = default_cache()
-            info = cache.doc_info(self._document)
+            info = cache.model_info(self._document)
             if "pk" in query:
                 query[self._document._meta["id_field"]] = query.pop("pk")
             field, value = normalize_lookup(tuple(query), tuple(query.values()))
-            if field in info.lookups and not _has_null(value):
+            if field in info.lookups and not has_null(value):
                 return cache.get(self._document, field, value)
         return super().get(*q_objs, **query)
 
     def _invalidate(self, rows: list[dict[str, Any]]) -> None:
         cache = default_cache()
-        info = cache.doc_info(self._document)
-        lookups = [lk for row in rows for lk in info.lookups_of(row)]
+        info = cache.model_info(self._document)
+        lookups = [lk for row in rows for lk in info.row_lookups(row)]
         if lookups:
             cache.invalidate_lookups(list(dict.fromkeys(lookups)))
 
     def _stored_matching(self) -> list[dict[str, Any]]:
-        info = default_cache().doc_info(self._document)
+        info = default_cache().model_info(self._document)
         return info.stored(self._query)
 
     def _stored_ids(self, ids: list[Any]) -> list[dict[str, Any]]:
-        info = default_cache().doc_info(self._document)
+        info = default_cache().model_info(self._document)
         return info.stored({"_id": {"$in": ids}}) if ids else []
 
     def update(self, *args: Any, **kwargs: Any) -> Any:
@@ -361,16 +339,16 @@ class CachedQuerySet(QuerySet):  # type: ignore[misc]
             # for the new document to learn its lookups, and answer None as asked.
             created = super().modify(*args, **{**kwargs, "new": True})
             if created is not None:
-                info = default_cache().doc_info(self._document)
-                self._invalidate([{k: getattr(created, k) for k in info.keys}])
+                info = default_cache().model_info(self._document)
+                self._invalidate([info.values(created)])
             return None
         result = super().modify(*args, **kwargs)
-        info = default_cache().doc_info(self._document)
+        info = default_cache().model_info(self._document)
         pk = self._document._meta["id_field"]
         # The filter again afterwards: an upsert's new document (new=False returns None).
         after = self._stored_ids([row[pk] for row in before]) + self._stored_matching()
         if result is not None:
-            after.append({k: getattr(result, k) for k in info.keys})
+            after.append(info.values(result))
         self._invalidate(before + after)
         return result
 
@@ -384,11 +362,11 @@ class CachedQuerySet(QuerySet):  # type: ignore[misc]
         result = super().insert(doc_or_docs, *args, **kwargs)
         given = doc_or_docs if isinstance(doc_or_docs, list) else [doc_or_docs]
         returned = result if isinstance(result, list) else [result]
-        info = default_cache().doc_info(self._document)
+        info = default_cache().model_info(self._document)
         pk = self._document._meta["id_field"]
         rows = []
         for doc, back in zip(given, returned, strict=False):
-            row = {k: getattr(doc, k) for k in info.keys}
+            row = info.values(doc)
             if row.get(pk) is None:  # load_bulk=False returns the new ids, not documents
                 row[pk] = back.pk if isinstance(back, Document) else back
             rows.append(row)

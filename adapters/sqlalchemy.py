@@ -91,10 +91,8 @@ from cachecow import AsyncCacheCow, CacheCow, ConfigurationError, InvalidLookup,
 from cachecow.keys import Field, model_label, normalize_lookup
 
 from . import _outbox
+from ._base import ModelCache, ModelInfo, has_null
 from ._codecs import Codec, codec_for
-from ._lookups import coerce, describe, refuse
-from ._lookups import has_null as _has_null
-from ._lookups import keys_of as _keys
 
 __all__ = [
     "AsyncSQLAlchemyCache",
@@ -115,18 +113,13 @@ def _codec_for(column: sa.Column[Any], name: str) -> Codec:
 # -- what the adapter knows of a mapped class ---------------------------------------------------
 
 
-@dataclass
-class _Model:
-    """A mapped class as the adapter sees it: columns, codecs, unique lookups, fingerprint."""
+@dataclass(kw_only=True)
+class _Model(ModelInfo):
+    """A mapped class as the adapter sees it: columns (attrs: their mapped attributes, in
+    column order), codecs, unique lookups, fingerprint."""
 
-    cls: type
     mapper: Mapper[Any]
-    keys: list[str]  # mapped column attributes, in column order
     columns: dict[str, sa.Column[Any]]
-    codecs: list[Codec]
-    primary_key: Field
-    lookups: list[Field]
-    fingerprint: str
 
     @classmethod
     def of(cls, model: Any) -> _Model:
@@ -179,30 +172,17 @@ class _Model:
         )
         return cls(
             cls=model,
-            mapper=mapper,
-            keys=keys,
-            columns=columns,
-            codecs=[_codec_for(columns[k], k) for k in keys],
-            primary_key=primary_key,
+            label=model.__qualname__,
             lookups=lookups,
+            attrs=keys,
+            codecs=[_codec_for(columns[k], k) for k in keys],
             fingerprint=hashlib.sha1(shape.encode()).hexdigest()[:12],
+            mapper=mapper,
+            columns=columns,
         )
 
-    @property
-    def lookup_keys(self) -> list[str]:
-        """Every attribute that is part of a unique lookup, in lookup order."""
-        return list(dict.fromkeys(k for lookup in self.lookups for k in _keys(lookup)))
 
-    def describe(self) -> str:
-        return describe(self.lookups)
-
-    def value_of(self, obj: Any, lookup: Field) -> Any:
-        if isinstance(lookup, tuple):
-            return tuple(getattr(obj, key) for key in lookup)
-        return getattr(obj, lookup)
-
-
-class _SQLAlchemyModels:
+class _SQLAlchemyModels(ModelCache[_Model]):
     """What the sync and async SQLAlchemy caches share: models, codecs, lookups, watching."""
 
     model_label: Callable[[Any], str]  # the cache class's
@@ -213,82 +193,52 @@ class _SQLAlchemyModels:
                 f"session_factory must make sessions (a sessionmaker), got {session_factory!r}"
             )
         self.session_factory = session_factory
-        self._models: dict[type, _Model] = {}
+        self._models: dict[Any, _Model] = {}
         self._installed: set[type] = set()
         self._drainers: dict[Any, _outbox.Drainer] = {}
         self._relays: dict[Any, _outbox.Relay] = {}
 
     # -- models ---------------------------------------------------------------------------------
 
-    def model_info(self, model: Any) -> _Model:
-        """What the adapter knows of a mapped class (cached)."""
-        info = self._models.get(model)
-        if info is None:
-            info = self._models[model] = _Model.of(model)
-        return info
+    def inspect_model(self, cls: Any) -> _Model:
+        return _Model.of(cls)
 
-    def check_lookup(self, cls: Any, id_field: Field) -> None:
-        info = self.model_info(cls)
-        if id_field not in info.lookups:
-            raise refuse(cls.__qualname__, id_field, info.lookups)
-
-    def coerce_lookup(self, cls: Any, id_field: Field, id_val: Any) -> Any:
+    def coerce_value(self, info: _Model, key: str, value: Any) -> Any:
         """Convert a lookup value to its column's Python type where that is unambiguous:
         ``"42"`` and ``42.0`` to ``42`` for an integer column, a string to a ``UUID`` for a
         UUID column; refuse a fraction or a bool for an integer column. A value of another
         type could match the row in the database yet be cached under a key the row's own
         invalidation never reaches (a tombstone outliving the insert of that row)."""
-        info = self.model_info(cls)
-
-        def convert(key: str, value: Any) -> Any:
-            if value is None:
-                return value
-            try:
-                python_type = info.columns[key].type.python_type
-            except (KeyError, NotImplementedError):
-                return value
-            if python_type is int:
-                return value if type(value) is int else _integral(cls, key, value)
-            if python_type is uuid.UUID and isinstance(value, str):
-                try:
-                    return uuid.UUID(value)
-                except ValueError:
-                    return value
+        if value is None:
             return value
-
-        return coerce(id_field, id_val, convert)
-
-    def unique_lookups(self, obj: Any) -> Iterable[tuple[Field, Any]]:
-        info = self.model_info(type(obj))
-        out = []
-        for lookup in info.lookups:
-            value = info.value_of(obj, lookup)
-            if not _has_null(value):
-                out.append((lookup, value))
-        return out
+        try:
+            python_type = info.columns[key].type.python_type
+        except (KeyError, NotImplementedError):
+            return value
+        if python_type is int:
+            return value if type(value) is int else _integral(info.cls, key, value)
+        if python_type is uuid.UUID and isinstance(value, str):
+            try:
+                return uuid.UUID(value)
+            except ValueError:
+                return value
+        return value
 
     # -- (de)serialization ----------------------------------------------------------------------
 
     def serialize(self, obj: Any) -> bytes:
         info = self.model_info(type(obj))
         state = obj.__dict__
-        row: list[Any] = [info.fingerprint]
-        for key, codec in zip(info.keys, info.codecs, strict=True):
-            value = state[key] if key in state else getattr(obj, key)
-            row.append(None if value is None else codec.encode(value))
+        row = info.encode_row(state[k] if k in state else getattr(obj, k) for k in info.attrs)
         data: bytes = self.serializer.dumps(row)  # type: ignore[attr-defined]
         return data
 
     def deserialize(self, cls: Any, data: bytes) -> Any:
         info = self.model_info(cls)
-        row = self.serializer.loads(data)  # type: ignore[attr-defined]
-        if not isinstance(row, list) or len(row) != len(info.keys) + 1:
-            raise ValueError("not a row of this model")
-        if row[0] != info.fingerprint:
-            raise ValueError("cached under another schema of this model")
+        values = info.decode_row(self.serializer.loads(data))  # type: ignore[attr-defined]
         obj = info.mapper.class_manager.new_instance()
-        for key, codec, value in zip(info.keys, info.codecs, row[1:], strict=True):
-            set_committed_value(obj, key, None if value is None else codec.decode(value))
+        for key, value in zip(info.attrs, values, strict=True):
+            set_committed_value(obj, key, value)
         make_transient_to_detached(obj)
         return obj
 
@@ -297,7 +247,7 @@ class _SQLAlchemyModels:
     def _select(self, cls: Any, id_field: Field, id_vals: Sequence[Any], dialect: Any) -> Any:
         info = self.model_info(cls)
         for value in id_vals:
-            if _has_null(value):
+            if has_null(value):
                 raise InvalidLookup(f"a unique lookup cannot match NULL: {id_field}={value!r}")
         stmt = select(cls).options(undefer("*"))
         if isinstance(id_field, str):
@@ -311,10 +261,6 @@ class _SQLAlchemyModels:
         return stmt.where(
             or_(*(and_(*(c == x for c, x in zip(cols, v, strict=True))) for v in id_vals))
         )
-
-    def _by_value(self, cls: Any, id_field: Field, objs: Iterable[Any]) -> dict[Any, Any]:
-        info = self.model_info(cls)
-        return {info.value_of(obj, id_field): obj for obj in objs}
 
     # -- watching sessions ----------------------------------------------------------------------
 
@@ -487,12 +433,11 @@ class SQLAlchemyCache(_SQLAlchemyModels, CacheCow):
             raise NotFound(cls, id_field, id_val)
         return obj
 
-    def fetch_many(self, cls: Any, id_field: Field, id_vals: Sequence[Any]) -> Mapping[Any, Any]:
+    def select_many(self, cls: Any, id_field: Field, id_vals: Sequence[Any]) -> Any:
         with self.session_factory() as session:
             self._check_installed(session.connection(), cls)
             stmt = self._select(cls, id_field, list(id_vals), session.get_bind().dialect)
-            objs = session.execute(stmt).scalars().all()
-        return self._by_value(cls, id_field, objs)
+            return session.execute(stmt).scalars().all()
 
     def _deliver(self, engine: Any, lookups: list[_outbox.Lookup]) -> None:
         self._invalidate_pairs(_outbox.keys_of(self, lookups))
@@ -582,7 +527,7 @@ class AsyncSQLAlchemyCache(_SQLAlchemyModels, AsyncCacheCow):
             raise NotFound(cls, id_field, id_val)
         return obj
 
-    async def fetch_many(
+    async def fetch_many(  # type: ignore[override]  # AsyncCacheCow's, not the sync base's
         self, cls: Any, id_field: Field, id_vals: Sequence[Any]
     ) -> Mapping[Any, Any]:
         self._relay_on_read()
@@ -590,7 +535,7 @@ class AsyncSQLAlchemyCache(_SQLAlchemyModels, AsyncCacheCow):
             await session.run_sync(lambda s: self._check_installed(s.connection(), cls))
             stmt = self._select(cls, id_field, list(id_vals), session.bind.dialect)
             objs = (await session.execute(stmt)).scalars().all()
-        return self._by_value(cls, id_field, objs)
+        return self.model_info(cls).by_value(id_field, objs)
 
     def _deliver(self, engine: Any, lookups: list[_outbox.Lookup]) -> None:
         # Session events run in SQLAlchemy's greenlet inside the awaiting task: await there.

@@ -84,10 +84,17 @@ from cachecow import CacheCow, ConfigurationError, NotFound
 from cachecow.keys import Field, model_label, normalize_lookup
 
 from .. import _outbox
+from .._base import (
+    DefaultCache,
+    Lookup,
+    ModelCache,
+    ModelInfo,
+    filter_in,
+    has_null,
+    kwargs_of,
+    to_python,
+)
 from .._codecs import Codec, codec_for
-from .._lookups import Lookup, coerce, describe, refuse
-from .._lookups import has_null as _has_null
-from .._lookups import kwargs_of as _kwargs
 from . import _triggers
 from ._triggers import (
     InstallTriggers,
@@ -132,16 +139,12 @@ def _python_type(field: models.Field[Any, Any]) -> Any:
     return None
 
 
-@dataclass
-class _Model:
-    """A Django model as the adapter sees it: concrete fields, codecs, unique lookups."""
+@dataclass(kw_only=True)
+class _Model(ModelInfo):
+    """A Django model as the adapter sees it: concrete fields (attrs: attnames), codecs,
+    unique lookups."""
 
-    cls: type[models.Model]
-    attnames: list[str]
-    codecs: list[Codec]
-    lookups: list[Field]
     aliases: dict[str, str]  # "pk" and foreign-key names -> attname
-    fingerprint: str
     related: dict[str, type] = field(default_factory=dict)  # foreign-key attname -> model
 
     @classmethod
@@ -165,7 +168,8 @@ class _Model:
         shape = repr([meta.db_table] + [(f.attname, f.get_internal_type()) for f in fields])
         return cls(
             cls=model,
-            attnames=attnames,
+            label=meta.label,
+            attrs=attnames,
             codecs=[_codec(f) for f in fields],
             lookups=lookups,
             aliases=aliases,
@@ -209,14 +213,6 @@ class _Model:
                 add(list(constraint.fields))
         return lookups
 
-    def value_of(self, obj: Any, lookup: Field) -> Any:
-        if isinstance(lookup, tuple):
-            return tuple(getattr(obj, key) for key in lookup)
-        return getattr(obj, lookup)
-
-    def describe(self) -> str:
-        return describe(self.lookups)
-
     def lookup_from_kwargs(self, kwargs: dict[str, Any]) -> tuple[Field, Any] | None:
         """The canonical unique lookup that ``get(**kwargs)`` asks for, or None if it is not one."""
         if not kwargs:
@@ -239,7 +235,7 @@ class _Model:
             attrs[attname] = value
         names = tuple(attrs)
         field, value = normalize_lookup(names, tuple(attrs[n] for n in names))
-        if field not in self.lookups or _has_null(value):
+        if field not in self.lookups or has_null(value):
             return None
         return field, value
 
@@ -314,7 +310,7 @@ def _mark_written(alias: str, model: type) -> None:
         written.add(model)
 
 
-class DjangoCache(CacheCow):
+class DjangoCache(ModelCache[_Model], CacheCow):
     """A :class:`~cachecow.CacheCow` of Django model instances.
 
     :param redis: a redis-py client.
@@ -329,7 +325,7 @@ class DjangoCache(CacheCow):
     ) -> None:
         super().__init__(redis, **options)
         self.using = using
-        self._models: dict[type, _Model] = {}
+        self._models: dict[Any, _Model] = {}
         self._watched: set[Any] = set()
         self._installed: set[tuple[type, str]] = set()
         self._drainers: dict[str, _outbox.Drainer] = {}
@@ -363,55 +359,31 @@ class DjangoCache(CacheCow):
             callback = self._drain_callbacks[alias] = after_commit
         return callback
 
-    def model_info(self, model: Any) -> _Model:
-        info = self._models.get(model)
-        if info is None:
-            info = self._models[model] = _Model.of(model)
-        return info
+    def inspect_model(self, cls: Any) -> _Model:
+        return _Model.of(cls)
 
     def db_for(self, model: Any) -> str:
         return self.using or router.db_for_read(model) or "default"
 
     # -- hooks ----------------------------------------------------------------------------------
 
-    def check_lookup(self, cls: Any, id_field: Field) -> None:
-        info = self.model_info(cls)
-        if id_field not in info.lookups:
-            hint = " (attribute names: 'org_id', not 'org')"
-            raise refuse(cls._meta.label, id_field, info.lookups, hint)
+    lookup_hint = " (attribute names: 'org_id', not 'org')"
 
     def fetch(self, cls: Any, id_field: Field, id_val: Any) -> Any:
         alias = self.db_for(cls)
         self._check_installed(cls, alias)
         try:
-            return _rows(cls, alias).get(**_kwargs(id_field, id_val))
+            return _rows(cls, alias).get(**kwargs_of(id_field, id_val))
         except cls.DoesNotExist:
             raise NotFound(cls, id_field, id_val) from None
 
-    def fetch_many(self, cls: Any, id_field: Field, id_vals: Sequence[Any]) -> dict[Any, Any]:
-        info = self.model_info(cls)
+    def select_many(self, cls: Any, id_field: Field, id_vals: Sequence[Any]) -> Any:
         alias = self.db_for(cls)
         self._check_installed(cls, alias)
-        manager = _rows(cls, alias)
-        if isinstance(id_field, str):
-            objs = manager.filter(**{f"{id_field}__in": list(id_vals)})
-        else:
-            query = models.Q()
-            for value in id_vals:
-                query |= models.Q(**_kwargs(id_field, value))
-            objs = manager.filter(query)
-        return {info.value_of(obj, id_field): obj for obj in objs}
+        return filter_in(_rows(cls, alias), models.Q, id_field, id_vals)
 
-    def coerce_lookup(self, cls: Any, id_field: Field, id_val: Any) -> Any:
-        meta = cls._meta
-
-        def convert(name: str, value: Any) -> Any:
-            try:
-                return meta.get_field(name).to_python(value)
-            except Exception:
-                return value
-
-        return coerce(id_field, id_val, convert)
+    def coerce_value(self, info: _Model, name: str, value: Any) -> Any:
+        return to_python(info.cls._meta.get_field, name, value)
 
     def not_found(self, cls: Any, id_field: Field, id_val: Any) -> BaseException:
         exc: BaseException = cls.DoesNotExist(
@@ -419,31 +391,14 @@ class DjangoCache(CacheCow):
         )
         return exc
 
-    def unique_lookups(self, obj: Any) -> Iterable[tuple[Field, Any]]:
-        info = self.model_info(type(obj))
-        values = ((lookup, info.value_of(obj, lookup)) for lookup in info.lookups)
-        return [(lookup, value) for lookup, value in values if not _has_null(value)]
-
     def serialize(self, obj: Any) -> bytes:
         info = self.model_info(type(obj))
-        row: list[Any] = [info.fingerprint]
-        for attname, codec in zip(info.attnames, info.codecs, strict=True):
-            value = getattr(obj, attname)
-            row.append(None if value is None else codec.encode(value))
-        return self.serializer.dumps(row)
+        return self.serializer.dumps(info.encode_row(getattr(obj, a) for a in info.attrs))
 
     def deserialize(self, cls: Any, data: bytes) -> Any:
         info = self.model_info(cls)
-        row = self.serializer.loads(data)
-        if not isinstance(row, list) or len(row) != len(info.attnames) + 1:
-            raise ValueError("not a row of this model")
-        if row[0] != info.fingerprint:
-            raise ValueError("cached under another schema of this model")
-        values = [
-            None if v is None else codec.decode(v)
-            for codec, v in zip(info.codecs, row[1:], strict=True)
-        ]
-        return cls.from_db(self.db_for(cls), info.attnames, values)
+        values = info.decode_row(self.serializer.loads(data))
+        return cls.from_db(self.db_for(cls), info.attrs, values)
 
     # -- reads that respect transactions --------------------------------------------------------
 
@@ -459,7 +414,7 @@ class DjangoCache(CacheCow):
                 if cached is not None:
                     return cached
             try:
-                return _rows(cls, alias).get(**_kwargs(field, value))
+                return _rows(cls, alias).get(**kwargs_of(field, value))
             except cls.DoesNotExist:
                 raise self.not_found(cls, field, value) from None
         return super().get(cls, id_field, id_val)
@@ -595,7 +550,7 @@ def _on_write(alias: str, table: str) -> Callable[[], None] | None:
     """A statement wrote ``table`` on ``alias``: reads of its models skip the cache for the
     rest of the transaction; returns the drain to run after the commit."""
     _watch_late()
-    cache = _default
+    cache = _default.cache
     if cache is None:
         return None  # no cache in this process: the relay delivers
     written = [m for m in cache._watched if m._meta.db_table == table]
@@ -609,26 +564,15 @@ def _on_write(alias: str, table: str) -> Callable[[], None] | None:
 
 # -- the default cache, from settings -----------------------------------------------------------
 
-_default: DjangoCache | None = None
-_default_lock = threading.Lock()
-
 
 def default_cache() -> DjangoCache:
     """The cache ``settings.CACHECOW`` describes (built once, on first use)."""
-    global _default
-    with _default_lock:
-        if _default is None:
-            _default = _from_settings()
-        return _default
+    return _default.get()
 
 
 def set_default_cache(cache: DjangoCache | None) -> None:
     """Replace the default cache (tests, or a cache built by hand); ``None`` rebuilds it."""
-    global _default
-    with _default_lock:
-        previous, _default = _default, cache
-    if previous is not None and previous is not cache:
-        previous.unwatch()
+    _default.set(cache)
     if cache is not None:
         for model in watched_models():
             cache.watch(model)
@@ -669,6 +613,9 @@ def _from_settings() -> DjangoCache:
     for model in watched_models():
         cache.watch(model)
     return cache
+
+
+_default: DefaultCache[DjangoCache] = DefaultCache(_from_settings)
 
 
 # -- queryset and manager -----------------------------------------------------------------------
@@ -754,7 +701,7 @@ def _watch_late_model(sender: Any, **kwargs: Any) -> None:
     """A model class prepared after the default cache was built (defined in a test, or
     imported late) is watched if it has a cached manager."""
     meta = sender._meta
-    if _default is None or meta.abstract or meta.proxy or meta.parents:
+    if _default.cache is None or meta.abstract or meta.proxy or meta.parents:
         return
     if any(isinstance(manager, CachedManager) for manager in meta.managers):
         _late.append(sender)  # watched once the app registry is ready (see _watch_late)
@@ -764,9 +711,10 @@ _late: list[Any] = []
 
 
 def _watch_late() -> None:
-    if _late and apps.models_ready and _default is not None:
+    cache = _default.cache
+    if _late and apps.models_ready and cache is not None:
         while _late:
-            _default.watch(_late.pop())
+            cache.watch(_late.pop())
 
 
 def _wrap_connection(sender: Any = None, connection: Any = None, **kwargs: Any) -> None:
@@ -781,7 +729,7 @@ def _announce(connection: Any) -> None:
     :class:`~cachecow.adapters._outbox.Announcements`), for its commits to deliver them."""
     raw = connection.connection
     if (
-        _default is None
+        _default.cache is None
         or raw is None
         or connection.vendor != "postgresql"
         or connection.Database.__name__ != "psycopg"
@@ -814,12 +762,8 @@ def watched_models() -> list[Any]:
 
 
 def watched_tables(models_: Iterable[Any]) -> list[_outbox.Watched]:
-    return [
-        watched_table(
-            m, _Model.lookups_of(m), _default.model_label(m) if _default else model_label(m)
-        )
-        for m in models_
-    ]
+    label = _default.cache.model_label if _default.cache else model_label
+    return [watched_table(m, _Model.lookups_of(m), label(m)) for m in models_]
 
 
 def _install_on_migrate(sender: Any, using: str = "default", **kwargs: Any) -> None:

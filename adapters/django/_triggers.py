@@ -23,7 +23,7 @@ from cachecow import ConfigurationError
 from cachecow.keys import model_label
 
 from .. import _outbox
-from .._lookups import keys_of
+from .._base import keys_of
 
 __all__ = [
     "InstallTriggers",

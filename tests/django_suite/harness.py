@@ -85,7 +85,7 @@ class PortableRunner(django_runner.RemoteTestRunner):
 def _cache() -> Any:
     from cachecow.adapters import django as adapter
 
-    return adapter._default  # the default cache if it was built (never build it here)
+    return adapter._default.cache  # the default cache if it was built (never build it here)
 
 
 def metrics_snapshot() -> dict[str, int]:
