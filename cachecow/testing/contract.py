@@ -230,8 +230,8 @@ class RaceOutcome:
     stale_commits: int = 0
 
 
-class CacheCowContract:
-    """The protocol's promises (docs/protocol.md), as tests any cache class can be run against."""
+class ContractBase:
+    """What every part of the contract uses: what a subclass supplies, and helpers."""
 
     model: Any = "contract-item"
     field: Any = "id"
@@ -308,6 +308,20 @@ class CacheCowContract:
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out waiting until {what}")
             time.sleep(0.005)
+
+    def get_many(self, cache: Any, keys: list[int]) -> list[str | None]:
+        objs = cache.get_many(self.model, self.field, [self.lookup(k) for k in keys])
+        return [None if obj is None else self.payload_of(obj) for obj in objs]
+
+    def batch_reader(self, cache: Any, keys: list[int]) -> Reader:
+        thread = Reader(cache, self.model, self.field, [self.lookup(k) for k in keys], many=True)
+        thread.start()
+        return thread
+
+
+class RacePromises(ContractBase):
+    """Races forced by gates inside ``fetch``: a value read before an invalidation is never
+    cached after it; leases are given back on failure; busy readers follow their policy."""
 
     # -- race scenarios (each returns what it saw; the tests below assert on it) ----------------
 
@@ -499,16 +513,11 @@ class CacheCowContract:
         snap = waiter.metrics.snapshot()
         assert (snap.waits, snap.leases, snap.commits) == (1, 1, 1)
 
+
+class BatchPromises(ContractBase):
+    """``get_many``: order, round trips, and the same race promises for batches."""
+
     # -- batches --------------------------------------------------------------------------------
-
-    def get_many(self, cache: Any, keys: list[int]) -> list[str | None]:
-        objs = cache.get_many(self.model, self.field, [self.lookup(k) for k in keys])
-        return [None if obj is None else self.payload_of(obj) for obj in objs]
-
-    def batch_reader(self, cache: Any, keys: list[int]) -> Reader:
-        thread = Reader(cache, self.model, self.field, [self.lookup(k) for k in keys], many=True)
-        thread.start()
-        return thread
 
     def test_get_many_keeps_order_duplicates_and_missing(self) -> None:
         for key in (1, 2, 3):
@@ -643,6 +652,10 @@ class CacheCowContract:
         assert batch.metrics.snapshot().wait_timeouts == 1
         probe_h.release()
         h.outcome()
+
+
+class SharedReadPromises(ContractBase):
+    """Herds and single flight: readers of one key share one read, and never an old one."""
 
     # -- herds ----------------------------------------------------------------------------------
 
@@ -856,6 +869,10 @@ class CacheCowContract:
         assert holder.metrics.snapshot().stale_commits == 1
         assert self.cached_payload(holder, 1) == "v2"
 
+
+class BasicPromises(ContractBase):
+    """Misses, hits, invalidations, TTLs, tombstones, repairs, keys and round trips."""
+
     # -- invalidating objects -------------------------------------------------------------------
 
     def test_invalidate_object(self) -> None:
@@ -1021,6 +1038,15 @@ class CacheCowContract:
         with pytest.raises(DatabaseError) as raised:
             self.get(cache, 1)
         assert not isinstance(raised.value, CacheCowError)
+
+
+class CacheCowContract(BasicPromises, RacePromises, BatchPromises, SharedReadPromises):
+    """The protocol's promises (docs/protocol.md), as tests any cache class can be run against.
+
+    Subclass it (its name starting with ``Test``) and implement :meth:`make_cache`, and the
+    data methods (``write``, ``delete``, ``payload_of``, ``lookup``) if the default storage does
+    not fit; every promise then runs against your class.
+    """
 
 
 class AsyncCacheCowContract(CacheCowContract):
