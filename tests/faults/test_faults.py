@@ -498,11 +498,12 @@ def test_sentinel_manual_failover_mid_run(
 # the run's summary; the promises asserted: no caller sees an error (no pool exhaustion), one
 # fetch per cold key, no wait timed out, and a bounded number of Redis commands per cold key.
 
-LOAD_TIMEOUT = 1.0  # the clients' timeout: a pool wait or a call beyond it is an error
-# How long a follower waits for the leader of its key. The load tests check that followers
-# share the leader's read (one fetch per cold key, no wait given up), not how fast: the
-# latencies are reported, not asserted. With the default 1 s, a machine busy elsewhere (another
-# test run on the same 2 cores) made followers give up and fetch on their own.
+LOAD_TIMEOUT = 5.0  # the clients' timeout: a pool wait or a call beyond it is an error
+# How long a follower waits for the leader of its key. The load tests check that every call
+# succeeds and that followers share the leader's read (one fetch per cold key, no wait given
+# up), not how fast: the latencies are reported, not asserted (the fault scenarios above
+# assert the bounds). With 1 s for both, a machine busy elsewhere (another test run on the
+# same 2 cores) made calls time out and followers give up and fetch on their own.
 LOAD_WAIT = 10.0
 
 
