@@ -62,18 +62,24 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
         return found
 
     @overload
-    async def get(self, cls: type[T], id_field: str | tuple[str, ...], id_val: Any) -> T: ...
+    async def get(
+        self, cls: type[T], id_field: str | tuple[str, ...], id_val: Any, *, ttl: float | None = ...
+    ) -> T: ...
 
     @overload
-    async def get(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> Any: ...
+    async def get(
+        self, cls: Any, id_field: str | tuple[str, ...], id_val: Any, *, ttl: float | None = ...
+    ) -> Any: ...
 
-    async def get(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> Any:
+    async def get(
+        self, cls: Any, id_field: str | tuple[str, ...], id_val: Any, *, ttl: float | None = None
+    ) -> Any:
         """The object whose ``id_field`` is ``id_val``; see :meth:`cachecow.CacheCow.get`."""
         id_field, id_val = self._normalize(cls, id_field, id_val)
-        lookup = (cls, id_field, id_val)
+        lookup, ttl = (cls, id_field, id_val), self._checked_ttl(ttl)
         keys = self.get_keys(*lookup)
         if not self._joins:  # a reader that never waits for another reads alone
-            return await self._drive(self._get_flow(*lookup, keys))
+            return await self._drive(self._get_flow(lookup, keys, ttl=ttl))
         # Lead a read of this key, or join the one in flight (see _flights.py).
         me, loop = self._reader()
         flight, index = self._flights.join(keys[0], me, loop)
@@ -81,18 +87,18 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
         while index >= 0:
             if not await flight.waiter.wait(max(0.0, deadline - time.monotonic())):
                 self.metrics.incr("wait_timeouts")  # as a busy reader that waited in vain
-                return await self._drive(self._fetch_uncached(*lookup))
+                return await self._drive(self._fetch_uncached(lookup))
             obj = answer(self, lookup, flight, index)
             if obj is ALONE:
-                return await self._drive(self._get_flow(*lookup))
+                return await self._drive(self._get_flow(lookup, ttl=ttl))
             if obj is not RETRY:
                 return obj
             flight, index = self._flights.rejoin(flight, me)
         if index == -2:  # read alone (see Flights.join)
-            return await self._drive(self._get_flow(*lookup, keys))
+            return await self._drive(self._get_flow(lookup, keys, ttl=ttl))
         obj = error = None
         try:
-            obj = await self._drive(self._get_flow(*lookup, keys, flight))
+            obj = await self._drive(self._get_flow(lookup, keys, flight, ttl))
             return obj
         except BaseException as exc:
             error = exc
@@ -106,11 +112,16 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
         return await self._drive(self._peek_flow(cls, id_field, id_val))
 
     async def get_many(
-        self, cls: Any, id_field: str | tuple[str, ...], id_vals: Iterable[Any]
+        self,
+        cls: Any,
+        id_field: str | tuple[str, ...],
+        id_vals: Iterable[Any],
+        *,
+        ttl: float | None = None,
     ) -> list[Any]:
         """The objects of many lookups, in order; see :meth:`cachecow.CacheCow.get_many`."""
         field, values = self._normalize_many(cls, id_field, id_vals)
-        flow = self._read_many(cls, field, values, self._reader())
+        flow = self._read_many(cls, field, values, self._reader(), self._checked_ttl(ttl))
         result: list[Any] = await self._drive(flow)
         return result
 

@@ -56,6 +56,8 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
     :param prefix: the start of every key (default ``"cachecow:"``); no braces or spaces.
     :param clock: time source for waiting and log rate limits (default: the system clock).
     :param metrics_hook: called as ``hook(counter, amount)`` on every counter increment.
+    :param ttls: TTLs per model: model (a class, or a string label) to seconds, for that
+        model's values instead of ``ttl``. A call's own ``ttl=`` wins over both.
     """
 
     def _bind_client(self, redis: redis_py.Redis) -> None:
@@ -63,25 +65,32 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         self._group_by_slot = self._io.cluster
 
     @overload
-    def get(self, cls: type[T], id_field: str | tuple[str, ...], id_val: Any) -> T: ...
+    def get(
+        self, cls: type[T], id_field: str | tuple[str, ...], id_val: Any, *, ttl: float | None = ...
+    ) -> T: ...
 
     @overload
-    def get(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> Any: ...
+    def get(
+        self, cls: Any, id_field: str | tuple[str, ...], id_val: Any, *, ttl: float | None = ...
+    ) -> Any: ...
 
-    def get(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> Any:
+    def get(
+        self, cls: Any, id_field: str | tuple[str, ...], id_val: Any, *, ttl: float | None = None
+    ) -> Any:
         """The object whose ``id_field`` is ``id_val``, from the cache or from ``fetch``.
 
         ``id_field`` may be a tuple of fields with ``id_val`` a tuple of values (a composite
         unique key; the order of the fields does not matter). Raises the exception built by
         :meth:`not_found` (by default :class:`~cachecow.NotFound`) when there is no such
         object, whether the answer came from ``fetch`` or from a cached tombstone. Errors
-        raised by ``fetch`` reach the caller unchanged.
+        raised by ``fetch`` reach the caller unchanged. A value this call caches lives ``ttl``
+        seconds (less the jitter); by default its model's TTL in ``ttls``, else ``ttl``.
         """
         id_field, id_val = self._normalize(cls, id_field, id_val)
-        lookup = (cls, id_field, id_val)
+        lookup, ttl = (cls, id_field, id_val), self._checked_ttl(ttl)
         keys = self.get_keys(*lookup)
         if not self._joins:  # a reader that never waits for another reads alone
-            return self._drive(self._get_flow(*lookup, keys))
+            return self._drive(self._get_flow(lookup, keys, ttl=ttl))
         # Lead a read of this key, or join the one in flight (see _flights.py).
         me, loop = self._reader()
         flight, index = self._flights.join(keys[0], me, loop)
@@ -89,18 +98,18 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         while index >= 0:
             if not flight.waiter.wait(max(0.0, deadline - time.monotonic())):
                 self.metrics.incr("wait_timeouts")  # as a busy reader that waited in vain
-                return self._drive(self._fetch_uncached(*lookup))
+                return self._drive(self._fetch_uncached(lookup))
             obj = answer(self, lookup, flight, index)
             if obj is ALONE:
-                return self._drive(self._get_flow(*lookup))
+                return self._drive(self._get_flow(lookup, ttl=ttl))
             if obj is not RETRY:
                 return obj
             flight, index = self._flights.rejoin(flight, me)
         if index == -2:  # read alone (see Flights.join)
-            return self._drive(self._get_flow(*lookup, keys))
+            return self._drive(self._get_flow(lookup, keys, ttl=ttl))
         obj = error = None
         try:
-            obj = self._drive(self._get_flow(*lookup, keys, flight))
+            obj = self._drive(self._get_flow(lookup, keys, flight, ttl))
             return obj
         except BaseException as exc:
             error = exc
@@ -118,7 +127,12 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         return self._drive(self._peek_flow(cls, id_field, id_val))
 
     def get_many(
-        self, cls: Any, id_field: str | tuple[str, ...], id_vals: Iterable[Any]
+        self,
+        cls: Any,
+        id_field: str | tuple[str, ...],
+        id_vals: Iterable[Any],
+        *,
+        ttl: float | None = None,
     ) -> list[Any]:
         """The objects of many lookups of one field, in the order of ``id_vals``.
 
@@ -127,10 +141,10 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         values are looked up once. One round trip when every value is cached; otherwise one
         :meth:`fetch_many` call for the misses and one more round trip to commit them. Busy
         lookups follow the ``busy`` policy; errors of ``fetch_many`` reach the caller unchanged,
-        with every lease released.
+        with every lease released. ``ttl`` as for :meth:`get`.
         """
         field, values = self._normalize_many(cls, id_field, id_vals)
-        flow = self._read_many(cls, field, values, self._reader())
+        flow = self._read_many(cls, field, values, self._reader(), self._checked_ttl(ttl))
         result: list[Any] = self._drive(flow)
         return result
 

@@ -24,12 +24,12 @@ from typing import Any, Generic, TypeVar
 
 from redis.crc import key_slot
 
-from ._batch import read_many
+from ._batch import BatchRead, read_many
 from ._clock import AsyncClock, Clock, SystemClock, backoff_delay
 from ._flights import Flight, Flights
 from ._invalidation import invalidate
 from ._ops import Flow
-from ._options import BusyPolicy, Options
+from ._options import BusyPolicy, Options, positive
 from ._single import SingleRead, peek
 from .exceptions import (
     ConfigurationError,
@@ -110,6 +110,7 @@ class CacheCowBase(Generic[ClientT]):
         prefix: str = "cachecow:",
         clock: Clock | None = None,
         metrics_hook: MetricsHook | None = None,
+        ttls: Mapping[Any, float] | None = None,
     ) -> None:
         self.options = Options(
             ttl=ttl,
@@ -123,6 +124,7 @@ class CacheCowBase(Generic[ClientT]):
             fail_open_log_interval=fail_open_log_interval,
             wait_replicas=wait_replicas,
             wait_replicas_timeout=wait_replicas_timeout,
+            ttls=ttls or {},
         )
         self.serializer: Serializer = JsonSerializer() if serializer is None else serializer
         if not isinstance(self.serializer, Serializer):
@@ -343,24 +345,33 @@ class CacheCowBase(Generic[ClientT]):
         (busy "wait"), and for ``wait_timeout`` at most."""
         return self.options.busy is BusyPolicy.WAIT and self.options.wait_timeout > 0
 
-    def _fetch_uncached(
-        self, cls: Any, id_field: Field, id_val: Any, flight: Flight | None = None
-    ) -> Flow:
+    def _fetch_uncached(self, lookup: tuple[Any, Field, Any], flight: Flight | None = None) -> Flow:
         """A (normalized) lookup's object from ``fetch``, caching nothing."""
-        return SingleRead(self, (cls, id_field, id_val), None, flight).fetch_uncached()
+        return SingleRead(self, lookup, None, flight).fetch_uncached()
+
+    def _checked_ttl(self, ttl: float | None) -> float | None:
+        """A call's own ``ttl``: ``None``, or a checked number of seconds."""
+        return None if ttl is None else positive("ttl", ttl)
+
+    def _ttl(self, cls: Any, ttl: float | None) -> float:
+        """The TTL a call's values are cached for: its own ``ttl`` (checked by the public call),
+        else the model's (``ttls``), else the cache's."""
+        if ttl is not None:
+            return ttl
+        options = self.options
+        return options.ttl_of(self.model_label(cls)) if options.ttls else options.ttl
 
     # -- flows ----------------------------------------------------------------------------------
 
     def _get_flow(
         self,
-        cls: Any,
-        id_field: Field,
-        id_val: Any,
+        lookup: tuple[Any, Field, Any],
         keys: tuple[str, str] | None = None,
         flight: Flight | None = None,
+        ttl: float | None = None,
     ) -> Flow:
-        """Read a (normalized) lookup (see ``_single.py``)."""
-        return SingleRead(self, (cls, id_field, id_val), keys, flight).read()
+        """Read a (normalized) lookup, caching for ``ttl`` seconds (see ``_single.py``)."""
+        return SingleRead(self, lookup, keys, flight, ttl).read()
 
     def _peek_flow(self, cls: Any, id_field: Field, id_val: Any) -> Flow:
         """Read a (normalized) lookup from the cache only (see ``_single.py``)."""
@@ -378,11 +389,17 @@ class CacheCowBase(Generic[ClientT]):
         return list(groups.values())
 
     def _read_many(
-        self, cls: Any, id_field: Field, id_vals: list[Any], reader: tuple[Any, Any] | None
+        self,
+        cls: Any,
+        id_field: Field,
+        id_vals: list[Any],
+        reader: tuple[Any, Any] | None,
+        ttl: float | None = None,
     ) -> Flow:
-        """Read many (normalized) lookups, in order (see ``_batch.py``); for a ``reader`` that
-        may wait, in single flight with the process's other readers of the same keys."""
-        return read_many(self, cls, id_field, id_vals, reader)
+        """Read many (normalized) lookups, in order, caching for ``ttl`` seconds (see
+        ``_batch.py``); for a ``reader`` that may wait, in single flight with the process's
+        other readers of the same keys."""
+        return read_many(BatchRead(self, cls, id_field, ttl), id_vals, reader)
 
     # -- flows: invalidation --------------------------------------------------------------------
 
