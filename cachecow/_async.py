@@ -10,12 +10,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar, overload
 
 import redis.asyncio as aredis
+from redis.exceptions import RedisClusterException, RedisError
 
 from ._async_redis_io import AsyncRedisIO
 from ._clock import AsyncClock
 from ._flights import ALONE, RETRY, AsyncWaiter, answer, land
+from ._invalidation import pause, scan_failed
 from ._ops import Fetch, FetchMany, Flow, Sleep, TimeBoxed, Wait, as_redis_error
-from ._protocol import CacheCowBase
+from ._protocol import CacheCowBase, entry_pairs
 from .exceptions import ConfigurationError, NotFound
 from .keys import Field
 
@@ -146,6 +148,36 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
         """Invalidate every unique lookup of ``obj`` (and of ``previous``), in one round trip."""
         pairs = self._object_keys(obj, previous, model)
         await self._drive(self._invalidate_keys_flow(pairs))
+
+    async def invalidate_model(self, cls: Any, *, settle: bool = True) -> int:
+        """Forget every cached entry of a model; see :meth:`cachecow.CacheCow.invalidate_model`."""
+        pattern = self.model_keys_pattern(cls)
+        settled = self.clock.monotonic() + self._settle_seconds()
+        deleted = await self._delete_matching(pattern)
+        if settle:
+            await self._drive(pause(settled - self.clock.monotonic()))
+            deleted += await self._delete_matching(pattern)
+        return deleted
+
+    async def _delete_matching(self, pattern: str) -> int:
+        """Delete every entry with a key matching ``pattern``, one ``SCAN`` step at a time."""
+        found: list[bytes] = []
+        deleted = 0
+        try:
+            async for key in self._io.scan(pattern, self.scan_count):
+                found.append(key)
+                if len(found) >= self.scan_count:
+                    deleted += await self._delete_entries(found)
+                    found = []
+        except (RedisError, RedisClusterException) as exc:
+            raise scan_failed(pattern, as_redis_error(exc)) from exc
+        return deleted + await self._delete_entries(found)
+
+    async def _delete_entries(self, keys: list[bytes]) -> int:
+        pairs = entry_pairs(keys)
+        if pairs:
+            await self._drive(self._invalidate_keys_flow(pairs))
+        return len(pairs)
 
     async def _invalidate_pairs(self, pairs: list[tuple[str, str]]) -> None:
         """Delete these ``(value key, flag key)`` pairs in one round trip (the outbox's drain)."""

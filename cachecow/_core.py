@@ -8,10 +8,12 @@ from collections.abc import Iterable
 from typing import Any, TypeVar, overload
 
 import redis as redis_py
+from redis.exceptions import RedisClusterException, RedisError
 
 from ._flights import ALONE, RETRY, answer, land
+from ._invalidation import pause, scan_failed
 from ._ops import Fetch, FetchMany, Flow, Sleep, TimeBoxed, Wait, as_redis_error
-from ._protocol import CacheCowBase, refuse_awaitable
+from ._protocol import CacheCowBase, entry_pairs, refuse_awaitable
 from ._redis_io import RedisIO
 
 __all__ = ["CacheCow"]
@@ -179,6 +181,45 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         """
         pairs = self._object_keys(obj, previous, model)
         self._drive(self._invalidate_keys_flow(pairs))
+
+    def invalidate_model(self, cls: Any, *, settle: bool = True) -> int:
+        """Forget every cached entry of a model: after a data migration, or writes that no
+        invalidation saw. Each primary is scanned for the model's keys (``SCAN``, in steps of
+        ``scan_count``) and each entry's value and lease are deleted, as by :meth:`invalidate`,
+        so no lease in flight can commit. With ``settle`` (the default) the model is scanned
+        again once every lease taken before the call has expired (``flag_ttl``, so the call
+        takes that long at least): ``SCAN`` may miss a key written while it runs, and a reader
+        that read the old data before the call may have committed it then. Other processes must
+        use the same or a shorter ``flag_ttl``. Returns how many entries were deleted; raises
+        :class:`~cachecow.InvalidationFailed` if Redis fails (run it again).
+        """
+        pattern = self.model_keys_pattern(cls)
+        settled = self.clock.monotonic() + self._settle_seconds()
+        deleted = self._delete_matching(pattern)
+        if settle:
+            self._drive(pause(settled - self.clock.monotonic()))
+            deleted += self._delete_matching(pattern)
+        return deleted
+
+    def _delete_matching(self, pattern: str) -> int:
+        """Delete every entry with a key matching ``pattern``, one ``SCAN`` step at a time."""
+        found: list[bytes] = []
+        deleted = 0
+        try:
+            for key in self._io.scan(pattern, self.scan_count):
+                found.append(key)
+                if len(found) >= self.scan_count:
+                    deleted += self._delete_entries(found)
+                    found = []
+        except (RedisError, RedisClusterException) as exc:
+            raise scan_failed(pattern, as_redis_error(exc)) from exc
+        return deleted + self._delete_entries(found)
+
+    def _delete_entries(self, keys: list[bytes]) -> int:
+        pairs = entry_pairs(keys)
+        if pairs:
+            self._drive(self._invalidate_keys_flow(pairs))
+        return len(pairs)
 
     def _invalidate_pairs(self, pairs: list[tuple[str, str]]) -> None:
         """Delete these ``(value key, flag key)`` pairs in one round trip (the outbox's drain)."""

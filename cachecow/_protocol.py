@@ -87,6 +87,9 @@ class CacheCowBase(Generic[ClientT]):
     #: What a get that joined another's waits on (see _flights.py).
     _waiter: Callable[[], Any] = threading.Event
 
+    #: How many keys each SCAN step of :meth:`invalidate_model` asks a node for.
+    scan_count: int = 1000
+
     #: How long the first poll of a waiting reader waits, and the most any poll waits.
     wait_first_delay: float = 0.002
     wait_max_delay: float = 0.05
@@ -274,6 +277,25 @@ class CacheCowBase(Generic[ClientT]):
         """
         return NotFound(cls, id_field, id_val)
 
+    def model_keys_pattern(self, cls: Any) -> str:
+        """The ``SCAN`` pattern of every key of a model, for :meth:`invalidate_model`: the
+        default keys' ``<prefix><model label>:*``. A subclass that overrides :meth:`get_keys`
+        must override this too (its keys and their leases, ``<value key>:lease``)."""
+        if (
+            not self._default_keys
+            and type(self).model_keys_pattern is CacheCowBase.model_keys_pattern
+        ):
+            raise ConfigurationError(
+                f"{type(self).__qualname__} overrides get_keys(): override model_keys_pattern() "
+                "too for invalidate_model()"
+            )
+        return _glob_escape(f"{self.prefix}{self.model_label(cls)}:") + "*"
+
+    def _settle_seconds(self) -> float:
+        """How long until every lease taken before now has expired (flag_ttl, with a margin
+        for the server's clock running a little slow against this one's)."""
+        return self.options.flag_ttl * 1.01 + 0.01
+
     # -- lookups of the public calls ----------------------------------------------------------
 
     def _normalize(self, cls: Any, id_field: Any, id_val: Any) -> tuple[Field, Any]:
@@ -410,3 +432,19 @@ class CacheCowBase(Generic[ClientT]):
     def _invalidate_keys_flow(self, pairs: list[tuple[str, str]]) -> Flow:
         """Delete many lookups' keys in one round trip (see ``_invalidation.py``)."""
         return invalidate(self, pairs)
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally in a Redis glob pattern."""
+    return "".join("\\" + char if char in "*?[]\\" else char for char in text)
+
+
+def entry_pairs(keys: Iterable[bytes | str]) -> list[tuple[str, str]]:
+    """The ``(value key, flag key)`` pair of each entry that ``keys`` (value keys or flag keys,
+    as a SCAN finds them) belong to, each once."""
+    pairs: dict[str, str] = {}
+    for raw in keys:
+        key = raw.decode() if isinstance(raw, bytes) else raw
+        value_key = key[: -len(":lease")] if key.endswith(":lease") else key
+        pairs[value_key] = value_key + ":lease"
+    return list(pairs.items())
