@@ -10,12 +10,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar, overload
 
 import redis.asyncio as aredis
+from redis.exceptions import RedisClusterException, RedisError
 
 from ._async_redis_io import AsyncRedisIO
 from ._clock import AsyncClock
 from ._flights import ALONE, RETRY, AsyncWaiter, answer, land
+from ._invalidation import pause, scan_failed
 from ._ops import Fetch, FetchMany, Flow, Sleep, TimeBoxed, Wait, as_redis_error
-from ._protocol import CacheCowBase
+from ._protocol import CacheCowBase, entry_pairs
 from .exceptions import ConfigurationError, NotFound
 from .keys import Field
 
@@ -62,18 +64,24 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
         return found
 
     @overload
-    async def get(self, cls: type[T], id_field: str | tuple[str, ...], id_val: Any) -> T: ...
+    async def get(
+        self, cls: type[T], id_field: str | tuple[str, ...], id_val: Any, *, ttl: float | None = ...
+    ) -> T: ...
 
     @overload
-    async def get(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> Any: ...
+    async def get(
+        self, cls: Any, id_field: str | tuple[str, ...], id_val: Any, *, ttl: float | None = ...
+    ) -> Any: ...
 
-    async def get(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> Any:
+    async def get(
+        self, cls: Any, id_field: str | tuple[str, ...], id_val: Any, *, ttl: float | None = None
+    ) -> Any:
         """The object whose ``id_field`` is ``id_val``; see :meth:`cachecow.CacheCow.get`."""
         id_field, id_val = self._normalize(cls, id_field, id_val)
-        lookup = (cls, id_field, id_val)
+        lookup, ttl = (cls, id_field, id_val), self._checked_ttl(ttl)
         keys = self.get_keys(*lookup)
         if not self._joins:  # a reader that never waits for another reads alone
-            return await self._drive(self._get_flow(*lookup, keys))
+            return await self._drive(self._get_flow(lookup, keys, ttl=ttl))
         # Lead a read of this key, or join the one in flight (see _flights.py).
         me, loop = self._reader()
         flight, index = self._flights.join(keys[0], me, loop)
@@ -81,18 +89,18 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
         while index >= 0:
             if not await flight.waiter.wait(max(0.0, deadline - time.monotonic())):
                 self.metrics.incr("wait_timeouts")  # as a busy reader that waited in vain
-                return await self._drive(self._fetch_uncached(*lookup))
+                return await self._drive(self._fetch_uncached(lookup))
             obj = answer(self, lookup, flight, index)
             if obj is ALONE:
-                return await self._drive(self._get_flow(*lookup))
+                return await self._drive(self._get_flow(lookup, ttl=ttl))
             if obj is not RETRY:
                 return obj
             flight, index = self._flights.rejoin(flight, me)
         if index == -2:  # read alone (see Flights.join)
-            return await self._drive(self._get_flow(*lookup, keys))
+            return await self._drive(self._get_flow(lookup, keys, ttl=ttl))
         obj = error = None
         try:
-            obj = await self._drive(self._get_flow(*lookup, keys, flight))
+            obj = await self._drive(self._get_flow(lookup, keys, flight, ttl))
             return obj
         except BaseException as exc:
             error = exc
@@ -106,11 +114,16 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
         return await self._drive(self._peek_flow(cls, id_field, id_val))
 
     async def get_many(
-        self, cls: Any, id_field: str | tuple[str, ...], id_vals: Iterable[Any]
+        self,
+        cls: Any,
+        id_field: str | tuple[str, ...],
+        id_vals: Iterable[Any],
+        *,
+        ttl: float | None = None,
     ) -> list[Any]:
         """The objects of many lookups, in order; see :meth:`cachecow.CacheCow.get_many`."""
         field, values = self._normalize_many(cls, id_field, id_vals)
-        flow = self._read_many(cls, field, values, self._reader())
+        flow = self._read_many(cls, field, values, self._reader(), self._checked_ttl(ttl))
         result: list[Any] = await self._drive(flow)
         return result
 
@@ -135,6 +148,36 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
         """Invalidate every unique lookup of ``obj`` (and of ``previous``), in one round trip."""
         pairs = self._object_keys(obj, previous, model)
         await self._drive(self._invalidate_keys_flow(pairs))
+
+    async def invalidate_model(self, cls: Any, *, settle: bool = True) -> int:
+        """Forget every cached entry of a model; see :meth:`cachecow.CacheCow.invalidate_model`."""
+        pattern = self.model_keys_pattern(cls)
+        settled = self.clock.monotonic() + self._settle_seconds()
+        deleted = await self._delete_matching(pattern)
+        if settle:
+            await self._drive(pause(settled - self.clock.monotonic()))
+            deleted += await self._delete_matching(pattern)
+        return deleted
+
+    async def _delete_matching(self, pattern: str) -> int:
+        """Delete every entry with a key matching ``pattern``, one ``SCAN`` step at a time."""
+        found: list[bytes] = []
+        deleted = 0
+        try:
+            async for key in self._io.scan(pattern, self.scan_count):
+                found.append(key)
+                if len(found) >= self.scan_count:
+                    deleted += await self._delete_entries(found)
+                    found = []
+        except (RedisError, RedisClusterException) as exc:
+            raise scan_failed(pattern, as_redis_error(exc)) from exc
+        return deleted + await self._delete_entries(found)
+
+    async def _delete_entries(self, keys: list[bytes]) -> int:
+        pairs = entry_pairs(keys)
+        if pairs:
+            await self._drive(self._invalidate_keys_flow(pairs))
+        return len(pairs)
 
     async def _invalidate_pairs(self, pairs: list[tuple[str, str]]) -> None:
         """Delete these ``(value key, flag key)`` pairs in one round trip (the outbox's drain)."""

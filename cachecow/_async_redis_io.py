@@ -9,7 +9,7 @@ command.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, cast
 
 import redis.asyncio as aredis
@@ -101,6 +101,12 @@ class AsyncRedisIO:
             return await call
         finally:
             gate.release()
+
+    async def scan(self, pattern: str, count: int) -> AsyncIterator[bytes]:
+        """The keys matching ``pattern``, ``count`` at a time (on a cluster, every primary's)."""
+        nodes = {"target_nodes": AsyncRedisCluster.PRIMARIES} if self.cluster else {}
+        async for key in self.client.scan_iter(match=pattern, count=count, **nodes):
+            yield key
 
     async def one(self, item: Script | Command) -> Any:
         """A batch item sent alone (through the cluster client, which follows moves)."""

@@ -82,16 +82,14 @@ def lookups_of(
     return lookups, order
 
 
-def read_many(
-    cache: Cache, cls: Any, id_field: Field, id_vals: list[Any], reader: tuple[Any, Any] | None
-) -> Flow:
-    """Read many (normalized) lookups, in order; for a ``reader`` that may wait (a thread's id
-    and ``None``, or a task and its event loop), in single flight with the process's other
-    readers."""
-    lookups, order = lookups_of(cache, cls, id_field, id_vals)
-    batch = BatchRead(cache, cls, id_field, lookups)
+def read_many(batch: BatchRead, id_vals: list[Any], reader: tuple[Any, Any] | None) -> Flow:
+    """Read many (normalized) lookups of ``batch``'s field, in order; for a ``reader`` that may
+    wait (a thread's id and ``None``, or a task and its event loop), in single flight with the
+    process's other readers."""
+    cache = batch.cache
+    batch.lookups, order = lookups_of(cache, batch.cls, batch.id_field, id_vals)
     if reader is None or not cache._joins:
-        yield from batch.read(list(lookups))
+        yield from batch.read(list(batch.lookups))
     else:
         yield from _read_together(batch, *reader)
     return [batch.found.get(value_key) for value_key in order]
@@ -147,7 +145,7 @@ def _lead(batch: BatchRead, reading: list[str]) -> Flow:
     """Read ``reading`` in one batch, then land the flights it leads, whatever happened;
     whether Redis failed during it (and ``fail_open`` went on)."""
     error: BaseException | None = None
-    again = BatchRead(batch.cache, batch.cls, batch.id_field, batch.lookups, batch.found)
+    again = batch.again()
     try:
         yield from again.read(reading)
         return again.redis_failed
@@ -173,25 +171,26 @@ class BatchRead:
     without caching), and the answers, in ``found`` (value key -> object, or ``None`` for "no
     such object")."""
 
-    def __init__(
-        self,
-        cache: Cache,
-        cls: Any,
-        id_field: Field,
-        lookups: dict[str, BatchItem],
-        found: dict[str, Any] | None = None,
-    ) -> None:
+    def __init__(self, cache: Cache, cls: Any, id_field: Field, ttl: float | None = None) -> None:
         self.cache = cache
         self.cls = cls
         self.id_field = id_field
-        self.lookups = lookups
-        self.found: dict[str, Any] = {} if found is None else found
+        self.ttl = cache._ttl(cls, ttl)  # seconds its values are cached for
+        self.lookups: dict[str, BatchItem] = {}  # by value key (set by read_many)
+        self.found: dict[str, Any] = {}
         self.token = new_token()
         self.uncached: list[str] = []  # to fetch without caching, at the end
         self.discarded: set[str] = set()  # found unusable once already
         self.deadline: float | None = None  # of the wait for busy lookups
         self.attempt = 0  # polls so far
         self.redis_failed = False  # a call failed and fail_open served the read
+
+    def again(self) -> BatchRead:
+        """A new read of this batch's lookups (a new token), answering into the same
+        :attr:`found`."""
+        other = BatchRead(self.cache, self.cls, self.id_field, self.ttl)
+        other.lookups, other.found = self.lookups, self.found
+        return other
 
     def read(self, pending: list[str]) -> Flow:
         """Read the ``pending`` lookups into :attr:`found`."""
@@ -359,7 +358,7 @@ class BatchRead:
                 id_val = self.lookups[value_key].id_val
                 obj = fetched.get(id_val)
                 self.found[value_key] = obj
-                prepared = encoded(cache, (self.cls, self.id_field, id_val), obj)
+                prepared = encoded(cache, (self.cls, self.id_field, id_val), obj, self.ttl)
                 entries[value_key] = (b"", 0) if prepared is None else prepared
         except GeneratorExit:
             raise

@@ -8,10 +8,12 @@ from collections.abc import Iterable
 from typing import Any, TypeVar, overload
 
 import redis as redis_py
+from redis.exceptions import RedisClusterException, RedisError
 
 from ._flights import ALONE, RETRY, answer, land
+from ._invalidation import pause, scan_failed
 from ._ops import Fetch, FetchMany, Flow, Sleep, TimeBoxed, Wait, as_redis_error
-from ._protocol import CacheCowBase, refuse_awaitable
+from ._protocol import CacheCowBase, entry_pairs, refuse_awaitable
 from ._redis_io import RedisIO
 
 __all__ = ["CacheCow"]
@@ -56,6 +58,8 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
     :param prefix: the start of every key (default ``"cachecow:"``); no braces or spaces.
     :param clock: time source for waiting and log rate limits (default: the system clock).
     :param metrics_hook: called as ``hook(counter, amount)`` on every counter increment.
+    :param ttls: TTLs per model: model (a class, or a string label) to seconds, for that
+        model's values instead of ``ttl``. A call's own ``ttl=`` wins over both.
     """
 
     def _bind_client(self, redis: redis_py.Redis) -> None:
@@ -63,25 +67,32 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         self._group_by_slot = self._io.cluster
 
     @overload
-    def get(self, cls: type[T], id_field: str | tuple[str, ...], id_val: Any) -> T: ...
+    def get(
+        self, cls: type[T], id_field: str | tuple[str, ...], id_val: Any, *, ttl: float | None = ...
+    ) -> T: ...
 
     @overload
-    def get(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> Any: ...
+    def get(
+        self, cls: Any, id_field: str | tuple[str, ...], id_val: Any, *, ttl: float | None = ...
+    ) -> Any: ...
 
-    def get(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> Any:
+    def get(
+        self, cls: Any, id_field: str | tuple[str, ...], id_val: Any, *, ttl: float | None = None
+    ) -> Any:
         """The object whose ``id_field`` is ``id_val``, from the cache or from ``fetch``.
 
         ``id_field`` may be a tuple of fields with ``id_val`` a tuple of values (a composite
         unique key; the order of the fields does not matter). Raises the exception built by
         :meth:`not_found` (by default :class:`~cachecow.NotFound`) when there is no such
         object, whether the answer came from ``fetch`` or from a cached tombstone. Errors
-        raised by ``fetch`` reach the caller unchanged.
+        raised by ``fetch`` reach the caller unchanged. A value this call caches lives ``ttl``
+        seconds (less the jitter); by default its model's TTL in ``ttls``, else ``ttl``.
         """
         id_field, id_val = self._normalize(cls, id_field, id_val)
-        lookup = (cls, id_field, id_val)
+        lookup, ttl = (cls, id_field, id_val), self._checked_ttl(ttl)
         keys = self.get_keys(*lookup)
         if not self._joins:  # a reader that never waits for another reads alone
-            return self._drive(self._get_flow(*lookup, keys))
+            return self._drive(self._get_flow(lookup, keys, ttl=ttl))
         # Lead a read of this key, or join the one in flight (see _flights.py).
         me, loop = self._reader()
         flight, index = self._flights.join(keys[0], me, loop)
@@ -89,18 +100,18 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         while index >= 0:
             if not flight.waiter.wait(max(0.0, deadline - time.monotonic())):
                 self.metrics.incr("wait_timeouts")  # as a busy reader that waited in vain
-                return self._drive(self._fetch_uncached(*lookup))
+                return self._drive(self._fetch_uncached(lookup))
             obj = answer(self, lookup, flight, index)
             if obj is ALONE:
-                return self._drive(self._get_flow(*lookup))
+                return self._drive(self._get_flow(lookup, ttl=ttl))
             if obj is not RETRY:
                 return obj
             flight, index = self._flights.rejoin(flight, me)
         if index == -2:  # read alone (see Flights.join)
-            return self._drive(self._get_flow(*lookup, keys))
+            return self._drive(self._get_flow(lookup, keys, ttl=ttl))
         obj = error = None
         try:
-            obj = self._drive(self._get_flow(*lookup, keys, flight))
+            obj = self._drive(self._get_flow(lookup, keys, flight, ttl))
             return obj
         except BaseException as exc:
             error = exc
@@ -118,7 +129,12 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         return self._drive(self._peek_flow(cls, id_field, id_val))
 
     def get_many(
-        self, cls: Any, id_field: str | tuple[str, ...], id_vals: Iterable[Any]
+        self,
+        cls: Any,
+        id_field: str | tuple[str, ...],
+        id_vals: Iterable[Any],
+        *,
+        ttl: float | None = None,
     ) -> list[Any]:
         """The objects of many lookups of one field, in the order of ``id_vals``.
 
@@ -127,10 +143,10 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         values are looked up once. One round trip when every value is cached; otherwise one
         :meth:`fetch_many` call for the misses and one more round trip to commit them. Busy
         lookups follow the ``busy`` policy; errors of ``fetch_many`` reach the caller unchanged,
-        with every lease released.
+        with every lease released. ``ttl`` as for :meth:`get`.
         """
         field, values = self._normalize_many(cls, id_field, id_vals)
-        flow = self._read_many(cls, field, values, self._reader())
+        flow = self._read_many(cls, field, values, self._reader(), self._checked_ttl(ttl))
         result: list[Any] = self._drive(flow)
         return result
 
@@ -165,6 +181,45 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         """
         pairs = self._object_keys(obj, previous, model)
         self._drive(self._invalidate_keys_flow(pairs))
+
+    def invalidate_model(self, cls: Any, *, settle: bool = True) -> int:
+        """Forget every cached entry of a model: after a data migration, or writes that no
+        invalidation saw. Each primary is scanned for the model's keys (``SCAN``, in steps of
+        ``scan_count``) and each entry's value and lease are deleted, as by :meth:`invalidate`,
+        so no lease in flight can commit. With ``settle`` (the default) the model is scanned
+        again once every lease taken before the call has expired (``flag_ttl``, so the call
+        takes that long at least): ``SCAN`` may miss a key written while it runs, and a reader
+        that read the old data before the call may have committed it then. Other processes must
+        use the same or a shorter ``flag_ttl``. Returns how many entries were deleted; raises
+        :class:`~cachecow.InvalidationFailed` if Redis fails (run it again).
+        """
+        pattern = self.model_keys_pattern(cls)
+        settled = self.clock.monotonic() + self._settle_seconds()
+        deleted = self._delete_matching(pattern)
+        if settle:
+            self._drive(pause(settled - self.clock.monotonic()))
+            deleted += self._delete_matching(pattern)
+        return deleted
+
+    def _delete_matching(self, pattern: str) -> int:
+        """Delete every entry with a key matching ``pattern``, one ``SCAN`` step at a time."""
+        found: list[bytes] = []
+        deleted = 0
+        try:
+            for key in self._io.scan(pattern, self.scan_count):
+                found.append(key)
+                if len(found) >= self.scan_count:
+                    deleted += self._delete_entries(found)
+                    found = []
+        except (RedisError, RedisClusterException) as exc:
+            raise scan_failed(pattern, as_redis_error(exc)) from exc
+        return deleted + self._delete_entries(found)
+
+    def _delete_entries(self, keys: list[bytes]) -> int:
+        pairs = entry_pairs(keys)
+        if pairs:
+            self._drive(self._invalidate_keys_flow(pairs))
+        return len(pairs)
 
     def _invalidate_pairs(self, pairs: list[tuple[str, str]]) -> None:
         """Delete these ``(value key, flag key)`` pairs in one round trip (the outbox's drain)."""

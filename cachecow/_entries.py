@@ -57,8 +57,11 @@ def decoded(
     return outcome
 
 
-def encoded(cache: Cache, lookup: tuple[Any, Field, Any], obj: Any) -> tuple[bytes, int] | None:
-    """What to commit for a fetched object, and its TTL in ms (``None``: it may not be cached).
+def encoded(
+    cache: Cache, lookup: tuple[Any, Field, Any], obj: Any, ttl: float
+) -> tuple[bytes, int] | None:
+    """What to commit for a fetched object, and its TTL in ms, ``ttl`` seconds shortened by the
+    jitter (``None``: it may not be cached).
 
     ``None`` (no such object) is a tombstone. An object that fails ``verify``, or whose bytes
     are over ``max_value_bytes``, is returned to its reader but not cached: counted, and logged
@@ -86,7 +89,7 @@ def encoded(cache: Cache, lookup: tuple[Any, Field, Any], obj: Any) -> tuple[byt
             "Raise max_value_bytes (None: no limit) if Redis should hold such values.",
         )
         return None
-    return payload, jittered_ms(options.ttl, options.ttl_jitter, cache._random.random())
+    return payload, jittered_ms(ttl, options.ttl_jitter, cache._random.random())
 
 
 def fetched(cache: Cache, lookup: tuple[Any, Field, Any], obj: Any) -> Any:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from redis.exceptions import RedisError
 
-from ._ops import Command, Flow, PartialPipelineError, Pipeline, ReplicatedWrite
+from ._ops import Command, Flow, PartialPipelineError, Pipeline, ReplicatedWrite, Sleep
 from .exceptions import InvalidationFailed
 
 if TYPE_CHECKING:
@@ -75,3 +75,18 @@ def _failed(cache: Cache, exc: BaseException, keys: tuple[str, ...]) -> NoReturn
 
 def _listed(keys: tuple[str, ...]) -> str:
     return f"{', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+
+
+def pause(seconds: float) -> Flow:
+    """Wait ``seconds`` (nothing if not positive), through the driver's clock."""
+    if seconds > 0:
+        yield Sleep(seconds)
+
+
+def scan_failed(pattern: str, exc: BaseException) -> InvalidationFailed:
+    """The error of an :meth:`invalidate_model` whose ``SCAN`` failed part way."""
+    return InvalidationFailed(
+        f"invalidate_model could not scan {pattern!r} ({type(exc).__name__}: {exc}); "
+        "part of the model's entries may remain: run it again",
+        operation="invalidate_model",
+    )

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
-from .exceptions import ConfigurationError
+from .exceptions import ConfigurationError, InvalidLookup
+from .keys import model_label
 
 
 class BusyPolicy(str, enum.Enum):
@@ -37,6 +40,7 @@ class Options:
     fail_open_log_interval: float = 60.0
     wait_replicas: int = 0
     wait_replicas_timeout: float = 0.1
+    ttls: Mapping[Any, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         checked = {
@@ -53,9 +57,14 @@ class Options:
             ),
             "wait_replicas": _replicas(self.wait_replicas),
             "wait_replicas_timeout": positive("wait_replicas_timeout", self.wait_replicas_timeout),
+            "ttls": _model_ttls(self.ttls),
         }
         for name, value in checked.items():
             object.__setattr__(self, name, value)
+
+    def ttl_of(self, label: str) -> float:
+        """The TTL of a model's values, by its label: its own in ``ttls``, else ``ttl``."""
+        return self.ttls.get(label, self.ttl) if self.ttls else self.ttl
 
     @property
     def flag_ttl_ms(self) -> int:
@@ -120,3 +129,19 @@ def _replicas(value: int) -> int:
     if value < 0:
         raise ConfigurationError(f"wait_replicas must be 0 or more, got {value!r}")
     return value
+
+
+def _model_ttls(ttls: Mapping[Any, float] | None) -> dict[str, float]:
+    """``ttls`` keyed by model label (a class becomes ``module.QualName``, as in keys)."""
+    if ttls is None:
+        return {}
+    if not isinstance(ttls, Mapping):
+        raise ConfigurationError(f"ttls must map models to seconds, got {ttls!r}")
+    checked: dict[str, float] = {}
+    for model, seconds in ttls.items():
+        try:
+            label = model_label(model)
+        except InvalidLookup as exc:
+            raise ConfigurationError(f"ttls: {exc}") from None
+        checked[label] = positive(f"ttls[{label!r}]", seconds)
+    return checked

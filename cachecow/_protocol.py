@@ -24,12 +24,12 @@ from typing import Any, Generic, TypeVar
 
 from redis.crc import key_slot
 
-from ._batch import read_many
+from ._batch import BatchRead, read_many
 from ._clock import AsyncClock, Clock, SystemClock, backoff_delay
 from ._flights import Flight, Flights
 from ._invalidation import invalidate
 from ._ops import Flow
-from ._options import BusyPolicy, Options
+from ._options import BusyPolicy, Options, positive
 from ._single import SingleRead, peek
 from .exceptions import (
     ConfigurationError,
@@ -87,6 +87,9 @@ class CacheCowBase(Generic[ClientT]):
     #: What a get that joined another's waits on (see _flights.py).
     _waiter: Callable[[], Any] = threading.Event
 
+    #: How many keys each SCAN step of :meth:`invalidate_model` asks a node for.
+    scan_count: int = 1000
+
     #: How long the first poll of a waiting reader waits, and the most any poll waits.
     wait_first_delay: float = 0.002
     wait_max_delay: float = 0.05
@@ -110,6 +113,7 @@ class CacheCowBase(Generic[ClientT]):
         prefix: str = "cachecow:",
         clock: Clock | None = None,
         metrics_hook: MetricsHook | None = None,
+        ttls: Mapping[Any, float] | None = None,
     ) -> None:
         self.options = Options(
             ttl=ttl,
@@ -123,6 +127,7 @@ class CacheCowBase(Generic[ClientT]):
             fail_open_log_interval=fail_open_log_interval,
             wait_replicas=wait_replicas,
             wait_replicas_timeout=wait_replicas_timeout,
+            ttls=ttls or {},
         )
         self.serializer: Serializer = JsonSerializer() if serializer is None else serializer
         if not isinstance(self.serializer, Serializer):
@@ -272,6 +277,25 @@ class CacheCowBase(Generic[ClientT]):
         """
         return NotFound(cls, id_field, id_val)
 
+    def model_keys_pattern(self, cls: Any) -> str:
+        """The ``SCAN`` pattern of every key of a model, for :meth:`invalidate_model`: the
+        default keys' ``<prefix><model label>:*``. A subclass that overrides :meth:`get_keys`
+        must override this too (its keys and their leases, ``<value key>:lease``)."""
+        if (
+            not self._default_keys
+            and type(self).model_keys_pattern is CacheCowBase.model_keys_pattern
+        ):
+            raise ConfigurationError(
+                f"{type(self).__qualname__} overrides get_keys(): override model_keys_pattern() "
+                "too for invalidate_model()"
+            )
+        return _glob_escape(f"{self.prefix}{self.model_label(cls)}:") + "*"
+
+    def _settle_seconds(self) -> float:
+        """How long until every lease taken before now has expired (flag_ttl, with a margin
+        for the server's clock running a little slow against this one's)."""
+        return self.options.flag_ttl * 1.01 + 0.01
+
     # -- lookups of the public calls ----------------------------------------------------------
 
     def _normalize(self, cls: Any, id_field: Any, id_val: Any) -> tuple[Field, Any]:
@@ -343,24 +367,33 @@ class CacheCowBase(Generic[ClientT]):
         (busy "wait"), and for ``wait_timeout`` at most."""
         return self.options.busy is BusyPolicy.WAIT and self.options.wait_timeout > 0
 
-    def _fetch_uncached(
-        self, cls: Any, id_field: Field, id_val: Any, flight: Flight | None = None
-    ) -> Flow:
+    def _fetch_uncached(self, lookup: tuple[Any, Field, Any], flight: Flight | None = None) -> Flow:
         """A (normalized) lookup's object from ``fetch``, caching nothing."""
-        return SingleRead(self, (cls, id_field, id_val), None, flight).fetch_uncached()
+        return SingleRead(self, lookup, None, flight).fetch_uncached()
+
+    def _checked_ttl(self, ttl: float | None) -> float | None:
+        """A call's own ``ttl``: ``None``, or a checked number of seconds."""
+        return None if ttl is None else positive("ttl", ttl)
+
+    def _ttl(self, cls: Any, ttl: float | None) -> float:
+        """The TTL a call's values are cached for: its own ``ttl`` (checked by the public call),
+        else the model's (``ttls``), else the cache's."""
+        if ttl is not None:
+            return ttl
+        options = self.options
+        return options.ttl_of(self.model_label(cls)) if options.ttls else options.ttl
 
     # -- flows ----------------------------------------------------------------------------------
 
     def _get_flow(
         self,
-        cls: Any,
-        id_field: Field,
-        id_val: Any,
+        lookup: tuple[Any, Field, Any],
         keys: tuple[str, str] | None = None,
         flight: Flight | None = None,
+        ttl: float | None = None,
     ) -> Flow:
-        """Read a (normalized) lookup (see ``_single.py``)."""
-        return SingleRead(self, (cls, id_field, id_val), keys, flight).read()
+        """Read a (normalized) lookup, caching for ``ttl`` seconds (see ``_single.py``)."""
+        return SingleRead(self, lookup, keys, flight, ttl).read()
 
     def _peek_flow(self, cls: Any, id_field: Field, id_val: Any) -> Flow:
         """Read a (normalized) lookup from the cache only (see ``_single.py``)."""
@@ -378,11 +411,17 @@ class CacheCowBase(Generic[ClientT]):
         return list(groups.values())
 
     def _read_many(
-        self, cls: Any, id_field: Field, id_vals: list[Any], reader: tuple[Any, Any] | None
+        self,
+        cls: Any,
+        id_field: Field,
+        id_vals: list[Any],
+        reader: tuple[Any, Any] | None,
+        ttl: float | None = None,
     ) -> Flow:
-        """Read many (normalized) lookups, in order (see ``_batch.py``); for a ``reader`` that
-        may wait, in single flight with the process's other readers of the same keys."""
-        return read_many(self, cls, id_field, id_vals, reader)
+        """Read many (normalized) lookups, in order, caching for ``ttl`` seconds (see
+        ``_batch.py``); for a ``reader`` that may wait, in single flight with the process's
+        other readers of the same keys."""
+        return read_many(BatchRead(self, cls, id_field, ttl), id_vals, reader)
 
     # -- flows: invalidation --------------------------------------------------------------------
 
@@ -393,3 +432,19 @@ class CacheCowBase(Generic[ClientT]):
     def _invalidate_keys_flow(self, pairs: list[tuple[str, str]]) -> Flow:
         """Delete many lookups' keys in one round trip (see ``_invalidation.py``)."""
         return invalidate(self, pairs)
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally in a Redis glob pattern."""
+    return "".join("\\" + char if char in "*?[]\\" else char for char in text)
+
+
+def entry_pairs(keys: Iterable[bytes | str]) -> list[tuple[str, str]]:
+    """The ``(value key, flag key)`` pair of each entry that ``keys`` (value keys or flag keys,
+    as a SCAN finds them) belong to, each once."""
+    pairs: dict[str, str] = {}
+    for raw in keys:
+        key = raw.decode() if isinstance(raw, bytes) else raw
+        value_key = key[: -len(":lease")] if key.endswith(":lease") else key
+        pairs[value_key] = value_key + ":lease"
+    return list(pairs.items())

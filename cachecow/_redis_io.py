@@ -10,7 +10,7 @@ nodes in parallel). ``_async_redis_io.py`` is its asyncio twin.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis as redis_py
@@ -72,6 +72,11 @@ class RedisIO:
         if isinstance(op, Pipeline):
             return self.pipeline(op)
         return self.replicated(op)
+
+    def scan(self, pattern: str, count: int) -> Iterator[bytes]:
+        """The keys matching ``pattern``, ``count`` at a time (on a cluster, every primary's)."""
+        nodes = {"target_nodes": RedisCluster.PRIMARIES} if self.cluster else {}
+        yield from self.client.scan_iter(match=pattern, count=count, **nodes)
 
     def one(self, item: Script | Command) -> Any:
         """A batch item sent alone (through the cluster client, which follows moves)."""

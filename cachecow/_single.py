@@ -57,9 +57,11 @@ class SingleRead:
         lookup: tuple[Any, Field, Any],
         keys: tuple[str, str] | None = None,
         flight: Flight | None = None,
+        ttl: float | None = None,
     ) -> None:
         self.cache = cache
         self.lookup = lookup  # (cls, id_field, id_val)
+        self.ttl = ttl  # this call's own TTL for its value, if it has one
         self.keys = cache.get_keys(*lookup) if keys is None else keys
         self.flight = flight
         self.token = new_token()
@@ -148,7 +150,7 @@ class SingleRead:
                 obj = yield Fetch(*self.lookup)
             except NotFound:
                 obj = None
-            prepared = encoded(cache, self.lookup, obj)
+            prepared = encoded(cache, self.lookup, obj, cache._ttl(self.lookup[0], self.ttl))
             if prepared is None:
                 yield from self._release()
                 return obj

@@ -7,6 +7,7 @@ Settings (all optional but the connection)::
         "REDIS_URL": "redis://127.0.0.1:6379/0",  # or "CONNECTION": a client or a callable
         "TIMEOUT": 0.5,                           # socket timeout of the client built from the URL
         "OPTIONS": {"ttl": 3600, "busy": "wait", "fail_open": True},  # CacheCow's options
+        "TTLS": {"shop.Product": 60},             # per model: seconds its rows stay cached
         "MODELS": ["shop.Product"],               # models to invalidate (besides those with a
                                                   # CachedManager, which are always watched)
     }
@@ -402,9 +403,10 @@ class DjangoCache(ModelCache[_Model], CacheCow):
 
     # -- reads that respect transactions --------------------------------------------------------
 
-    def get(self, cls: Any, id_field: Any, id_val: Any) -> Any:
+    def get(self, cls: Any, id_field: Any, id_val: Any, *, ttl: float | None = None) -> Any:
         """The object of a unique lookup; inside an atomic block, nothing is cached (see the
         module docstring)."""
+        self._checked_ttl(ttl)
         alias = self.db_for(cls)
         flush_pending(alias)
         if connections[alias].in_atomic_block:
@@ -417,16 +419,19 @@ class DjangoCache(ModelCache[_Model], CacheCow):
                 return _rows(cls, alias).get(**kwargs_of(field, value))
             except cls.DoesNotExist:
                 raise self.not_found(cls, field, value) from None
-        return super().get(cls, id_field, id_val)
+        return super().get(cls, id_field, id_val, ttl=ttl)
 
-    def get_many(self, cls: Any, id_field: Any, id_vals: Iterable[Any]) -> list[Any]:
+    def get_many(
+        self, cls: Any, id_field: Any, id_vals: Iterable[Any], *, ttl: float | None = None
+    ) -> list[Any]:
+        self._checked_ttl(ttl)
         alias = self.db_for(cls)
         flush_pending(alias)
         if connections[alias].in_atomic_block:
             field, values = self._normalize_many(cls, id_field, id_vals)
             found = self.fetch_many(cls, field, values)  # in the block's own transaction
             return [found.get(value) for value in values]
-        return super().get_many(cls, id_field, id_vals)
+        return super().get_many(cls, id_field, id_vals, ttl=ttl)
 
     # -- invalidation: triggers, an outbox, drains --------------------------------------------
 
@@ -587,7 +592,7 @@ def _settings() -> dict[str, Any]:
 
 def _from_settings() -> DjangoCache:
     conf = _settings()
-    known = {"REDIS_URL", "CONNECTION", "TIMEOUT", "OPTIONS", "MODELS", "USING", "RELAY"}
+    known = {"REDIS_URL", "CONNECTION", "TIMEOUT", "OPTIONS", "TTLS", "MODELS", "USING", "RELAY"}
     unknown = set(conf) - known - {"INSTALL_ON_MIGRATE"}
     if unknown:
         raise ImproperlyConfigured(f"unknown CACHECOW settings: {', '.join(sorted(unknown))}")
@@ -602,11 +607,15 @@ def _from_settings() -> DjangoCache:
             raise ImproperlyConfigured("settings.CACHECOW needs REDIS_URL or CONNECTION")
         client = cachecow.connect(url, timeout=conf.get("TIMEOUT", 0.5))
     try:
+        ttls = {apps.get_model(label): seconds for label, seconds in conf.get("TTLS", {}).items()}
+    except (LookupError, ValueError, AttributeError) as exc:
+        raise ImproperlyConfigured(f"CACHECOW['TTLS']: {exc}") from exc
+    try:
         cache = DjangoCache(
             client,
             using=conf.get("USING"),
             relay=bool(conf.get("RELAY", True)),
-            **conf.get("OPTIONS", {}),
+            **{"ttls": ttls, **conf.get("OPTIONS", {})},
         )
     except (TypeError, ConfigurationError) as exc:
         raise ImproperlyConfigured(f"settings.CACHECOW: {exc}") from exc

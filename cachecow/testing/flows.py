@@ -107,7 +107,7 @@ class Scripted:
 
     def get(self, cls: Any, id_field: Any, id_val: Any, replies: Iterable[Any]) -> FlowRun:
         field, value = self.cache._normalize(cls, id_field, id_val)
-        return self.run(self.cache._get_flow(cls, field, value), replies)
+        return self.run(self.cache._get_flow((cls, field, value)), replies)
 
     def get_many(
         self,

@@ -484,3 +484,27 @@ def test_a_lookup_in_another_type_reaches_the_same_entry(cache: DjangoCache, ali
     Person.objects.using(alias).create(id=4242, email="late@x.io")
     assert cache.get(Person, "id", "4242").email == "late@x.io"
     assert cache.metrics.snapshot().uncacheable == 0
+
+
+def test_settings_ttls_by_model_label(redis_client: redis.Redis) -> None:
+    """``CACHECOW["TTLS"]`` keys are Django model labels; the cache keeps them by its own label."""
+    from django.core.exceptions import ImproperlyConfigured
+    from django.test import override_settings
+
+    from cachecow.adapters.django import default_cache
+    from cachecow.keys import model_label
+
+    settings = {"CONNECTION": redis_client, "RELAY": False, "MODELS": ["djapp.Item"]}
+    try:
+        with override_settings(CACHECOW={**settings, "TTLS": {"djapp.Person": 60}}):
+            set_default_cache(None)
+            cache = default_cache()
+            assert cache.options.ttls == {model_label(Person): 60.0}
+            assert cache._ttl(Person, None) == 60.0
+            assert cache._ttl(Item, None) == cache.options.ttl
+        with override_settings(CACHECOW={**settings, "TTLS": {"djapp.Nobody": 60}}):
+            set_default_cache(None)
+            with pytest.raises(ImproperlyConfigured, match="TTLS"):
+                default_cache()
+    finally:
+        set_default_cache(None)

@@ -565,3 +565,34 @@ def test_a_cluster_that_is_all_down_is_a_redis_failure() -> None:
         loop.close()
     finally:
         cluster.stop()
+
+
+def test_invalidate_model_reaches_every_primary(cluster: Any) -> None:
+    """A model's entries spread over every primary's slots; each primary is scanned."""
+    db = {i: {"id": i, "payload": f"p{i}"} for i in range(200)}
+    cache = test_contract_dict.DictCache(cluster, db)
+    cache.scan_count = 50
+    cache.get_many("row", "id", list(range(200)))
+    cache.get_many("other", "id", list(range(20)))
+    owners = {cluster.get_node_from_key(cache.get_keys("row", "id", i)[0]).name for i in range(200)}
+    assert len(owners) == len(cluster.get_primaries())  # the test spans every primary
+    assert cache.invalidate_model("row", settle=False) == 200
+    assert not any(cluster.exists(cache.get_keys("row", "id", i)[0]) for i in range(200))
+    assert all(cluster.exists(cache.get_keys("other", "id", i)[0]) for i in range(20))
+
+
+def test_async_invalidate_model_reaches_every_primary(cluster: Any) -> None:
+    db = {i: {"id": i, "payload": f"p{i}"} for i in range(100)}
+
+    async def run() -> int:
+        client = cachecow.connect_cluster_async(
+            f"redis://127.0.0.1:{cluster.get_default_node().port}"
+        )
+        cache = test_contract_dict.AsyncDictCache(client, db)
+        await cache.get_many("row", "id", list(range(100)))
+        deleted = await cache.invalidate_model("row", settle=False)
+        await client.aclose()
+        return deleted
+
+    assert asyncio.run(run()) == 100
+    assert cluster.keys("*row*") == []

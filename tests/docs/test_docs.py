@@ -48,6 +48,7 @@ HOOKS = (
     "verify",
     "not_found",
     "model_label",
+    "model_keys_pattern",
     "check_lookup",
     "coerce_lookup",
 )

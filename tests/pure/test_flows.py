@@ -779,7 +779,9 @@ def test_a_closed_flow_yields_nothing_more(call: str, replies: list[Any]) -> Non
     other operation, which no driver would perform (Python raises if a closing generator
     yields)."""
     c = cache()
-    flow = c._get_flow("user", "id", 1) if call == "get" else c._read_many("user", "id", [1], None)
+    flow = (
+        c._get_flow(("user", "id", 1)) if call == "get" else c._read_many("user", "id", [1], None)
+    )
     op = next(flow)
     for reply in replies:
         op = flow.send(reply)

@@ -32,6 +32,7 @@ DIFFERENT_BY_DESIGN = {
     },
     "redis_io": {
         "__init__": "each accepts its own client classes (the async one sets a cluster gate)",
+        "scan": "an async generator cannot `yield from` (it loops instead)",
         "perform": "the async one gates calls on a cluster client (it has no blocking pool)",
         "replicated": "the sync cluster path runs nodes on worker threads, the async one gathers",
         "_cluster_pipeline": "redis-py's sync and asyncio cluster pipelines differ",
@@ -55,7 +56,11 @@ ONLY_ASYNC = {
 
 
 class _Unasync(ast.NodeTransformer):
-    """``async def`` to ``def``, ``await x`` to ``x``."""
+    """``async def`` to ``def``, ``async for`` to ``for``, ``await x`` to ``x``."""
+
+    def visit_AsyncFor(self, node: ast.AsyncFor) -> Any:
+        plain = ast.For(**{name: getattr(node, name) for name in node._fields})
+        return self.generic_visit(ast.copy_location(plain, node))
 
     def visit_Await(self, node: ast.Await) -> Any:
         return self.visit(node.value)

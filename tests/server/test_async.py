@@ -384,7 +384,7 @@ def test_sync_class_refuses_coroutine_hooks(redis_client: redis.Redis) -> None:
 
 
 IO_METHODS = {"get", "get_many", "peek", "invalidate", "invalidate_many", "invalidate_lookups"}
-IO_METHODS |= {"invalidate_object"}
+IO_METHODS |= {"invalidate_object", "invalidate_model"}
 
 
 def test_sync_and_async_classes_offer_the_same_api() -> None:
