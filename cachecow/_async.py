@@ -20,6 +20,7 @@ from ._options import Options
 from ._protocol import CacheCowBase
 from .exceptions import ConfigurationError, NotFound
 from .keys import Field
+from .serializers import Serializer
 
 logger = logging.getLogger("cachecow")
 __all__ = ["AsyncCacheCow"]
@@ -154,14 +155,18 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
             logger.warning("gave up releasing leases after a cancellation: %r", exc)
 
     def cached(
-        self, ttl: float | None = None, *, name: str | None = None
+        self,
+        ttl: float | None = None,
+        *,
+        name: str | None = None,
+        serializer: Serializer | None = None,
     ) -> Callable[
         [Callable[P, Coroutine[Any, Any, R]]],
         Cached[P, Coroutine[Any, Any, R], Coroutine[Any, Any, None]],
     ]:
         """Cache an ``async def`` function's results; see :meth:`cachecow.CacheCow.cached`.
         The wrapped function's ``invalidate`` is a coroutine."""
-        return decorate(self, _FunctionCache, ttl, name)
+        return decorate(self, _FunctionCache, ttl, name, serializer)
 
     def _reader(self) -> tuple[Any, Any]:
         """Who reads (for single flight): the current task, and its event loop."""
@@ -209,11 +214,16 @@ class _FunctionCache(FunctionHooks, AsyncCacheCow):
     asynchronous = True
 
     def __init__(
-        self, parent: AsyncCacheCow, function: Callable[..., Any], options: Options
+        self,
+        parent: AsyncCacheCow,
+        function: Callable[..., Any],
+        options: Options,
+        serializer: Serializer | None,
     ) -> None:
         self.function = function
+        serializer = parent.serializer if serializer is None else serializer
         super().__init__(
-            parent.redis, serializer=parent.serializer, prefix=parent.prefix, clock=parent.clock
+            parent.redis, serializer=serializer, prefix=parent.prefix, clock=parent.clock
         )
         share(self, parent, options)
 

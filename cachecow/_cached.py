@@ -224,10 +224,15 @@ def is_async(function: Callable[..., Any]) -> bool:
 
 
 def decorate(
-    parent: CacheCowBase[Any], cache_class: Any, ttl: float | None, name: str | None
+    parent: CacheCowBase[Any],
+    cache_class: Any,
+    ttl: float | None,
+    name: str | None,
+    serializer: Serializer | None,
 ) -> Callable[[Callable[..., Any]], Any]:
-    """The decorator ``parent.cached(ttl, name=name)`` returns; ``cache_class`` is the
-    parent's ``_FunctionCache`` (its ``asynchronous`` says which functions it takes)."""
+    """The decorator ``parent.cached(ttl, name=name, serializer=serializer)`` returns;
+    ``cache_class`` is the parent's ``_FunctionCache`` (its ``asynchronous`` says which
+    functions it takes)."""
     if callable(ttl):
         raise ConfigurationError(
             "cached() takes arguments: write @cache.cached(), not @cache.cached"
@@ -265,7 +270,7 @@ def decorate(
                 )
             label = f"{function.__module__}.{qualname}"
         binder = Binder(function, label, parent.prefix)
-        inner = cache_class(parent, function, options)
+        inner = cache_class(parent, function, options, serializer)
         field = binder.field
 
         if asynchronous:

@@ -15,6 +15,7 @@ from ._ops import Fetch, FetchMany, Flow, Sleep, TimeBoxed, Wait, as_redis_error
 from ._options import Options
 from ._protocol import CacheCowBase, refuse_awaitable
 from ._redis_io import RedisIO
+from .serializers import Serializer
 
 __all__ = ["CacheCow"]
 
@@ -175,10 +176,14 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         self._drive(self._invalidate_keys_flow(pairs))
 
     def cached(
-        self, ttl: float | None = None, *, name: str | None = None
+        self,
+        ttl: float | None = None,
+        *,
+        name: str | None = None,
+        serializer: Serializer | None = None,
     ) -> Callable[[Callable[P, R]], Cached[P, R, None]]:
-        """Cache a function's results, under the same lease as objects (see
-        [Caching function results](usage.md#caching-function-results)).
+        """Cache a function's results, under the same lease as objects (see "Caching function
+        results" in docs/usage.md).
 
         The key is the function's label (``module.qualname``, or ``name``) and its bound
         arguments, typed as lookups are (``f(1)``, ``f(x=1)`` share an entry; ``f("1")`` does
@@ -189,8 +194,9 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
 
         :param ttl: seconds a result lives (default: the cache's ``ttl``).
         :param name: the label in keys instead of ``module.qualname`` (keep it stable).
+        :param serializer: how results become bytes (default: the cache's ``serializer``).
         """
-        return decorate(self, _FunctionCache, ttl, name)
+        return decorate(self, _FunctionCache, ttl, name, serializer)
 
     def _reader(self) -> tuple[Any, Any]:
         """Who reads (for single flight): the current thread, and no event loop."""
@@ -230,10 +236,17 @@ class _FunctionCache(FunctionHooks, CacheCow):
 
     asynchronous = False
 
-    def __init__(self, parent: CacheCow, function: Callable[..., Any], options: Options) -> None:
+    def __init__(
+        self,
+        parent: CacheCow,
+        function: Callable[..., Any],
+        options: Options,
+        serializer: Serializer | None,
+    ) -> None:
         self.function = function
+        serializer = parent.serializer if serializer is None else serializer
         super().__init__(
-            parent.redis, serializer=parent.serializer, prefix=parent.prefix, clock=parent.clock
+            parent.redis, serializer=serializer, prefix=parent.prefix, clock=parent.clock
         )
         share(self, parent, options)
 

@@ -9,6 +9,7 @@ if those ever stop caching it, the race tests have stopped testing anything.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import threading
 import time
@@ -19,7 +20,14 @@ import pytest
 import redis
 import redis.asyncio as aredis
 
-from cachecow import AsyncCacheCow, CacheCow, ConfigurationError, InvalidLookup, NotFound
+from cachecow import (
+    AsyncCacheCow,
+    CacheCow,
+    ConfigurationError,
+    InvalidLookup,
+    NotFound,
+    PickleSerializer,
+)
 from cachecow._client import ScriptCall
 from cachecow._scripts import script_source
 
@@ -40,7 +48,7 @@ def break_commit(cache: CacheCow | AsyncCacheCow, check: str) -> None:
 
 
 def values(client: redis.Redis) -> dict[str, Any]:
-    """Every cached result in Redis, decoded, by value key (leases left out)."""
+    """Every cached (JSON) result in Redis, decoded, by value key (leases left out)."""
     out = {}
     for key in client.keys("*"):
         if not key.endswith(b":lease"):
@@ -195,6 +203,19 @@ def test_exceptions_are_never_cached(cache: CacheCow, redis_client: redis.Redis)
         assert redis_client.keys("*") == []  # nothing cached, the lease given back
     assert flaky() == "ok"
     assert flaky() == "ok"
+
+
+def test_results_go_through_the_serializer(cache: CacheCow, redis_client: redis.Redis) -> None:
+    when = datetime.date(2024, 5, 1)
+    as_json = cache.cached(name="json")(lambda: (1, 2))
+    assert as_json() == (1, 2)  # the caller's own result
+    assert as_json() == [1, 2]  # JSON's copy: a tuple comes back as a list
+    pickled = cache.cached(name="pickle", serializer=PickleSerializer(key=b"k" * 16))(lambda: when)
+    assert pickled() == pickled() == when
+    unserializable = cache.cached(name="date")(lambda: when)
+    with pytest.raises(TypeError):
+        unserializable()  # the cache's serializer refuses it: raised, as for any fetch
+    assert len(redis_client.keys("*")) == 2  # nothing left for "date", not even its lease
 
 
 @pytest.mark.parametrize(
