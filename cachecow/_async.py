@@ -6,25 +6,30 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, TypeVar, overload
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from typing import Any, ParamSpec, TypeVar, overload
 
 import redis.asyncio as aredis
 from redis.exceptions import RedisClusterException, RedisError
 
 from ._async_redis_io import AsyncRedisIO
+from ._cached import Cached, Call, FunctionHooks, Result, decorate, share
 from ._clock import AsyncClock
 from ._flights import ALONE, RETRY, AsyncWaiter, answer, land
 from ._invalidation import pause, scan_failed
 from ._ops import Fetch, FetchMany, Flow, Sleep, TimeBoxed, Wait, as_redis_error
+from ._options import Options
 from ._protocol import CacheCowBase, entry_pairs
 from .exceptions import ConfigurationError, NotFound
 from .keys import Field
+from .serializers import Serializer
 
 logger = logging.getLogger("cachecow")
 __all__ = ["AsyncCacheCow"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class AsyncCacheCow(CacheCowBase[aredis.Redis]):
@@ -192,6 +197,20 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
             self.metrics.incr("redis_errors")
             logger.warning("gave up releasing leases after a cancellation: %r", exc)
 
+    def cached(
+        self,
+        ttl: float | None = None,
+        *,
+        name: str | None = None,
+        serializer: Serializer | None = None,
+    ) -> Callable[
+        [Callable[P, Coroutine[Any, Any, R]]],
+        Cached[P, Coroutine[Any, Any, R], Coroutine[Any, Any, None]],
+    ]:
+        """Cache an ``async def`` function's results; see :meth:`cachecow.CacheCow.cached`.
+        The wrapped function's ``invalidate`` is a coroutine."""
+        return decorate(self, _FunctionCache, ttl, name, serializer)
+
     def _reader(self) -> tuple[Any, Any]:
         """Who reads (for single flight): the current task, and its event loop."""
         return asyncio.current_task(), asyncio.get_running_loop()
@@ -230,3 +249,26 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
             except BaseException as exc:
                 result = None
                 error = exc if isinstance(op, Fetch | FetchMany) else as_redis_error(exc)
+
+
+class _FunctionCache(FunctionHooks, AsyncCacheCow):
+    """The cache of one function decorated by ``AsyncCacheCow.cached`` (see ``_cached.py``)."""
+
+    asynchronous = True
+
+    def __init__(
+        self,
+        parent: AsyncCacheCow,
+        function: Callable[..., Any],
+        options: Options,
+        serializer: Serializer | None,
+    ) -> None:
+        self.function = function
+        serializer = parent.serializer if serializer is None else serializer
+        super().__init__(
+            parent.redis, serializer=serializer, prefix=parent.prefix, clock=parent.clock
+        )
+        share(self, parent, options)
+
+    async def fetch(self, cls: Any, id_field: Any, id_val: Call) -> Result:
+        return await self.run_async(id_val)

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
-from typing import Any, TypeVar, overload
+from collections.abc import Callable, Iterable
+from typing import Any, ParamSpec, TypeVar, overload
 
 import redis as redis_py
 from redis.exceptions import RedisClusterException, RedisError
 
+from ._cached import Cached, Call, FunctionHooks, Result, decorate, share
 from ._flights import ALONE, RETRY, answer, land
 from ._invalidation import pause, scan_failed
 from ._ops import Fetch, FetchMany, Flow, Sleep, TimeBoxed, Wait, as_redis_error
+from ._options import Options
 from ._protocol import CacheCowBase, entry_pairs, refuse_awaitable
 from ._redis_io import RedisIO
+from .serializers import Serializer
 
 __all__ = ["CacheCow"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class CacheCow(CacheCowBase[redis_py.Redis]):
@@ -225,6 +230,29 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         """Delete these ``(value key, flag key)`` pairs in one round trip (the outbox's drain)."""
         self._drive(self._invalidate_keys_flow(pairs))
 
+    def cached(
+        self,
+        ttl: float | None = None,
+        *,
+        name: str | None = None,
+        serializer: Serializer | None = None,
+    ) -> Callable[[Callable[P, R]], Cached[P, R, None]]:
+        """Cache a function's results, under the same lease as objects (see "Caching function
+        results" in docs/usage.md).
+
+        The key is the function's label (``module.qualname``, or ``name``) and its bound
+        arguments, typed as lookups are (``f(1)``, ``f(x=1)`` share an entry; ``f("1")`` does
+        not); on a method, ``self``/``cls`` is left out. ``None`` and scalars are results like
+        any other; exceptions are never cached. The wrapped function gets
+        ``invalidate(*args, **kwargs)``: a result computed before it returns is never cached
+        after it.
+
+        :param ttl: seconds a result lives (default: the cache's ``ttl``).
+        :param name: the label in keys instead of ``module.qualname`` (keep it stable).
+        :param serializer: how results become bytes (default: the cache's ``serializer``).
+        """
+        return decorate(self, _FunctionCache, ttl, name, serializer)
+
     def _reader(self) -> tuple[Any, Any]:
         """Who reads (for single flight): the current thread, and no event loop."""
         return threading.get_ident(), None
@@ -256,3 +284,26 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
             except BaseException as exc:
                 result = None
                 error = exc if isinstance(op, Fetch | FetchMany) else as_redis_error(exc)
+
+
+class _FunctionCache(FunctionHooks, CacheCow):
+    """The cache of one function decorated by ``CacheCow.cached`` (see ``_cached.py``)."""
+
+    asynchronous = False
+
+    def __init__(
+        self,
+        parent: CacheCow,
+        function: Callable[..., Any],
+        options: Options,
+        serializer: Serializer | None,
+    ) -> None:
+        self.function = function
+        serializer = parent.serializer if serializer is None else serializer
+        super().__init__(
+            parent.redis, serializer=serializer, prefix=parent.prefix, clock=parent.clock
+        )
+        share(self, parent, options)
+
+    def fetch(self, cls: Any, id_field: Any, id_val: Call) -> Result:
+        return self.run(id_val)

@@ -1,0 +1,313 @@
+"""Function results under the lease protocol: ``cache.cached(...)``.
+
+A decorated function gets a cache of its own, a private subclass of the decorating cache's class
+(``_FunctionCache`` at the end of ``_core.py`` and of ``_async.py``) that shares its client,
+serializer, prefix, clock and counters. Its "model" is the function's label (``module.qualname``
+or ``name=``), its lookup is the call's bound arguments, and its hooks call the function:
+``fetch`` runs it, ``serialize``/``deserialize`` wrap the result in a :class:`Result` (so
+``None`` and scalars are values, never tombstones), ``verify`` accepts any result. Everything
+else (the lease and its token check at commit, single flight, the busy policy, ``fail_open``) is
+the core's own: no flow and no script is written for functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
+from inspect import Parameter
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
+
+from .exceptions import ConfigurationError, InvalidLookup, NotFound
+from .keys import Field, build_keys, encode_value, model_label
+
+if TYPE_CHECKING:
+    from ._options import Options
+    from ._protocol import CacheCowBase
+    from .serializers import Serializer
+
+__all__ = ["Cached", "CachedMethod", "FunctionHooks", "Raised", "Result", "decorate"]
+
+P = ParamSpec("P")
+P2 = ParamSpec("P2")
+R = TypeVar("R")
+R2 = TypeVar("R2")
+I2 = TypeVar("I2")
+R_co = TypeVar("R_co", covariant=True)
+I_co = TypeVar("I_co", covariant=True)
+
+_SELF_NAMES = ("self", "cls")
+
+
+class CachedMethod(Protocol[P, R_co, I_co]):
+    """A cached method read from its class: called with the instance first; ``invalidate``
+    takes the arguments without it (the instance is not part of the key)."""
+
+    def __call__(self, instance: Any, /, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+
+    def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> I_co: ...
+
+
+class Cached(Protocol[P, R_co, I_co]):
+    """What ``cache.cached(...)`` makes of a function: the function, with its result cached,
+    and ``invalidate(*args, **kwargs)`` (``I_co`` is ``None``, or an awaitable for an
+    :class:`~cachecow.AsyncCacheCow`). On a method, ``self``/``cls`` is left out of both."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+
+    def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> I_co: ...
+
+    @overload
+    def __get__(
+        self: Cached[Concatenate[Any, P2], R2, I2], instance: None, owner: type[Any] | None = None
+    ) -> CachedMethod[P2, R2, I2]: ...
+
+    @overload
+    def __get__(
+        self: Cached[Concatenate[Any, P2], R2, I2], instance: object, owner: type[Any] | None = None
+    ) -> Cached[P2, R2, I2]: ...
+
+    def __get__(self, instance: Any, owner: type[Any] | None = None) -> Any: ...
+
+
+class Result:
+    """A function's result as its cache holds it: never ``None``, so never a tombstone."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+class Raised(Exception):
+    """Carries a :class:`~cachecow.NotFound` that the function raised past the read (which
+    would otherwise take it for "no such object" and cache a tombstone): exceptions are never
+    cached. The decorator re-raises ``error`` itself."""
+
+    def __init__(self, error: NotFound) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+class Call:
+    """One call of a cached function: its arguments, and the keys of its result."""
+
+    __slots__ = ("args", "keys", "kwargs", "label")
+
+    def __init__(
+        self, label: str, keys: tuple[str, str], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        self.label = label
+        self.keys = keys
+        self.args = args
+        self.kwargs = kwargs
+
+    def __repr__(self) -> str:
+        shown = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
+        return f"{self.label}({', '.join(shown)})"
+
+
+class FunctionHooks:
+    """The hooks of a cached function's own cache (mixed into a CacheCow subclass)."""
+
+    serializer: Serializer
+    function: Callable[..., Any]
+
+    def _bind_client(self, redis: Any) -> None:
+        """Nothing to bind: :func:`share` gives it the parent's connection."""
+
+    def get_keys(self, cls: Any, id_field: Field, id_val: Any) -> tuple[str, str]:
+        keys: tuple[str, str] = id_val.keys  # built once per call, from the bound arguments
+        return keys
+
+    def serialize(self, obj: Any) -> bytes:
+        return self.serializer.dumps(obj.value)
+
+    def deserialize(self, cls: Any, data: bytes) -> Any:
+        return Result(self.serializer.loads(data))
+
+    def verify(self, cls: Any, id_field: Field, id_val: Any, obj: Any) -> bool:
+        return isinstance(obj, Result)
+
+    def run(self, call: Call) -> Result:
+        """Call the function (a plain one)."""
+        try:
+            return Result(self.function(*call.args, **call.kwargs))
+        except NotFound as exc:
+            raise Raised(exc) from exc
+
+    async def run_async(self, call: Call) -> Result:
+        """Call the function (an ``async def``)."""
+        try:
+            return Result(await self.function(*call.args, **call.kwargs))
+        except NotFound as exc:
+            raise Raised(exc) from exc
+
+
+def share(inner: Any, parent: CacheCowBase[Any], options: Options) -> None:
+    """Make a function's cache share its parent's connection, counters and options."""
+    inner.options = options
+    inner.metrics = parent.metrics
+    inner._io = parent._io  # type: ignore[attr-defined]
+    inner._group_by_slot = parent._group_by_slot
+    if hasattr(parent, "_async_clock"):
+        inner._async_clock = parent._async_clock
+
+
+class Binder:
+    """Turns a call's arguments into the keys of its result (``self``/``cls`` left out)."""
+
+    def __init__(self, function: Callable[..., Any], label: str, prefix: str) -> None:
+        signature = inspect.signature(function)
+        params = list(signature.parameters.values())
+        self.method = bool(params) and (
+            params[0].name in _SELF_NAMES
+            and params[0].kind in (Parameter.POSITIONAL_ONLY, Parameter.POSITIONAL_OR_KEYWORD)
+        )
+        if self.method:
+            params = params[1:]
+        self.signature = signature.replace(parameters=params)
+        self.var_keyword = {p.name for p in params if p.kind is Parameter.VAR_KEYWORD}
+        stars: dict[Any, str] = {Parameter.VAR_POSITIONAL: "*", Parameter.VAR_KEYWORD: "**"}
+        names = [stars.get(p.kind, "") + p.name for p in params]
+        self.field = ",".join(names) or "()"
+        self.label = label
+        self.prefix = prefix
+
+    def call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
+        """A call of the function (a method's instance first in ``args``)."""
+        key_args = args[1:] if self.method and args else args
+        return Call(self.label, self.keys(key_args, kwargs), args, kwargs)
+
+    def keys(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, str]:
+        """The keys of the result of a call with these arguments (without ``self``)."""
+        bound = self.signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        values = [
+            tuple(sorted(value.items())) if name in self.var_keyword else value
+            for name, value in bound.arguments.items()
+        ]
+        try:
+            return build_keys(self.prefix, self.label, self.field, tuple(values))
+        except InvalidLookup:
+            for name, value in zip(bound.arguments, values, strict=True):
+                self._check(name, value)
+            raise
+
+    def _check(self, name: str, value: Any) -> None:
+        try:
+            encode_value((value,))  # as deep as inside the key's tuple of arguments
+        except InvalidLookup as exc:
+            reason = str(exc).split(":")[0].split(" (")[0]
+            hint = ""
+            if isinstance(value, AbstractSet):
+                hint = " Pass a set as tuple(sorted(values))."
+            elif isinstance(value, Mapping):
+                hint = " Pass a dict as tuple(sorted(d.items()))."
+            raise InvalidLookup(
+                f"cannot cache a call of {self.label}(): argument {name!r}: {reason}. The "
+                "arguments of a cached function are its key, typed and the same in every "
+                "process: None, bool, int, float, str, bytes, Decimal, UUID, datetime, date, "
+                "time, timedelta, enum members, IP addresses, ObjectId, and tuples or lists of "
+                f"these.{hint}"
+            ) from None
+
+
+def is_async(function: Callable[..., Any]) -> bool:
+    """Whether ``function`` (or the ``__call__`` of a callable object) is an ``async def``."""
+    return inspect.iscoroutinefunction(function) or (
+        not inspect.isfunction(function)
+        and inspect.iscoroutinefunction(getattr(function, "__call__", None))  # noqa: B004
+    )
+
+
+def decorate(
+    parent: CacheCowBase[Any],
+    cache_class: Any,
+    ttl: float | None,
+    name: str | None,
+    serializer: Serializer | None,
+) -> Callable[[Callable[..., Any]], Any]:
+    """The decorator ``parent.cached(ttl, name=name, serializer=serializer)`` returns;
+    ``cache_class`` is the parent's ``_FunctionCache`` (its ``asynchronous`` says which
+    functions it takes)."""
+    if callable(ttl):
+        raise ConfigurationError(
+            "cached() takes arguments: write @cache.cached(), not @cache.cached"
+        )
+    options = parent.options if ttl is None else dataclasses.replace(parent.options, ttl=ttl)
+    if name is not None:
+        model_label(name)  # a non-empty string
+        if not isinstance(name, str):
+            raise ConfigurationError(f"name must be a string, got {name!r}")
+    asynchronous: bool = cache_class.asynchronous
+
+    def decorator(function: Callable[..., Any]) -> Any:
+        if isinstance(function, (classmethod, staticmethod)):
+            raise ConfigurationError(
+                "put @cache.cached(...) below @classmethod or @staticmethod, next to the function"
+            )
+        if not callable(function):
+            raise ConfigurationError(f"cached() decorates functions, got {function!r}")
+        if is_async(function) != asynchronous:
+            raise ConfigurationError(
+                f"{type(parent).__name__}.cached() takes "
+                + (
+                    "async def functions: use CacheCow for plain ones"
+                    if asynchronous
+                    else "plain functions: use AsyncCacheCow for async def ones"
+                )
+                + f", got {function!r}"
+            )
+        label = name
+        if label is None:
+            qualname = getattr(function, "__qualname__", None)
+            if not qualname or "<lambda>" in qualname:
+                raise ConfigurationError(
+                    f"{function!r} has no unique qualified name: pass cached(name=...)"
+                )
+            label = f"{function.__module__}.{qualname}"
+        binder = Binder(function, label, parent.prefix)
+        inner = cache_class(parent, function, options, serializer)
+        field = binder.field
+
+        if asynchronous:
+
+            @functools.wraps(function)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                call = binder.call(args, kwargs)
+                try:
+                    result: Result = await inner.get(label, field, call)
+                except Raised as raised:
+                    raise raised.error from None
+                return result.value
+
+            async def async_invalidate(*args: Any, **kwargs: Any) -> None:
+                call = Call(label, binder.keys(args, kwargs), args, kwargs)
+                await inner.invalidate(label, field, call)
+
+            wrapper: Any = async_wrapper
+            wrapper.invalidate = async_invalidate
+        else:
+
+            @functools.wraps(function)
+            def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+                call = binder.call(args, kwargs)
+                try:
+                    result: Result = inner.get(label, field, call)
+                except Raised as raised:
+                    raise raised.error from None
+                return result.value
+
+            def sync_invalidate(*args: Any, **kwargs: Any) -> None:
+                call = Call(label, binder.keys(args, kwargs), args, kwargs)
+                inner.invalidate(label, field, call)
+
+            wrapper = sync_wrapper
+            wrapper.invalidate = sync_invalidate
+        wrapper.cache = inner
+        return wrapper
+
+    return decorator
