@@ -26,6 +26,10 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE_DIR = ROOT / "cachecow"
 ADAPTERS_DIR = ROOT / "adapters"
 TIMEOUT = 300
+# The distribution's name ("cachecow" on PyPI is closeio's original, a different package), and
+# its normalized form in file names (PEP 427, PEP 625).
+DISTRIBUTION = "cachecow-orm"
+FILE_STEM = "cachecow_orm"
 
 IGNORED = shutil.ignore_patterns(
     ".git",
@@ -98,7 +102,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> BuiltWheel:
         cwd=str(out),
         env=clean_env(),
     )
-    wheels = list(out.glob("cachecow-*.whl"))
+    wheels = list(out.glob("*.whl"))
     assert len(wheels) == 1, wheels
     with zipfile.ZipFile(wheels[0]) as archive:
         names = frozenset(archive.namelist())
@@ -132,12 +136,12 @@ def installed(wheel: BuiltWheel, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 def test_wheel_name_and_version(wheel: BuiltWheel) -> None:
-    assert wheel.path.name.startswith(f"cachecow-{cachecow.__version__}-")
-    assert wheel.path.name.endswith("-py3-none-any.whl")
-    metadata = f"cachecow-{cachecow.__version__}.dist-info/METADATA"
+    assert wheel.path.name == f"{FILE_STEM}-{cachecow.__version__}-py3-none-any.whl"
+    metadata = f"{FILE_STEM}-{cachecow.__version__}.dist-info/METADATA"
     assert metadata in wheel.names
     with zipfile.ZipFile(wheel.path) as archive:
         text = archive.read(metadata).decode()
+    assert f"\nName: {DISTRIBUTION}\n" in text
     assert f"\nVersion: {cachecow.__version__}\n" in text
     assert "\nRequires-Dist: redis" in text
 
@@ -189,7 +193,7 @@ def test_wheel_contains_the_testing_package(wheel: BuiltWheel) -> None:
 def test_wheel_holds_only_the_package(wheel: BuiltWheel) -> None:
     for name in wheel.names:
         top = name.split("/", 1)[0]
-        assert top in {"cachecow", f"cachecow-{cachecow.__version__}.dist-info"}, name
+        assert top in {"cachecow", f"{FILE_STEM}-{cachecow.__version__}.dist-info"}, name
     assert not any(name.startswith(("tests/", "examples/", "adapters/")) for name in wheel.names)
     assert not any("/tests/" in name or "/examples/" in name for name in wheel.names)
     assert not any(name.endswith(".pyc") for name in wheel.names)
@@ -238,9 +242,9 @@ def test_installed_wheel_is_imported_instead_of_the_editable_install(installed: 
 
 
 def is_editable_install() -> bool:
-    """Whether some installed cachecow distribution is an editable install (PEP 660)."""
-    # distribution("cachecow") may find the source tree's cachecow.egg-info first: look at all.
-    for dist in importlib.metadata.distributions(name="cachecow"):
+    """Whether the installed cachecow-orm distribution is an editable install (PEP 660)."""
+    # distribution(DISTRIBUTION) may find the source tree's .egg-info first: look at all.
+    for dist in importlib.metadata.distributions(name=DISTRIBUTION):
         text = dist.read_text("direct_url.json")
         if text and json.loads(text).get("dir_info", {}).get("editable", False):
             return True
