@@ -51,7 +51,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "cachecow.adapters.mongoengine needs MongoEngine and blinker: "
-        "pip install 'cachecow[mongoengine]'"
+        "pip install 'cachecow-orm[mongoengine]'"
     ) from exc
 
 from cachecow import CacheCow, ConfigurationError, NotFound

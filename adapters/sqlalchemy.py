@@ -84,7 +84,7 @@ try:
     from sqlalchemy.util import await_only, greenlet_spawn
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "cachecow.adapters.sqlalchemy needs SQLAlchemy 2: pip install 'cachecow[sqlalchemy]'"
+        "cachecow.adapters.sqlalchemy needs SQLAlchemy 2: pip install 'cachecow-orm[sqlalchemy]'"
     ) from exc
 
 from cachecow import AsyncCacheCow, CacheCow, ConfigurationError, InvalidLookup, NotFound

@@ -6,7 +6,7 @@ application, processes that died after a commit, commits made while Redis was do
 rows describe themselves, so it needs neither the application nor its models, only the
 ``prefix`` the application's cache uses. Any number may run: rows are claimed, never
 delivered twice at once. The database URL is SQLAlchemy's (``pip install
-'cachecow[sqlalchemy]'`` and the database's driver).
+'cachecow-orm[sqlalchemy]'`` and the database's driver).
 """
 
 from __future__ import annotations

@@ -113,14 +113,14 @@ def _check_json(obj: Any, depth: int) -> None:
 
 
 class MsgpackSerializer:
-    """MessagePack, through the ``msgpack`` package (``pip install cachecow[msgpack]``)."""
+    """MessagePack, through the ``msgpack`` package (``pip install 'cachecow-orm[msgpack]'``)."""
 
     def __init__(self) -> None:
         try:
             import msgpack
         except ImportError:
             raise ConfigurationError(
-                "MsgpackSerializer needs msgpack: pip install 'cachecow[msgpack]'"
+                "MsgpackSerializer needs msgpack: pip install 'cachecow-orm[msgpack]'"
             ) from None
         self._msgpack: Any = msgpack
 

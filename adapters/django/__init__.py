@@ -77,7 +77,7 @@ try:
     from django.utils.module_loading import import_string
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "cachecow.adapters.django needs Django 4.2 or newer: pip install 'cachecow[django]'"
+        "cachecow.adapters.django needs Django 4.2 or newer: pip install 'cachecow-orm[django]'"
     ) from exc
 
 import cachecow

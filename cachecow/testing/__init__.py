@@ -6,7 +6,8 @@
 - :mod:`cachecow.testing.contract`: the contract suite every cache class must pass, including
   one forced interleaving per protocol race; subclass it in your adapter's tests.
 
-Importing this package needs pytest (``pip install 'cachecow[dev]'``); the library itself does not.
+Importing this package needs pytest (``pip install 'cachecow-orm[dev]'``); the library itself
+does not.
 """
 
 from .server import (

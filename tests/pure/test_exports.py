@@ -96,9 +96,19 @@ def test_core_names_are_exported() -> None:
         assert name in cachecow.__all__
 
 
+# The distribution's name: "cachecow" on PyPI is closeio's original, a different package.
+DISTRIBUTION = "cachecow-orm"
+
+
 def test_version_matches_installed_metadata() -> None:
-    assert cachecow.__version__ == importlib.metadata.version("cachecow")
+    assert cachecow.__version__ == importlib.metadata.version(DISTRIBUTION)
     assert re.fullmatch(r"\d+\.\d+\.\d+([.-]?\w+)*", cachecow.__version__)
+
+
+def test_the_import_package_comes_from_the_distribution() -> None:
+    assert importlib.metadata.metadata(DISTRIBUTION)["Name"] == DISTRIBUTION
+    # (an .egg-info of the source tree may list it twice)
+    assert DISTRIBUTION in importlib.metadata.packages_distributions()["cachecow"]
 
 
 def exception_classes() -> list[type[BaseException]]:
