@@ -16,7 +16,8 @@ from ._async_redis_io import AsyncRedisIO
 from ._cached import Cached, Call, FunctionHooks, Result, decorate, share
 from ._clock import AsyncClock
 from ._flights import ALONE, RETRY, AsyncWaiter, answer, land
-from ._invalidation import pause, scan_failed
+from ._invalidation import pause, scan_failed, settle_seconds
+from ._lookups import lookups_keys, normalized, normalized_many, object_keys
 from ._ops import Fetch, FetchMany, Flow, Sleep, TimeBoxed, Wait, as_redis_error
 from ._options import Options
 from ._protocol import CacheCowBase, entry_pairs
@@ -82,7 +83,7 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
         self, cls: Any, id_field: str | tuple[str, ...], id_val: Any, *, ttl: float | None = None
     ) -> Any:
         """The object whose ``id_field`` is ``id_val``; see :meth:`cachecow.CacheCow.get`."""
-        id_field, id_val = self._normalize(cls, id_field, id_val)
+        id_field, id_val = normalized(self, cls, id_field, id_val)
         lookup, ttl = (cls, id_field, id_val), self._checked_ttl(ttl)
         keys = self.get_keys(*lookup)
         if not self._joins:  # a reader that never waits for another reads alone
@@ -115,7 +116,7 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
 
     async def peek(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> Any:
         """The cached object of a lookup, or ``None``; see :meth:`cachecow.CacheCow.peek`."""
-        id_field, id_val = self._normalize(cls, id_field, id_val)
+        id_field, id_val = normalized(self, cls, id_field, id_val)
         return await self._drive(self._peek_flow(cls, id_field, id_val))
 
     async def get_many(
@@ -127,37 +128,37 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
         ttl: float | None = None,
     ) -> list[Any]:
         """The objects of many lookups, in order; see :meth:`cachecow.CacheCow.get_many`."""
-        field, values = self._normalize_many(cls, id_field, id_vals)
+        field, values = normalized_many(self, cls, id_field, id_vals)
         flow = self._read_many(cls, field, values, self._reader(), self._checked_ttl(ttl))
         result: list[Any] = await self._drive(flow)
         return result
 
     async def invalidate(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> None:
         """Forget a lookup and void its leases; see :meth:`cachecow.CacheCow.invalidate`."""
-        id_field, id_val = self._normalize(cls, id_field, id_val)
+        id_field, id_val = normalized(self, cls, id_field, id_val)
         await self._drive(self._invalidate_flow(cls, id_field, id_val))
 
     async def invalidate_many(
         self, cls: Any, id_field: str | tuple[str, ...], id_vals: Iterable[Any]
     ) -> None:
         """:meth:`invalidate` many values of one field, in one round trip."""
-        field, values = self._normalize_many(cls, id_field, id_vals)
+        field, values = normalized_many(self, cls, id_field, id_vals)
         pairs = [self.get_keys(cls, field, value) for value in values]
         await self._drive(self._invalidate_keys_flow(pairs))
 
     async def invalidate_lookups(self, lookups: Iterable[tuple[Any, Any, Any]]) -> None:
         """:meth:`invalidate` any ``(cls, id_field, id_val)`` lookups, in one round trip."""
-        await self._drive(self._invalidate_keys_flow(self._lookups_keys(lookups)))
+        await self._drive(self._invalidate_keys_flow(lookups_keys(self, lookups)))
 
     async def invalidate_object(self, obj: Any, *, previous: Any = None, model: Any = None) -> None:
         """Invalidate every unique lookup of ``obj`` (and of ``previous``), in one round trip."""
-        pairs = self._object_keys(obj, previous, model)
+        pairs = object_keys(self, obj, previous, model)
         await self._drive(self._invalidate_keys_flow(pairs))
 
     async def invalidate_model(self, cls: Any, *, settle: bool = True) -> int:
         """Forget every cached entry of a model; see :meth:`cachecow.CacheCow.invalidate_model`."""
         pattern = self.model_keys_pattern(cls)
-        settled = self.clock.monotonic() + self._settle_seconds()
+        settled = self.clock.monotonic() + settle_seconds(self)
         deleted = await self._delete_matching(pattern)
         if settle:
             await self._drive(pause(settled - self.clock.monotonic()))

@@ -242,72 +242,83 @@ def decorate(
         model_label(name)  # a non-empty string
         if not isinstance(name, str):
             raise ConfigurationError(f"name must be a string, got {name!r}")
-    asynchronous: bool = cache_class.asynchronous
 
     def decorator(function: Callable[..., Any]) -> Any:
-        if isinstance(function, (classmethod, staticmethod)):
-            raise ConfigurationError(
-                "put @cache.cached(...) below @classmethod or @staticmethod, next to the function"
-            )
-        if not callable(function):
-            raise ConfigurationError(f"cached() decorates functions, got {function!r}")
-        if is_async(function) != asynchronous:
-            raise ConfigurationError(
-                f"{type(parent).__name__}.cached() takes "
-                + (
-                    "async def functions: use CacheCow for plain ones"
-                    if asynchronous
-                    else "plain functions: use AsyncCacheCow for async def ones"
-                )
-                + f", got {function!r}"
-            )
-        label = name
-        if label is None:
-            qualname = getattr(function, "__qualname__", None)
-            if not qualname or "<lambda>" in qualname:
-                raise ConfigurationError(
-                    f"{function!r} has no unique qualified name: pass cached(name=...)"
-                )
-            label = f"{function.__module__}.{qualname}"
+        _check_function(function, cache_class.asynchronous, type(parent).__name__)
+        label = _label_of(function) if name is None else name
         binder = Binder(function, label, parent.prefix)
         inner = cache_class(parent, function, options, serializer)
-        field = binder.field
-
-        if asynchronous:
-
-            @functools.wraps(function)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                call = binder.call(args, kwargs)
-                try:
-                    result: Result = await inner.get(label, field, call)
-                except Raised as raised:
-                    raise raised.error from None
-                return result.value
-
-            async def async_invalidate(*args: Any, **kwargs: Any) -> None:
-                call = Call(label, binder.keys(args, kwargs), args, kwargs)
-                await inner.invalidate(label, field, call)
-
-            wrapper: Any = async_wrapper
-            wrapper.invalidate = async_invalidate
-        else:
-
-            @functools.wraps(function)
-            def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-                call = binder.call(args, kwargs)
-                try:
-                    result: Result = inner.get(label, field, call)
-                except Raised as raised:
-                    raise raised.error from None
-                return result.value
-
-            def sync_invalidate(*args: Any, **kwargs: Any) -> None:
-                call = Call(label, binder.keys(args, kwargs), args, kwargs)
-                inner.invalidate(label, field, call)
-
-            wrapper = sync_wrapper
-            wrapper.invalidate = sync_invalidate
+        wrap = _async_wrapper if cache_class.asynchronous else _sync_wrapper
+        wrapper = wrap(function, inner, binder, label)
         wrapper.cache = inner
         return wrapper
 
     return decorator
+
+
+def _check_function(function: Any, asynchronous: bool, cache_name: str) -> None:
+    """Refuse what ``cached()`` cannot decorate, at decoration time."""
+    if isinstance(function, (classmethod, staticmethod)):
+        raise ConfigurationError(
+            "put @cache.cached(...) below @classmethod or @staticmethod, next to the function"
+        )
+    if not callable(function):
+        raise ConfigurationError(f"cached() decorates functions, got {function!r}")
+    if is_async(function) != asynchronous:
+        raise ConfigurationError(
+            f"{cache_name}.cached() takes "
+            + (
+                "async def functions: use CacheCow for plain ones"
+                if asynchronous
+                else "plain functions: use AsyncCacheCow for async def ones"
+            )
+            + f", got {function!r}"
+        )
+
+
+def _label_of(function: Callable[..., Any]) -> str:
+    """A function's label in keys: ``module.qualname`` (a lambda has none to rely on)."""
+    qualname = getattr(function, "__qualname__", None)
+    if not qualname or "<lambda>" in qualname:
+        raise ConfigurationError(
+            f"{function!r} has no unique qualified name: pass cached(name=...)"
+        )
+    return f"{function.__module__}.{qualname}"
+
+
+def _sync_wrapper(function: Callable[..., Any], inner: Any, binder: Binder, label: str) -> Any:
+    field = binder.field
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        call = binder.call(args, kwargs)
+        try:
+            result: Result = inner.get(label, field, call)
+        except Raised as raised:
+            raise raised.error from None
+        return result.value
+
+    def invalidate(*args: Any, **kwargs: Any) -> None:
+        inner.invalidate(label, field, Call(label, binder.keys(args, kwargs), args, kwargs))
+
+    wrapper.invalidate = invalidate  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _async_wrapper(function: Callable[..., Any], inner: Any, binder: Binder, label: str) -> Any:
+    field = binder.field
+
+    @functools.wraps(function)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        call = binder.call(args, kwargs)
+        try:
+            result: Result = await inner.get(label, field, call)
+        except Raised as raised:
+            raise raised.error from None
+        return result.value
+
+    async def invalidate(*args: Any, **kwargs: Any) -> None:
+        await inner.invalidate(label, field, Call(label, binder.keys(args, kwargs), args, kwargs))
+
+    wrapper.invalidate = invalidate  # type: ignore[attr-defined]
+    return wrapper

@@ -12,7 +12,8 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from ._cached import Cached, Call, FunctionHooks, Result, decorate, share
 from ._flights import ALONE, RETRY, answer, land
-from ._invalidation import pause, scan_failed
+from ._invalidation import pause, scan_failed, settle_seconds
+from ._lookups import lookups_keys, normalized, normalized_many, object_keys
 from ._ops import Fetch, FetchMany, Flow, Sleep, TimeBoxed, Wait, as_redis_error
 from ._options import Options
 from ._protocol import CacheCowBase, entry_pairs, refuse_awaitable
@@ -93,7 +94,7 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         raised by ``fetch`` reach the caller unchanged. A value this call caches lives ``ttl``
         seconds (less the jitter); by default its model's TTL in ``ttls``, else ``ttl``.
         """
-        id_field, id_val = self._normalize(cls, id_field, id_val)
+        id_field, id_val = normalized(self, cls, id_field, id_val)
         lookup, ttl = (cls, id_field, id_val), self._checked_ttl(ttl)
         keys = self.get_keys(*lookup)
         if not self._joins:  # a reader that never waits for another reads alone
@@ -130,7 +131,7 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         One round trip (a ``GET``). A cached "not found" raises like :meth:`get`. With
         ``fail_open``, a Redis error gives ``None``.
         """
-        id_field, id_val = self._normalize(cls, id_field, id_val)
+        id_field, id_val = normalized(self, cls, id_field, id_val)
         return self._drive(self._peek_flow(cls, id_field, id_val))
 
     def get_many(
@@ -150,7 +151,7 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         lookups follow the ``busy`` policy; errors of ``fetch_many`` reach the caller unchanged,
         with every lease released. ``ttl`` as for :meth:`get`.
         """
-        field, values = self._normalize_many(cls, id_field, id_vals)
+        field, values = normalized_many(self, cls, id_field, id_vals)
         flow = self._read_many(cls, field, values, self._reader(), self._checked_ttl(ttl))
         result: list[Any] = self._drive(flow)
         return result
@@ -162,20 +163,20 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         :class:`~cachecow.InvalidationFailed` if Redis cannot be reached, whatever
         ``fail_open`` says: the write path must learn that an invalidation was lost.
         """
-        id_field, id_val = self._normalize(cls, id_field, id_val)
+        id_field, id_val = normalized(self, cls, id_field, id_val)
         self._drive(self._invalidate_flow(cls, id_field, id_val))
 
     def invalidate_many(
         self, cls: Any, id_field: str | tuple[str, ...], id_vals: Iterable[Any]
     ) -> None:
         """:meth:`invalidate` many values of one field, in one round trip."""
-        field, values = self._normalize_many(cls, id_field, id_vals)
+        field, values = normalized_many(self, cls, id_field, id_vals)
         pairs = [self.get_keys(cls, field, value) for value in values]
         self._drive(self._invalidate_keys_flow(pairs))
 
     def invalidate_lookups(self, lookups: Iterable[tuple[Any, Any, Any]]) -> None:
         """:meth:`invalidate` any ``(cls, id_field, id_val)`` lookups, in one round trip."""
-        self._drive(self._invalidate_keys_flow(self._lookups_keys(lookups)))
+        self._drive(self._invalidate_keys_flow(lookups_keys(self, lookups)))
 
     def invalidate_object(self, obj: Any, *, previous: Any = None, model: Any = None) -> None:
         """Invalidate every unique lookup of ``obj`` (see :meth:`unique_lookups`), in one round
@@ -184,7 +185,7 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
 
         :param model: what ``get`` is called with for this object (default: ``type(obj)``).
         """
-        pairs = self._object_keys(obj, previous, model)
+        pairs = object_keys(self, obj, previous, model)
         self._drive(self._invalidate_keys_flow(pairs))
 
     def invalidate_model(self, cls: Any, *, settle: bool = True) -> int:
@@ -199,7 +200,7 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         :class:`~cachecow.InvalidationFailed` if Redis fails (run it again).
         """
         pattern = self.model_keys_pattern(cls)
-        settled = self.clock.monotonic() + self._settle_seconds()
+        settled = self.clock.monotonic() + settle_seconds(self)
         deleted = self._delete_matching(pattern)
         if settle:
             self._drive(pause(settled - self.clock.monotonic()))

@@ -90,3 +90,9 @@ def scan_failed(pattern: str, exc: BaseException) -> InvalidationFailed:
         "part of the model's entries may remain: run it again",
         operation="invalidate_model",
     )
+
+
+def settle_seconds(cache: Cache) -> float:
+    """How long until every lease taken before now has expired (``flag_ttl``, with a margin
+    for the server's clock running a little slow against this one's)."""
+    return cache.options.flag_ttl * 1.01 + 0.01

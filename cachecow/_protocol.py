@@ -33,7 +33,6 @@ from ._options import BusyPolicy, Options, positive
 from ._single import SingleRead, peek
 from .exceptions import (
     ConfigurationError,
-    InvalidLookup,
     NotFound,
 )
 from .keys import (
@@ -41,7 +40,6 @@ from .keys import (
     build_keys,
     memo_key,
     model_label,
-    normalize_lookup,
     same_value,
     validate_prefix,
 )
@@ -290,57 +288,6 @@ class CacheCowBase(Generic[ClientT]):
                 "too for invalidate_model()"
             )
         return _glob_escape(f"{self.prefix}{self.model_label(cls)}:") + "*"
-
-    def _settle_seconds(self) -> float:
-        """How long until every lease taken before now has expired (flag_ttl, with a margin
-        for the server's clock running a little slow against this one's)."""
-        return self.options.flag_ttl * 1.01 + 0.01
-
-    # -- lookups of the public calls ----------------------------------------------------------
-
-    def _normalize(self, cls: Any, id_field: Any, id_val: Any) -> tuple[Field, Any]:
-        """The canonical field and value of a lookup, checked by :meth:`check_lookup` and
-        converted by :meth:`coerce_lookup`."""
-        field, value = normalize_lookup(id_field, id_val)
-        self.check_lookup(cls, field)
-        return field, self.coerce_lookup(cls, field, value)
-
-    def _normalize_many(
-        self, cls: Any, id_field: Any, id_vals: Iterable[Any]
-    ) -> tuple[Field, list[Any]]:
-        """The canonical field and values of a batch (composite values reordered like the field)."""
-        if isinstance(id_vals, (str, bytes)) or not isinstance(id_vals, Iterable):
-            raise InvalidLookup(f"id_vals must be an iterable of lookup values, got {id_vals!r}")
-        field: Field | None = None
-        values: list[Any] = []
-        for id_val in id_vals:
-            field, value = normalize_lookup(id_field, id_val)
-            values.append(value)
-        if field is None:
-            field, _ = (
-                normalize_lookup(id_field, (None,) * len(id_field))
-                if isinstance(id_field, (tuple, list))
-                else normalize_lookup(id_field, None)
-            )
-        self.check_lookup(cls, field)
-        return field, [self.coerce_lookup(cls, field, value) for value in values]
-
-    def _object_keys(self, obj: Any, previous: Any, model: Any) -> list[tuple[str, str]]:
-        """The keys of every unique lookup of ``obj`` (and of ``previous``, its old values)."""
-        cls = type(obj) if model is None else model
-        pairs: list[tuple[str, str]] = []
-        for source in (obj,) if previous is None else (obj, previous):
-            for id_field, id_val in self.unique_lookups(source):
-                field, value = normalize_lookup(id_field, id_val)
-                pairs.append(self.get_keys(cls, field, value))
-        return pairs
-
-    def _lookups_keys(self, lookups: Iterable[tuple[Any, Any, Any]]) -> list[tuple[str, str]]:
-        pairs = []
-        for cls, id_field, id_val in lookups:
-            field, value = self._normalize(cls, id_field, id_val)
-            pairs.append(self.get_keys(cls, field, value))
-        return pairs
 
     # -- flows: shared steps --------------------------------------------------------------------
 

@@ -67,6 +67,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cachecow._lookups import normalized, normalized_many
+
 try:
     from django.apps import AppConfig, apps
     from django.conf import settings
@@ -410,7 +412,7 @@ class DjangoCache(ModelCache[_Model], CacheCow):
         alias = self.db_for(cls)
         flush_pending(alias)
         if connections[alias].in_atomic_block:
-            field, value = self._normalize(cls, id_field, id_val)
+            field, value = normalized(self, cls, id_field, id_val)
             if cls not in _written(alias):
                 cached = self.peek(cls, field, value)
                 if cached is not None:
@@ -428,7 +430,7 @@ class DjangoCache(ModelCache[_Model], CacheCow):
         alias = self.db_for(cls)
         flush_pending(alias)
         if connections[alias].in_atomic_block:
-            field, values = self._normalize_many(cls, id_field, id_vals)
+            field, values = normalized_many(self, cls, id_field, id_vals)
             found = self.fetch_many(cls, field, values)  # in the block's own transaction
             return [found.get(value) for value in values]
         return super().get_many(cls, id_field, id_vals, ttl=ttl)

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from cachecow._lookups import normalized, normalized_many
 from cachecow._ops import (
     Command,
     Fetch,
@@ -106,7 +107,7 @@ class Scripted:
         self.cache = cache
 
     def get(self, cls: Any, id_field: Any, id_val: Any, replies: Iterable[Any]) -> FlowRun:
-        field, value = self.cache._normalize(cls, id_field, id_val)
+        field, value = normalized(self.cache, cls, id_field, id_val)
         return self.run(self.cache._get_flow((cls, field, value)), replies)
 
     def get_many(
@@ -121,22 +122,22 @@ class Scripted:
         """With ``reader`` (any identity, as a thread's id), the batch takes part in single
         flight with the flights already in ``cache._flights``, and a ``Wait`` for another
         reader's flight is answered from the replies too (``True``: it landed)."""
-        field, values = self.cache._normalize_many(cls, id_field, id_vals)
+        field, values = normalized_many(self.cache, cls, id_field, id_vals)
         together = None if reader is None else (reader, None)
         return self.run(self.cache._read_many(cls, field, values, together), replies)
 
     def peek(self, cls: Any, id_field: Any, id_val: Any, replies: Iterable[Any]) -> FlowRun:
-        field, value = self.cache._normalize(cls, id_field, id_val)
+        field, value = normalized(self.cache, cls, id_field, id_val)
         return self.run(self.cache._peek_flow(cls, field, value), replies)
 
     def invalidate(self, cls: Any, id_field: Any, id_val: Any, replies: Iterable[Any]) -> FlowRun:
-        field, value = self.cache._normalize(cls, id_field, id_val)
+        field, value = normalized(self.cache, cls, id_field, id_val)
         return self.run(self.cache._invalidate_flow(cls, field, value), replies)
 
     def invalidate_many(
         self, cls: Any, id_field: Any, id_vals: Iterable[Any], replies: Iterable[Any]
     ) -> FlowRun:
-        field, values = self.cache._normalize_many(cls, id_field, id_vals)
+        field, values = normalized_many(self.cache, cls, id_field, id_vals)
         pairs = [self.cache.get_keys(cls, field, value) for value in values]
         return self.run(self.cache._invalidate_keys_flow(pairs), replies)
 
