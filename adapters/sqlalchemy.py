@@ -65,7 +65,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 try:
     import sqlalchemy as sa
@@ -88,11 +88,14 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from cachecow import AsyncCacheCow, CacheCow, ConfigurationError, InvalidLookup, NotFound
+from cachecow._lookups import normalized
 from cachecow.keys import Field, model_label, normalize_lookup
 
 from . import _outbox
 from ._base import ModelCache, ModelInfo, has_null
 from ._codecs import Codec, codec_for
+
+T = TypeVar("T")
 
 __all__ = [
     "AsyncSQLAlchemyCache",
@@ -241,6 +244,29 @@ class _SQLAlchemyModels(ModelCache[_Model]):
             set_committed_value(obj, key, value)
         make_transient_to_detached(obj)
         return obj
+
+    # -- attached results -----------------------------------------------------------------------
+
+    def _held(self, session: Session, cls: Any, id_field: Any, id_val: Any) -> tuple[bool, Any]:
+        """For :meth:`get_attached`: ``(True, obj)`` when ``session`` must answer itself (it
+        wrote in this transaction, or has changes pending: the cache cannot know its uncommitted
+        data), ``obj`` being the instance it already holds for a primary-key lookup, if any;
+        ``(False, None)`` when the cache may answer."""
+        field, value = normalized(self, cls, id_field, id_val)  # type: ignore[arg-type]
+        if session.new or session.dirty or session.deleted or self._wrote_in(session):
+            return True, None
+        info = self.model_info(cls)
+        if field == info.primary_key:
+            key = info.mapper.identity_key_from_primary_key(
+                tuple(value) if isinstance(value, tuple) else (value,)
+            )
+            held = session.identity_map.get(key)
+            if held is not None:
+                return True, held
+        return False, None
+
+    def _wrote_in(self, session: Session) -> bool:
+        return bool(session.info.get(("cachecow", id(self), "wrote")))
 
     # -- queries --------------------------------------------------------------------------------
 
@@ -439,6 +465,33 @@ class SQLAlchemyCache(_SQLAlchemyModels, CacheCow):
             stmt = self._select(cls, id_field, list(id_vals), session.get_bind().dialect)
             return session.execute(stmt).scalars().all()
 
+    def get_attached(
+        self,
+        session: Session,
+        cls: type[T],
+        id_field: str | tuple[str, ...],
+        id_val: Any,
+        *,
+        ttl: float | None = None,
+    ) -> T:
+        """:meth:`get`, with the object attached to ``session``: merged without a query
+        (``session.merge(obj, load=False)``), so its relationships and deferred columns load
+        lazily through ``session``, as for a row the session loaded itself. The instance the
+        session already holds for the row is returned as it is; a session that wrote in its
+        transaction, or has changes pending, reads the row itself (its own uncommitted data
+        may differ from the committed rows the cache holds), caching nothing."""
+        own, held = self._held(session, cls, id_field, id_val)
+        if not own:
+            return session.merge(self.get(cls, id_field, id_val, ttl=ttl), load=False)
+        if held is not None:
+            return held  # type: ignore[no-any-return]
+        field, value = normalized(self, cls, id_field, id_val)
+        stmt = self._select(cls, field, [value], session.get_bind().dialect)
+        obj = session.execute(stmt).scalars().one_or_none()
+        if obj is None:
+            raise self.not_found(cls, field, value)
+        return obj  # type: ignore[no-any-return]
+
     def _deliver(self, engine: Any, lookups: list[_outbox.Lookup]) -> None:
         self._invalidate_pairs(_outbox.keys_of(self, lookups))
 
@@ -536,6 +589,31 @@ class AsyncSQLAlchemyCache(_SQLAlchemyModels, AsyncCacheCow):
             stmt = self._select(cls, id_field, list(id_vals), session.bind.dialect)
             objs = (await session.execute(stmt)).scalars().all()
         return self.model_info(cls).by_value(id_field, objs)
+
+    async def get_attached(
+        self,
+        session: AsyncSession,
+        cls: type[T],
+        id_field: str | tuple[str, ...],
+        id_val: Any,
+        *,
+        ttl: float | None = None,
+    ) -> T:
+        """:meth:`get`, with the object attached to ``session``; see
+        :meth:`SQLAlchemyCache.get_attached`. Lazy loads of an ``AsyncSession`` must be awaited
+        (``await obj.awaitable_attrs.org``, with ``AsyncAttrs`` on the model's base)."""
+        own, held = self._held(session.sync_session, cls, id_field, id_val)
+        if not own:
+            obj = await self.get(cls, id_field, id_val, ttl=ttl)
+            return await session.merge(obj, load=False)
+        if held is not None:
+            return held  # type: ignore[no-any-return]
+        field, value = normalized(self, cls, id_field, id_val)
+        stmt = self._select(cls, field, [value], session.sync_session.get_bind().dialect)
+        found = (await session.execute(stmt)).scalars().one_or_none()
+        if found is None:
+            raise self.not_found(cls, field, value)
+        return found  # type: ignore[no-any-return]
 
     def _deliver(self, engine: Any, lookups: list[_outbox.Lookup]) -> None:
         # Session events run in SQLAlchemy's greenlet inside the awaiting task: await there.
