@@ -80,6 +80,29 @@ class MetricsSnapshot:
 
 COUNTERS: tuple[str, ...] = tuple(f.name for f in fields(MetricsSnapshot))
 
+DESCRIPTIONS: dict[str, str] = {
+    "hits": "Gets answered from the cache with an object.",
+    "tombstone_hits": "Gets answered from a cached 'not found'.",
+    "misses": "Gets whose first look found no usable value (leased or busy).",
+    "fetches": "Calls of fetch.",
+    "leases": "Leases won.",
+    "commits": "Values stored under a lease.",
+    "stale_commits": "Commits refused because the lease was voided or had expired.",
+    "busy": "Gets that found another reader's lease.",
+    "waits": "Busy gets that waited for the holder.",
+    "wait_timeouts": "Waits that gave up and fetched without caching.",
+    "decode_failures": "Cached values that could not be deserialized (deleted, a miss).",
+    "verify_failures": "Cached values that failed verify (deleted, a miss).",
+    "uncacheable": "Fetched objects that failed verify, returned but not cached.",
+    "oversized_values": "Fetched objects over max_value_bytes, returned but not cached.",
+    "corrupt_keys": "Reads that found foreign data under a lookup's keys.",
+    "redis_errors": "Redis operations that failed.",
+    "fail_open_fetches": "Gets served from fetch because Redis failed and fail_open was on.",
+    "invalidations": "Lookups invalidated.",
+    "joined": "Gets answered by another get of the same key in this process (single flight).",
+}
+"""One line on each counter, for the exporters' help texts."""
+
 
 @dataclass(frozen=True)
 class HistogramSnapshot:
