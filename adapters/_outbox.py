@@ -673,7 +673,7 @@ class Drainer:
                 with self._connect() as run:
                     self._delete_acked(run)
             except Exception as exc:
-                logger.warning("cachecow: deleting delivered outbox rows failed: %s", exc)
+                logger.warning("deleting delivered outbox rows failed: %s", exc)
         return len(rows)
 
     def _delete_acked(self, run: Connection) -> None:

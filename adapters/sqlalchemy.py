@@ -500,7 +500,7 @@ class SQLAlchemyCache(_SQLAlchemyModels, CacheCow):
             try:
                 self.get_many(cls, pk, values)
             except Exception:
-                logger.warning("cachecow: warming %s after commit failed", cls, exc_info=True)
+                logger.warning("warming %s after commit failed", cls, exc_info=True)
 
 
 class AsyncSQLAlchemyCache(_SQLAlchemyModels, AsyncCacheCow):
@@ -624,7 +624,7 @@ class AsyncSQLAlchemyCache(_SQLAlchemyModels, AsyncCacheCow):
             try:
                 await_only(self.get_many(cls, pk, values))
             except Exception:
-                logger.warning("cachecow: warming %s after commit failed", cls, exc_info=True)
+                logger.warning("warming %s after commit failed", cls, exc_info=True)
 
 
 async def _relay_loop(drainer: _outbox.Drainer, interval: float) -> None:
@@ -828,7 +828,7 @@ class _Announcing:
             try:
                 _outbox.announce(dbapi_connection)
             except Exception as exc:  # its writes then wake the relay, as outside ones do
-                logger.warning("cachecow: setting a connection up to announce failed: %s", exc)
+                logger.warning("setting a connection up to announce failed: %s", exc)
 
     def checkin(self, dbapi_connection: Any, record: Any) -> None:
         if dbapi_connection is not None:
@@ -871,7 +871,7 @@ class _Announcing:
         try:  # (the latest cache to watch the engine)
             caches[0]._drainer(self.engine).deliver_announced(announced)
         except Exception as exc:  # a commit never fails for the cache: the rows wait
-            logger.warning("cachecow: delivering announced outbox rows failed: %r", exc)
+            logger.warning("delivering announced outbox rows failed: %r", exc)
 
     def _forget(self, dbapi_connection: Any) -> None:
         announced = _outbox.Announcements.of(dbapi_connection)

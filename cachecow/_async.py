@@ -21,6 +21,7 @@ from ._lookups import lookups_keys, normalized, normalized_many, object_keys
 from ._ops import Fetch, FetchMany, Flow, Sleep, TimeBoxed, Wait, as_redis_error
 from ._options import Options
 from ._protocol import CacheCowBase, entry_pairs
+from ._telemetry import no_model, object_model, timed
 from .exceptions import ConfigurationError, NotFound
 from .keys import Field
 from .serializers import Serializer
@@ -79,6 +80,7 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
         self, cls: Any, id_field: str | tuple[str, ...], id_val: Any, *, ttl: float | None = ...
     ) -> Any: ...
 
+    @timed("get")
     async def get(
         self, cls: Any, id_field: str | tuple[str, ...], id_val: Any, *, ttl: float | None = None
     ) -> Any:
@@ -94,7 +96,7 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
         deadline = time.monotonic() + self.options.wait_timeout
         while index >= 0:
             if not await flight.waiter.wait(max(0.0, deadline - time.monotonic())):
-                self.metrics.incr("wait_timeouts")  # as a busy reader that waited in vain
+                self.metrics.incr("wait_timeouts", 1, self.model_label(cls))  # waited in vain
                 return await self._drive(self._fetch_uncached(lookup))
             obj = answer(self, lookup, flight, index)
             if obj is ALONE:
@@ -114,11 +116,13 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
         finally:
             land(self, flight, lookup, obj, error)
 
+    @timed("peek")
     async def peek(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> Any:
         """The cached object of a lookup, or ``None``; see :meth:`cachecow.CacheCow.peek`."""
         id_field, id_val = normalized(self, cls, id_field, id_val)
         return await self._drive(self._peek_flow(cls, id_field, id_val))
 
+    @timed("get_many")
     async def get_many(
         self,
         cls: Any,
@@ -133,11 +137,13 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
         result: list[Any] = await self._drive(flow)
         return result
 
+    @timed("invalidate")
     async def invalidate(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> None:
         """Forget a lookup and void its leases; see :meth:`cachecow.CacheCow.invalidate`."""
         id_field, id_val = normalized(self, cls, id_field, id_val)
         await self._drive(self._invalidate_flow(cls, id_field, id_val))
 
+    @timed("invalidate_many")
     async def invalidate_many(
         self, cls: Any, id_field: str | tuple[str, ...], id_vals: Iterable[Any]
     ) -> None:
@@ -146,15 +152,18 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
         pairs = [self.get_keys(cls, field, value) for value in values]
         await self._drive(self._invalidate_keys_flow(pairs))
 
+    @timed("invalidate_lookups", no_model)
     async def invalidate_lookups(self, lookups: Iterable[tuple[Any, Any, Any]]) -> None:
         """:meth:`invalidate` any ``(cls, id_field, id_val)`` lookups, in one round trip."""
         await self._drive(self._invalidate_keys_flow(lookups_keys(self, lookups)))
 
+    @timed("invalidate_object", object_model)
     async def invalidate_object(self, obj: Any, *, previous: Any = None, model: Any = None) -> None:
         """Invalidate every unique lookup of ``obj`` (and of ``previous``), in one round trip."""
         pairs = object_keys(self, obj, previous, model)
         await self._drive(self._invalidate_keys_flow(pairs))
 
+    @timed("invalidate_model")
     async def invalidate_model(self, cls: Any, *, settle: bool = True) -> int:
         """Forget every cached entry of a model; see :meth:`cachecow.CacheCow.invalidate_model`."""
         pattern = self.model_keys_pattern(cls)

@@ -40,6 +40,8 @@ from ._ops import (
     release_after,
     release_on_failure,
 )
+from ._telemetry import decision
+from ._telemetry import logger as _events
 from .exceptions import CacheUnavailable
 from .keys import Field, build_many_keys
 
@@ -134,9 +136,9 @@ def _read_together(batch: BatchRead, me: Any, loop: Any) -> Flow:
             else:
                 batch.found[value_key] = taken
         if timed_out:
-            cache.metrics.incr("wait_timeouts", len(timed_out))
+            cache.metrics.incr("wait_timeouts", len(timed_out), batch.model)
         if uncached:
-            cache.metrics.incr("fail_open_fetches", len(uncached))
+            cache.metrics.incr("fail_open_fetches", len(uncached), batch.model)
         if timed_out or uncached:
             yield from batch.fetch_uncached(timed_out + uncached)
 
@@ -176,6 +178,7 @@ class BatchRead:
         self.cls = cls
         self.id_field = id_field
         self.ttl = cache._ttl(cls, ttl)  # seconds its values are cached for
+        self.model = cache.model_label(cls)
         self.lookups: dict[str, BatchItem] = {}  # by value key (set by read_many)
         self.found: dict[str, Any] = {}
         self.token = new_token()
@@ -213,7 +216,7 @@ class BatchRead:
                     # The commit failed and fail_open served it: no further call (a poll) to
                     # a Redis that just failed, which could cost the caller a second timeout.
                     rest = busy + list(discards)
-                    self.cache.metrics.incr("fail_open_fetches", len(rest))
+                    self.cache.metrics.incr("fail_open_fetches", len(rest), self.model)
                     self.uncached += rest
                     busy, discards = [], {}
             else:
@@ -270,8 +273,32 @@ class BatchRead:
                     keys=(value_key,),
                 )
         for counter, amount in tally.items():
-            cache.metrics.incr(counter, amount)
+            cache.metrics.incr(counter, amount, self.model)
+        if _events.isEnabledFor(logging.DEBUG):
+            self._log_sorted(pending, replies, leased, busy)
         return leased, busy, discards
+
+    def _log_sorted(
+        self, pending: list[str], replies: dict[str, Any], leased: list[str], busy: list[str]
+    ) -> None:
+        """One DEBUG record per lookup of a lease round: what its reply decided."""
+        leased_keys, busy_keys = set(leased), set(busy)
+        for value_key in pending:
+            if value_key in leased_keys:
+                decision("miss", self.model, value_key, lease="granted", batch=True)
+            elif value_key in busy_keys:
+                then = "fetch" if self.cache._fetches_when_busy else "wait"
+                decision("busy", self.model, value_key, then=then, batch=True)
+            elif isinstance(replies[value_key], bytes):
+                found = self.found.get(value_key, _UNUSABLE)
+                event = (
+                    "unusable"
+                    if found is _UNUSABLE
+                    else "tombstone_hit"
+                    if found is None
+                    else "hit"
+                )
+                decision(event, self.model, value_key, batch=True)
 
     def _pause(self, busy: list[str], *, sleep: bool) -> Flow:
         """Wait before polling the ``busy`` lookups again (unless a discard is sent first,
@@ -284,12 +311,14 @@ class BatchRead:
         for value_key in newly_waiting:
             self.lookups[value_key].waited = True
         if newly_waiting:
-            cache.metrics.incr("waits", len(newly_waiting))
+            cache.metrics.incr("waits", len(newly_waiting), self.model)
         if not sleep:
             return busy
         pause = cache._wait_step(self.deadline, self.attempt)
         if pause <= 0:
-            cache.metrics.incr("wait_timeouts", len(busy))
+            cache.metrics.incr("wait_timeouts", len(busy), self.model)
+            for value_key in busy if _events.isEnabledFor(logging.DEBUG) else ():
+                decision("wait_timeout", self.model, value_key, polls=self.attempt, batch=True)
             self.uncached += busy
             return []
         self.attempt += 1
@@ -319,15 +348,18 @@ class BatchRead:
                 ]
                 if won:
                     yield from self._release(won)
-            redis_failed(self.cache, exc, "get_many", tuple(pending))
+            redis_failed(self.cache, exc, "get_many", tuple(pending), self.model)
         self.redis_failed = True
-        self.cache.metrics.incr("fail_open_fetches", len(pending))
+        self.cache.metrics.incr("fail_open_fetches", len(pending), self.model)
+        if _events.isEnabledFor(logging.DEBUG):
+            for value_key in pending:
+                decision("fail_open_fetch", self.model, value_key, batch=True)
         yield from self.fetch_uncached(pending)
         return None
 
     def fetch_uncached(self, value_keys: list[str]) -> Flow:
         """Fetch these lookups into :attr:`found`, caching nothing."""
-        self.cache.metrics.incr("fetches", len(value_keys))
+        self.cache.metrics.incr("fetches", len(value_keys), self.model)
         fetched = yield from self._fetch(value_keys)
         for value_key in value_keys:
             self.found[value_key] = fetched.get(self.lookups[value_key].id_val)
@@ -347,8 +379,8 @@ class BatchRead:
         own live leases. Returns whether Redis answered the commit (``False``: it failed, and
         ``fail_open`` let the read go on)."""
         cache = self.cache
-        cache.metrics.incr("leases", len(leased))
-        cache.metrics.incr("fetches", len(leased) + len(extra))
+        cache.metrics.incr("leases", len(leased), self.model)
+        cache.metrics.incr("fetches", len(leased) + len(extra), self.model)
         entries: dict[str, tuple[Any, Any]] = {}  # value key -> (payload, ttl_ms)
         try:
             fetched = yield from self._fetch(leased + extra)
@@ -379,7 +411,7 @@ class BatchRead:
             # As in a single read: give back whatever leases are still ours (never raises).
             if not _timed_out(exc):
                 yield from self._release(leased, counted=False)
-            redis_failed(cache, exc, "commit", tuple(leased))
+            redis_failed(cache, exc, "commit", tuple(leased), self.model)
             self.redis_failed = True
             return False
         except GeneratorExit:
@@ -390,9 +422,14 @@ class BatchRead:
         stored = sum(1 for vk in leased if entries[vk][1] != 0 and replies[vk] == 1)
         refused = sum(1 for vk in leased if entries[vk][1] != 0 and replies[vk] != 1)
         if stored:
-            cache.metrics.incr("commits", stored)
+            cache.metrics.incr("commits", stored, self.model)
         if refused:
-            cache.metrics.incr("stale_commits", refused)
+            cache.metrics.incr("stale_commits", refused, self.model)
+        if _events.isEnabledFor(logging.DEBUG):
+            for value_key in leased:
+                if entries[value_key][1] != 0:
+                    event = "commit" if replies[value_key] == 1 else "stale_commit"
+                    decision(event, self.model, value_key, batch=True)
         return True
 
     def _release(self, leased: list[str], *, counted: bool = True) -> Flow:
@@ -401,7 +438,7 @@ class BatchRead:
             yield from self._script("commit_many", leased, (self.token,), lambda vk: (b"", 0))
         except Exception as exc:  # a Redis failure, or a reply of the wrong shape
             if counted:
-                self.cache.metrics.incr("redis_errors")
+                self.cache.metrics.incr("redis_errors", 1, self.model)
             logger.warning("could not release %d leases: %s", len(leased), exc)
 
     def _script(

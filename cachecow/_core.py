@@ -18,6 +18,7 @@ from ._ops import Fetch, FetchMany, Flow, Sleep, TimeBoxed, Wait, as_redis_error
 from ._options import Options
 from ._protocol import CacheCowBase, entry_pairs, refuse_awaitable
 from ._redis_io import RedisIO
+from ._telemetry import no_model, object_model, timed
 from .serializers import Serializer
 
 __all__ = ["CacheCow"]
@@ -82,6 +83,7 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         self, cls: Any, id_field: str | tuple[str, ...], id_val: Any, *, ttl: float | None = ...
     ) -> Any: ...
 
+    @timed("get")
     def get(
         self, cls: Any, id_field: str | tuple[str, ...], id_val: Any, *, ttl: float | None = None
     ) -> Any:
@@ -105,7 +107,7 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         deadline = time.monotonic() + self.options.wait_timeout
         while index >= 0:
             if not flight.waiter.wait(max(0.0, deadline - time.monotonic())):
-                self.metrics.incr("wait_timeouts")  # as a busy reader that waited in vain
+                self.metrics.incr("wait_timeouts", 1, self.model_label(cls))  # waited in vain
                 return self._drive(self._fetch_uncached(lookup))
             obj = answer(self, lookup, flight, index)
             if obj is ALONE:
@@ -125,6 +127,7 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         finally:
             land(self, flight, lookup, obj, error)
 
+    @timed("peek")
     def peek(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> Any:
         """The cached object of a lookup, or ``None`` when it is not cached: never fetches.
 
@@ -134,6 +137,7 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         id_field, id_val = normalized(self, cls, id_field, id_val)
         return self._drive(self._peek_flow(cls, id_field, id_val))
 
+    @timed("get_many")
     def get_many(
         self,
         cls: Any,
@@ -156,6 +160,7 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         result: list[Any] = self._drive(flow)
         return result
 
+    @timed("invalidate")
     def invalidate(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> None:
         """Forget the cached value of a lookup and void every lease in flight for it.
 
@@ -166,6 +171,7 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         id_field, id_val = normalized(self, cls, id_field, id_val)
         self._drive(self._invalidate_flow(cls, id_field, id_val))
 
+    @timed("invalidate_many")
     def invalidate_many(
         self, cls: Any, id_field: str | tuple[str, ...], id_vals: Iterable[Any]
     ) -> None:
@@ -174,10 +180,12 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         pairs = [self.get_keys(cls, field, value) for value in values]
         self._drive(self._invalidate_keys_flow(pairs))
 
+    @timed("invalidate_lookups", no_model)
     def invalidate_lookups(self, lookups: Iterable[tuple[Any, Any, Any]]) -> None:
         """:meth:`invalidate` any ``(cls, id_field, id_val)`` lookups, in one round trip."""
         self._drive(self._invalidate_keys_flow(lookups_keys(self, lookups)))
 
+    @timed("invalidate_object", object_model)
     def invalidate_object(self, obj: Any, *, previous: Any = None, model: Any = None) -> None:
         """Invalidate every unique lookup of ``obj`` (see :meth:`unique_lookups`), in one round
         trip; with ``previous`` (the object's values before the write), those lookups too, so a
@@ -188,6 +196,7 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         pairs = object_keys(self, obj, previous, model)
         self._drive(self._invalidate_keys_flow(pairs))
 
+    @timed("invalidate_model")
     def invalidate_model(self, cls: Any, *, settle: bool = True) -> int:
         """Forget every cached entry of a model: after a data migration, or writes that no
         invalidation saw. Each primary is scanned for the model's keys (``SCAN``, in steps of

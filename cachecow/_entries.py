@@ -31,12 +31,18 @@ def jittered_ms(seconds: float, jitter: float, unit_random: float) -> int:
 
 
 def decoded(
-    cache: Cache, lookup: tuple[Any, Field, Any], reply: bytes, tally: dict[str, int] | None = None
+    cache: Cache,
+    lookup: tuple[Any, Field, Any],
+    reply: bytes,
+    tally: dict[str, int] | None = None,
+    *,
+    model: str | None = None,
 ) -> Any:
     """A hit's object, :data:`_TOMB` for a tombstone, or :data:`_UNUSABLE` (bytes that do not
     decode, or an object that fails ``verify``: a miss).
 
-    What it finds is counted in the metrics, or in ``tally`` for the caller to add at once.
+    What it finds is counted in the metrics (for ``model``, the lookup's model label, which the
+    caller may know already), or in ``tally`` for the caller to add at once.
     """
     if reply == TOMBSTONE:
         outcome, counter = _TOMB, "tombstone_hits"
@@ -51,7 +57,7 @@ def decoded(
             else:
                 outcome, counter = _UNUSABLE, "verify_failures"
     if tally is None:
-        cache.metrics.incr(counter)
+        cache.metrics.incr(counter, 1, cache.model_label(lookup[0]) if model is None else model)
     else:
         tally[counter] = tally.get(counter, 0) + 1
     return outcome
@@ -71,7 +77,7 @@ def encoded(
     if obj is None:
         return TOMBSTONE, options.tombstone_ttl_ms
     if not _verified(cache, lookup, obj):
-        cache.metrics.incr("uncacheable")
+        cache.metrics.incr("uncacheable", 1, cache.model_label(lookup[0]))
         _not_cached(
             cache,
             lookup,
@@ -81,7 +87,7 @@ def encoded(
         return None
     payload = cache.serialize(obj)
     if options.max_value_bytes is not None and len(payload) > options.max_value_bytes:
-        cache.metrics.incr("oversized_values")
+        cache.metrics.incr("oversized_values", 1, cache.model_label(lookup[0]))
         _not_cached(
             cache,
             lookup,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._ops import PartialPipelineError
 from .exceptions import CacheUnavailable
+from .metrics import UNATTRIBUTED
 
 if TYPE_CHECKING:
     from ._protocol import CacheCowBase
@@ -20,9 +21,16 @@ __all__ = ["redis_failed"]
 logger = logging.getLogger("cachecow")
 
 
-def redis_failed(cache: Cache, exc: BaseException, operation: str, keys: tuple[str, ...]) -> None:
-    """Count a Redis failure on a read; raise unless ``fail_open`` (then log, rate-limited)."""
-    cache.metrics.incr("redis_errors")
+def redis_failed(
+    cache: Cache,
+    exc: BaseException,
+    operation: str,
+    keys: tuple[str, ...],
+    model: str = UNATTRIBUTED,
+) -> None:
+    """Count a Redis failure on a read of ``model`` (a label); raise unless ``fail_open``
+    (then log, rate-limited)."""
+    cache.metrics.incr("redis_errors", 1, model)
     if isinstance(exc, PartialPipelineError):  # the callers see the error itself
         exc = exc.error
     options = cache.options

@@ -311,10 +311,10 @@ def answer(
             obj = cache.deserialize(lookup[0], outcome.payload)
         except Exception:
             return ALONE
-        cache.metrics.incr("joined")
+        cache.metrics.incr("joined", 1, cache.model_label(lookup[0]))
         return obj
     if outcome is Missing:
-        cache.metrics.incr("joined")
+        cache.metrics.incr("joined", 1, cache.model_label(lookup[0]))
         if many:
             return None
         raise cache.not_found(*lookup)

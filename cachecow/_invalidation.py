@@ -8,12 +8,15 @@ only the writer can retry it.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from redis.exceptions import RedisError
 
 from ._ops import Command, Flow, PartialPipelineError, Pipeline, ReplicatedWrite, Sleep
+from ._telemetry import decision, label_of_key, logger
 from .exceptions import InvalidationFailed
+from .metrics import UNATTRIBUTED
 
 if TYPE_CHECKING:
     from ._protocol import CacheCowBase
@@ -30,6 +33,11 @@ def invalidate(cache: Cache, pairs: list[tuple[str, str]]) -> Flow:
     groups = cache._slot_groups(list(flags))
     ops = tuple(Command(("DEL", *(k for vk in group for k in (vk, flags[vk])))) for group in groups)
     keys = tuple(k for pair in pairs for k in pair)
+    models: dict[str, int] = {}  # label -> lookups (of default keys; else "")
+    for value_key in flags:
+        label = label_of_key(value_key)
+        models[label] = models.get(label, 0) + 1
+    model = next(iter(models)) if len(models) == 1 else UNATTRIBUTED
     options = cache.options
     try:
         if options.wait_replicas:
@@ -39,19 +47,23 @@ def invalidate(cache: Cache, pairs: list[tuple[str, str]]) -> Flow:
         else:
             yield Pipeline(ops)
     except RedisError as exc:
-        _failed(cache, exc, keys)
+        _failed(cache, exc, keys, model)
     if options.wait_replicas:
-        _check_replicated(cache, acked, keys)
-    cache.metrics.incr("invalidations", len(flags))
+        _check_replicated(cache, acked, keys, model)
+    for label, count in models.items():
+        cache.metrics.incr("invalidations", count, label)
+    if logger.isEnabledFor(logging.DEBUG):
+        for value_key in flags:
+            decision("invalidate", label_of_key(value_key), value_key)
 
 
-def _check_replicated(cache: Cache, acked: Any, keys: tuple[str, ...]) -> None:
+def _check_replicated(cache: Cache, acked: Any, keys: tuple[str, ...], model: str) -> None:
     """Raise unless ``wait_replicas`` replicas acknowledged an invalidation in time: a failover
     to a replica that never received it would bring the old values back."""
     options = cache.options
     if int(acked) >= options.wait_replicas:
         return
-    cache.metrics.incr("redis_errors")
+    cache.metrics.incr("redis_errors", 1, model)
     raise InvalidationFailed(
         f"invalidation of {_listed(keys)} reached the master but only {int(acked)} of "
         f"wait_replicas={options.wait_replicas} replicas within {options.wait_replicas_timeout}s; "
@@ -61,8 +73,8 @@ def _check_replicated(cache: Cache, acked: Any, keys: tuple[str, ...]) -> None:
     )
 
 
-def _failed(cache: Cache, exc: BaseException, keys: tuple[str, ...]) -> NoReturn:
-    cache.metrics.incr("redis_errors")
+def _failed(cache: Cache, exc: BaseException, keys: tuple[str, ...], model: str) -> NoReturn:
+    cache.metrics.incr("redis_errors", 1, model)
     if isinstance(exc, PartialPipelineError):  # the callers see the error itself
         exc = exc.error
     raise InvalidationFailed(

@@ -35,6 +35,7 @@ from ._ops import (
     release_after,
     release_on_failure,
 )
+from ._telemetry import decision
 from .exceptions import CacheUnavailable, NotFound
 from .keys import Field
 
@@ -63,6 +64,7 @@ class SingleRead:
         self.lookup = lookup  # (cls, id_field, id_val)
         self.ttl = ttl  # this call's own TTL for its value, if it has one
         self.keys = cache.get_keys(*lookup) if keys is None else keys
+        self.model = cache.model_label(lookup[0])
         self.flight = flight
         self.token = new_token()
         self.deadline: float | None = None  # of the wait for another reader's lease
@@ -79,8 +81,9 @@ class SingleRead:
                 args = (self.token, cache.options.flag_ttl_ms, *discard)
                 reply = yield Script("get_or_lease", self.keys, args)
             except RedisError as exc:
-                redis_failed(cache, exc, "get", self.keys)
-                cache.metrics.incr("fail_open_fetches")
+                redis_failed(cache, exc, "get", self.keys, self.model)
+                cache.metrics.incr("fail_open_fetches", 1, self.model)
+                decision("fail_open_fetch", self.model, self.keys[0], error=type(exc).__name__)
                 return (yield from self.fetch_uncached())
             except GeneratorExit:
                 raise
@@ -89,11 +92,14 @@ class SingleRead:
                 yield from release_on_failure(exc, self._release())
                 raise
             if isinstance(reply, bytes):
-                obj = decoded(cache, self.lookup, reply)
+                obj = decoded(cache, self.lookup, reply, model=self.model)
                 if obj is _TOMB:
+                    decision("tombstone_hit", self.model, self.keys[0])
                     raise cache.not_found(*self.lookup)
                 if obj is not _UNUSABLE:
+                    decision("hit", self.model, self.keys[0])
                     return obj
+                decision("unusable", self.model, self.keys[0])
                 if discarded:
                     # A second unusable value in one read: someone keeps writing values this
                     # process cannot use. Serve from the database rather than loop.
@@ -103,8 +109,9 @@ class SingleRead:
             discard = ()
             if not counted_miss:
                 counted_miss = True
-                cache.metrics.incr("misses")
+                cache.metrics.incr("misses", 1, self.model)
             if self._leased(reply):
+                decision("miss", self.model, self.keys[0], lease="granted")
                 return (yield from self._fill())
             if not (yield from self._pause()):
                 return (yield from self.fetch_uncached())
@@ -112,7 +119,7 @@ class SingleRead:
     def _leased(self, reply: Any) -> bool:
         """Whether a lease call's code grants the lease (else another reader holds it)."""
         if reply in (_LEASED_REPAIRED, _BUSY_REPAIRED):
-            self.cache.metrics.incr("corrupt_keys")
+            self.cache.metrics.incr("corrupt_keys", 1, self.model)
         if reply in (_LEASED, _LEASED_REPAIRED):
             return True
         if reply in (_BUSY, _BUSY_REPAIRED):
@@ -126,14 +133,17 @@ class SingleRead:
         without caching instead (the ``busy`` policy, or the wait is over)."""
         cache = self.cache
         if self.deadline is None:
-            cache.metrics.incr("busy")
+            cache.metrics.incr("busy", 1, self.model)
             if cache._fetches_when_busy:
+                decision("busy", self.model, self.keys[0], then="fetch")
                 return False
-            cache.metrics.incr("waits")
+            cache.metrics.incr("waits", 1, self.model)
+            decision("busy", self.model, self.keys[0], then="wait")
             self.deadline = cache.clock.monotonic() + cache.options.wait_timeout
         pause = cache._wait_step(self.deadline, self.attempt)
         if pause <= 0:
-            cache.metrics.incr("wait_timeouts")
+            cache.metrics.incr("wait_timeouts", 1, self.model)
+            decision("wait_timeout", self.model, self.keys[0], polls=self.attempt)
             return False
         self.attempt += 1
         yield Sleep(pause)
@@ -142,8 +152,8 @@ class SingleRead:
     def _fill(self) -> Flow:
         """Fetch under this reader's lease and commit; the fetched object (or not-found)."""
         cache = self.cache
-        cache.metrics.incr("leases")
-        cache.metrics.incr("fetches")
+        cache.metrics.incr("leases", 1, self.model)
+        cache.metrics.incr("fetches", 1, self.model)
         cover(self.flight)
         try:
             try:
@@ -175,18 +185,19 @@ class SingleRead:
             # after a timeout: Redis is stalled, and the release would wait as long again.
             if not _timed_out(exc):
                 yield from self._release(counted=False)
-            redis_failed(cache, exc, "commit", self.keys)
+            redis_failed(cache, exc, "commit", self.keys, self.model)
         except GeneratorExit:
             raise
         except BaseException as exc:
             yield from release_on_failure(exc, self._release())  # as above
             raise
         else:
-            cache.metrics.incr("commits" if stored == 1 else "stale_commits")
+            cache.metrics.incr("commits" if stored == 1 else "stale_commits", 1, self.model)
+            decision("commit" if stored == 1 else "stale_commit", self.model, self.keys[0])
 
     def fetch_uncached(self) -> Flow:
         """The object from ``fetch``, caching nothing."""
-        self.cache.metrics.incr("fetches")
+        self.cache.metrics.incr("fetches", 1, self.model)
         cover(self.flight)
         try:
             obj = yield Fetch(*self.lookup)
@@ -203,7 +214,7 @@ class SingleRead:
             yield Script("release", (flag_key,), (self.token,))
         except Exception as exc:  # a Redis failure, or a reply of the wrong shape
             if counted:
-                self.cache.metrics.incr("redis_errors")
+                self.cache.metrics.incr("redis_errors", 1, self.model)
             logger.warning("could not release lease %s: %s", flag_key, exc)
 
 
@@ -211,21 +222,25 @@ def peek(cache: Cache, lookup: tuple[Any, Field, Any]) -> Flow:
     """Read a lookup from the cache only: the object, ``None`` if not cached; never fetches,
     never leases (a tombstone raises the not-found exception, as ``get`` does)."""
     value_key = cache.get_keys(*lookup)[0]
+    model = cache.model_label(lookup[0])
     try:
         reply = yield Command(("GET", value_key))
     except RedisError as exc:
         if _wrong_type(exc):
             # Foreign data of another type under the value key: a miss. Left in place (a
             # plain DEL here could race a commit); the next get deletes it atomically.
-            cache.metrics.incr("corrupt_keys")
-            cache.metrics.incr("misses")
+            cache.metrics.incr("corrupt_keys", 1, model)
+            cache.metrics.incr("misses", 1, model)
             return None
-        redis_failed(cache, exc, "peek", (value_key,))
+        redis_failed(cache, exc, "peek", (value_key,), model)
         return None
     if reply is None:
-        cache.metrics.incr("misses")
+        cache.metrics.incr("misses", 1, model)
+        decision("miss", model, value_key, lease="none (peek)")
         return None
-    obj = decoded(cache, lookup, reply)
+    obj = decoded(cache, lookup, reply, model=model)
     if obj is _TOMB:
+        decision("tombstone_hit", model, value_key)
         raise cache.not_found(*lookup)
+    decision("unusable" if obj is _UNUSABLE else "hit", model, value_key)
     return None if obj is _UNUSABLE else obj

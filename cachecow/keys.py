@@ -43,6 +43,7 @@ from typing import Any
 
 import xxhash
 
+from ._telemetry import remember_label
 from .exceptions import ConfigurationError, InvalidLookup
 
 __all__ = [
@@ -248,7 +249,9 @@ def _lookup_head(label: str, field: Field) -> str:
 def _readable(prefix: str, label: str, field: Field) -> str:
     """The readable start of a key: ``<prefix><label>:<fields>:``."""
     fields = "+".join(field) if isinstance(field, tuple) else field
-    return prefix + _UNSAFE_RE.sub("_", f"{label}:{fields}") + ":"
+    readable = prefix + _UNSAFE_RE.sub("_", f"{label}:{fields}") + ":"
+    remember_label(readable, label)  # the model of an invalidated key, for its metrics
+    return readable
 
 
 def build_keys(

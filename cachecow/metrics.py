@@ -1,13 +1,52 @@
-"""Counters kept by every cache instance, and a hook to export them."""
+"""Counters kept by every cache instance (in total and per model), latency histograms of the
+public calls, and a hook to export the counters. The exporters are in :mod:`cachecow.exporters`."""
 
 from __future__ import annotations
 
 import logging
 import threading
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
-__all__ = ["Metrics", "MetricsSnapshot"]
+__all__ = ["BUCKETS", "HistogramSnapshot", "Metrics", "MetricsSnapshot"]
+
+BUCKETS: tuple[float, ...] = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+"""The upper bounds (seconds, inclusive) of the latency histograms' buckets; a last bucket,
+``+Inf``, takes the rest."""
+
+OPERATIONS: tuple[str, ...] = (
+    "get",
+    "get_many",
+    "peek",
+    "invalidate",
+    "invalidate_many",
+    "invalidate_lookups",
+    "invalidate_object",
+    "invalidate_model",
+)
+"""The public calls whose durations are recorded."""
+
+UNATTRIBUTED = ""
+"""The model label of counts that belong to no one model (a release that failed after a
+cancellation, an invalidation of keys whose model is unknown): model labels are never empty."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +79,62 @@ class MetricsSnapshot:
 
 
 COUNTERS: tuple[str, ...] = tuple(f.name for f in fields(MetricsSnapshot))
+
+DESCRIPTIONS: dict[str, str] = {
+    "hits": "Gets answered from the cache with an object.",
+    "tombstone_hits": "Gets answered from a cached 'not found'.",
+    "misses": "Gets whose first look found no usable value (leased or busy).",
+    "fetches": "Calls of fetch.",
+    "leases": "Leases won.",
+    "commits": "Values stored under a lease.",
+    "stale_commits": "Commits refused because the lease was voided or had expired.",
+    "busy": "Gets that found another reader's lease.",
+    "waits": "Busy gets that waited for the holder.",
+    "wait_timeouts": "Waits that gave up and fetched without caching.",
+    "decode_failures": "Cached values that could not be deserialized (deleted, a miss).",
+    "verify_failures": "Cached values that failed verify (deleted, a miss).",
+    "uncacheable": "Fetched objects that failed verify, returned but not cached.",
+    "oversized_values": "Fetched objects over max_value_bytes, returned but not cached.",
+    "corrupt_keys": "Reads that found foreign data under a lookup's keys.",
+    "redis_errors": "Redis operations that failed.",
+    "fail_open_fetches": "Gets served from fetch because Redis failed and fail_open was on.",
+    "invalidations": "Lookups invalidated.",
+    "joined": "Gets answered by another get of the same key in this process (single flight).",
+}
+"""One line on each counter, for the exporters' help texts."""
+
+
+@dataclass(frozen=True)
+class HistogramSnapshot:
+    """The durations of one operation (on one model) at one moment.
+
+    ``counts[i]`` is how many took at most ``buckets[i]`` seconds and more than the bound
+    before it (not cumulative); the last count, one more than there are bounds, is for
+    ``+Inf``. ``sum`` is the total of the durations in seconds.
+    """
+
+    buckets: tuple[float, ...]
+    counts: tuple[int, ...]
+    sum: float
+
+    @property
+    def count(self) -> int:
+        """How many durations were recorded."""
+        return sum(self.counts)
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """``(upper bound, durations up to it)`` pairs, ending with ``(inf, count)``, as
+        Prometheus buckets are."""
+        total = 0
+        out: list[tuple[float, int]] = []
+        for bound, count in zip((*self.buckets, float("inf")), self.counts, strict=True):
+            total += count
+            out.append((bound, total))
+        return out
+
+
+DurationListener = Callable[[str, str, float], None]
+"""Called as ``listener(operation, model, seconds)`` after every recorded duration."""
 
 MetricsHook = Callable[[str, int], None]
 """Called as ``hook(counter_name, amount)`` after every increment (for Prometheus, statsd...).
@@ -76,18 +171,31 @@ class Metrics:
     - ``invalidations``: lookups invalidated
     - ``joined``: gets answered by another ``get`` of the same key in this process, which they
       joined while it ran (single flight), without a Redis call or a fetch of their own
+
+    Each count is also kept per model label (see :meth:`by_model`; counts of no one model under
+    ``""``), and the durations of the public calls per operation and model label, in
+    histograms of :data:`BUCKETS` (see :meth:`histograms`).
     """
 
     def __init__(self, hook: MetricsHook | None = None) -> None:
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(COUNTERS, 0)
+        self._models: dict[str, dict[str, int]] = {}
+        self._durations: dict[tuple[str, str], list[float]] = {}  # bucket counts, then sum
+        self._listeners: list[DurationListener] = []
         self.hook = hook
         self._hook_failed = False
+        self._listener_failed = False
 
-    def incr(self, name: str, amount: int = 1) -> None:
-        """Add ``amount`` to the counter ``name`` and tell the hook."""
+    def incr(self, name: str, amount: int = 1, model: str = UNATTRIBUTED) -> None:
+        """Add ``amount`` to the counter ``name`` (in total and for ``model``, a model label)
+        and tell the hook."""
         with self._lock:
             self._counts[name] += amount
+            counts = self._models.get(model)
+            if counts is None:
+                counts = self._models[model] = dict.fromkeys(COUNTERS, 0)
+            counts[name] += amount
         if self.hook is not None:
             try:
                 self.hook(name, amount)
@@ -96,12 +204,55 @@ class Metrics:
                     self._hook_failed = True
                     logger.exception("the metrics hook raised (logged once; ignored)")
 
+    def observe(self, operation: str, model: str, seconds: float) -> None:
+        """Record that a call of ``operation`` on ``model`` (a model label) took ``seconds``."""
+        index = bisect_left(BUCKETS, seconds)
+        with self._lock:
+            row = self._durations.get((operation, model))
+            if row is None:
+                row = self._durations[(operation, model)] = [0.0] * (len(BUCKETS) + 2)
+            row[index] += 1
+            row[-1] += seconds
+        for listener in self._listeners:
+            try:
+                listener(operation, model, seconds)
+            except Exception:
+                if not self._listener_failed:
+                    self._listener_failed = True
+                    logger.exception("a duration listener raised (logged once; ignored)")
+
+    def add_duration_listener(self, listener: DurationListener) -> None:
+        """Call ``listener(operation, model, seconds)`` after each recorded duration (for an
+        exporter that records them itself, as OpenTelemetry histograms do)."""
+        self._listeners = [*self._listeners, listener]
+
+    def remove_duration_listener(self, listener: DurationListener) -> None:
+        """Stop calling ``listener``."""
+        self._listeners = [each for each in self._listeners if each is not listener]
+
     def snapshot(self) -> MetricsSnapshot:
-        """A consistent copy of every counter."""
+        """A consistent copy of every counter (the totals over all models)."""
         with self._lock:
             return MetricsSnapshot(**self._counts)
 
+    def by_model(self) -> dict[str, MetricsSnapshot]:
+        """The counters of each model label seen so far (``""``: counts of no one model); they
+        add up to :meth:`snapshot`."""
+        with self._lock:
+            return {model: MetricsSnapshot(**counts) for model, counts in self._models.items()}
+
+    def histograms(self) -> dict[tuple[str, str], HistogramSnapshot]:
+        """The durations recorded so far, by ``(operation, model label)``."""
+        with self._lock:
+            rows = {key: list(row) for key, row in self._durations.items()}
+        return {
+            key: HistogramSnapshot(BUCKETS, tuple(int(n) for n in row[:-1]), row[-1])
+            for key, row in rows.items()
+        }
+
     def reset(self) -> None:
-        """Set every counter back to zero."""
+        """Set every counter back to zero and forget every duration."""
         with self._lock:
             self._counts = dict.fromkeys(COUNTERS, 0)
+            self._models = {}
+            self._durations = {}

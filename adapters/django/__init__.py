@@ -356,7 +356,7 @@ class DjangoCache(ModelCache[_Model], CacheCow):
                     ):
                         return
                 except Exception as exc:  # never fail the application's commit hooks
-                    logger.warning("cachecow: delivering announced outbox rows failed: %r", exc)
+                    logger.warning("delivering announced outbox rows failed: %r", exc)
                 drainer.after_commit()  # (it too leaves the rows to the relay while Redis fails)
 
             callback = self._drain_callbacks[alias] = after_commit
@@ -751,7 +751,7 @@ def _announce(connection: Any) -> None:
     try:
         _outbox.announce(raw)
     except Exception as exc:  # its commits then drain the outbox
-        logger.warning("cachecow: setting a connection up to announce failed: %s", exc)
+        logger.warning("setting a connection up to announce failed: %s", exc)
 
 
 def watched_models() -> list[Any]:
