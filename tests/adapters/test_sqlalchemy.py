@@ -25,6 +25,7 @@ from cachecow.adapters.sqlalchemy import AsyncSQLAlchemyCache, SQLAlchemyCache
 from cachecow.adapters.sqlalchemy import relay as sqlalchemy_relay
 from cachecow.testing.contract import FetchProbe
 from tests.adapters.sa_env import MODELS, Color, Database, Everything, Membership, Org, User
+from tests.support.lookups import BAD_VALUES, calls
 
 
 @pytest.fixture
@@ -132,6 +133,18 @@ def test_get_many_is_one_in_query(cache: SQLAlchemyCache, db: Database, queries:
 def test_a_lookup_of_null_is_refused(cache: SQLAlchemyCache, db: Database) -> None:
     with pytest.raises(InvalidLookup, match="NULL"):
         cache.get(User, "email", None)
+
+
+@pytest.mark.parametrize("field", ["id", "email"])
+def test_every_call_refuses_a_value_no_column_holds(
+    cache: SQLAlchemyCache, db: Database, queries: Queries, field: str
+) -> None:
+    for value in BAD_VALUES:
+        for name, call in calls(cache, User, field, value).items():
+            with pytest.raises(InvalidLookup):
+                call()
+            assert queries.count == 0, (name, value)  # refused before the database
+    assert cache.redis.dbsize() == 0
 
 
 # -- objects ------------------------------------------------------------------------------------
