@@ -65,7 +65,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 try:
     import sqlalchemy as sa
@@ -87,12 +87,22 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "cachecow.adapters.sqlalchemy needs SQLAlchemy 2: pip install 'cachecow-orm[sqlalchemy]'"
     ) from exc
 
-from cachecow import AsyncCacheCow, CacheCow, ConfigurationError, InvalidLookup, NotFound
+from cachecow import (
+    AsyncCacheCow,
+    CacheCow,
+    CacheOptions,
+    ConfigurationError,
+    InvalidLookup,
+    NotFound,
+)
 from cachecow.keys import Field, model_label, normalize_lookup
 
 from . import _outbox
 from ._base import ModelCache, ModelInfo, has_null
 from ._codecs import Codec, codec_for
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11 on
 
 __all__ = [
     "AsyncSQLAlchemyCache",
@@ -387,10 +397,13 @@ class SQLAlchemyCache(_SQLAlchemyModels, CacheCow):
     :param redis: a redis-py client (see :func:`cachecow.connect`).
     :param session_factory: makes the short sessions ``fetch`` reads committed data with (a
         ``sessionmaker``); bind it to the primary, not to a lagging replica.
-    :param options: the options of :class:`~cachecow.CacheCow` (``ttl``, ``busy``, ...).
+    :param options: the options of :class:`~cachecow.CacheCow` (``ttl``, ``busy``, ...; see
+        :class:`~cachecow.CacheOptions`).
     """
 
-    def __init__(self, redis: Any, session_factory: sessionmaker[Any], **options: Any) -> None:
+    def __init__(
+        self, redis: Any, session_factory: sessionmaker[Any], **options: Unpack[CacheOptions]
+    ) -> None:
         super().__init__(redis, **options)
         self._setup(session_factory)
 
@@ -458,7 +471,10 @@ class AsyncSQLAlchemyCache(_SQLAlchemyModels, AsyncCacheCow):
     started by the first read after ``watch()``; ``await cache.aclose_relays()`` ends it."""
 
     def __init__(
-        self, redis: Any, session_factory: async_sessionmaker[Any], **options: Any
+        self,
+        redis: Any,
+        session_factory: async_sessionmaker[Any],
+        **options: Unpack[CacheOptions],
     ) -> None:
         super().__init__(redis, **options)
         self._setup(session_factory)

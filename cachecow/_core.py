@@ -125,6 +125,12 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         finally:
             land(self, flight, lookup, obj, error)
 
+    @overload
+    def peek(self, cls: type[T], id_field: str | tuple[str, ...], id_val: Any) -> T | None: ...
+
+    @overload
+    def peek(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> Any: ...
+
     def peek(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> Any:
         """The cached object of a lookup, or ``None`` when it is not cached: never fetches.
 
@@ -133,6 +139,26 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         """
         id_field, id_val = normalized(self, cls, id_field, id_val)
         return self._drive(self._peek_flow(cls, id_field, id_val))
+
+    @overload
+    def get_many(
+        self,
+        cls: type[T],
+        id_field: str | tuple[str, ...],
+        id_vals: Iterable[Any],
+        *,
+        ttl: float | None = ...,
+    ) -> list[T | None]: ...
+
+    @overload
+    def get_many(
+        self,
+        cls: Any,
+        id_field: str | tuple[str, ...],
+        id_vals: Iterable[Any],
+        *,
+        ttl: float | None = ...,
+    ) -> list[Any]: ...
 
     def get_many(
         self,
