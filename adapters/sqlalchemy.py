@@ -197,10 +197,24 @@ class _SQLAlchemyModels(ModelCache[_Model]):
 
     model_label: Callable[[Any], str]  # the cache class's
 
-    def _setup(self, session_factory: Any) -> None:
+    def _setup(self, session_factory: Any, *, asynchronous: bool) -> None:
         if not callable(session_factory):
             raise ConfigurationError(
                 f"session_factory must make sessions (a sessionmaker), got {session_factory!r}"
+            )
+        makes_async = isinstance(session_factory, async_sessionmaker) or (
+            isinstance(session_factory, sessionmaker)
+            and issubclass(session_factory.class_, AsyncSession)
+        )
+        if makes_async and not asynchronous:
+            raise ConfigurationError(
+                f"SQLAlchemyCache reads with sync sessions, got {session_factory!r} (it makes "
+                "AsyncSessions): use AsyncSQLAlchemyCache, or give a sessionmaker"
+            )
+        if asynchronous and isinstance(session_factory, sessionmaker) and not makes_async:
+            raise ConfigurationError(
+                f"AsyncSQLAlchemyCache reads with AsyncSessions, got {session_factory!r} (it "
+                "makes sync Sessions): use SQLAlchemyCache, or give an async_sessionmaker"
             )
         self.session_factory = session_factory
         self._models: dict[Any, _Model] = {}
@@ -405,7 +419,7 @@ class SQLAlchemyCache(_SQLAlchemyModels, CacheCow):
         self, redis: Any, session_factory: sessionmaker[Any], **options: Unpack[CacheOptions]
     ) -> None:
         super().__init__(redis, **options)
-        self._setup(session_factory)
+        self._setup(session_factory, asynchronous=False)
 
     def watch(
         self, target: sessionmaker[Any] | Session, *, warm: bool = False, relay: bool = True
@@ -477,7 +491,7 @@ class AsyncSQLAlchemyCache(_SQLAlchemyModels, AsyncCacheCow):
         **options: Unpack[CacheOptions],
     ) -> None:
         super().__init__(redis, **options)
-        self._setup(session_factory)
+        self._setup(session_factory, asynchronous=True)
         self._relay_engines: set[AsyncEngine] = set()
         self._relay_tasks: dict[AsyncEngine, asyncio.Task[None]] = {}
 

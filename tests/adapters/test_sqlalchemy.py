@@ -16,7 +16,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 from sqlalchemy import delete, insert, update
-from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
 import cachecow
@@ -145,6 +145,18 @@ def test_every_call_refuses_a_value_no_column_holds(
                 call()
             assert queries.count == 0, (name, value)  # refused before the database
     assert cache.redis.dbsize() == 0
+
+
+def test_a_session_factory_of_the_other_kind_is_refused_at_construction(
+    redis_client: redis.Redis,
+) -> None:
+    with pytest.raises(cachecow.ConfigurationError, match="use AsyncSQLAlchemyCache"):
+        SQLAlchemyCache(redis_client, async_sessionmaker())  # type: ignore[arg-type]
+    with pytest.raises(cachecow.ConfigurationError, match="use AsyncSQLAlchemyCache"):
+        SQLAlchemyCache(redis_client, sessionmaker(class_=AsyncSession))
+    client = redis.asyncio.Redis(port=redis_client.connection_pool.connection_kwargs["port"])
+    with pytest.raises(cachecow.ConfigurationError, match="use SQLAlchemyCache"):
+        AsyncSQLAlchemyCache(client, sessionmaker())  # type: ignore[arg-type]
 
 
 # -- objects ------------------------------------------------------------------------------------

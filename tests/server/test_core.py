@@ -222,6 +222,17 @@ def test_client_with_decode_responses_is_refused(redis_server: Any) -> None:
         MemberCache("redis://localhost")  # type: ignore[arg-type]
 
 
+def test_a_client_of_the_other_kind_is_refused_at_construction(redis_server: Any) -> None:
+    import redis.asyncio as aredis
+
+    sync_client = redis.Redis(port=redis_server.port)
+    async_client = aredis.Redis(port=redis_server.port)
+    with pytest.raises(ConfigurationError, match="an asyncio client: use AsyncCacheCow"):
+        MemberCache(async_client)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="a synchronous client: use CacheCow"):
+        cachecow.AsyncCacheCow(sync_client)  # type: ignore[arg-type]
+
+
 def test_connect_builds_a_bounded_client(redis_url: str) -> None:
     client = cachecow.connect(redis_url, timeout=0.25)
     kwargs = client.get_connection_kwargs()
