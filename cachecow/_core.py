@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -14,6 +15,7 @@ from ._cached import Cached, Call, FunctionHooks, Result, decorate, share
 from ._flights import ALONE, RETRY, answer, land
 from ._invalidation import pause, scan_failed, settle_seconds
 from ._lookups import lookups_keys, normalized, normalized_many, object_keys
+from ._loops import warn_in_loop
 from ._ops import Fetch, FetchMany, Flow, Sleep, TimeBoxed, Wait, as_redis_error
 from ._options import Options
 from ._protocol import CacheCowBase, entry_pairs, refuse_awaitable
@@ -284,8 +286,12 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         """Who reads (for single flight): the current thread, and no event loop."""
         return threading.get_ident(), None
 
+    _loop_warned = False  # whether a call inside a running event loop was warned of
+
     def _drive(self, flow: Flow) -> Any:
         """Perform each operation a flow yields, until it returns or raises."""
+        if not self._loop_warned and asyncio._get_running_loop() is not None:
+            warn_in_loop(self)
         result: Any = None
         error: BaseException | None = None
         while True:
