@@ -221,6 +221,8 @@ class _SQLAlchemyModels(ModelCache[_Model]):
         self._installed: set[type] = set()
         self._drainers: dict[Any, _outbox.Drainer] = {}
         self._relays: dict[Any, _outbox.Relay] = {}
+        self._watched_urls: set[str] = set()  # engines watch() or a relay covers; "*": any
+        self._unwatched_warned: set[type] = set()
 
     # -- models ---------------------------------------------------------------------------------
 
@@ -288,8 +290,34 @@ class _SQLAlchemyModels(ModelCache[_Model]):
 
     # -- watching sessions ----------------------------------------------------------------------
 
+    def _covers(self, bind: Any) -> None:
+        """Note that ``watch()`` or a relay covers the engine of ``bind`` (any, if unknown)."""
+        engine = getattr(bind, "engine", bind)
+        url = getattr(engine, "url", None)
+        self._watched_urls.add("*" if url is None else _url_of(url))
+
+    def _check_watched(self, connection: Any, cls: Any) -> None:
+        """Warn, once per model, of a model read through an engine that neither ``watch()``
+        nor a relay of this cache covers: its writes' invalidations would reach Redis only
+        if something else drains the outbox."""
+        if cls in self._unwatched_warned or "*" in self._watched_urls:
+            return
+        url = _url_of(connection.engine.url)
+        if url in self._watched_urls:
+            return
+        self._unwatched_warned.add(cls)
+        logger.warning(
+            "cachecow: %s is read into the cache through %s, which this cache does not watch: "
+            "no commit drains the invalidations of its writes and no relay of this cache "
+            "delivers them, so cached rows go stale. Call cache.watch(Session) on the "
+            "sessionmaker that writes (or cache.relay(engine)), or run a relay elsewhere.",
+            cls.__qualname__,
+            url,
+        )
+
     def _check_installed(self, connection: Any, cls: Any) -> None:
         """Refuse, once per model, to cache a table whose writes no trigger records."""
+        self._check_watched(connection, cls)
         if cls in self._installed:
             return
         table = _watched(self.model_info(cls), self.model_label(cls))
@@ -373,6 +401,7 @@ class _SQLAlchemyModels(ModelCache[_Model]):
     def relay(self, engine: sa.Engine, *, interval: float = 0.2) -> _outbox.Relay:
         """Start a relay thread on ``engine``'s outbox (see :func:`relay`), sharing this
         cache's drainer; ``watch(..., relay=True)`` starts one for its engine."""
+        self._covers(engine)
         relay = self._relays.get(engine)
         if relay is None or not relay.running:
             relay = self._relays[engine] = _start_relay(self._drainer(engine), engine, interval)
@@ -436,6 +465,7 @@ class SQLAlchemyCache(_SQLAlchemyModels, CacheCow):
             raise ConfigurationError(f"watch() takes a sessionmaker or a Session, got {target!r}")
         self._listen(target, warm)
         bind = target.kw.get("bind") if isinstance(target, sessionmaker) else target.bind
+        self._covers(bind)
         engine = getattr(bind, "engine", bind)
         if isinstance(engine, sa.Engine):
             _announce(engine, self)
@@ -508,6 +538,7 @@ class AsyncSQLAlchemyCache(_SQLAlchemyModels, AsyncCacheCow):
         :param relay: run :meth:`start_relay` on ``target``'s engine from the first read on.
         """
         bind = target.bind if isinstance(target, AsyncSession) else target.kw.get("bind")
+        self._covers(bind)
         if relay and isinstance(bind, AsyncEngine):
             self._relay_engines.add(bind)
         if isinstance(target, AsyncSession):
@@ -607,6 +638,12 @@ def _integral(cls: Any, key: str, value: Any) -> Any:
     raise InvalidLookup(
         f"{cls.__qualname__}.{key} is an integer column; {value!r} is not an integer"
     )
+
+
+def _url_of(url: Any) -> str:
+    """An engine's URL as text, without its password (sync and async engines alike)."""
+    text = url.render_as_string(hide_password=True) if hasattr(url, "render_as_string") else url
+    return str(text)
 
 
 def _dialect(dialect: Any) -> str:
@@ -850,6 +887,8 @@ def relay(cache: CacheCow, engine: sa.Engine, *, interval: float = 0.2) -> _outb
     """Start a thread that delivers ``engine``'s outbox through ``cache`` (any sync cache with
     the same ``prefix``): on PostgreSQL with psycopg woken by NOTIFY within milliseconds,
     elsewhere every ``interval`` seconds. ``stop()`` ends it."""
+    if isinstance(cache, _SQLAlchemyModels):
+        cache._covers(engine)
     drainer = _outbox.Drainer(
         _dialect(engine.dialect), lambda: _autocommit(engine), _outbox.deliver_to(cache)
     )

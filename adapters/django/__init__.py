@@ -487,6 +487,12 @@ class DjangoCache(ModelCache[_Model], CacheCow):
         records."""
         if (cls, alias) in self._installed:
             return
+        if not apps.is_installed(CachecowConfig.name):
+            raise ImproperlyConfigured(
+                f"{cls._meta.label} is read into cachecow, but cachecow.adapters.django."
+                "CachecowConfig is not in INSTALLED_APPS: no commit would drain its writes' "
+                "invalidations, so the cache would serve stale rows; add it to INSTALLED_APPS"
+            )
         table = self._table(cls)
         with raw_connection(alias) as run:  # not on the app's connection: not in its counts
             installed = _outbox.installed(connections[alias].vendor, run, table)

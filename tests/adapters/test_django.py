@@ -176,6 +176,18 @@ def test_every_call_refuses_a_value_no_column_holds(
     assert cache.redis.dbsize() == 0
 
 
+def test_a_read_without_the_app_installed_is_refused(
+    cache: DjangoCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.apps import apps
+    from django.core.exceptions import ImproperlyConfigured
+
+    monkeypatch.setattr(apps, "is_installed", lambda name: False)
+    with pytest.raises(ImproperlyConfigured, match="CachecowConfig is not in INSTALLED_APPS"):
+        cache.get(Person, "email", "nobody@x.io")
+    assert cache.redis.dbsize() == 0
+
+
 def test_field_types_round_trip(cache: DjangoCache, alias: str) -> None:
     row = Everything.objects.using(alias).create(
         when=dt.datetime(2024, 5, 1, 12, 30, 45, 123456, tzinfo=dt.timezone.utc),

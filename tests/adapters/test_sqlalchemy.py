@@ -159,6 +159,27 @@ def test_a_session_factory_of_the_other_kind_is_refused_at_construction(
         AsyncSQLAlchemyCache(client, sessionmaker())  # type: ignore[arg-type]
 
 
+def test_reading_through_an_unwatched_engine_is_reported_once_per_model(
+    db: Database, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    add(db, User(id=1, email="a@x.io"), Org(id=1, name="o"))
+    cache = SQLAlchemyCache(redis_client, db.Session)  # watch() forgotten
+    with caplog.at_level("WARNING", logger="cachecow"):
+        cache.get(User, "id", 1)
+        cache.get(User, "email", "a@x.io")
+        cache.get_many(Org, "id", [1])
+    warned = [r.getMessage() for r in caplog.records if "does not watch" in r.getMessage()]
+    assert len(warned) == 2, warned  # once per model
+    assert warned[0].startswith("cachecow: User is read into the cache through ")
+    assert "Call cache.watch(Session)" in warned[0]
+    caplog.clear()
+    watched = SQLAlchemyCache(redis_client, db.Session)
+    watched.watch(db.Session, relay=False)
+    with caplog.at_level("WARNING", logger="cachecow"):
+        watched.get(User, "id", 1)
+    assert not [r for r in caplog.records if "does not watch" in r.getMessage()]
+
+
 # -- objects ------------------------------------------------------------------------------------
 
 
