@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from cachecow import InvalidLookup
-from cachecow.keys import Field
+from cachecow.keys import Field, check_value
 
 from ._codecs import Codec
 
@@ -151,6 +151,12 @@ class ModelCache(Generic[InfoT]):
 
     def coerce_lookup(self, cls: Any, id_field: Field, id_val: Any) -> Any:
         info = self.model_info(cls)
+        if isinstance(id_field, str) and isinstance(id_val, (tuple, list)):
+            raise InvalidLookup(
+                f"{info.label}: {id_field!r} is one field, so its lookup value is one value, "
+                f"not {id_val!r}"
+            )
+        check_value(id_val)  # before the ORM's field converts it (Django makes "{}" of {})
         if isinstance(id_field, tuple):
             return tuple(
                 self.coerce_value(info, name, value)

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 try:
     from bson import json_util
@@ -54,7 +54,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "pip install 'cachecow-orm[mongoengine]'"
     ) from exc
 
-from cachecow import CacheCow, ConfigurationError, NotFound
+from cachecow import CacheCow, CacheOptions, ConfigurationError, NotFound
 from cachecow.keys import Field, normalize_lookup
 
 from ._base import (
@@ -67,6 +67,9 @@ from ._base import (
     kwargs_of,
     to_python,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11 on
 
 __all__ = ["CachedQuerySet", "MongoCache", "default_cache", "set_default_cache"]
 
@@ -155,7 +158,7 @@ class MongoCache(ModelCache[_Model], CacheCow):
     :param options: the options of :class:`~cachecow.CacheCow`.
     """
 
-    def __init__(self, redis: Any, **options: Any) -> None:
+    def __init__(self, redis: Any, **options: Unpack[CacheOptions]) -> None:
         super().__init__(redis, **options)
         self._models: dict[Any, _Model] = {}
         self._receivers: list[tuple[Any, Any, Any]] = []

@@ -65,7 +65,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 try:
     import sqlalchemy as sa
@@ -87,7 +87,14 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "cachecow.adapters.sqlalchemy needs SQLAlchemy 2: pip install 'cachecow-orm[sqlalchemy]'"
     ) from exc
 
-from cachecow import AsyncCacheCow, CacheCow, ConfigurationError, InvalidLookup, NotFound
+from cachecow import (
+    AsyncCacheCow,
+    CacheCow,
+    CacheOptions,
+    ConfigurationError,
+    InvalidLookup,
+    NotFound,
+)
 from cachecow._lookups import normalized
 from cachecow.keys import Field, model_label, normalize_lookup
 
@@ -96,6 +103,9 @@ from ._base import ModelCache, ModelInfo, has_null
 from ._codecs import Codec, codec_for
 
 T = TypeVar("T")
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11 on
 
 __all__ = [
     "AsyncSQLAlchemyCache",
@@ -190,16 +200,32 @@ class _SQLAlchemyModels(ModelCache[_Model]):
 
     model_label: Callable[[Any], str]  # the cache class's
 
-    def _setup(self, session_factory: Any) -> None:
+    def _setup(self, session_factory: Any, *, asynchronous: bool) -> None:
         if not callable(session_factory):
             raise ConfigurationError(
                 f"session_factory must make sessions (a sessionmaker), got {session_factory!r}"
+            )
+        makes_async = isinstance(session_factory, async_sessionmaker) or (
+            isinstance(session_factory, sessionmaker)
+            and issubclass(session_factory.class_, AsyncSession)
+        )
+        if makes_async and not asynchronous:
+            raise ConfigurationError(
+                f"SQLAlchemyCache reads with sync sessions, got {session_factory!r} (it makes "
+                "AsyncSessions): use AsyncSQLAlchemyCache, or give a sessionmaker"
+            )
+        if asynchronous and isinstance(session_factory, sessionmaker) and not makes_async:
+            raise ConfigurationError(
+                f"AsyncSQLAlchemyCache reads with AsyncSessions, got {session_factory!r} (it "
+                "makes sync Sessions): use SQLAlchemyCache, or give an async_sessionmaker"
             )
         self.session_factory = session_factory
         self._models: dict[Any, _Model] = {}
         self._installed: set[type] = set()
         self._drainers: dict[Any, _outbox.Drainer] = {}
         self._relays: dict[Any, _outbox.Relay] = {}
+        self._watched_urls: set[str] = set()  # engines watch() or a relay covers; "*": any
+        self._unwatched_warned: set[type] = set()
 
     # -- models ---------------------------------------------------------------------------------
 
@@ -290,8 +316,34 @@ class _SQLAlchemyModels(ModelCache[_Model]):
 
     # -- watching sessions ----------------------------------------------------------------------
 
+    def _covers(self, bind: Any) -> None:
+        """Note that ``watch()`` or a relay covers the engine of ``bind`` (any, if unknown)."""
+        engine = getattr(bind, "engine", bind)
+        url = getattr(engine, "url", None)
+        self._watched_urls.add("*" if url is None else _url_of(url))
+
+    def _check_watched(self, connection: Any, cls: Any) -> None:
+        """Warn, once per model, of a model read through an engine that neither ``watch()``
+        nor a relay of this cache covers: its writes' invalidations would reach Redis only
+        if something else drains the outbox."""
+        if cls in self._unwatched_warned or "*" in self._watched_urls:
+            return
+        url = _url_of(connection.engine.url)
+        if url in self._watched_urls:
+            return
+        self._unwatched_warned.add(cls)
+        logger.warning(
+            "cachecow: %s is read into the cache through %s, which this cache does not watch: "
+            "no commit drains the invalidations of its writes and no relay of this cache "
+            "delivers them, so cached rows go stale. Call cache.watch(Session) on the "
+            "sessionmaker that writes (or cache.relay(engine)), or run a relay elsewhere.",
+            cls.__qualname__,
+            url,
+        )
+
     def _check_installed(self, connection: Any, cls: Any) -> None:
         """Refuse, once per model, to cache a table whose writes no trigger records."""
+        self._check_watched(connection, cls)
         if cls in self._installed:
             return
         table = _watched(self.model_info(cls), self.model_label(cls))
@@ -375,6 +427,7 @@ class _SQLAlchemyModels(ModelCache[_Model]):
     def relay(self, engine: sa.Engine, *, interval: float = 0.2) -> _outbox.Relay:
         """Start a relay thread on ``engine``'s outbox (see :func:`relay`), sharing this
         cache's drainer; ``watch(..., relay=True)`` starts one for its engine."""
+        self._covers(engine)
         relay = self._relays.get(engine)
         if relay is None or not relay.running:
             relay = self._relays[engine] = _start_relay(self._drainer(engine), engine, interval)
@@ -413,12 +466,15 @@ class SQLAlchemyCache(_SQLAlchemyModels, CacheCow):
     :param redis: a redis-py client (see :func:`cachecow.connect`).
     :param session_factory: makes the short sessions ``fetch`` reads committed data with (a
         ``sessionmaker``); bind it to the primary, not to a lagging replica.
-    :param options: the options of :class:`~cachecow.CacheCow` (``ttl``, ``busy``, ...).
+    :param options: the options of :class:`~cachecow.CacheCow` (``ttl``, ``busy``, ...; see
+        :class:`~cachecow.CacheOptions`).
     """
 
-    def __init__(self, redis: Any, session_factory: sessionmaker[Any], **options: Any) -> None:
+    def __init__(
+        self, redis: Any, session_factory: sessionmaker[Any], **options: Unpack[CacheOptions]
+    ) -> None:
         super().__init__(redis, **options)
-        self._setup(session_factory)
+        self._setup(session_factory, asynchronous=False)
 
     def watch(
         self, target: sessionmaker[Any] | Session, *, warm: bool = False, relay: bool = True
@@ -435,6 +491,7 @@ class SQLAlchemyCache(_SQLAlchemyModels, CacheCow):
             raise ConfigurationError(f"watch() takes a sessionmaker or a Session, got {target!r}")
         self._listen(target, warm)
         bind = target.kw.get("bind") if isinstance(target, sessionmaker) else target.bind
+        self._covers(bind)
         engine = getattr(bind, "engine", bind)
         if isinstance(engine, sa.Engine):
             _announce(engine, self)
@@ -511,10 +568,13 @@ class AsyncSQLAlchemyCache(_SQLAlchemyModels, AsyncCacheCow):
     started by the first read after ``watch()``; ``await cache.aclose_relays()`` ends it."""
 
     def __init__(
-        self, redis: Any, session_factory: async_sessionmaker[Any], **options: Any
+        self,
+        redis: Any,
+        session_factory: async_sessionmaker[Any],
+        **options: Unpack[CacheOptions],
     ) -> None:
         super().__init__(redis, **options)
-        self._setup(session_factory)
+        self._setup(session_factory, asynchronous=True)
         self._relay_engines: set[AsyncEngine] = set()
         self._relay_tasks: dict[AsyncEngine, asyncio.Task[None]] = {}
 
@@ -531,6 +591,7 @@ class AsyncSQLAlchemyCache(_SQLAlchemyModels, AsyncCacheCow):
         :param relay: run :meth:`start_relay` on ``target``'s engine from the first read on.
         """
         bind = target.bind if isinstance(target, AsyncSession) else target.kw.get("bind")
+        self._covers(bind)
         if relay and isinstance(bind, AsyncEngine):
             self._relay_engines.add(bind)
         if isinstance(target, AsyncSession):
@@ -655,6 +716,12 @@ def _integral(cls: Any, key: str, value: Any) -> Any:
     raise InvalidLookup(
         f"{cls.__qualname__}.{key} is an integer column; {value!r} is not an integer"
     )
+
+
+def _url_of(url: Any) -> str:
+    """An engine's URL as text, without its password (sync and async engines alike)."""
+    text = url.render_as_string(hide_password=True) if hasattr(url, "render_as_string") else url
+    return str(text)
 
 
 def _dialect(dialect: Any) -> str:
@@ -898,6 +965,8 @@ def relay(cache: CacheCow, engine: sa.Engine, *, interval: float = 0.2) -> _outb
     """Start a thread that delivers ``engine``'s outbox through ``cache`` (any sync cache with
     the same ``prefix``): on PostgreSQL with psycopg woken by NOTIFY within milliseconds,
     elsewhere every ``interval`` seconds. ``stop()`` ends it."""
+    if isinstance(cache, _SQLAlchemyModels):
+        cache._covers(engine)
     drainer = _outbox.Drainer(
         _dialect(engine.dialect), lambda: _autocommit(engine), _outbox.deliver_to(cache)
     )

@@ -17,7 +17,7 @@ from ._connect import (
 )
 from ._core import CacheCow
 from ._ops import TOMBSTONE
-from ._options import BusyPolicy
+from ._options import BusyName, BusyPolicy, CacheOptions
 from ._version import __version__
 from .exceptions import (
     CacheCowError,
@@ -35,9 +35,11 @@ __all__ = [
     "TOMBSTONE",
     "AsyncCacheCow",
     "AsyncClock",
+    "BusyName",
     "BusyPolicy",
     "CacheCow",
     "CacheCowError",
+    "CacheOptions",
     "CacheUnavailable",
     "Clock",
     "ConfigurationError",

@@ -116,11 +116,39 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
         finally:
             land(self, flight, lookup, obj, error)
 
+    @overload
+    async def peek(
+        self, cls: type[T], id_field: str | tuple[str, ...], id_val: Any
+    ) -> T | None: ...
+
+    @overload
+    async def peek(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> Any: ...
+
     @timed("peek")
     async def peek(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> Any:
         """The cached object of a lookup, or ``None``; see :meth:`cachecow.CacheCow.peek`."""
         id_field, id_val = normalized(self, cls, id_field, id_val)
         return await self._drive(self._peek_flow(cls, id_field, id_val))
+
+    @overload
+    async def get_many(
+        self,
+        cls: type[T],
+        id_field: str | tuple[str, ...],
+        id_vals: Iterable[Any],
+        *,
+        ttl: float | None = ...,
+    ) -> list[T | None]: ...
+
+    @overload
+    async def get_many(
+        self,
+        cls: Any,
+        id_field: str | tuple[str, ...],
+        id_vals: Iterable[Any],
+        *,
+        ttl: float | None = ...,
+    ) -> list[Any]: ...
 
     @timed("get_many")
     async def get_many(

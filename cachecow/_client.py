@@ -121,7 +121,12 @@ def check_client(redis: Any, *, is_async: bool) -> None:
     if not hasattr(redis, "register_script") or execute is None:
         raise ConfigurationError(f"redis must be a {kind}, got {redis!r}")
     if inspect.iscoroutinefunction(execute) != is_async:
-        raise ConfigurationError(f"redis must be a {kind}, got {redis!r}")
+        other = (
+            "a synchronous client: use CacheCow (or the adapter's sync class)"
+            if is_async
+            else "an asyncio client: use AsyncCacheCow (or the adapter's async class)"
+        )
+        raise ConfigurationError(f"redis must be a {kind}, got {redis!r}, {other}")
     get_kwargs = getattr(redis, "get_connection_kwargs", None)
     if callable(get_kwargs) and get_kwargs().get("decode_responses"):
         raise ConfigurationError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -14,6 +15,7 @@ from ._cached import Cached, Call, FunctionHooks, Result, decorate, share
 from ._flights import ALONE, RETRY, answer, land
 from ._invalidation import pause, scan_failed, settle_seconds
 from ._lookups import lookups_keys, normalized, normalized_many, object_keys
+from ._loops import warn_in_loop
 from ._ops import Fetch, FetchMany, Flow, Sleep, TimeBoxed, Wait, as_redis_error
 from ._options import Options
 from ._protocol import CacheCowBase, entry_pairs, refuse_awaitable
@@ -127,6 +129,12 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         finally:
             land(self, flight, lookup, obj, error)
 
+    @overload
+    def peek(self, cls: type[T], id_field: str | tuple[str, ...], id_val: Any) -> T | None: ...
+
+    @overload
+    def peek(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> Any: ...
+
     @timed("peek")
     def peek(self, cls: Any, id_field: str | tuple[str, ...], id_val: Any) -> Any:
         """The cached object of a lookup, or ``None`` when it is not cached: never fetches.
@@ -136,6 +144,26 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         """
         id_field, id_val = normalized(self, cls, id_field, id_val)
         return self._drive(self._peek_flow(cls, id_field, id_val))
+
+    @overload
+    def get_many(
+        self,
+        cls: type[T],
+        id_field: str | tuple[str, ...],
+        id_vals: Iterable[Any],
+        *,
+        ttl: float | None = ...,
+    ) -> list[T | None]: ...
+
+    @overload
+    def get_many(
+        self,
+        cls: Any,
+        id_field: str | tuple[str, ...],
+        id_vals: Iterable[Any],
+        *,
+        ttl: float | None = ...,
+    ) -> list[Any]: ...
 
     @timed("get_many")
     def get_many(
@@ -267,8 +295,12 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         """Who reads (for single flight): the current thread, and no event loop."""
         return threading.get_ident(), None
 
+    _loop_warned = False  # whether a call inside a running event loop was warned of
+
     def _drive(self, flow: Flow) -> Any:
         """Perform each operation a flow yields, until it returns or raises."""
+        if not self._loop_warned and asyncio._get_running_loop() is not None:
+            warn_in_loop(self)
         result: Any = None
         error: BaseException | None = None
         while True:

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from .exceptions import InvalidLookup
-from .keys import Field, normalize_lookup
+from .keys import Field, check_value, normalize_lookup
 
 if TYPE_CHECKING:
     from ._protocol import CacheCowBase
@@ -22,7 +22,9 @@ def normalized(cache: Cache, cls: Any, id_field: Any, id_val: Any) -> tuple[Fiel
     """The canonical field and value of a lookup, checked and converted by ``cache``."""
     field, value = normalize_lookup(id_field, id_val)
     cache.check_lookup(cls, field)
-    return field, cache.coerce_lookup(cls, field, value)
+    value = cache.coerce_lookup(cls, field, value)
+    check_value(value, encoded=cache._default_keys)
+    return field, value
 
 
 def normalized_many(
@@ -43,7 +45,10 @@ def normalized_many(
             else normalize_lookup(id_field, None)
         )
     cache.check_lookup(cls, field)
-    return field, [cache.coerce_lookup(cls, field, value) for value in values]
+    coerced = [cache.coerce_lookup(cls, field, value) for value in values]
+    for value in coerced:
+        check_value(value, encoded=cache._default_keys)
+    return field, coerced
 
 
 def object_keys(cache: Cache, obj: Any, previous: Any, model: Any) -> list[tuple[str, str]]:
@@ -53,6 +58,7 @@ def object_keys(cache: Cache, obj: Any, previous: Any, model: Any) -> list[tuple
     for source in (obj,) if previous is None else (obj, previous):
         for id_field, id_val in cache.unique_lookups(source):
             field, value = normalize_lookup(id_field, id_val)
+            check_value(value, encoded=cache._default_keys)
             pairs.append(cache.get_keys(cls, field, value))
     return pairs
 

@@ -7,10 +7,13 @@ import enum
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, TypedDict
 
+from ._clock import Clock
 from .exceptions import ConfigurationError, InvalidLookup
 from .keys import model_label
+from .metrics import MetricsHook
+from .serializers import Serializer
 
 
 class BusyPolicy(str, enum.Enum):
@@ -21,6 +24,34 @@ class BusyPolicy(str, enum.Enum):
     WAIT = "wait"
     """Poll for the lease holder's value with backoff for up to ``wait_timeout`` seconds (taking
     the lease over if the holder's expires), then fetch without caching."""
+
+
+BusyName = Literal["wait", "fetch"]
+"""The values of :class:`BusyPolicy` as strings: ``busy="wait"`` or ``busy="fetch"``."""
+
+
+class CacheOptions(TypedDict, total=False):
+    """The keyword-only options of :class:`cachecow.CacheCow` (and ``AsyncCacheCow``), as the
+    adapters' constructors take them (``SQLAlchemyCache(client, Session, ttl=60)``): a type
+    checker refuses a misspelt option or a value of the wrong type. Each is documented on
+    :class:`cachecow.CacheCow`; a test keeps the two lists equal."""
+
+    ttl: float
+    ttl_jitter: float
+    flag_ttl: float
+    tombstone_ttl: float
+    max_value_bytes: int | None
+    busy: BusyPolicy | BusyName
+    wait_timeout: float
+    fail_open: bool
+    fail_open_log_interval: float
+    wait_replicas: int
+    wait_replicas_timeout: float
+    serializer: Serializer | None
+    prefix: str
+    clock: Clock | None
+    metrics_hook: MetricsHook | None
+    ttls: Mapping[Any, float] | None
 
 
 @dataclass(frozen=True, slots=True)

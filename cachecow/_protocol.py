@@ -29,7 +29,7 @@ from ._clock import AsyncClock, Clock, SystemClock, backoff_delay
 from ._flights import Flight, Flights
 from ._invalidation import invalidate
 from ._ops import Flow
-from ._options import BusyPolicy, Options, positive
+from ._options import BusyName, BusyPolicy, Options, positive
 from ._single import SingleRead, peek
 from .exceptions import (
     ConfigurationError,
@@ -101,7 +101,7 @@ class CacheCowBase(Generic[ClientT]):
         flag_ttl: float = 10.0,
         tombstone_ttl: float = 30.0,
         max_value_bytes: int | None = 1_048_576,
-        busy: BusyPolicy | str = BusyPolicy.WAIT,
+        busy: BusyPolicy | BusyName = BusyPolicy.WAIT,
         wait_timeout: float = 1.0,
         fail_open: bool = False,
         fail_open_log_interval: float = 60.0,

@@ -52,6 +52,7 @@ __all__ = [
     "Field",
     "build_keys",
     "build_many_keys",
+    "check_value",
     "encode_lookup",
     "encode_value",
     "memo_key",
@@ -128,6 +129,51 @@ def normalize_lookup(field: Any, value: Any) -> tuple[Field, Any]:
         pairs = sorted(zip(fields, value, strict=True), key=lambda pair: pair[0])
         return tuple(f for f, _ in pairs), tuple(v for _, v in pairs)
     raise InvalidLookup(f"a lookup field is a string or a tuple of strings, got {field!r}")
+
+
+_PLAIN = frozenset({int, str, bytes, bool, float, uuid.UUID, type(None)})
+"""Types whose values are always keys (hashable, with an encoding): checked by type alone."""
+
+
+def check_value(value: Any, *, encoded: bool = True) -> None:
+    """Raise :class:`InvalidLookup` unless ``value`` is a lookup value: hashable (a list, a
+    dict or a set is not; no database query could take it either) and, if ``encoded``, with a
+    key encoding (see :func:`encode_value`; a cache whose ``get_keys`` is its own makes its
+    keys its way). Every public call checks its lookups so, before Redis or the database."""
+    kind = type(value)
+    if kind in _PLAIN or (kind is tuple and all(type(v) in _PLAIN for v in value)):
+        return
+    try:
+        hash(value)
+    except TypeError:
+        raise InvalidLookup(_unhashable(value)) from None
+    if encoded:
+        _encode(value, 0)
+
+
+def _unhashable(value: Any) -> str:
+    """Why an unhashable ``value`` is no lookup value."""
+    if isinstance(value, (tuple, list)):
+        inner = next((v for v in value if not _hashable(v)), value)
+        if inner is not value:
+            return f"cannot build a cache key from {value!r}: {_unhashable(inner)}"
+    kind: Any = type(value)
+    name = f"{kind.__module__}.{kind.__qualname__}"
+    if isinstance(value, list):
+        return (
+            f"cannot build a cache key from a list ({value!r}): a lookup value is hashable; "
+            "pass a tuple (for a unique key of several fields, a tuple of field names and a "
+            "tuple of values)"
+        )
+    return _refusal(value, name)
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
 
 
 def _text(tag: str, text: str) -> str:

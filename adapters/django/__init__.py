@@ -65,7 +65,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from cachecow._lookups import normalized, normalized_many
 
@@ -83,7 +83,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 import cachecow
-from cachecow import CacheCow, ConfigurationError, NotFound
+from cachecow import CacheCow, CacheOptions, ConfigurationError, NotFound
 from cachecow.keys import Field, model_label, normalize_lookup
 
 from .. import _outbox
@@ -110,6 +110,11 @@ from ._triggers import (
 )
 
 logger = logging.getLogger("cachecow")
+T = TypeVar("T")
+ModelT = TypeVar("ModelT")
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11 on
 
 __all__ = [
     "CachecowConfig",
@@ -324,7 +329,12 @@ class DjangoCache(ModelCache[_Model], CacheCow):
     """
 
     def __init__(
-        self, redis: Any, *, using: str | None = None, relay: bool = False, **options: Any
+        self,
+        redis: Any,
+        *,
+        using: str | None = None,
+        relay: bool = False,
+        **options: Unpack[CacheOptions],
     ) -> None:
         super().__init__(redis, **options)
         self.using = using
@@ -405,6 +415,12 @@ class DjangoCache(ModelCache[_Model], CacheCow):
 
     # -- reads that respect transactions --------------------------------------------------------
 
+    @overload
+    def get(self, cls: type[T], id_field: Any, id_val: Any, *, ttl: float | None = ...) -> T: ...
+
+    @overload
+    def get(self, cls: Any, id_field: Any, id_val: Any, *, ttl: float | None = ...) -> Any: ...
+
     def get(self, cls: Any, id_field: Any, id_val: Any, *, ttl: float | None = None) -> Any:
         """The object of a unique lookup; inside an atomic block, nothing is cached (see the
         module docstring)."""
@@ -422,6 +438,16 @@ class DjangoCache(ModelCache[_Model], CacheCow):
             except cls.DoesNotExist:
                 raise self.not_found(cls, field, value) from None
         return super().get(cls, id_field, id_val, ttl=ttl)
+
+    @overload
+    def get_many(
+        self, cls: type[T], id_field: Any, id_vals: Iterable[Any], *, ttl: float | None = ...
+    ) -> list[T | None]: ...
+
+    @overload
+    def get_many(
+        self, cls: Any, id_field: Any, id_vals: Iterable[Any], *, ttl: float | None = ...
+    ) -> list[Any]: ...
 
     def get_many(
         self, cls: Any, id_field: Any, id_vals: Iterable[Any], *, ttl: float | None = None
@@ -461,6 +487,12 @@ class DjangoCache(ModelCache[_Model], CacheCow):
         records."""
         if (cls, alias) in self._installed:
             return
+        if not apps.is_installed(CachecowConfig.name):
+            raise ImproperlyConfigured(
+                f"{cls._meta.label} is read into cachecow, but cachecow.adapters.django."
+                "CachecowConfig is not in INSTALLED_APPS: no commit would drain its writes' "
+                "invalidations, so the cache would serve stale rows; add it to INSTALLED_APPS"
+            )
         table = self._table(cls)
         with raw_connection(alias) as run:  # not on the app's connection: not in its counts
             installed = _outbox.installed(connections[alias].vendor, run, table)
@@ -673,9 +705,19 @@ class CachedQuerySet(models.QuerySet[Any]):  # type: ignore[misc]
         return super().get(*args, **kwargs)
 
 
-class CachedManager(models.Manager.from_queryset(CachedQuerySet)):  # type: ignore[misc]
+class CachedManager(
+    models.Manager.from_queryset(CachedQuerySet),  # type: ignore[misc]
+    Generic[ModelT],
+):
     """A manager whose ``get()`` of one unique lookup is served from cachecow (see the module
-    docstring). Its model is watched: saves and deletes invalidate after commit."""
+    docstring). Its model is watched: saves and deletes invalidate after commit.
+
+    Generic in its model for type checkers: ``cached: CachedManager[User] = CachedManager()``
+    makes ``User.cached.get(...)`` a ``User``."""
+
+    def get(self, *args: Any, **kwargs: Any) -> ModelT:
+        obj: ModelT = self.get_queryset().get(*args, **kwargs)
+        return obj
 
 
 class CachecowConfig(AppConfig):  # type: ignore[misc]

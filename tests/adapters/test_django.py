@@ -29,6 +29,7 @@ from tests.adapters.djapp.models import (
     Person,
     ProxyPerson,
 )
+from tests.support.lookups import BAD_VALUES, calls
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -161,6 +162,30 @@ def test_only_unique_lookups_and_no_proxies(cache: DjangoCache) -> None:
         cache.get(Person, "name", "Ada")
     with pytest.raises(ConfigurationError, match="proxy model"):
         cache.get(ProxyPerson, "id", 1)
+
+
+@pytest.mark.parametrize("field", ["id", "email"])
+def test_every_call_refuses_a_value_no_column_holds(
+    cache: DjangoCache, alias: str, field: str
+) -> None:
+    for value in BAD_VALUES:
+        for name, call in calls(cache, Person, field, value).items():
+            with CaptureQueriesContext(connections[alias]) as queries, pytest.raises(InvalidLookup):
+                call()
+            assert len(queries) == 0, (name, value)  # refused before the database
+    assert cache.redis.dbsize() == 0
+
+
+def test_a_read_without_the_app_installed_is_refused(
+    cache: DjangoCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.apps import apps
+    from django.core.exceptions import ImproperlyConfigured
+
+    monkeypatch.setattr(apps, "is_installed", lambda name: False)
+    with pytest.raises(ImproperlyConfigured, match="CachecowConfig is not in INSTALLED_APPS"):
+        cache.get(Person, "email", "nobody@x.io")
+    assert cache.redis.dbsize() == 0
 
 
 def test_field_types_round_trip(cache: DjangoCache, alias: str) -> None:

@@ -26,6 +26,7 @@ import cachecow
 from cachecow import InvalidLookup
 from cachecow.adapters.mongoengine import CachedQuerySet, MongoCache, set_default_cache
 from cachecow.testing.contract import CacheCowContract
+from tests.support.lookups import BAD_VALUES, calls
 
 MONGODB_URL = os.environ.get("MONGODB_URL")
 
@@ -186,6 +187,15 @@ def test_none_round_trips(cache: MongoCache) -> None:
 
 
 # -- lookups --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["id", "title"])
+def test_every_call_refuses_a_value_no_field_holds(cache: MongoCache, field: str) -> None:
+    for value in BAD_VALUES:
+        for call in calls(cache, Post, field, value).values():
+            with pytest.raises(InvalidLookup):
+                call()
+    assert cache.redis.dbsize() == 0
 
 
 def test_unique_lookups_only(cache: MongoCache) -> None:

@@ -16,7 +16,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 from sqlalchemy import delete, insert, update
-from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
 import cachecow
@@ -25,6 +25,7 @@ from cachecow.adapters.sqlalchemy import AsyncSQLAlchemyCache, SQLAlchemyCache
 from cachecow.adapters.sqlalchemy import relay as sqlalchemy_relay
 from cachecow.testing.contract import FetchProbe
 from tests.adapters.sa_env import MODELS, Color, Database, Everything, Membership, Org, User
+from tests.support.lookups import BAD_VALUES, calls
 
 
 @pytest.fixture
@@ -132,6 +133,51 @@ def test_get_many_is_one_in_query(cache: SQLAlchemyCache, db: Database, queries:
 def test_a_lookup_of_null_is_refused(cache: SQLAlchemyCache, db: Database) -> None:
     with pytest.raises(InvalidLookup, match="NULL"):
         cache.get(User, "email", None)
+
+
+@pytest.mark.parametrize("field", ["id", "email"])
+def test_every_call_refuses_a_value_no_column_holds(
+    cache: SQLAlchemyCache, db: Database, queries: Queries, field: str
+) -> None:
+    for value in BAD_VALUES:
+        for name, call in calls(cache, User, field, value).items():
+            with pytest.raises(InvalidLookup):
+                call()
+            assert queries.count == 0, (name, value)  # refused before the database
+    assert cache.redis.dbsize() == 0
+
+
+def test_a_session_factory_of_the_other_kind_is_refused_at_construction(
+    redis_client: redis.Redis,
+) -> None:
+    with pytest.raises(cachecow.ConfigurationError, match="use AsyncSQLAlchemyCache"):
+        SQLAlchemyCache(redis_client, async_sessionmaker())  # type: ignore[arg-type]
+    with pytest.raises(cachecow.ConfigurationError, match="use AsyncSQLAlchemyCache"):
+        SQLAlchemyCache(redis_client, sessionmaker(class_=AsyncSession))
+    client = redis.asyncio.Redis(port=redis_client.connection_pool.connection_kwargs["port"])
+    with pytest.raises(cachecow.ConfigurationError, match="use SQLAlchemyCache"):
+        AsyncSQLAlchemyCache(client, sessionmaker())  # type: ignore[arg-type]
+
+
+def test_reading_through_an_unwatched_engine_is_reported_once_per_model(
+    db: Database, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    add(db, User(id=1, email="a@x.io"), Org(id=1, name="o"))
+    cache = SQLAlchemyCache(redis_client, db.Session)  # watch() forgotten
+    with caplog.at_level("WARNING", logger="cachecow"):
+        cache.get(User, "id", 1)
+        cache.get(User, "email", "a@x.io")
+        cache.get_many(Org, "id", [1])
+    warned = [r.getMessage() for r in caplog.records if "does not watch" in r.getMessage()]
+    assert len(warned) == 2, warned  # once per model
+    assert warned[0].startswith("cachecow: User is read into the cache through ")
+    assert "Call cache.watch(Session)" in warned[0]
+    caplog.clear()
+    watched = SQLAlchemyCache(redis_client, db.Session)
+    watched.watch(db.Session, relay=False)
+    with caplog.at_level("WARNING", logger="cachecow"):
+        watched.get(User, "id", 1)
+    assert not [r for r in caplog.records if "does not watch" in r.getMessage()]
 
 
 # -- objects ------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import linecache
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -222,6 +223,17 @@ def test_client_with_decode_responses_is_refused(redis_server: Any) -> None:
         MemberCache("redis://localhost")  # type: ignore[arg-type]
 
 
+def test_a_client_of_the_other_kind_is_refused_at_construction(redis_server: Any) -> None:
+    import redis.asyncio as aredis
+
+    sync_client = redis.Redis(port=redis_server.port)
+    async_client = aredis.Redis(port=redis_server.port)
+    with pytest.raises(ConfigurationError, match="an asyncio client: use AsyncCacheCow"):
+        MemberCache(async_client)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="a synchronous client: use CacheCow"):
+        cachecow.AsyncCacheCow(sync_client)  # type: ignore[arg-type]
+
+
 def test_connect_builds_a_bounded_client(redis_url: str) -> None:
     client = cachecow.connect(redis_url, timeout=0.25)
     kwargs = client.get_connection_kwargs()
@@ -272,3 +284,32 @@ def test_peek_reads_the_cache_only(redis_client: redis.Redis) -> None:
     redis_client.set(cache.get_keys(Member, "id", 1)[0], b"\xff garbage")
     assert cache.peek(Member, "id", 1) is None  # unusable: a miss, left for get to repair
     assert len(cache.lookups) == 2
+
+
+def test_the_sync_class_inside_a_running_event_loop_warns_once(redis_client: redis.Redis) -> None:
+    import asyncio
+    import warnings
+
+    cache = MemberCache(redis_client)
+    cache.get(Member, "id", 1)  # outside a loop: no warning (warnings are errors here)
+
+    async def inside() -> list[warnings.WarningMessage]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cache.get(Member, "id", 1)  # the line the warning points at
+            cache.get_many(Member, "id", [1, 2])
+            cache.invalidate(Member, "id", 1)
+        return caught
+
+    caught = asyncio.run(inside())
+    assert [w.category for w in caught] == [RuntimeWarning]
+    assert "called inside a running asyncio event loop" in str(caught[0].message)
+    assert caught[0].filename == __file__
+    assert "the line the warning points at" in linecache.getline(__file__, caught[0].lineno)
+    other = MemberCache(redis_client)  # once per cache
+    with pytest.warns(RuntimeWarning, match="Use cachecow.AsyncCacheCow"):
+        asyncio.run(_call_in_loop(other))
+
+
+async def _call_in_loop(cache: CacheCow) -> None:
+    cache.invalidate(Member, "id", 1)

@@ -27,6 +27,12 @@ BAD_VALUES = [
     pytest.param({"a": 1}, "dict", id="dict"),
     pytest.param(object(), "object", id="object"),
     pytest.param(nested(3000), "nested more than 4 deep", id="nested-3000"),
+    pytest.param([1], "from a list", id="list"),
+    pytest.param([[1]], "from a list", id="list-of-lists"),
+    pytest.param(
+        (1, [2]), r"from \(1, \[2\]\): cannot build a cache key from a list", id="tuple-list"
+    ),
+    pytest.param((1, {"a": 1}), "a mapping is not a lookup value", id="tuple-dict"),
 ]
 
 
