@@ -487,7 +487,7 @@ class DjangoCache(ModelCache[_Model], CacheCow):
         records."""
         if (cls, alias) in self._installed:
             return
-        if not apps.is_installed(CachecowConfig.name):
+        if not _app_ready:
             raise ImproperlyConfigured(
                 f"{cls._meta.label} is read into cachecow, but cachecow.adapters.django."
                 "CachecowConfig is not in INSTALLED_APPS: no commit would drain its writes' "
@@ -715,9 +715,16 @@ class CachedManager(
     Generic in its model for type checkers: ``cached: CachedManager[User] = CachedManager()``
     makes ``User.cached.get(...)`` a ``User``."""
 
-    def get(self, *args: Any, **kwargs: Any) -> ModelT:
-        obj: ModelT = self.get_queryset().get(*args, **kwargs)
-        return obj
+    if TYPE_CHECKING:  # at run time, the queryset's get (as Django copies it, docstring too)
+
+        def get(self, *args: Any, **kwargs: Any) -> ModelT: ...
+
+
+_app_ready = False
+"""Whether :meth:`CachecowConfig.ready` ran in this process: without it no statement is
+watched for writes and no commit drains, so nothing may be cached. (Not ``apps.is_installed``
+at each read: a test may override ``INSTALLED_APPS`` for a while in a process where the app is
+wired.)"""
 
 
 class CachecowConfig(AppConfig):  # type: ignore[misc]
@@ -728,6 +735,7 @@ class CachecowConfig(AppConfig):  # type: ignore[misc]
     verbose_name = "cachecow"
 
     def ready(self) -> None:
+        global _app_ready
         conf = _settings()
         for label in conf.get("MODELS", ()):
             try:
@@ -746,6 +754,7 @@ class CachecowConfig(AppConfig):  # type: ignore[misc]
 
         # Build the default cache now: a misconfiguration shows at start-up, not at the first
         # request.
+        _app_ready = True  # the write paths are wired: reads may be cached
         if "REDIS_URL" in conf or "CONNECTION" in conf:
             default_cache()
 

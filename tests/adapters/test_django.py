@@ -179,10 +179,11 @@ def test_every_call_refuses_a_value_no_column_holds(
 def test_a_read_without_the_app_installed_is_refused(
     cache: DjangoCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from django.apps import apps
     from django.core.exceptions import ImproperlyConfigured
 
-    monkeypatch.setattr(apps, "is_installed", lambda name: False)
+    import cachecow.adapters.django as adapter
+
+    monkeypatch.setattr(adapter, "_app_ready", False)  # as if CachecowConfig never got ready
     with pytest.raises(ImproperlyConfigured, match="CachecowConfig is not in INSTALLED_APPS"):
         cache.get(Person, "email", "nobody@x.io")
     assert cache.redis.dbsize() == 0
