@@ -226,54 +226,69 @@ class _Counts:
     value_bytes: int = 0
 
 
+MEMORY_SAMPLE = 100
+"""How many keys ``stats`` asks ``MEMORY USAGE`` of (the first the scan finds), to scale up."""
+
+
 def stats_report(
-    cache: CacheCow,
-    model: Any | None,
-    write: Write,
-    progress: Progress = None,
-    *,
-    memory_sample: int = 100,
+    cache: CacheCow, model: Any | None, write: Write, progress: Progress = None
 ) -> dict[tuple[str, str], _Counts]:
     """How many values, tombstones and leases a model (or every model under the prefix) has,
     by lookup field, found by ``SCAN``; the bytes of the values (``STRLEN``); and the memory
-    Redis uses for them, estimated by ``MEMORY USAGE`` of up to ``memory_sample`` keys."""
+    Redis uses for them, estimated by ``MEMORY USAGE`` of up to :data:`MEMORY_SAMPLE` keys."""
     counts: dict[tuple[str, str], _Counts] = {}
     sampled: list[bytes] = []
     batch: list[bytes] = []
     scanned = 0
-
-    def flush_batch() -> None:
-        values = [k for k in batch if not k.endswith(b":lease")]
-        states = _key_states(cache, [k.decode() for k in values]) if values else []
-        by_key = dict(zip(values, states, strict=True))
-        for raw in batch:
-            label, fields, lease = _split_key(cache.prefix, raw.decode())
-            entry = counts.setdefault((label, fields), _Counts())
-            if lease:
-                entry.leases += 1
-                continue
-            pttl, size, tombstone = by_key[raw]
-            if pttl == -2:
-                continue  # expired or deleted since the scan found it
-            if tombstone:
-                entry.tombstones += 1
-            else:
-                entry.values += 1
-                entry.value_bytes += size
-        batch.clear()
-
     for key in _scan(cache, _pattern(cache, model)):
         scanned += 1
         batch.append(key)
-        if len(sampled) < memory_sample:
+        if len(sampled) < MEMORY_SAMPLE:
             sampled.append(key)
         if len(batch) >= cache.scan_count:
-            flush_batch()
+            _count_batch(cache, batch, counts)
+            batch = []
             if progress:
                 progress(f"scanned {scanned} keys")
-    flush_batch()
+    _count_batch(cache, batch, counts)
     where = cache.model_label(model) if model is not None else f"every model under {cache.prefix!r}"
     write(f"{where}: {scanned} keys")
+    _write_counts(counts, write)
+    memory = _memory(cache, sampled)
+    if memory is not None and scanned:
+        estimate = memory / len(sampled) * scanned
+        write(
+            f"memory: about {_size(estimate)} (MEMORY USAGE of {len(sampled)} of "
+            f"{scanned} keys, scaled)"
+        )
+    return counts
+
+
+def _count_batch(
+    cache: CacheCow, batch: list[bytes], counts: dict[tuple[str, str], _Counts]
+) -> None:
+    """Add the keys of one scan step to ``counts`` (a key gone since the scan is left out)."""
+    values = [k for k in batch if not k.endswith(b":lease")]
+    states = _key_states(cache, [k.decode() for k in values]) if values else []
+    by_key = dict(zip(values, states, strict=True))
+    for raw in batch:
+        label, fields, lease = _split_key(cache.prefix, raw.decode())
+        entry = counts.setdefault((label, fields), _Counts())
+        if lease:
+            entry.leases += 1
+            continue
+        pttl, size, tombstone = by_key[raw]
+        if pttl == -2:
+            continue  # expired or deleted since the scan found it
+        if tombstone:
+            entry.tombstones += 1
+        else:
+            entry.values += 1
+            entry.value_bytes += size
+
+
+def _write_counts(counts: dict[tuple[str, str], _Counts], write: Write) -> None:
+    """The counts as a table, one row per model and field, then the totals."""
     rows: list[tuple[str, ...]] = [
         ("model", "field", "values", "tombstones", "leases", "value bytes")
     ]
@@ -291,14 +306,6 @@ def stats_report(
         cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
         cells += [cell.rjust(width) for cell, width in zip(row[2:], widths[2:], strict=True)]
         write("  ".join(cells).rstrip())
-    memory = _memory(cache, sampled)
-    if memory is not None and scanned:
-        estimate = memory / len(sampled) * scanned
-        write(
-            f"memory: about {_size(estimate)} (MEMORY USAGE of {len(sampled)} of "
-            f"{scanned} keys, scaled)"
-        )
-    return counts
 
 
 def _memory(cache: CacheCow, keys: list[bytes]) -> int | None:
@@ -414,6 +421,9 @@ def _get(cache: CacheCow, key: str) -> bytes | None:
     return None if raw is None else bytes(raw)
 
 
+_Suspect = tuple[str, bytes, Field, Any, bytes]  # key, cached bytes, lookup, serialized
+
+
 def audit(
     cache: CacheCow,
     model: Any,
@@ -422,7 +432,6 @@ def audit(
     grace: float = 1.0,
     seed: int | None = None,
     progress: Progress = None,
-    every: int = 100,
 ) -> AuditResult:
     """Compare up to ``sample`` cached entries of ``model`` with the database.
 
@@ -431,7 +440,7 @@ def audit(
     mismatch is re-checked: the cached bytes are read again after the fetch, and once more
     after ``grace`` seconds and a second fetch (a write's invalidation arrives after its
     commit); only an entry still holding the same bytes and still unequal is stale. One that
-    changed or went meanwhile is "vanished".
+    changed or went meanwhile is "vanished". Progress every 100 entries.
     """
     label = cache.model_label(model)
     result = AuditResult(label)
@@ -439,45 +448,60 @@ def audit(
         cache, cache.model_keys_pattern(model), sample, random.Random(seed), progress
     )
     result.sampled = len(keys)
-    candidates: list[tuple[str, bytes, Field, Any, bytes]] = []
+    suspects: list[_Suspect] = []
     for i, key in enumerate(keys, 1):
-        raw = _get(cache, key)
-        if raw is None:
-            result.vanished += 1
-        elif raw == TOMBSTONE:
-            result.tombstones += 1
-        else:
-            try:
-                obj = cache.deserialize(model, raw)
-                cached = cache.serialize(obj)
-            except Exception:
-                result.undecodable += 1
-            else:
-                lookup = _own_lookup(cache, model, key, obj)
-                if lookup is None:
-                    result.misplaced += 1
-                elif _fresh_bytes(cache, model, *lookup) == cached:
-                    result.fresh += 1
-                elif _get(cache, key) != raw:  # read after the fetch: invalidated meanwhile
-                    result.vanished += 1
-                else:
-                    candidates.append((key, raw, *lookup, cached))
-        if progress and (i % every == 0 or i == len(keys)):
-            progress(f"audited {i}/{len(keys)} entries of {label}, {len(candidates)} suspect")
-    if candidates and grace > 0:
+        suspect = _check_entry(cache, model, key, result)
+        if suspect is not None:
+            suspects.append(suspect)
+        if progress and (i % 100 == 0 or i == len(keys)):
+            progress(f"audited {i}/{len(keys)} entries of {label}, {len(suspects)} suspect")
+    if suspects and grace > 0:
         if progress:
-            progress(f"re-checking {len(candidates)} suspect entries in {grace:g} s")
+            progress(f"re-checking {len(suspects)} suspect entries in {grace:g} s")
         time.sleep(grace)
-    for key, raw, id_field, id_val, cached in candidates:
-        fresh = _fresh_bytes(cache, model, id_field, id_val)
-        if _get(cache, key) != raw:
-            result.vanished += 1
-        elif fresh == cached:
-            result.fresh += 1
-        else:
-            result.stale += 1
-            result.stale_keys.append((key, _shown_lookup(label, id_field, id_val)))
+    for suspect in suspects:
+        _recheck(cache, model, suspect, result)
     return result
+
+
+def _check_entry(cache: CacheCow, model: Any, key: str, result: AuditResult) -> _Suspect | None:
+    """Count one sampled entry in ``result``; a mismatch to re-check is returned instead."""
+    raw = _get(cache, key)
+    if raw is None:
+        result.vanished += 1
+        return None
+    if raw == TOMBSTONE:
+        result.tombstones += 1
+        return None
+    try:
+        obj = cache.deserialize(model, raw)
+        cached = cache.serialize(obj)
+    except Exception:
+        result.undecodable += 1
+        return None
+    lookup = _own_lookup(cache, model, key, obj)
+    if lookup is None:
+        result.misplaced += 1
+    elif _fresh_bytes(cache, model, *lookup) == cached:
+        result.fresh += 1
+    elif _get(cache, key) != raw:  # read after the fetch: invalidated meanwhile
+        result.vanished += 1
+    else:
+        return (key, raw, *lookup, cached)
+    return None
+
+
+def _recheck(cache: CacheCow, model: Any, suspect: _Suspect, result: AuditResult) -> None:
+    """Count a suspect entry, once its grace is over: stale only if unchanged and unequal."""
+    key, raw, id_field, id_val, cached = suspect
+    fresh = _fresh_bytes(cache, model, id_field, id_val)
+    if _get(cache, key) != raw:
+        result.vanished += 1
+    elif fresh == cached:
+        result.fresh += 1
+    else:
+        result.stale += 1
+        result.stale_keys.append((key, _shown_lookup(result.label, id_field, id_val)))
 
 
 def audit_report(result: AuditResult, write: Write) -> None:

@@ -257,7 +257,8 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
         """Perform each operation a flow yields, awaiting it, until the flow returns or raises."""
         result: Any = None
         error: BaseException | None = None
-        unreachable = await self._io.ready() if initialize else None
+        # Only a cluster client has a map to load: no coroutine per call otherwise.
+        unreachable = await self._io.ready() if initialize and self._io.cluster else None
         while True:
             try:
                 op = flow.send(result) if error is None else flow.throw(error)

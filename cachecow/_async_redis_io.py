@@ -64,9 +64,7 @@ class AsyncRedisIO:
         """Load a cluster's map before a flow's first command (a no-op once loaded); the
         error if the cluster cannot be reached. Without it, redis-py 8.1 routes a script to a
         random node, and every 5th MOVED reply closes every connection, those of concurrent
-        calls too."""
-        if not self.cluster:
-            return None
+        calls too. Only called for a cluster client."""
         try:
             await self.client.initialize()
         except (RedisError, RedisClusterException) as exc:

@@ -23,7 +23,7 @@ def normalized(cache: Cache, cls: Any, id_field: Any, id_val: Any) -> tuple[Fiel
     field, value = normalize_lookup(id_field, id_val)
     cache.check_lookup(cls, field)
     value = cache.coerce_lookup(cls, field, value)
-    check_value(value, encoded=cache._default_keys)
+    check_value(value, encoded=False)  # the default keys encode it (or refuse it) anyway
     return field, value
 
 
@@ -47,7 +47,7 @@ def normalized_many(
     cache.check_lookup(cls, field)
     coerced = [cache.coerce_lookup(cls, field, value) for value in values]
     for value in coerced:
-        check_value(value, encoded=cache._default_keys)
+        check_value(value, encoded=False)  # the default keys encode it (or refuse it) anyway
     return field, coerced
 
 
@@ -58,7 +58,7 @@ def object_keys(cache: Cache, obj: Any, previous: Any, model: Any) -> list[tuple
     for source in (obj,) if previous is None else (obj, previous):
         for id_field, id_val in cache.unique_lookups(source):
             field, value = normalize_lookup(id_field, id_val)
-            check_value(value, encoded=cache._default_keys)
+            check_value(value, encoded=False)  # the default keys encode it (or refuse it) anyway
             pairs.append(cache.get_keys(cls, field, value))
     return pairs
 

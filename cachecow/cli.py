@@ -164,7 +164,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     stats.add_argument("model", nargs="?", help="the model; without it, every key under the prefix")
     _add_target(stats)
+    _add_model_commands(commands)
+    return parser
 
+
+def _add_model_commands(commands: Any) -> None:
+    """``flush``, ``audit`` and ``relay``: the commands that change or check a whole model."""
     flush = commands.add_parser(
         "flush",
         help="delete every entry of a model (invalidate_model)",
@@ -211,7 +216,6 @@ def _parser() -> argparse.ArgumentParser:
     relay.add_argument("--prefix", default="cachecow:", help="the caches' key prefix")
     relay.add_argument("--interval", type=float, default=0.2, help="polling interval (s)")
     relay.add_argument("--once", action="store_true", help="drain once, then exit")
-    return parser
 
 
 def _target(args: argparse.Namespace) -> tuple[CacheCow, bool]:

@@ -90,6 +90,15 @@ def test_a_session_that_wrote_reads_its_own_data(db: Database, cache: SQLAlchemy
     assert cache.get(User, "id", 1).name == "ada"
 
 
+def test_a_session_that_wrote_raw_sql_through_execute_reads_its_own_data(
+    db: Database, cache: SQLAlchemyCache
+) -> None:
+    with db.Session() as session:
+        session.execute(sa.text("UPDATE cc_users SET name = 'raw' WHERE id = 1"))
+        assert cache.get_attached(session, User, "id", 1).name == "raw"
+        session.rollback()
+
+
 def test_no_such_row(db: Database, cache: SQLAlchemyCache) -> None:
     with db.Session() as session:
         with pytest.raises(NotFound):
