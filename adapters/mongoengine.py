@@ -33,10 +33,16 @@ invalidated right after the write (MongoDB has no transaction to wait for).
 of one unique lookup from the cache, and its ``update()`` (and so ``update_one()`` and a
 document's ``update()``), ``modify()``, ``delete()`` and ``insert()`` invalidate every document
 they touch. Writes through the collection itself (pymongo) are not seen.
+
+**Holes reported.** A document class read into the cache that this cache does not watch is
+logged once (WARNING, logger ``cachecow``): its saves and deletes would leave cached documents
+stale. So is, at :meth:`~MongoCache.watch`, a class whose queryset is not a
+:class:`CachedQuerySet`: its ``objects(...).update()`` and ``delete()`` write unseen.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -145,6 +151,9 @@ _NOT_LOOKUPS = (
 )
 
 
+logger = logging.getLogger("cachecow")
+
+
 def _place(cls: Any) -> tuple[str, str]:
     """Where a document class reads and writes right now: its database alias and collection
     (switch_db and switch_collection change them)."""
@@ -162,6 +171,8 @@ class MongoCache(ModelCache[_Model], CacheCow):
         super().__init__(redis, **options)
         self._models: dict[Any, _Model] = {}
         self._receivers: list[tuple[Any, Any, Any]] = []
+        self._watched: set[Any] = set()
+        self._unwatched_warned: set[Any] = set()
         self._stash = f"_cachecow_stored_{id(self)}"  # one per cache: two may watch a class
 
     def inspect_model(self, cls: Any) -> _Model:
@@ -186,12 +197,14 @@ class MongoCache(ModelCache[_Model], CacheCow):
         return QuerySet(cls, cls._get_collection()).read_preference(ReadPreference.PRIMARY)
 
     def fetch(self, cls: Any, id_field: Field, id_val: Any) -> Any:
+        self._check_watched(cls)
         try:
             return self._plain_queryset(cls).get(**kwargs_of(id_field, id_val))
         except cls.DoesNotExist:
             raise NotFound(cls, id_field, id_val) from None
 
     def select_many(self, cls: Any, id_field: Field, id_vals: Sequence[Any]) -> Any:
+        self._check_watched(cls)
         return filter_in(self._plain_queryset(cls), Q, id_field, id_vals)
 
     def not_found(self, cls: Any, id_field: Field, id_val: Any) -> BaseException:
@@ -219,12 +232,37 @@ class MongoCache(ModelCache[_Model], CacheCow):
         ]:
             signal.connect(receiver, sender=cls, weak=False)
             self._receivers.append((signal, cls, receiver))
+        self._watched.add(cls)
+        queryset = cls._meta.get("queryset_class", QuerySet)
+        if not issubclass(queryset, CachedQuerySet):
+            logger.warning(
+                "%s's queryset is %s, not a CachedQuerySet: its objects(...).update(), "
+                "modify(), delete() and insert() write without invalidating, and leave cached "
+                "documents stale. Give the class meta = {'queryset_class': CachedQuerySet}.",
+                cls.__qualname__,
+                queryset.__qualname__,
+            )
 
     def unwatch(self) -> None:
         """Disconnect every signal receiver :meth:`watch` connected."""
         for signal, cls, receiver in self._receivers:
             signal.disconnect(receiver, sender=cls)
         self._receivers.clear()
+        self._watched.clear()
+
+    def _check_watched(self, cls: Any) -> None:
+        """Warn, once per class, of documents read into the cache that this cache does not
+        watch: their saves and deletes would invalidate nothing."""
+        if cls in self._watched or cls in self._unwatched_warned:
+            return
+        self._unwatched_warned.add(cls)
+        logger.warning(
+            "%s is read into the cache, which does not watch it: its saves and deletes "
+            "invalidate nothing, so cached documents go stale. Call cache.watch(%s), or "
+            "invalidate by hand after each write.",
+            cls.__qualname__,
+            cls.__qualname__,
+        )
 
     def _before_write(self, sender: Any, document: Any, **kwargs: Any) -> None:
         # What the database holds now: the values this document's entries are cached under,

@@ -420,3 +420,42 @@ def test_a_lookup_in_another_type_reaches_the_same_entry(cache: MongoCache) -> N
     assert Post.objects.get(pk=str(oid)).title == "t"
     assert cache.get(Post, "id", str(oid)).id == oid
     assert cache.metrics.snapshot().uncacheable == 0
+
+
+def test_a_document_read_but_not_watched_is_reported_once(
+    cache: MongoCache, caplog: pytest.LogCaptureFixture
+) -> None:
+    Item(id=1, payload="a").save()
+    Item(id=2, payload="b").save()
+    with caplog.at_level("WARNING", logger="cachecow"):
+        cache.get(Item, "id", 1)
+        cache.get_many(Item, "id", [1, 2])
+        assert cache.peek(Post, "title", "nothing") is None
+        with pytest.raises(Post.DoesNotExist):  # watched by the fixture: never reported
+            cache.get(Post, "title", "nothing")
+    warned = [r.getMessage() for r in caplog.records if "does not watch" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert warned[0].startswith("Item is read into the cache")
+
+    caplog.clear()
+    cache.watch(Item)
+    with caplog.at_level("WARNING", logger="cachecow"):
+        cache.get(Item, "id", 2)
+    assert not [r for r in caplog.records if "does not watch" in r.getMessage()]
+
+
+def test_watching_a_class_whose_bulk_writes_are_unseen_is_reported(
+    cache: MongoCache, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="cachecow"):
+        cache.watch(Post)  # a CachedQuerySet: nothing to report
+        assert not caplog.records
+        cache.watch(Item)
+    (record,) = caplog.records
+    assert record.getMessage().startswith("Item's queryset is QuerySet, not a CachedQuerySet")
+
+    # What the warning is about: a bulk write through the plain queryset invalidates nothing.
+    Item(id=7, payload="old").save()
+    assert cache.get(Item, "id", 7).payload == "old"
+    Item.objects(id=7).update(payload="new")
+    assert cached(cache, Item, "id", 7).payload == "old"
