@@ -18,7 +18,7 @@ from ._clock import AsyncClock
 from ._flights import ALONE, RETRY, AsyncWaiter, answer, land
 from ._invalidation import pause, scan_failed, settle_seconds
 from ._lookups import lookups_keys, normalized, normalized_many, object_keys
-from ._ops import Fetch, FetchMany, Flow, Sleep, TimeBoxed, Wait, as_redis_error
+from ._ops import _UNUSABLE, Fetch, FetchMany, Flow, Sleep, TimeBoxed, Wait, as_redis_error
 from ._options import Options
 from ._protocol import CacheCowBase, entry_pairs
 from ._telemetry import no_model, object_model, timed
@@ -88,6 +88,10 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
         id_field, id_val = normalized(self, cls, id_field, id_val)
         lookup, ttl = (cls, id_field, id_val), self._checked_ttl(ttl)
         keys = self.get_keys(*lookup)
+        if self._near is not None:
+            obj = self._near_get(lookup, keys[0])
+            if obj is not _UNUSABLE:
+                return obj
         if not self._joins:  # a reader that never waits for another reads alone
             return await self._drive(self._get_flow(lookup, keys, ttl=ttl))
         # Lead a read of this key, or join the one in flight (see _flights.py).

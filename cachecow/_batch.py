@@ -90,7 +90,11 @@ def read_many(batch: BatchRead, id_vals: list[Any], reader: tuple[Any, Any] | No
     process's other readers."""
     cache = batch.cache
     batch.lookups, order = lookups_of(cache, batch.cls, batch.id_field, id_vals)
-    if reader is None or not cache._joins:
+    if batch.near is not None:
+        batch.read_near()
+    if not batch.lookups:
+        pass  # every lookup answered by the near cache
+    elif reader is None or not cache._joins:
         yield from batch.read(list(batch.lookups))
     else:
         yield from _read_together(batch, *reader)
@@ -187,6 +191,18 @@ class BatchRead:
         self.deadline: float | None = None  # of the wait for busy lookups
         self.attempt = 0  # polls so far
         self.redis_failed = False  # a call failed and fail_open served the read
+        near = cache._near
+        self.near = near if near is not None and near.accepts(self.model) else None
+        self.ticket: int | None = None  # of the near cache, taken before each lease round
+
+    def read_near(self) -> None:
+        """Answer what the near cache holds into :attr:`found`, and read only the rest."""
+        cache = self.cache
+        for value_key, lookup in list(self.lookups.items()):
+            obj = cache._near_read((self.cls, self.id_field, lookup.id_val), value_key)
+            if obj is not _UNUSABLE:
+                self.found[value_key] = None if obj is _TOMB else obj
+                del self.lookups[value_key]
 
     def again(self) -> BatchRead:
         """A new read of this batch's lookups (a new token), answering into the same
@@ -243,6 +259,8 @@ class BatchRead:
             lookup = lookups[value_key]
             if isinstance(reply, bytes):
                 obj = decoded(cache, (self.cls, self.id_field, lookup.id_val), reply, tally)
+                if self.near is not None and obj is not _UNUSABLE:
+                    cache._near_keep(self.near, value_key, self.ticket, reply, obj, self.model)
                 if obj is _TOMB:
                     self.found[value_key] = None
                 elif obj is not _UNUSABLE:
@@ -330,6 +348,7 @@ class BatchRead:
         fail open (serve ``pending`` from ``fetch_many``, returning ``None``) or raise."""
         per_key = _discard_args(discards) if discards else None
         self._cover(pending)
+        self.ticket = None if self.near is None else self.near.ticket()
         try:
             head = (self.token, self.cache.options.flag_ttl_ms)
             return (yield from self._script("get_or_lease_many", pending, head, per_key))

@@ -152,6 +152,7 @@ def share(inner: Any, parent: CacheCowBase[Any], options: Options) -> None:
     inner.metrics = parent.metrics
     inner._io = parent._io  # type: ignore[attr-defined]
     inner._group_by_slot = parent._group_by_slot
+    inner._near = parent._near  # its keys are under the same prefix: tracked alike
     if hasattr(parent, "_async_clock"):
         inner._async_clock = parent._async_clock
 

@@ -16,7 +16,7 @@ from ._flights import ALONE, RETRY, answer, land
 from ._invalidation import pause, scan_failed, settle_seconds
 from ._lookups import lookups_keys, normalized, normalized_many, object_keys
 from ._loops import warn_in_loop
-from ._ops import Fetch, FetchMany, Flow, Sleep, TimeBoxed, Wait, as_redis_error
+from ._ops import _UNUSABLE, Fetch, FetchMany, Flow, Sleep, TimeBoxed, Wait, as_redis_error
 from ._options import Options
 from ._protocol import CacheCowBase, entry_pairs, refuse_awaitable
 from ._redis_io import RedisIO
@@ -69,6 +69,13 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
     :param metrics_hook: called as ``hook(counter, amount)`` on every counter increment.
     :param ttls: TTLs per model: model (a class, or a string label) to seconds, for that
         model's values instead of ``ttl``. A call's own ``ttl=`` wins over both.
+    :param near_bytes: the size of the near cache in this process, in bytes (default 0: none).
+        Hits it holds are answered without a round trip; Redis's invalidation messages keep it
+        honest (see docs/near-cache.md). Not yet on Redis Cluster or Sentinel clients.
+    :param near_ttl: the most seconds an entry stays in the near cache (default 30).
+    :param near_models: the models (classes or labels) the near cache keeps (default: all).
+    :param near_shared: hand every near-cache hit the one object decoded when the entry was
+        kept (default False: decode its bytes for each hit). Only for immutable objects.
     """
 
     def _bind_client(self, redis: redis_py.Redis) -> None:
@@ -101,6 +108,10 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         id_field, id_val = normalized(self, cls, id_field, id_val)
         lookup, ttl = (cls, id_field, id_val), self._checked_ttl(ttl)
         keys = self.get_keys(*lookup)
+        if self._near is not None:
+            obj = self._near_get(lookup, keys[0])
+            if obj is not _UNUSABLE:
+                return obj
         if not self._joins:  # a reader that never waits for another reads alone
             return self._drive(self._get_flow(lookup, keys, ttl=ttl))
         # Lead a read of this key, or join the one in flight (see _flights.py).

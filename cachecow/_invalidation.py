@@ -48,6 +48,11 @@ def invalidate(cache: Cache, pairs: list[tuple[str, str]]) -> Flow:
             yield Pipeline(ops)
     except RedisError as exc:
         _failed(cache, exc, keys, model)
+    finally:
+        # After the delete, not before: a read of this process that got the old bytes
+        # before the delete reached Redis must not keep them (its ticket is older than this).
+        if cache._near is not None:
+            cache._near.drop(flags)
     if options.wait_replicas:
         _check_replicated(cache, acked, keys, model)
     for label, count in models.items():

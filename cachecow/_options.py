@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict
 
@@ -52,6 +52,10 @@ class CacheOptions(TypedDict, total=False):
     clock: Clock | None
     metrics_hook: MetricsHook | None
     ttls: Mapping[Any, float] | None
+    near_bytes: int
+    near_ttl: float
+    near_models: Iterable[Any] | None
+    near_shared: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +76,10 @@ class Options:
     wait_replicas: int = 0
     wait_replicas_timeout: float = 0.1
     ttls: Mapping[Any, float] = field(default_factory=dict)
+    near_bytes: int = 0
+    near_ttl: float = 30.0
+    near_models: frozenset[str] | None = None
+    near_shared: bool = False
 
     def __post_init__(self) -> None:
         checked = {
@@ -89,6 +97,10 @@ class Options:
             "wait_replicas": _replicas(self.wait_replicas),
             "wait_replicas_timeout": positive("wait_replicas_timeout", self.wait_replicas_timeout),
             "ttls": _model_ttls(self.ttls),
+            "near_bytes": _near_bytes(self.near_bytes),
+            "near_ttl": positive("near_ttl", self.near_ttl),
+            "near_models": labels("near_models", self.near_models),
+            "near_shared": bool(self.near_shared),
         }
         for name, value in checked.items():
             object.__setattr__(self, name, value)
@@ -160,6 +172,26 @@ def _replicas(value: int) -> int:
     if value < 0:
         raise ConfigurationError(f"wait_replicas must be 0 or more, got {value!r}")
     return value
+
+
+def _near_bytes(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigurationError(
+            f"near_bytes must be a whole number of bytes >= 0 (0: no near cache), got {value!r}"
+        )
+    return value
+
+
+def labels(name: str, models: Iterable[Any] | None) -> frozenset[str] | None:
+    """Models (classes or string labels) as a set of labels; ``None`` stays ``None`` (all)."""
+    if models is None:
+        return None
+    if isinstance(models, str) or not isinstance(models, Iterable):
+        raise ConfigurationError(f"{name} must be a collection of models, got {models!r}")
+    try:
+        return frozenset(model_label(model) for model in models)
+    except InvalidLookup as exc:
+        raise ConfigurationError(f"{name}: {exc}") from None
 
 
 def _model_ttls(ttls: Mapping[Any, float] | None) -> dict[str, float]:

@@ -28,8 +28,9 @@ from ._batch import BatchRead, read_many
 from ._clock import AsyncClock, Clock, SystemClock, backoff_delay
 from ._flights import Flight, Flights
 from ._invalidation import invalidate
-from ._ops import Flow
-from ._options import BusyName, BusyPolicy, Options, positive
+from ._near import NearCache, start_tracking
+from ._ops import _TOMB, _UNUSABLE, TOMBSTONE, Flow
+from ._options import BusyName, BusyPolicy, Options, labels, positive
 from ._single import SingleRead, peek
 from .exceptions import (
     ConfigurationError,
@@ -112,6 +113,10 @@ class CacheCowBase(Generic[ClientT]):
         clock: Clock | None = None,
         metrics_hook: MetricsHook | None = None,
         ttls: Mapping[Any, float] | None = None,
+        near_bytes: int = 0,
+        near_ttl: float = 30.0,
+        near_models: Iterable[Any] | None = None,
+        near_shared: bool = False,
     ) -> None:
         self.options = Options(
             ttl=ttl,
@@ -126,6 +131,10 @@ class CacheCowBase(Generic[ClientT]):
             wait_replicas=wait_replicas,
             wait_replicas_timeout=wait_replicas_timeout,
             ttls=ttls or {},
+            near_bytes=near_bytes,
+            near_ttl=near_ttl,
+            near_models=labels("near_models", near_models),
+            near_shared=near_shared,
         )
         self.serializer: Serializer = JsonSerializer() if serializer is None else serializer
         if not isinstance(self.serializer, Serializer):
@@ -146,6 +155,57 @@ class CacheCowBase(Generic[ClientT]):
         self._warned: set[tuple[str, str, Field]] = set()  # not cached: logged (_entries.py)
         self._flights = Flights(self._waiter)  # the gets in flight (see _flights.py)
         self._default_keys = type(self).get_keys is CacheCowBase.get_keys
+        self._near = self._near_cache(redis) if self.options.near_bytes else None
+
+    def _near_cache(self, redis: ClientT) -> NearCache:
+        """The near cache the options ask for (see ``_near.py``), its tracker not yet started."""
+        options = self.options
+        if not self._default_keys:
+            raise ConfigurationError(
+                f"{type(self).__qualname__} overrides get_keys(): the near cache needs the "
+                "default keys (its invalidations are tracked by key prefix)"
+            )
+        near = NearCache(options.near_bytes, options.near_ttl, options.near_models)
+        models = options.near_models
+        prefixes = [self.prefix] if models is None else [f"{self.prefix}{m}:" for m in models]
+        near.start = start_tracking(near, redis, sorted(prefixes))
+        return near
+
+    def _near_read(self, lookup: tuple[Any, Field, Any], value_key: str) -> Any:
+        """A lookup's object from the near cache, ``_TOMB`` for a cached "not found", or
+        ``_UNUSABLE`` when it holds nothing for the lookup."""
+        found = self._near.get(value_key) if self._near is not None else None
+        if found is None:
+            return _UNUSABLE
+        payload, label = found
+        if self.options.near_shared:
+            obj = payload  # the object every hit shares (or _TOMB)
+        else:
+            obj = _TOMB if payload == TOMBSTONE else self.deserialize(lookup[0], payload)
+        self.metrics.incr("near_hits", 1, label, also="tombstone_hits" if obj is _TOMB else "hits")
+        return obj
+
+    def _near_get(self, lookup: tuple[Any, Field, Any], value_key: str) -> Any:
+        """As :meth:`_near_read`, raising the not-found exception for a cached "not found"."""
+        obj = self._near_read(lookup, value_key)
+        if obj is _TOMB:
+            raise self.not_found(*lookup)
+        return obj
+
+    def _near_keep(
+        self, near: NearCache, key: str, ticket: int | None, data: bytes, obj: Any, label: str
+    ) -> None:
+        """Keep a read's ``data`` (decoded into ``obj``, maybe ``_TOMB``) in the near cache."""
+        near.keep(key, ticket, data, label, obj if self.options.near_shared else None)
+
+    def close(self) -> None:
+        """Stop the near cache's tracker thread, if any (the Redis client stays open)."""
+        near = self._near
+        if near is not None:
+            near.start = None
+            if near.tracker is not None:
+                near.tracker.stop()
+                near.set_live(False)
 
     def _bind_client(self, redis: ClientT) -> None:
         """Set up how this class performs Redis calls on ``redis`` (each client class does),

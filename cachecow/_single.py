@@ -65,6 +65,8 @@ class SingleRead:
         self.ttl = ttl  # this call's own TTL for its value, if it has one
         self.keys = cache.get_keys(*lookup) if keys is None else keys
         self.model = cache.model_label(lookup[0])
+        near = cache._near
+        self.near = near if near is not None and near.accepts(self.model) else None
         self.flight = flight
         self.token = new_token()
         self.deadline: float | None = None  # of the wait for another reader's lease
@@ -77,6 +79,7 @@ class SingleRead:
         discarded = counted_miss = False
         while True:
             cover(self.flight)
+            ticket = None if self.near is None else self.near.ticket()
             try:
                 args = (self.token, cache.options.flag_ttl_ms, *discard)
                 reply = yield Script("get_or_lease", self.keys, args)
@@ -93,6 +96,8 @@ class SingleRead:
                 raise
             if isinstance(reply, bytes):
                 obj = decoded(cache, self.lookup, reply, model=self.model)
+                if self.near is not None and obj is not _UNUSABLE:
+                    cache._near_keep(self.near, self.keys[0], ticket, reply, obj, self.model)
                 if obj is _TOMB:
                     decision("tombstone_hit", self.model, self.keys[0])
                     raise cache.not_found(*self.lookup)
@@ -222,7 +227,12 @@ def peek(cache: Cache, lookup: tuple[Any, Field, Any]) -> Flow:
     """Read a lookup from the cache only: the object, ``None`` if not cached; never fetches,
     never leases (a tombstone raises the not-found exception, as ``get`` does)."""
     value_key = cache.get_keys(*lookup)[0]
+    obj = cache._near_get(lookup, value_key)
+    if obj is not _UNUSABLE:
+        return obj
     model = cache.model_label(lookup[0])
+    near = cache._near if cache._near is not None and cache._near.accepts(model) else None
+    ticket = None if near is None else near.ticket()
     try:
         reply = yield Command(("GET", value_key))
     except RedisError as exc:
@@ -239,6 +249,8 @@ def peek(cache: Cache, lookup: tuple[Any, Field, Any]) -> Flow:
         decision("miss", model, value_key, lease="none (peek)")
         return None
     obj = decoded(cache, lookup, reply, model=model)
+    if near is not None and obj is not _UNUSABLE:
+        cache._near_keep(near, value_key, ticket, reply, obj, model)
     if obj is _TOMB:
         decision("tombstone_hit", model, value_key)
         raise cache.not_found(*lookup)

@@ -72,6 +72,7 @@ class MetricsSnapshot:
     fail_open_fetches: int = 0
     invalidations: int = 0
     joined: int = 0
+    near_hits: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a plain dict, in declaration order."""
@@ -100,6 +101,7 @@ DESCRIPTIONS: dict[str, str] = {
     "fail_open_fetches": "Gets served from fetch because Redis failed and fail_open was on.",
     "invalidations": "Lookups invalidated.",
     "joined": "Gets answered by another get of the same key in this process (single flight).",
+    "near_hits": "Hits answered by the near cache in the process (also counted as hits).",
 }
 """One line on each counter, for the exporters' help texts."""
 
@@ -171,6 +173,8 @@ class Metrics:
     - ``invalidations``: lookups invalidated
     - ``joined``: gets answered by another ``get`` of the same key in this process, which they
       joined while it ran (single flight), without a Redis call or a fetch of their own
+    - ``near_hits``: hits (and tombstone hits) answered by the near cache, without a Redis call;
+      also counted in ``hits`` or ``tombstone_hits``
 
     Each count is also kept per model label (see :meth:`by_model`; counts of no one model under
     ``""``), and the durations of the public calls per operation and model label, in
@@ -187,22 +191,31 @@ class Metrics:
         self._hook_failed = False
         self._listener_failed = False
 
-    def incr(self, name: str, amount: int = 1, model: str = UNATTRIBUTED) -> None:
-        """Add ``amount`` to the counter ``name`` (in total and for ``model``, a model label)
-        and tell the hook."""
+    def incr(self, name: str, amount: int = 1, model: str = UNATTRIBUTED, also: str = "") -> None:
+        """Add ``amount`` to the counter ``name`` (and to the counter ``also``, if given), in
+        total and for ``model`` (a model label), and tell the hook."""
         with self._lock:
             self._counts[name] += amount
             counts = self._models.get(model)
             if counts is None:
                 counts = self._models[model] = dict.fromkeys(COUNTERS, 0)
             counts[name] += amount
-        if self.hook is not None:
-            try:
-                self.hook(name, amount)
-            except Exception:
-                if not self._hook_failed:
-                    self._hook_failed = True
-                    logger.exception("the metrics hook raised (logged once; ignored)")
+            if also:
+                self._counts[also] += amount
+                counts[also] += amount
+        hook = self.hook
+        if hook is not None:
+            self._tell(hook, name, amount)
+            if also:
+                self._tell(hook, also, amount)
+
+    def _tell(self, hook: MetricsHook, name: str, amount: int) -> None:
+        try:
+            hook(name, amount)
+        except Exception:
+            if not self._hook_failed:
+                self._hook_failed = True
+                logger.exception("the metrics hook raised (logged once; ignored)")
 
     def observe(self, operation: str, model: str, seconds: float) -> None:
         """Record that a call of ``operation`` on ``model`` (a model label) took ``seconds``."""

@@ -1,0 +1,110 @@
+"""The near cache's bookkeeping, without Redis: tickets voided by drops and by the channel's
+loss, the byte bound (least recently used out first), the age bound (``near_ttl``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cachecow._near import ENTRY_OVERHEAD, NearCache
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def live(max_bytes: int = 10_000, ttl: float = 30.0, clock: Clock | None = None) -> NearCache:
+    near = NearCache(max_bytes, ttl, None, clock or Clock())
+    near.set_live(True)
+    return near
+
+
+def test_nothing_is_kept_while_the_channel_is_down() -> None:
+    near = NearCache(10_000, 30.0, None)
+    assert near.ticket() is None
+    assert not near.keep("k", near.ticket(), b"v", "M")
+    assert near.get("k") is None
+
+
+def test_a_reply_read_before_a_drop_of_its_key_is_not_kept() -> None:
+    near = live()
+    ticket = near.ticket()  # the reader sends its request
+    near.drop(["k"])  # the invalidation's message is handled before the reply is stored
+    assert not near.keep("k", ticket, b"old", "M")
+    assert near.get("k") is None
+    assert near.keep("k", near.ticket(), b"new", "M")  # a read after the drop is kept
+    assert near.get("k") == (b"new", "M")
+
+
+def test_a_drop_of_another_key_voids_nothing() -> None:
+    near = live()
+    ticket = near.ticket()
+    near.drop(["other"])
+    assert near.keep("k", ticket, b"v", "M")
+
+
+def test_a_drop_after_the_store_removes_the_entry() -> None:
+    near = live()
+    assert near.keep("k", near.ticket(), b"v", "M")
+    near.drop(["k"])
+    assert near.get("k") is None
+    assert near.size == 0
+
+
+@pytest.mark.parametrize("event", ["lost", "flushed", "reconnected"])
+def test_a_reply_read_before_the_channel_was_lost_or_flushed_is_not_kept(event: str) -> None:
+    near = live()
+    assert near.keep("old", near.ticket(), b"v", "M")
+    ticket = near.ticket()
+    if event == "lost":
+        near.set_live(False)
+    elif event == "flushed":
+        near.clear()
+    else:  # lost and back before the reply arrived: messages may have been missed meanwhile
+        near.set_live(False)
+        near.set_live(True)
+    assert not near.keep("k", ticket, b"v", "M")
+    assert near.get("old") is None and near.size == 0
+
+
+def test_too_many_remembered_drops_void_every_ticket(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("cachecow._near._MAX_DROPPED", 3)
+    near = live()
+    ticket = near.ticket()
+    near.drop(["a", "b", "c", "d"])  # past the bound: forgotten, so every older ticket is void
+    assert not near.keep("k", ticket, b"v", "M")
+    assert near.keep("k", near.ticket(), b"v", "M")
+
+
+def test_bounded_in_bytes_least_recently_used_out_first() -> None:
+    entry = 10 + 1 + ENTRY_OVERHEAD  # ten bytes under a one-character key
+    near = live(max_bytes=3 * entry)
+    for key in "abc":
+        assert near.keep(key, near.ticket(), b"0123456789", "M")
+    assert near.get("a") is not None  # a is now the most recently used
+    assert near.keep("d", near.ticket(), b"0123456789", "M")
+    assert list(near.entries) == ["c", "a", "d"]
+    assert near.size == 3 * entry
+    assert not near.keep("e", near.ticket(), b"x" * (3 * entry), "M")  # larger than the bound
+    assert near.keep("a", near.ticket(), b"0123", "M")  # replaced: counted once
+    assert near.size == 2 * entry + 4 + 1 + ENTRY_OVERHEAD
+
+
+def test_entries_live_near_ttl_at_most() -> None:
+    clock = Clock()
+    near = live(ttl=5.0, clock=clock)
+    assert near.keep("k", near.ticket(), b"v", "M")
+    clock.now += 4.9
+    assert near.get("k") == (b"v", "M")
+    clock.now += 0.2
+    assert near.get("k") is None
+    assert near.size == 0
+
+
+def test_models_it_keeps() -> None:
+    assert NearCache(1, 1.0, frozenset({"a.B"})).accepts("a.B")
+    assert not NearCache(1, 1.0, frozenset({"a.B"})).accepts("a.C")
+    assert NearCache(1, 1.0, None).accepts("a.C")
