@@ -67,7 +67,8 @@ def test_a_reply_read_before_the_channel_was_lost_or_flushed_is_not_kept(event: 
         near.set_live(False)
         near.set_live(True)
     assert not near.keep("k", ticket, b"v", "M")
-    assert near.get("old") is None and near.size == 0
+    assert near.get("old") is None
+    assert near.size == 0
 
 
 def test_too_many_remembered_drops_void_every_ticket(monkeypatch: pytest.MonkeyPatch) -> None:
