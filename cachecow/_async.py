@@ -247,10 +247,15 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
         serializer: Serializer | None = None,
     ) -> Callable[
         [Callable[P, Coroutine[Any, Any, R]]],
-        Cached[P, Coroutine[Any, Any, R], Coroutine[Any, Any, None]],
+        Cached[
+            P,
+            Coroutine[Any, Any, R],
+            Coroutine[Any, Any, None],
+            Coroutine[Any, Any, list[R]],
+        ],
     ]:
         """Cache an ``async def`` function's results; see :meth:`cachecow.CacheCow.cached`.
-        The wrapped function's ``invalidate`` is a coroutine."""
+        The wrapped function's ``invalidate`` and ``many`` are coroutines."""
         return decorate(self, _FunctionCache, ttl, name, serializer)
 
     def _reader(self) -> tuple[Any, Any]:

@@ -7,7 +7,13 @@ or ``name=``), its lookup is the call's bound arguments, and its hooks call the 
 ``fetch`` runs it, ``serialize``/``deserialize`` wrap the result in a :class:`Result` (so
 ``None`` and scalars are values, never tombstones), ``verify`` accepts any result. Everything
 else (the lease and its token check at commit, single flight, the busy policy, ``fail_open``) is
-the core's own: no flow and no script is written for functions.
+the core's own: no flow and no script is written for functions. ``fn.many(calls)`` is the
+core's ``get_many`` over the calls (its default ``fetch_many`` runs the function once per
+missing call, in order).
+
+A function whose first parameter is ``self`` or ``cls`` is wrapped in a descriptor
+(:class:`MethodWrapper`) instead of a function, so that ``obj.method.many(...)`` knows ``obj``:
+a bound method's attributes are its function's, which cannot know the instance.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from inspect import Parameter
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
@@ -35,39 +41,52 @@ P2 = ParamSpec("P2")
 R = TypeVar("R")
 R2 = TypeVar("R2")
 I2 = TypeVar("I2")
+M2 = TypeVar("M2")
 R_co = TypeVar("R_co", covariant=True)
 I_co = TypeVar("I_co", covariant=True)
+M_co = TypeVar("M_co", covariant=True)
 
 _SELF_NAMES = ("self", "cls")
 
 
-class CachedMethod(Protocol[P, R_co, I_co]):
-    """A cached method read from its class: called with the instance first; ``invalidate``
-    takes the arguments without it (the instance is not part of the key)."""
+class CachedMethod(Protocol[P, R_co, I_co, M_co]):
+    """A cached method read from its class: called with the instance first, and so is
+    ``many``; ``invalidate`` takes the arguments without it (the instance is not part of the
+    key)."""
 
     def __call__(self, instance: Any, /, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
 
     def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> I_co: ...
 
+    def many(self, instance: Any, calls: Iterable[tuple[Any, ...]], /) -> M_co: ...
 
-class Cached(Protocol[P, R_co, I_co]):
+
+class Cached(Protocol[P, R_co, I_co, M_co]):
     """What ``cache.cached(...)`` makes of a function: the function, with its result cached,
-    and ``invalidate(*args, **kwargs)`` (``I_co`` is ``None``, or an awaitable for an
-    :class:`~cachecow.AsyncCacheCow`). On a method, ``self``/``cls`` is left out of both."""
+    ``invalidate(*args, **kwargs)`` (``I_co`` is ``None``, or an awaitable for an
+    :class:`~cachecow.AsyncCacheCow`), and ``many(calls)``, the results of many calls, each a
+    tuple of positional arguments (``M_co`` is ``list[R]``, or an awaitable of it). On a
+    method, ``self``/``cls`` is left out of all three."""
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
 
     def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> I_co: ...
 
-    @overload
-    def __get__(
-        self: Cached[Concatenate[Any, P2], R2, I2], instance: None, owner: type[Any] | None = None
-    ) -> CachedMethod[P2, R2, I2]: ...
+    def many(self, calls: Iterable[tuple[Any, ...]], /) -> M_co: ...
 
     @overload
     def __get__(
-        self: Cached[Concatenate[Any, P2], R2, I2], instance: object, owner: type[Any] | None = None
-    ) -> Cached[P2, R2, I2]: ...
+        self: Cached[Concatenate[Any, P2], R2, I2, M2],
+        instance: None,
+        owner: type[Any] | None = None,
+    ) -> CachedMethod[P2, R2, I2, M2]: ...
+
+    @overload
+    def __get__(
+        self: Cached[Concatenate[Any, P2], R2, I2, M2],
+        instance: object,
+        owner: type[Any] | None = None,
+    ) -> Cached[P2, R2, I2, M2]: ...
 
     def __get__(self, instance: Any, owner: type[Any] | None = None) -> Any: ...
 
@@ -182,6 +201,23 @@ class Binder:
         key_args = args[1:] if self.method and args else args
         return Call(self.label, self.keys(key_args, kwargs), args, kwargs)
 
+    def calls(self, calls: Iterable[tuple[Any, ...]], head: tuple[Any, ...] = ()) -> list[Call]:
+        """The calls of ``fn.many(calls)``: each a tuple of positional arguments, after
+        ``head`` (a method's instance)."""
+        if isinstance(calls, (str, bytes)) or not isinstance(calls, Iterable):
+            raise TypeError(
+                f"{self.label}.many() takes an iterable of argument tuples, got {calls!r}"
+            )
+        batch = []
+        for args in calls:
+            if not isinstance(args, tuple):
+                raise TypeError(
+                    f"{self.label}.many() takes a tuple of positional arguments per call "
+                    f"(many([(1,), (2,)]) for f(1) and f(2)), got {args!r}"
+                )
+            batch.append(self.call(head + args, {}))
+        return batch
+
     def keys(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, str]:
         """The keys of the result of a call with these arguments (without ``self``)."""
         bound = self.signature.bind(*args, **kwargs)
@@ -250,9 +286,7 @@ def decorate(
         binder = Binder(function, label, parent.prefix)
         inner = cache_class(parent, function, options, serializer)
         wrap = _async_wrapper if cache_class.asynchronous else _sync_wrapper
-        wrapper = wrap(function, inner, binder, label)
-        wrapper.cache = inner
-        return wrapper
+        return wrap(function, inner, binder, label)
 
     return decorator
 
@@ -302,8 +336,21 @@ def _sync_wrapper(function: Callable[..., Any], inner: Any, binder: Binder, labe
     def invalidate(*args: Any, **kwargs: Any) -> None:
         inner.invalidate(label, field, Call(label, binder.keys(args, kwargs), args, kwargs))
 
-    wrapper.invalidate = invalidate  # type: ignore[attr-defined]
-    return wrapper
+    def read_many(calls: Iterable[tuple[Any, ...]], head: tuple[Any, ...]) -> list[Any]:
+        batch = binder.calls(calls, head)
+        try:
+            results = inner.get_many(label, field, batch)
+        except Raised as raised:
+            raise raised.error from None
+        return results_of(inner, binder, batch, results)
+
+    if binder.method:
+        return MethodWrapper(function, wrapper, invalidate, read_many, inner, binder)
+
+    def many(calls: Iterable[tuple[Any, ...]], /) -> list[Any]:
+        return read_many(calls, ())
+
+    return _function(wrapper, invalidate, many, inner)
 
 
 def _async_wrapper(function: Callable[..., Any], inner: Any, binder: Binder, label: str) -> Any:
@@ -321,5 +368,140 @@ def _async_wrapper(function: Callable[..., Any], inner: Any, binder: Binder, lab
     async def invalidate(*args: Any, **kwargs: Any) -> None:
         await inner.invalidate(label, field, Call(label, binder.keys(args, kwargs), args, kwargs))
 
-    wrapper.invalidate = invalidate  # type: ignore[attr-defined]
+    async def read_many(calls: Iterable[tuple[Any, ...]], head: tuple[Any, ...]) -> list[Any]:
+        batch = binder.calls(calls, head)
+        try:
+            results = await inner.get_many(label, field, batch)
+        except Raised as raised:
+            raise raised.error from None
+        return results_of(inner, binder, batch, results)
+
+    if binder.method:
+        return AsyncMethodWrapper(function, wrapper, invalidate, read_many, inner, binder)
+
+    async def many(calls: Iterable[tuple[Any, ...]], /) -> list[Any]:
+        return await read_many(calls, ())
+
+    return _function(wrapper, invalidate, many, inner)
+
+
+def _function(wrapper: Any, invalidate: Any, many: Any, inner: Any) -> Any:
+    """The wrapper of a function (not a method): the function itself, with its attributes."""
+    wrapper.invalidate = invalidate
+    wrapper.many = many
+    wrapper.cache = inner
     return wrapper
+
+
+def results_of(inner: Any, binder: Binder, batch: list[Call], results: list[Any]) -> list[Any]:
+    """The results of a batch's calls, from ``get_many``'s objects."""
+    out = []
+    for call, result in zip(batch, results, strict=True):
+        if result is None:  # a "not found" under the call's key, as a single call raises it
+            raise inner.not_found(binder.label, binder.field, call)
+        out.append(result.value)
+    return out
+
+
+class MethodWrapper:
+    """A cached method (its first parameter ``self`` or ``cls``): a descriptor, so that
+    ``obj.method`` is a :class:`BoundMethod` whose ``many`` knows ``obj``. Read from its class
+    it is itself: called with the instance first, and so is ``many``."""
+
+    def __init__(
+        self,
+        function: Callable[..., Any],
+        call: Callable[..., Any],
+        invalidate: Callable[..., Any],
+        many: Callable[..., Any],
+        inner: Any,
+        binder: Binder,
+    ) -> None:
+        functools.update_wrapper(self, function)
+        self._call = call
+        self._many = many
+        self._binder = binder
+        self.invalidate = invalidate
+        self.cache = inner
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call(*args, **kwargs)
+
+    def many(self, instance: Any, calls: Iterable[tuple[Any, ...]], /) -> Any:
+        return self._many(calls, (instance,))
+
+    def __get__(self, instance: Any, owner: type[Any] | None = None) -> Any:
+        return self if instance is None else BoundMethod(self, instance)
+
+    def __repr__(self) -> str:
+        return f"<cached method {self._binder.label}>"
+
+
+class AsyncMethodWrapper(MethodWrapper):
+    """A cached ``async def`` method: :class:`MethodWrapper` whose calls are coroutines
+    (``async def __call__``, which frameworks look for)."""
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._call(*args, **kwargs)
+
+    async def many(self, instance: Any, calls: Iterable[tuple[Any, ...]], /) -> Any:
+        return await self._many(calls, (instance,))
+
+    def __get__(self, instance: Any, owner: type[Any] | None = None) -> Any:
+        return self if instance is None else AsyncBoundMethod(self, instance)
+
+
+class BoundMethod:
+    """A cached method read from an instance: the instance goes first in every call and in
+    every call of ``many``; ``invalidate`` is the method's own. Like a bound method, its
+    ``__self__`` is the instance and its ``__func__`` the :class:`MethodWrapper`."""
+
+    __slots__ = ("__func__", "__self__")
+
+    def __init__(self, method: MethodWrapper, instance: Any) -> None:
+        self.__func__ = method
+        self.__self__ = instance
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.__func__._call(self.__self__, *args, **kwargs)
+
+    def many(self, calls: Iterable[tuple[Any, ...]], /) -> Any:
+        return self.__func__._many(calls, (self.__self__,))
+
+    @property
+    def invalidate(self) -> Callable[..., Any]:
+        return self.__func__.invalidate
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        """The method's signature without ``self``, as for a bound method."""
+        return self.__func__._binder.signature
+
+    def __getattr__(self, name: str) -> Any:  # __name__, __wrapped__, cache...
+        # Not self.__func__: unset (a copy being built), it would come back here.
+        return getattr(object.__getattribute__(self, "__func__"), name)
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, BoundMethod)
+            and self.__func__ is other.__func__
+            and self.__self__ is other.__self__
+        )
+
+    def __hash__(self) -> int:
+        return hash((id(self.__func__), id(self.__self__)))
+
+    def __repr__(self) -> str:
+        return f"<bound cached method {self.__func__._binder.label} of {self.__self__!r}>"
+
+
+class AsyncBoundMethod(BoundMethod):
+    """:class:`BoundMethod` of an ``async def`` method."""
+
+    __slots__ = ()
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return await self.__func__._call(self.__self__, *args, **kwargs)
+
+    async def many(self, calls: Iterable[tuple[Any, ...]], /) -> Any:
+        return await self.__func__._many(calls, (self.__self__,))

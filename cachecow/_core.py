@@ -285,7 +285,7 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         *,
         name: str | None = None,
         serializer: Serializer | None = None,
-    ) -> Callable[[Callable[P, R]], Cached[P, R, None]]:
+    ) -> Callable[[Callable[P, R]], Cached[P, R, None, list[R]]]:
         """Cache a function's results, under the same lease as objects (see "Caching function
         results" in docs/usage.md).
 
@@ -294,7 +294,10 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         not); on a method, ``self``/``cls`` is left out. ``None`` and scalars are results like
         any other; exceptions are never cached. The wrapped function gets
         ``invalidate(*args, **kwargs)``: a result computed before it returns is never cached
-        after it.
+        after it; and ``many(calls)``: the results of many calls (each a tuple of positional
+        arguments), in order, with the hits in one round trip and the misses computed once
+        each and committed in one more, under the same lease (the first exception of the
+        function is raised, with nothing of the batch's misses cached).
 
         :param ttl: seconds a result lives (default: the cache's ``ttl``).
         :param name: the label in keys instead of ``module.qualname`` (keep it stable).

@@ -35,8 +35,48 @@ def reads(client: redis.Redis) -> None:
     RowCache(client, busy=cachecow.BusyPolicy.WAIT)
 
 
+def functions(client: redis.Redis) -> None:
+    cache = cachecow.CacheCow(client)
+
+    @cache.cached(ttl=60)
+    def price(sku: str, qty: int = 1) -> float:
+        return 1.5 * qty
+
+    class Report:
+        @cache.cached(name="report.total")
+        def total(self, year: int) -> int:
+            return year
+
+    assert_type(price("tea", qty=2), float)
+    assert_type(price.invalidate("tea"), None)
+    assert_type(price.many([("tea",), ("cake", 2)]), list[float])
+    report = Report()
+    assert_type(report.total(2024), int)
+    assert_type(report.total.many([(2024,), (2025,)]), list[int])
+    assert_type(Report.total(report, 2024), int)
+    assert_type(Report.total.many(report, [(2024,)]), list[int])
+
+
 async def async_reads(client: aredis.Redis) -> None:
     cache = AsyncRowCache(client, busy="wait")
     assert_type(await cache.get(Row, "id", 1), Row)
     assert_type(await cache.peek(Row, "id", 1), Row | None)
     assert_type(await cache.get_many(Row, "id", [1, 2]), list[Row | None])
+
+
+async def async_functions(client: aredis.Redis) -> None:
+    cache = cachecow.AsyncCacheCow(client)
+
+    @cache.cached()
+    async def price(sku: str, qty: int = 1) -> float:
+        return 1.5 * qty
+
+    class Report:
+        @cache.cached(name="report.total")
+        async def total(self, year: int) -> int:
+            return year
+
+    assert_type(await price("tea", qty=2), float)
+    assert_type(await price.invalidate("tea"), None)
+    assert_type(await price.many([("tea",), ("cake", 2)]), list[float])
+    assert_type(await Report().total.many([(2024,)]), list[int])
