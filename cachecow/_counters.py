@@ -344,8 +344,10 @@ def _duration(seconds: float | None, highest: float) -> str:
         return "-"
     if seconds == INF:
         return ">" + _duration(highest, highest)
-    ms = seconds * 1000
-    return f"{ms:.3g} ms" if ms < 999.5 else f"{seconds:.3g} s"
+    ms = seconds * 1000  # two figures: the buckets tell no more
+    if ms < 9.95:
+        return f"{ms:.2g} ms"
+    return f"{ms:.0f} ms" if ms < 999.5 else f"{seconds:.2g} s"
 
 
 def _highest(entry: ModelCounters) -> float:

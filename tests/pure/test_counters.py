@@ -20,7 +20,7 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from cachecow import CacheCow
-from cachecow._counters import collect, parse_samples, quantile
+from cachecow._counters import _duration, collect, parse_samples, quantile
 from cachecow.cli import main
 from cachecow.exporters.prometheus import PrometheusCollector
 from cachecow.metrics import BUCKETS
@@ -166,9 +166,9 @@ def test_sums_over_pages_and_caches(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert out.splitlines()[0] == f"counters summed over 2 sources: {first}, {second}"
     assert [line.split() for line in out.splitlines()[2:]] == [
         ["app.Order", "0", "0", "-", "0", "0", "0", "0", "4", "-", "-"],
-        [MODEL, "7", "5", "58.3%", "2", "1", "1", "3", "0", "0.188", "ms", "4.82", "ms"],
+        [MODEL, "7", "5", "58.3%", "2", "1", "1", "3", "0", "0.19", "ms", "4.8", "ms"],
         ["(no", "model)", "0", "0", "-", "0", "0", "0", "0", "0", "-", "-"],
-        ["total", "7", "5", "58.3%", "2", "1", "1", "3", "4", "0.188", "ms", "4.82", "ms"],
+        ["total", "7", "5", "58.3%", "2", "1", "1", "3", "4", "0.19", "ms", "4.8", "ms"],
     ]
 
 
@@ -237,3 +237,21 @@ def test_help() -> None:
     with pytest.raises(SystemExit) as done:
         main(["counters", "--help"])
     assert done.value.code == 0
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [
+        (None, "-"),
+        (0.0, "0 ms"),
+        (0.0000635, "0.064 ms"),
+        (0.00245, "2.4 ms"),
+        (0.0123, "12 ms"),
+        (0.1504, "150 ms"),
+        (0.9996, "1 s"),
+        (2.5, "2.5 s"),
+        (INF, ">10 s"),
+    ],
+)
+def test_durations_are_shown_with_two_figures(seconds: float | None, shown: str) -> None:
+    assert _duration(seconds, BUCKETS[-1]) == shown
