@@ -6,6 +6,12 @@ many are stale. They work on the application's own cache (``--cache module:attri
 ``show`` (raw), ``stats`` and ``flush`` also work on a bare Redis (``--redis URL --prefix P``)
 with a model's label as keys spell it (``module.QualName``).
 
+``cachecow counters URL [URL ...]`` reads the Prometheus pages of application processes that
+expose the caches' metrics (``cachecow.exporters.prometheus.PrometheusCollector``), sums the
+counters over them, and prints hits, misses, the hit ratio, leases, commits, stale commits,
+busy gets, Redis errors and ``get``'s p50 and p99 per model (``--json``: every counter). The
+counters live in the application's processes: this one has none of its own.
+
 ``cachecow relay --database URL [--redis URL] [--prefix P]`` delivers a database's outbox to
 Redis until stopped: the rows no commit's drain delivered (writes made outside the
 application, processes that died after a commit, commits made while Redis was down). The
@@ -29,7 +35,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from . import _admin
+from . import _admin, _counters
 from ._connect import connect
 from ._core import CacheCow
 from .exceptions import CacheCowError
@@ -164,6 +170,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     stats.add_argument("model", nargs="?", help="the model; without it, every key under the prefix")
     _add_target(stats)
+
+    counters = commands.add_parser(
+        "counters",
+        help="the counters of application processes, summed from their Prometheus pages",
+        description="Read the Prometheus pages of application processes that expose "
+        "cachecow.exporters.prometheus.PrometheusCollector, sum the caches' counters over them, "
+        "and print per model: hits (objects and tombstones), misses, the hit ratio, leases, "
+        "commits, stale commits refused, busy gets, Redis errors, and the p50 and p99 of get's "
+        "durations estimated from the histogram's buckets; then the totals. A page that cannot "
+        "be read or holds no cachecow metrics is an error (exit status 2).",
+    )
+    _counters.add_arguments(counters)
     _add_model_commands(commands)
     return parser
 
@@ -268,8 +286,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command != "relay":
         try:
+            if args.command == "counters":
+                _counters.run(vars(args), print, sys.stdin)
+                return 0
             return _run(args, sys.stdout, sys.stderr)
-        except (UsageError, CacheCowError, RedisError, NotImplementedError) as exc:
+        except (
+            UsageError,
+            CacheCowError,
+            RedisError,
+            NotImplementedError,
+            _counters.ScrapeError,
+        ) as exc:
             print(f"cachecow {args.command}: {exc}", file=sys.stderr)
             return 2
     return _relay(args)

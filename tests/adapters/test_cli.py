@@ -77,7 +77,7 @@ def test_every_command_has_help_in_the_console_script() -> None:
     script = console_script()
     top = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
     assert top.returncode == 0, top.stderr
-    for command in ("keys", "show", "stats", "flush", "audit", "relay"):
+    for command in ("keys", "show", "stats", "counters", "flush", "audit", "relay"):
         assert command in top.stdout
         shown = subprocess.run(
             [script, command, "--help"], capture_output=True, text=True, timeout=60
