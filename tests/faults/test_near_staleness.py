@@ -134,9 +134,7 @@ def test_stale_reads_only_within_the_delivery_delay(redis_server: RedisServer) -
     stale = unexplained = 0
     ages = []
     for row, version, began in reads:
-        newer = [
-            (ret, sent) for v, sent, ret in by_row.get(row, []) if v > version and ret < began
-        ]
+        newer = [(ret, sent) for v, sent, ret in by_row.get(row, []) if v > version and ret < began]
         if not newer:
             continue
         stale += 1
@@ -156,7 +154,8 @@ def test_stale_reads_only_within_the_delivery_delay(redis_server: RedisServer) -
     print(
         f"\nnear cache across processes: {len(reads)} reads ({near_hits} near hits of {hits} "
         f"hits), {len(history)} invalidations; stale reads {stale} "
-        f"(age p50 {ms(ages, 0.5)} ms, p99 {ms(ages, 0.99)} ms, max {ms(ages, 1.0)} ms), after the drop {unexplained}; "
+        f"(age p50 {ms(ages, 0.5)} ms, p99 {ms(ages, 0.99)} ms, max {ms(ages, 1.0)} ms), "
+        f"after the drop {unexplained}; "
         f"delivery delay after invalidate() returned: p50 {ms(delays, 0.5)} ms, "
         f"p99 {ms(delays, 0.99)} ms, max {ms(delays, 1.0)} ms ({len(delays)} measured)"
     )
