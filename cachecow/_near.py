@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis as redis_py
+from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelConnectionPool
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from .exceptions import ConfigurationError
 
@@ -183,6 +185,8 @@ class Tracker:
         self.client_id: int | None = None  # the connection's, on the server
         self.connected = threading.Event()  # set while the channel is up (tests wait on it)
         self.outages = 0  # times the channel was lost
+        self.down_since: float | None = None  # when it was lost (monotonic), while it is
+        self.downtimes: list[float] = []  # seconds each outage lasted, once over
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
@@ -200,6 +204,9 @@ class Tracker:
                 self.connection = self.connect()
                 self._subscribe(self.connection)
                 self.near.set_live(True)
+                if self.down_since is not None:
+                    self.downtimes.append(time.monotonic() - self.down_since)
+                    self.down_since = None
                 self.connected.set()
                 attempt = 0
                 self._listen(self.connection)
@@ -209,6 +216,7 @@ class Tracker:
             finally:
                 if self.connected.is_set():
                     self.outages += 1
+                    self.down_since = time.monotonic()
                 self.connected.clear()
                 self.near.set_live(False)
                 self._disconnect()
@@ -262,6 +270,18 @@ class Tracker:
                 pass
 
 
+_SENTINEL_OPTIONS = {  # what a Sentinel connection's options may carry over to a sync one
+    "username",
+    "password",
+    "socket_timeout",
+    "socket_connect_timeout",
+    "ssl",
+    "ssl_ca_certs",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_cert_reqs",
+}
+
 _SYNC_CLASSES = {
     "Connection": redis_py.Connection,
     "SSLConnection": redis_py.SSLConnection,
@@ -271,7 +291,8 @@ _SYNC_CLASSES = {
 
 def tracker_connection(client: Any) -> Callable[[], Any]:
     """How to open the tracker's connection: a new RESP2 connection (sync, whatever the
-    client) to the server ``client`` talks to, with the client's own settings."""
+    client) to the server ``client`` writes to (a Sentinel group's master of the moment, asked
+    at each connection), with the client's own settings."""
     pool = getattr(client, "connection_pool", None)
     bases = getattr(getattr(pool, "connection_class", None), "__mro__", ())
     sync_class = next(  # redis-py's own class (sync or asyncio) the client's derives from
@@ -282,11 +303,11 @@ def tracker_connection(client: Any) -> Callable[[], Any]:
         ),
         None,
     )
-    if pool is None or sync_class is None or type(pool).__name__.startswith("Sentinel"):
+    if pool is None or sync_class is None:
         raise ConfigurationError(
-            "near_bytes: the near cache needs a client of one Redis server (redis.Redis or "
-            f"redis.asyncio.Redis over TCP, TLS or a Unix socket); got {client!r}. Redis "
-            "Cluster and Sentinel are not supported by the near cache yet."
+            "near_bytes: the near cache needs a redis-py client of one Redis server or of a "
+            f"Sentinel group (over TCP, TLS or a Unix socket); got {client!r}. Redis Cluster "
+            "is not supported by the near cache yet."
         )
     accepted = {  # the class's own parameters and its bases' (it passes **kwargs up)
         name
@@ -298,11 +319,38 @@ def tracker_connection(client: Any) -> Callable[[], Any]:
     for name in ("redis_connect_func", "retry", "event_dispatcher"):
         kwargs.pop(name, None)
     kwargs.update(protocol=2, socket_timeout=5.0, health_check_interval=0)
+    master = _master_of(pool)
 
     def connect() -> Any:
-        return sync_class(**kwargs)
+        if master is None:
+            return sync_class(**kwargs)
+        host, port = master()
+        return sync_class(**{**kwargs, "host": host, "port": port})
 
     return connect
+
+
+def _master_of(pool: Any) -> Callable[[], tuple[str, int]] | None:
+    """For a Sentinel pool (sync or asyncio), how to ask the Sentinels for the master now."""
+    if isinstance(pool, SentinelConnectionPool):
+        manager, service = pool.sentinel_manager, pool.service_name
+        return lambda: manager.discover_master(service)
+    if isinstance(pool, AsyncSentinelConnectionPool):
+        # The asyncio Sentinels cannot be asked from the tracker's thread: sync ones, alike.
+        sentinels = [
+            (
+                s.connection_pool.connection_kwargs.get("host", "localhost"),
+                s.connection_pool.connection_kwargs.get("port", 26379),
+            )
+            for s in pool.sentinel_manager.sentinels
+        ]
+        options = {
+            k: v for k, v in pool.sentinel_manager.sentinel_kwargs.items() if k in _SENTINEL_OPTIONS
+        }
+        sync_manager = Sentinel(sentinels, sentinel_kwargs=options)  # type: ignore[no-untyped-call]
+        service = pool.service_name
+        return lambda: sync_manager.discover_master(service)  # type: ignore[no-untyped-call]
+    return None
 
 
 def start_tracking(near: NearCache, client: Any, prefixes: list[str]) -> Callable[[], None]:
