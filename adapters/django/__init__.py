@@ -65,7 +65,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, overload
 
 from cachecow._lookups import normalized, normalized_many
 
@@ -111,7 +111,9 @@ from ._triggers import (
 
 logger = logging.getLogger("cachecow")
 T = TypeVar("T")
-ModelT = TypeVar("ModelT")
+# Covariant and bound to Model as django-stubs' Manager[_T]: its mypy plugin types a manager
+# made in a model's body as Manager[Self], which CachedManager[Person] must accept.
+ModelT = TypeVar("ModelT", bound=models.Model, covariant=True)
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack  # typing.Unpack from Python 3.11 on
@@ -705,15 +707,22 @@ class CachedQuerySet(models.QuerySet[Any]):  # type: ignore[misc]
         return super().get(*args, **kwargs)
 
 
-class CachedManager(
-    models.Manager.from_queryset(CachedQuerySet),  # type: ignore[misc]
-    Generic[ModelT],
-):
+if TYPE_CHECKING:
+    # To type checkers a Manager[ModelT]: with django-stubs, every method is typed by the model
+    # (filter() a QuerySet[ModelT]); without them Django is Any, and get() below is typed here.
+    _Manager: TypeAlias = models.Manager
+else:
+    _Manager = models.Manager.from_queryset(CachedQuerySet)
+
+
+# Without django-stubs (as to this project's mypy) Django is Any: so are the base and its alias.
+class CachedManager(_Manager[ModelT], Generic[ModelT]):  # type: ignore[misc, type-arg]
     """A manager whose ``get()`` of one unique lookup is served from cachecow (see the module
     docstring). Its model is watched: saves and deletes invalidate after commit.
 
     Generic in its model for type checkers: ``cached: CachedManager[User] = CachedManager()``
-    makes ``User.cached.get(...)`` a ``User``."""
+    makes ``User.cached.get(...)`` a ``User``; with django-stubs and their mypy plugin, its
+    other methods too (``User.cached.filter(...)`` a ``QuerySet[User]``)."""
 
     if TYPE_CHECKING:  # at run time, the queryset's get (as Django copies it, docstring too)
 
