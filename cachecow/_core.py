@@ -71,7 +71,7 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         model's values instead of ``ttl``. A call's own ``ttl=`` wins over both.
     :param near_bytes: the size of the near cache in this process, in bytes (default 0: none).
         Hits it holds are answered without a round trip; Redis's invalidation messages keep it
-        honest (see docs/near-cache.md). Not yet on Redis Cluster clients.
+        honest (see docs/near-cache.md).
     :param near_ttl: the most seconds an entry stays in the near cache (default 30).
     :param near_models: the models (classes or labels) the near cache keeps (default: all).
     :param near_shared: hand every near-cache hit the one object decoded when the entry was

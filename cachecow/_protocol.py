@@ -28,10 +28,11 @@ from ._batch import BatchRead, read_many
 from ._clock import AsyncClock, Clock, SystemClock, backoff_delay
 from ._flights import Flight, Flights
 from ._invalidation import invalidate
-from ._near import NearCache, start_tracking
+from ._near import NearCache
 from ._ops import _TOMB, _UNUSABLE, TOMBSTONE, Flow
 from ._options import BusyName, BusyPolicy, Options, labels, positive
 from ._single import SingleRead, peek
+from ._tracking import start_tracking
 from .exceptions import (
     ConfigurationError,
     NotFound,
