@@ -42,6 +42,7 @@ from .keys import (
     build_keys,
     memo_key,
     model_label,
+    model_prefix,
     same_value,
     validate_prefix,
 )
@@ -168,8 +169,10 @@ class CacheCowBase(Generic[ClientT]):
             )
         near = NearCache(options.near_bytes, options.near_ttl, options.near_models)
         models = options.near_models
-        prefixes = [self.prefix] if models is None else [f"{self.prefix}{m}:" for m in models]
-        near.start = start_tracking(near, redis, sorted(prefixes))
+        prefixes = (
+            [self.prefix] if models is None else [model_prefix(self.prefix, m) for m in models]
+        )
+        near.start = start_tracking(near, redis, prefixes)
         return near
 
     def _near_read(self, lookup: tuple[Any, Field, Any], value_key: str) -> Any:
@@ -348,7 +351,7 @@ class CacheCowBase(Generic[ClientT]):
                 f"{type(self).__qualname__} overrides get_keys(): override model_keys_pattern() "
                 "too for invalidate_model()"
             )
-        return _glob_escape(f"{self.prefix}{self.model_label(cls)}:") + "*"
+        return _glob_escape(model_prefix(self.prefix, self.model_label(cls))) + "*"
 
     # -- flows: shared steps --------------------------------------------------------------------
 

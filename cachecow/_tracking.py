@@ -390,11 +390,21 @@ def _channel(near: NearCache, client: Any, prefixes: list[str]) -> Callable[[], 
     return lambda: Tracker(near, connect, prefixes)
 
 
+def distinct_prefixes(prefixes: list[str]) -> list[str]:
+    """``prefixes`` without those another one covers (Redis refuses overlapping prefixes:
+    ``a:`` covers ``a:b:``), in order."""
+    kept: list[str] = []
+    for prefix in sorted(set(prefixes)):
+        if not any(prefix.startswith(other) for other in kept):
+            kept.append(prefix)
+    return kept
+
+
 def start_tracking(near: NearCache, client: Any, prefixes: list[str]) -> Callable[[], None]:
     """A function that starts ``near``'s channel (once per process: a forked child starts its
     own, with its near cache emptied). Raises :class:`~cachecow.ConfigurationError` now for a
     client it cannot track."""
-    make = _channel(near, client, prefixes)
+    make = _channel(near, client, distinct_prefixes(prefixes))
     lock = threading.Lock()
     ref = weakref.ref(near)
 

@@ -292,6 +292,12 @@ def _lookup_head(label: str, field: Field) -> str:
 
 
 @functools.lru_cache(maxsize=1024)
+def model_prefix(prefix: str, label: str) -> str:
+    """The start of every default key of a model: ``<prefix><label>:``, the label's braces
+    and white space made ``_`` (as in the keys)."""
+    return prefix + _UNSAFE_RE.sub("_", label) + ":"
+
+
 def _readable(prefix: str, label: str, field: Field) -> str:
     """The readable start of a key: ``<prefix><label>:<fields>:``."""
     fields = "+".join(field) if isinstance(field, tuple) else field

@@ -464,3 +464,31 @@ def test_shared_objects_are_handed_out_as_kept(
         assert cache.get("Row", "id", 1)["version"] == 2
     finally:
         cache.close()
+
+
+def test_labels_in_any_spelling_are_tracked(
+    redis_client: redis.Redis, db: dict[int, dict[str, Any]], writer: Rows
+) -> None:
+    """Keys spell a label's braces and spaces as ``_``; a label that extends another (``Row``,
+    ``Row:archive``) shares its tracked prefix (Redis refuses overlapping ones)."""
+    labels = ["my Row{1}", "Row", "Row:archive"]
+    cache = Rows(redis_client, db, near_models=labels, **NEAR)
+    other = Rows(redis_client, db, prefix="near:")
+    try:
+        tracking(cache)
+        for label in labels:
+            key = cache.get_keys(label, "id", 1)[0]
+            wait_until(lambda k=key, m=label: cache.get(m, "id", 1) and k in near_of(cache).entries)
+            db[1] = {"id": 1, "version": db[1]["version"] + 1}
+            other.invalidate(label, "id", 1)  # another client: only its message can drop it
+            wait_until(lambda k=key: k not in near_of(cache).entries)
+    finally:
+        cache.close()
+
+
+def test_invalidate_model_finds_labels_in_any_spelling(
+    redis_client: redis.Redis, db: dict[int, dict[str, Any]]
+) -> None:
+    cache = Rows(redis_client, db, prefix="near:")
+    cache.get("my Row{1}", "id", 1)
+    assert cache.invalidate_model("my Row{1}", settle=False) == 1
