@@ -80,18 +80,24 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
         self, cls: Any, id_field: str | tuple[str, ...], id_val: Any, *, ttl: float | None = ...
     ) -> Any: ...
 
-    @timed("get")
     async def get(
         self, cls: Any, id_field: str | tuple[str, ...], id_val: Any, *, ttl: float | None = None
     ) -> Any:
         """The object whose ``id_field`` is ``id_val``; see :meth:`cachecow.CacheCow.get`."""
+        if self._near is not None:  # a near hit: no round trip, and no duration recorded
+            obj = self._near_hit(cls, id_field, id_val)
+            if obj is not _UNUSABLE:
+                return obj
+        return await self._get(cls, id_field, id_val, ttl=ttl)
+
+    @timed("get")
+    async def _get(
+        self, cls: Any, id_field: str | tuple[str, ...], id_val: Any, *, ttl: float | None = None
+    ) -> Any:
+        """:meth:`get` past the near cache."""
         id_field, id_val = normalized(self, cls, id_field, id_val)
         lookup, ttl = (cls, id_field, id_val), self._checked_ttl(ttl)
         keys = self.get_keys(*lookup)
-        if self._near is not None:
-            obj = self._near_get(lookup, keys[0])
-            if obj is not _UNUSABLE:
-                return obj
         if not self._joins:  # a reader that never waits for another reads alone
             return await self._drive(self._get_flow(lookup, keys, ttl=ttl))
         # Lead a read of this key, or join the one in flight (see _flights.py).

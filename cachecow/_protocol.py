@@ -28,6 +28,7 @@ from ._batch import BatchRead, read_many
 from ._clock import AsyncClock, Clock, SystemClock, backoff_delay
 from ._flights import Flight, Flights
 from ._invalidation import invalidate
+from ._lookups import normalized
 from ._near import NearCache
 from ._ops import _TOMB, _UNUSABLE, TOMBSTONE, Flow
 from ._options import BusyName, BusyPolicy, Options, labels, positive
@@ -188,6 +189,13 @@ class CacheCowBase(Generic[ClientT]):
             obj = _TOMB if payload == TOMBSTONE else self.deserialize(lookup[0], payload)
         self.metrics.incr("near_hits", 1, label, also="tombstone_hits" if obj is _TOMB else "hits")
         return obj
+
+    def _near_hit(self, cls: Any, id_field: Any, id_val: Any) -> Any:
+        """A ``get``'s object from the near cache, ``_UNUSABLE`` if it holds none (raises the
+        not-found exception for a cached "not found", and for a bad lookup)."""
+        id_field, id_val = normalized(self, cls, id_field, id_val)
+        lookup = (cls, id_field, id_val)
+        return self._near_get(lookup, self.get_keys(*lookup)[0])
 
     def _near_get(self, lookup: tuple[Any, Field, Any], value_key: str) -> Any:
         """As :meth:`_near_read`, raising the not-found exception for a cached "not found"."""
