@@ -30,8 +30,8 @@
 local CHUNK = 4000
 local token = ARGV[1]
 local flag_ttl_ms = ARGV[2]
-local refresh_ms = tonumber(ARGV[3])
-local tombstone_refresh_ms = tonumber(ARGV[4])
+local refresh_ms = tonumber(ARGV[3] or '0')
+local tombstone_refresh_ms = tonumber(ARGV[4] or '0')
 local has_discards = #ARGV > 4
 -- NOTE: cachecow.TOMBSTONE, the reserved value of a cached "not found" (tests check they match).
 local TOMBSTONE = '\0cachecow:tombstone\0'
