@@ -484,3 +484,37 @@ def test_a_refresh_drops_the_value_from_near_caches(redis_client: redis.Redis) -
             time.sleep(0.01)
     finally:
         near.close()
+
+
+# -- the scripts' replies ------------------------------------------------------------------------
+
+
+def test_the_lease_scripts_reply_shapes(redis_client: redis.Redis) -> None:
+    """Without windows the scripts answer as before (a hit is the bytes, even inside what would
+    be the window); with them, a hit inside its window that wins the lease is ``[bytes, 1]``, a
+    call sent again with the same token finds its lease, and another token gets the bytes."""
+    one, many = script_source("get_or_lease"), script_source("get_or_lease_many")
+    redis_client.set("v", b"x", px=1_000)
+    keys = ("v", "v:lease")
+    assert redis_client.eval(one, 2, *keys, "t1", 10_000) == b"x"
+    assert redis_client.eval(one, 2, *keys, "t1", 10_000, b"other") == b"x"
+    assert redis_client.eval(many, 2, *keys, "t1", 10_000) == [b"x"]
+    assert redis_client.eval(one, 2, *keys, "t1", 10_000, "", 500, 500) == b"x"  # 1 s left
+    assert redis_client.eval(many, 2, *keys, "t1", 10_000, 0, 0) == [b"x"]
+    assert redis_client.exists("v:lease") == 0
+    assert redis_client.eval(one, 2, *keys, "t1", 10_000, "", 2_000, 0) == [b"x", 1]
+    assert redis_client.get("v:lease") == b"t1"
+    assert redis_client.eval(one, 2, *keys, "t1", 10_000, "", 2_000, 0) == [b"x", 1]  # again
+    assert redis_client.eval(one, 2, *keys, "t2", 10_000, "", 2_000, 0) == b"x"
+    assert redis_client.eval(many, 2, *keys, "t1", 10_000, 2_000, 0) == [[b"x", 1]]
+    assert redis_client.eval(many, 2, *keys, "t2", 10_000, 2_000, 0) == [b"x"]
+    assert redis_client.pttl("v") <= 1_000  # the value's TTL untouched by any of them
+    redis_client.set("t", TOMBSTONE, px=1_000)
+    tomb = ("t", "t:lease")
+    assert redis_client.eval(one, 2, *tomb, "t1", 10_000, "", 2_000, 500) == TOMBSTONE
+    assert redis_client.eval(many, 2, *tomb, "t1", 10_000, 2_000, 2_000) == [[TOMBSTONE, 1]]
+    redis_client.set("n", b"y")  # no time to live (foreign data): never refreshed
+    assert redis_client.eval(one, 2, "n", "n:lease", "t1", 10_000, "", 2_000, 0) == b"y"
+    redis_client.set("u", b"\xff", px=60_000)  # unusable bytes, discarded with windows sent
+    assert redis_client.eval(one, 2, "u", "u:lease", "t1", 10_000, b"\xff", 2_000, 0) == 1
+    assert redis_client.exists("u") == 0
