@@ -522,3 +522,19 @@ def test_the_lease_scripts_reply_shapes(redis_client: redis.Redis) -> None:
     redis_client.set("u", b"\xff", px=60_000)  # unusable bytes, discarded with windows sent
     assert redis_client.eval(one, 2, "u", "u:lease", "t1", 10_000, b"\xff", 2_000, 0) == 1
     assert redis_client.exists("u") == 0
+
+
+def test_a_cached_function_is_refreshed_with_its_own_ttl(redis_client: redis.Redis) -> None:
+    """Decorated functions share their cache's options: a result inside its window (a tenth
+    of the decorator's TTL) is recomputed by one call, and the fresh result returned."""
+    cache = CacheCow(redis_client, refresh_ahead=0.1, ttl_jitter=0.0)
+    rates = {"eur": 1}
+    rate = cache.cached(100, name="rate")(lambda code: rates[code])
+    assert rate("eur") == 1
+    rates["eur"] = 2
+    (key,) = [k for k in redis_client.keys("cachecow:rate:*") if not k.endswith(b":lease")]
+    assert rate("eur") == 1  # 100 s left: outside its 10 s window
+    assert redis_client.pexpire(key, 9_000)
+    assert rate("eur") == 2  # refreshed
+    assert rate("eur") == 2
+    assert counts(cache, "misses", "refreshes", "commits") == (1, 1, 2)
