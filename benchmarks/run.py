@@ -264,7 +264,8 @@ class ProtocolFloor:
 
     def many_hits(self, ids: Sequence[int]) -> Any:
         flat = [k for i in ids for k in self.pair(i)]
-        replies = self.r.evalsha(self.sha["get_or_lease_many"], len(flat), *flat, self.token, 10000)
+        head = (self.token, 10000, 0, 0)  # no refresh windows, as cachecow sends by default
+        replies = self.r.evalsha(self.sha["get_or_lease_many"], len(flat), *flat, *head)
         leased = [i for i, v in zip(ids, replies, strict=True) if not isinstance(v, bytes)]
         out = [decode_json(v) for v in replies if isinstance(v, bytes)]
         if leased:

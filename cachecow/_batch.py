@@ -6,6 +6,10 @@ will not wait), one ``commit_many`` under the batch's token; busy lookups are po
 batch's own leases are committed. :func:`read_many` runs it, alone or in single flight with
 the process's other readers of the same keys (see ``_flights.py``).
 
+With ``refresh_ahead``, the hits inside their refresh window may come with the lease too
+(``_single.py``): those lookups are fetched and committed with the batch's misses, in the same
+``fetch_many`` and ``commit_many``, and answered with the fresh objects.
+
 On Redis Cluster every script call is made once per hash slot, in one pipeline.
 """
 
@@ -37,9 +41,11 @@ from ._ops import (
     Wait,
     _timed_out,
     new_token,
+    refreshed,
     release_after,
     release_on_failure,
 )
+from ._single import refresh_failed
 from ._telemetry import decision
 from ._telemetry import logger as _events
 from .exceptions import CacheUnavailable
@@ -182,6 +188,8 @@ class BatchRead:
         self.cls = cls
         self.id_field = id_field
         self.ttl = cache._ttl(cls, ttl)  # seconds its values are cached for
+        # refresh_ahead: the refresh windows (ms) of a value and of a tombstone ((0, 0): off)
+        self.windows = cache.options.refresh_windows(self.ttl)
         self.model = cache.model_label(cls)
         self.lookups: dict[str, BatchItem] = {}  # by value key (set by read_many)
         self.found: dict[str, Any] = {}
@@ -220,15 +228,17 @@ class BatchRead:
             if replies is None:  # Redis failed and fail_open served them: done
                 self.uncached += waiting
                 break
-            leased, busy, discards = self._sort(pending, replies)
+            leased, refreshing, busy, discards = self._sort(pending, replies)
+            if refreshing:
+                self._land_refreshing(refreshing)
             extra: list[str] = []
             if busy and self.cache._fetches_when_busy:
                 extra, busy = busy, []
-            if leased:
+            if leased or refreshing:
                 # Fill our own leases before waiting on anyone else's: two batch readers that
                 # each wait for the other's lease would otherwise both time out. Busy lookups
                 # that will not wait ride along in the same fetch_many, uncached.
-                if not (yield from self._fill(leased, extra)):
+                if not (yield from self._fill(leased, extra, refreshing)):
                     # The commit failed and fail_open served it: no further call (a poll) to
                     # a Redis that just failed, which could cost the caller a second timeout.
                     rest = busy + list(discards)
@@ -246,18 +256,32 @@ class BatchRead:
 
     def _sort(
         self, pending: list[str], replies: dict[str, Any]
-    ) -> tuple[list[str], list[str], dict[str, bytes]]:
-        """Take the hits into :attr:`found`; return the leased lookups, the busy ones, and the
-        unusable bytes to discard in the next round trip. Counts what it sees."""
+    ) -> tuple[list[str], list[str], list[str], dict[str, bytes]]:
+        """Take the hits into :attr:`found`; return the leased lookups, the hits that came with
+        the lease to refresh them, the busy lookups, and the unusable bytes to discard in the
+        next round trip. Counts what it sees."""
         cache, lookups = self.cache, self.lookups
         tally: dict[str, int] = {}
         leased: list[str] = []
+        refreshing: list[str] = []
         busy: list[str] = []
         discards: dict[str, bytes] = {}
         for value_key in pending:
             reply = replies[value_key]
             lookup = lookups[value_key]
-            if isinstance(reply, bytes):
+            cached = refreshed(reply)  # a hit inside its refresh window, and the lease
+            if cached is not None:
+                obj = decoded(cache, (self.cls, self.id_field, lookup.id_val), cached, tally)
+                if obj is not _UNUSABLE:
+                    if self.near is not None:
+                        cache._near_keep(self.near, value_key, self.ticket, cached, obj, self.model)
+                    self.found[value_key] = None if obj is _TOMB else obj
+                    refreshing.append(value_key)
+                    continue
+                # Unusable bytes, and the lease is ours already: a miss like any other, whose
+                # commit replaces them.
+                reply = _LEASED
+            elif isinstance(reply, bytes):
                 obj = decoded(cache, (self.cls, self.id_field, lookup.id_val), reply, tally)
                 if self.near is not None and obj is not _UNUSABLE:
                     cache._near_keep(self.near, value_key, self.ticket, reply, obj, self.model)
@@ -290,19 +314,31 @@ class BatchRead:
                     operation="get_many",
                     keys=(value_key,),
                 )
+        if refreshing:
+            tally["refreshes"] = len(refreshing)
         for counter, amount in tally.items():
             cache.metrics.incr(counter, amount, self.model)
         if _events.isEnabledFor(logging.DEBUG):
-            self._log_sorted(pending, replies, leased, busy)
-        return leased, busy, discards
+            self._log_sorted(pending, replies, leased, busy, refreshing)
+        return leased, refreshing, busy, discards
 
     def _log_sorted(
-        self, pending: list[str], replies: dict[str, Any], leased: list[str], busy: list[str]
+        self,
+        pending: list[str],
+        replies: dict[str, Any],
+        leased: list[str],
+        busy: list[str],
+        refreshing: list[str],
     ) -> None:
         """One DEBUG record per lookup of a lease round: what its reply decided."""
-        leased_keys, busy_keys = set(leased), set(busy)
+        leased_keys, busy_keys, refreshing_keys = set(leased), set(busy), set(refreshing)
         for value_key in pending:
-            if value_key in leased_keys:
+            if value_key in refreshing_keys:
+                found = self.found.get(value_key)
+                event = "tombstone_hit" if found is None else "hit"
+                decision(event, self.model, value_key, batch=True)
+                decision("refresh", self.model, value_key, batch=True)
+            elif value_key in leased_keys:
                 decision("miss", self.model, value_key, lease="granted", batch=True)
             elif value_key in busy_keys:
                 then = "fetch" if self.cache._fetches_when_busy else "wait"
@@ -350,7 +386,7 @@ class BatchRead:
         self._cover(pending)
         self.ticket = None if self.near is None else self.near.ticket()
         try:
-            head = (self.token, self.cache.options.flag_ttl_ms)
+            head = (self.token, self.cache.options.flag_ttl_ms, *self.windows)
             return (yield from self._script("get_or_lease_many", pending, head, per_key))
         except GeneratorExit:
             raise
@@ -363,7 +399,9 @@ class BatchRead:
                 # Some nodes answered: give back the leases won there, or they would keep those
                 # keys from being cached, and make their readers wait, until they expire.
                 won = [
-                    vk for vk, reply in exc.by_key.items() if reply in (_LEASED, _LEASED_REPAIRED)
+                    vk
+                    for vk, reply in exc.by_key.items()
+                    if reply in (_LEASED, _LEASED_REPAIRED) or refreshed(reply) is not None
                 ]
                 if won:
                     yield from self._release(won)
@@ -392,20 +430,34 @@ class BatchRead:
             raise TypeError(f"fetch_many must return a mapping, got {type(fetched).__name__}")
         return fetched
 
-    def _fill(self, leased: list[str], extra: list[str]) -> Flow:
-        """Fetch the leased lookups (and ``extra`` ones, not to be cached) in one
-        ``fetch_many``, and commit the leased ones in one round trip, only under this batch's
-        own live leases. Returns whether Redis answered the commit (``False``: it failed, and
-        ``fail_open`` let the read go on)."""
+    def _land_refreshing(self, refreshing: list[str]) -> None:
+        """The followers in this process of lookups this batch refreshes take the cached
+        objects now, instead of waiting for the refresh's fetch."""
+        for value_key in refreshing:
+            item = self.lookups[value_key]
+            if item.flight is not None:
+                lookup = (self.cls, self.id_field, item.id_val)
+                land(self.cache, item.flight, lookup, self.found[value_key], None)
+                item.flight = None
+
+    def _fill(self, leased: list[str], extra: list[str], refreshing: list[str]) -> Flow:
+        """Fetch the leased lookups and the ``refreshing`` ones (and ``extra`` ones, not to be
+        cached) in one ``fetch_many``, and commit the leased and refreshing ones in one round
+        trip, only under this batch's own live leases. If ``fetch_many`` (or ``serialize``)
+        raises, every lease is given back and the error re-raised, unless the batch fetched
+        only refreshes: their cached objects then stay the answers. Returns whether Redis
+        answered the commit (``False``: it failed, and ``fail_open`` let the read go on)."""
         cache = self.cache
-        cache.metrics.incr("leases", len(leased), self.model)
-        cache.metrics.incr("fetches", len(leased) + len(extra), self.model)
+        owned = leased + refreshing
+        cache.metrics.incr("leases", len(owned), self.model)
+        cache.metrics.incr("fetches", len(owned) + len(extra), self.model)
+        cached = {value_key: self.found[value_key] for value_key in refreshing}
         entries: dict[str, tuple[Any, Any]] = {}  # value key -> (payload, ttl_ms)
         try:
-            fetched = yield from self._fetch(leased + extra)
+            fetched = yield from self._fetch(owned + extra)
             for value_key in extra:
                 self.found[value_key] = fetched.get(self.lookups[value_key].id_val)
-            for value_key in leased:
+            for value_key in owned:
                 id_val = self.lookups[value_key].id_val
                 obj = fetched.get(id_val)
                 self.found[value_key] = obj
@@ -414,10 +466,17 @@ class BatchRead:
         except GeneratorExit:
             raise
         except BaseException as exc:
-            # fetch_many or serialize failed: free every lease at once, then re-raise unchanged.
-            yield from release_after(exc, self._release(leased))
-            raise
-        return (yield from self._commit(leased, entries))
+            # fetch_many or serialize failed: free every lease at once, then re-raise unchanged
+            # (or, if all it fetched were refreshes, answer with their cached objects).
+            yield from release_after(exc, self._release(owned))
+            if leased or extra or not isinstance(exc, Exception):
+                raise
+            self.found.update(cached)
+            for value_key in refreshing:
+                lookup = (self.cls, self.id_field, self.lookups[value_key].id_val)
+                refresh_failed(cache, lookup, value_key, exc)
+            return True
+        return (yield from self._commit(owned, entries))
 
     def _commit(self, leased: list[str], entries: dict[str, tuple[Any, Any]]) -> Flow:
         """Commit ``entries`` (an empty payload gives a lease back); whether Redis answered."""

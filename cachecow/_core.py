@@ -76,6 +76,11 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
     :param near_models: the models (classes or labels) the near cache keeps (default: all).
     :param near_shared: hand every near-cache hit the one object decoded when the entry was
         kept (default False: decode its bytes for each hit). Only for immutable objects.
+    :param refresh_ahead: refresh hot values before they expire (default 0: off). A hit that
+        finds less than this fraction of its TTL left (the read's TTL, ``tombstone_ttl`` for a
+        "not found") also takes the lease: that reader fetches, commits and returns the fresh
+        object while every other reader keeps getting the cached one, so a hot key never
+        misses at expiry. A fraction in [0, 1); ``refresh_ahead + ttl_jitter`` must be below 1.
     """
 
     def _bind_client(self, redis: redis_py.Redis) -> None:

@@ -27,6 +27,9 @@ yet, reading them in its own batch (which marks, at each lease call and fetch, t
 the keys that call covers), and follows the others, waiting for them only once its own keys are
 landed, so two batches never wait on each other.
 
+A leader whose hit came with the lease to refresh it (``refresh_ahead``) lands its flight with
+that hit before it fetches: its followers take the cached object, not the refresh's.
+
 The flights are per cache instance. :func:`land` leaves a leader's outcome to its followers,
 and :func:`answer` turns it into each follower's own answer.
 """
@@ -62,7 +65,17 @@ __all__ = [
 class Flight:
     """One leader's read of one key, and who joined it."""
 
-    __slots__ = ("covered", "joined", "key", "leader", "loop", "next", "outcome", "waiter")
+    __slots__ = (
+        "covered",
+        "joined",
+        "key",
+        "landed",
+        "leader",
+        "loop",
+        "next",
+        "outcome",
+        "waiter",
+    )
 
     def __init__(
         self, key: str, loop: Any, leader: Any, *, joined: int = 0, waiter: Any = None
@@ -76,6 +89,7 @@ class Flight:
         self.outcome: Any = RETRY  # set before the waiter is set
         self.waiter = waiter  # made when the first follower joins
         self.next: Flight | None = None  # the flight opened for the followers that came late
+        self.landed = False  # its outcome left to its followers (by land())
 
 
 class Flights:
@@ -262,7 +276,11 @@ def land(
 ) -> None:
     """The leader's read of ``lookup`` ended with ``obj`` or ``error``: leave its outcome to
     its followers and wake them. (``obj`` ``None`` is "no such object": a batch's answer; a
-    ``get`` raises its not-found exception instead.)"""
+    ``get`` raises its not-found exception instead.) A flight landed already is left alone: a
+    refreshing leader lands it with the cached object before it fetches (``_single.py``)."""
+    if flight.landed:
+        return
+    flight.landed = True
     if flight.covered or error is not None:
         if obj is None and error is None:
             flight.outcome = Missing

@@ -161,8 +161,24 @@ _BUSY = 0
 _LEASED_REPAIRED = 2  # leased, after deleting foreign data (a key of another type)
 _BUSY_REPAIRED = 3  # busy, after deleting foreign data or giving a flag without TTL one
 
+# ... or, with refresh windows (refresh_ahead), [bytes, _LEASED]: a hit inside its window,
+# and the lease to refresh it (see refreshed()).
+
 _TOMB: Any = object()  # a cached "not found"
 _UNUSABLE: Any = object()  # cached bytes that cannot be decoded or fail verify
+
+
+def refreshed(reply: Any) -> bytes | None:
+    """The cached bytes of a lease script's reply that is a hit inside its refresh window and
+    grants the lease to refresh it (``[bytes, 1]``); ``None`` for any other reply."""
+    if (
+        isinstance(reply, list)
+        and len(reply) == 2
+        and isinstance(reply[0], bytes)
+        and reply[1] == _LEASED
+    ):
+        return reply[0]
+    return None
 
 
 def _wrong_type(exc: BaseException) -> bool:

@@ -56,6 +56,7 @@ class CacheOptions(TypedDict, total=False):
     near_ttl: float
     near_models: Iterable[Any] | None
     near_shared: bool
+    refresh_ahead: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,7 @@ class Options:
     near_ttl: float = 30.0
     near_models: frozenset[str] | None = None
     near_shared: bool = False
+    refresh_ahead: float = 0.0
 
     def __post_init__(self) -> None:
         checked = {
@@ -101,6 +103,7 @@ class Options:
             "near_ttl": positive("near_ttl", self.near_ttl),
             "near_models": labels("near_models", self.near_models),
             "near_shared": bool(self.near_shared),
+            "refresh_ahead": _refresh_ahead(self.refresh_ahead, self.ttl_jitter),
         }
         for name, value in checked.items():
             object.__setattr__(self, name, value)
@@ -108,6 +111,13 @@ class Options:
     def ttl_of(self, label: str) -> float:
         """The TTL of a model's values, by its label: its own in ``ttls``, else ``ttl``."""
         return self.ttls.get(label, self.ttl) if self.ttls else self.ttl
+
+    def refresh_windows(self, ttl: float) -> tuple[int, int]:
+        """The refresh windows of a read that caches for ``ttl`` seconds, in milliseconds: a
+        hit whose value has at most the first left to live (a tombstone: the second) is
+        refreshed (both 0 when ``refresh_ahead`` is off)."""
+        ahead = self.refresh_ahead
+        return int(ahead * ttl * 1000.0), int(ahead * self.tombstone_ttl * 1000.0)
 
     @property
     def flag_ttl_ms(self) -> int:
@@ -147,6 +157,18 @@ def _fraction(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
         raise ConfigurationError(f"{name} must be a fraction in [0, 1), got {value!r}")
     return float(value)
+
+
+def _refresh_ahead(value: float, jitter: float) -> float:
+    ahead = _fraction("refresh_ahead", value)
+    if ahead and ahead + jitter >= 1.0:
+        # A value lives at least ttl * (1 - ttl_jitter): it would be inside its refresh window
+        # as soon as it is stored, and refreshed by every read.
+        raise ConfigurationError(
+            f"refresh_ahead + ttl_jitter must be below 1 (a value may live only "
+            f"{1.0 - jitter:g} of ttl), got refresh_ahead={value!r}, ttl_jitter={jitter!r}"
+        )
+    return ahead
 
 
 def _byte_limit(value: int | None) -> int | None:

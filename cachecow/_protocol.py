@@ -120,6 +120,7 @@ class CacheCowBase(Generic[ClientT]):
         near_ttl: float = 30.0,
         near_models: Iterable[Any] | None = None,
         near_shared: bool = False,
+        refresh_ahead: float = 0.0,
     ) -> None:
         self.options = Options(
             ttl=ttl,
@@ -138,6 +139,7 @@ class CacheCowBase(Generic[ClientT]):
             near_ttl=near_ttl,
             near_models=labels("near_models", near_models),
             near_shared=near_shared,
+            refresh_ahead=refresh_ahead,
         )
         self.serializer: Serializer = JsonSerializer() if serializer is None else serializer
         if not isinstance(self.serializer, Serializer):

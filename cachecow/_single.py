@@ -5,6 +5,10 @@ cached bytes, or grants this reader the lease (a fresh token), or says another r
 a leaseholder fetches and commits under its token, a busy reader polls with backoff for the
 holder's value, then fetches without caching. Every lease this reader may hold is given back on
 any failure that left it (see :func:`cachecow._ops.release_on_failure`).
+
+With ``refresh_ahead``, a hit inside its refresh window may come with the lease too: that
+reader refreshes the value (fetches and commits under the lease, as after a miss) and returns
+the fresh object; its followers in the process get the cached one at once.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from redis.exceptions import RedisError
 
 from ._entries import decoded, encoded, fetched
 from ._failures import redis_failed
-from ._flights import Flight, cover
+from ._flights import Flight, cover, land
 from ._ops import (
     _BUSY,
     _BUSY_REPAIRED,
@@ -32,6 +36,7 @@ from ._ops import (
     _timed_out,
     _wrong_type,
     new_token,
+    refreshed,
     release_after,
     release_on_failure,
 )
@@ -71,6 +76,12 @@ class SingleRead:
         self.token = new_token()
         self.deadline: float | None = None  # of the wait for another reader's lease
         self.attempt = 0  # polls so far
+        options = cache.options
+        # refresh_ahead: the refresh windows (ms) of the value and of a tombstone, sent with
+        # every lease call (None: off, and the lease call is the same as without the option)
+        self.windows = (
+            options.refresh_windows(cache._ttl(lookup[0], ttl)) if options.refresh_ahead else None
+        )
 
     def read(self) -> Flow:
         """The lookup's object: cached, or fetched under this reader's lease (or uncached)."""
@@ -81,8 +92,7 @@ class SingleRead:
             cover(self.flight)
             ticket = None if self.near is None else self.near.ticket()
             try:
-                args = (self.token, cache.options.flag_ttl_ms, *discard)
-                reply = yield Script("get_or_lease", self.keys, args)
+                reply = yield Script("get_or_lease", self.keys, self._lease_args(discard))
             except RedisError as exc:
                 redis_failed(cache, exc, "get", self.keys, self.model)
                 cache.metrics.incr("fail_open_fetches", 1, self.model)
@@ -94,10 +104,16 @@ class SingleRead:
                 # Cancelled while the reply was on its way: the lease may be ours.
                 yield from release_on_failure(exc, self._release())
                 raise
-            if isinstance(reply, bytes):
-                obj = decoded(cache, self.lookup, reply, model=self.model)
+            cached = refreshed(reply)  # a hit inside its refresh window, and the lease
+            if cached is not None or isinstance(reply, bytes):
+                data = reply if cached is None else cached
+                obj = decoded(cache, self.lookup, data, model=self.model)
                 if self.near is not None and obj is not _UNUSABLE:
-                    cache._near_keep(self.near, self.keys[0], ticket, reply, obj, self.model)
+                    cache._near_keep(self.near, self.keys[0], ticket, data, obj, self.model)
+                if cached is not None and obj is not _UNUSABLE:
+                    event = "tombstone_hit" if obj is _TOMB else "hit"
+                    decision(event, self.model, self.keys[0])
+                    return (yield from self._refresh(obj))
                 if obj is _TOMB:
                     decision("tombstone_hit", self.model, self.keys[0])
                     raise cache.not_found(*self.lookup)
@@ -105,12 +121,17 @@ class SingleRead:
                     decision("hit", self.model, self.keys[0])
                     return obj
                 decision("unusable", self.model, self.keys[0])
-                if discarded:
+                if cached is not None:
+                    # Unusable bytes, and the lease is ours already: a miss like any other,
+                    # whose commit replaces them (nothing to discard first).
+                    reply = _LEASED
+                elif discarded:
                     # A second unusable value in one read: someone keeps writing values this
                     # process cannot use. Serve from the database rather than loop.
                     return (yield from self.fetch_uncached())
-                discarded, discard = True, (reply,)  # delete exactly these, try for the lease
-                continue
+                else:
+                    discarded, discard = True, (reply,)  # delete exactly these, try for the lease
+                    continue
             discard = ()
             if not counted_miss:
                 counted_miss = True
@@ -120,6 +141,13 @@ class SingleRead:
                 return (yield from self._fill())
             if not (yield from self._pause()):
                 return (yield from self.fetch_uncached())
+
+    def _lease_args(self, discard: tuple[bytes, ...]) -> tuple[Any, ...]:
+        """The arguments of a lease call (see ``get_or_lease.lua``)."""
+        head = (self.token, self.cache.options.flag_ttl_ms)
+        if self.windows is None:
+            return (*head, *discard)
+        return (*head, discard[0] if discard else "", *self.windows)
 
     def _leased(self, reply: Any) -> bool:
         """Whether a lease call's code grants the lease (else another reader holds it)."""
@@ -156,8 +184,43 @@ class SingleRead:
 
     def _fill(self) -> Flow:
         """Fetch under this reader's lease and commit; the fetched object (or not-found)."""
+        self.cache.metrics.incr("leases", 1, self.model)
+        obj, prepared = yield from self._fetch_leased()
+        if prepared is not None:
+            yield from self._commit(*prepared)
+        return fetched(self.cache, self.lookup, obj)
+
+    def _refresh(self, cached: Any) -> Flow:
+        """A hit inside its refresh window came with the lease: fetch and commit, as after a
+        miss, and return the fresh object (or raise not-found). Followers in this process take
+        the ``cached`` object (or ``_TOMB``) at once, not the fetch's. If ``fetch`` (or
+        ``serialize``) raises, the lease is given back and the cached answer returned: a
+        refresh never fails a read that had a usable value. (A Redis failure at the commit is
+        one as after a miss: ``fail_open`` decides.)"""
+        cache, model = self.cache, self.model
+        if self.flight is not None:
+            land(cache, self.flight, self.lookup, None if cached is _TOMB else cached, None)
+            self.flight = None
+        cache.metrics.incr("leases", 1, model)
+        cache.metrics.incr("refreshes", 1, model)
+        decision("refresh", model, self.keys[0])
+        try:
+            obj, prepared = yield from self._fetch_leased()
+        except Exception as exc:  # released already; not a cancellation or an interrupt
+            refresh_failed(cache, self.lookup, self.keys[0], exc)
+            if cached is _TOMB:
+                raise cache.not_found(*self.lookup) from None
+            return cached
+        if prepared is not None:
+            yield from self._commit(*prepared)
+        return fetched(cache, self.lookup, obj)
+
+    def _fetch_leased(self) -> Flow:
+        """Fetch under this reader's lease: the object (``None`` for "no such object") and what
+        to commit for it (``None``: it may not be cached, and the lease was given back). If
+        ``fetch`` or ``serialize`` raises, the lease is given back and the error re-raised
+        unchanged."""
         cache = self.cache
-        cache.metrics.incr("leases", 1, self.model)
         cache.metrics.incr("fetches", 1, self.model)
         cover(self.flight)
         try:
@@ -168,15 +231,13 @@ class SingleRead:
             prepared = encoded(cache, self.lookup, obj, cache._ttl(self.lookup[0], self.ttl))
             if prepared is None:
                 yield from self._release()
-                return obj
         except GeneratorExit:
             raise
         except BaseException as exc:
             # fetch or serialize failed: free the lease at once, then re-raise unchanged.
             yield from release_after(exc, self._release())
             raise
-        yield from self._commit(*prepared)
-        return fetched(cache, self.lookup, obj)
+        return obj, prepared
 
     def _commit(self, payload: bytes, ttl_ms: int) -> Flow:
         """Store ``payload`` if this reader's lease is still live (else nothing: counted)."""
@@ -221,6 +282,29 @@ class SingleRead:
             if counted:
                 self.cache.metrics.incr("redis_errors", 1, self.model)
             logger.warning("could not release lease %s: %s", flag_key, exc)
+
+
+def refresh_failed(
+    cache: Cache, lookup: tuple[Any, Field, Any], value_key: str, error: Exception
+) -> None:
+    """Count a refresh whose fetch (or serialize) raised (its reader got the cached object),
+    and log it once per model and field."""
+    cls, id_field, id_val = lookup
+    label = cache.model_label(cls)
+    cache.metrics.incr("refresh_failures", 1, label)
+    decision("refresh_failed", label, value_key, error=type(error).__name__)
+    if ("refresh failed", label, id_field) in cache._warned:
+        return
+    cache._warned.add(("refresh failed", label, id_field))
+    logger.warning(
+        "refreshing %s %r=%r failed (%s: %s); the cached value was returned and expires as "
+        "it would have. Logged once per model and field; counted in refresh_failures.",
+        label,
+        id_field,
+        id_val,
+        type(error).__name__,
+        error,
+    )
 
 
 def peek(cache: Cache, lookup: tuple[Any, Field, Any]) -> Flow:

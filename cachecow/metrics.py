@@ -73,6 +73,8 @@ class MetricsSnapshot:
     invalidations: int = 0
     joined: int = 0
     near_hits: int = 0
+    refreshes: int = 0
+    refresh_failures: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a plain dict, in declaration order."""
@@ -102,6 +104,8 @@ DESCRIPTIONS: dict[str, str] = {
     "invalidations": "Lookups invalidated.",
     "joined": "Gets answered by another get of the same key in this process (single flight).",
     "near_hits": "Hits answered by the near cache in the process (also counted as hits).",
+    "refreshes": "Hits near expiry that took the lease to refresh the value (refresh_ahead).",
+    "refresh_failures": "Refreshes whose fetch raised: the cached value was returned.",
 }
 """One line on each counter, for the exporters' help texts."""
 
@@ -175,6 +179,11 @@ class Metrics:
       joined while it ran (single flight), without a Redis call or a fetch of their own
     - ``near_hits``: hits (and tombstone hits) answered by the near cache, without a Redis call;
       also counted in ``hits`` or ``tombstone_hits``
+    - ``refreshes``: hits inside their refresh window (``refresh_ahead``) that took the lease to
+      refresh the value; each is also a hit, a lease and a fetch, and ends in a commit (or a
+      stale commit) unless its fetch fails
+    - ``refresh_failures``: refreshes whose ``fetch`` (or ``serialize``) raised; their readers
+      got the cached value
 
     Each count is also kept per model label (see :meth:`by_model`; counts of no one model under
     ``""``), and the durations of the public calls per operation and model label, in

@@ -4,11 +4,17 @@
 -- KEYS[2i]   - the flag (lease) key of lookup i; same cluster hash tag as KEYS[2i-1]
 -- ARGV[1]    - this reader's token (random, 128 bits, unique per read)
 -- ARGV[2]    - the lease lifetime in milliseconds (flag_ttl)
--- ARGV[2+i]  - optional (all or none): bytes this reader found unusable under value key i,
+-- ARGV[3]    - the refresh window of a value, in milliseconds (refresh_ahead): a hit whose
+--              value has at most this long left to live also grants this reader the lease,
+--              to refresh it; "0" for none
+-- ARGV[4]    - the refresh window of a tombstone, in milliseconds; "0" for none
+-- ARGV[4+i]  - optional (all or none): bytes this reader found unusable under value key i,
 --              deleted first if the key still holds exactly them; "" for none
 --
 -- returns an array with one entry per lookup, in order:
 --   a bulk string - the value key's bytes (a hit; a tombstone is a hit too)
+--   {bytes, 1}    - a hit inside the refresh window, and the lease is now held by ARGV[1]
+--                   (or already was): use the bytes, then fetch and commit, as after 1
 --   1             - the lease is now held by ARGV[1] (or already was)
 --   0             - busy: another reader holds the lease
 --   2             - as 1, after removing foreign data: the value or flag key held another
@@ -24,7 +30,11 @@
 local CHUNK = 4000
 local token = ARGV[1]
 local flag_ttl_ms = ARGV[2]
-local has_discards = #ARGV > 2
+local refresh_ms = tonumber(ARGV[3] or '0')
+local tombstone_refresh_ms = tonumber(ARGV[4] or '0')
+local has_discards = #ARGV > 4
+-- NOTE: cachecow.TOMBSTONE, the reserved value of a cached "not found" (tests check they match).
+local TOMBSTONE = '\0cachecow:tombstone\0'
 
 local value_keys = {}
 for i = 1, #KEYS, 2 do
@@ -46,7 +56,7 @@ for n = 1, #value_keys do
     local flag_key = KEYS[2 * n]
     local value = values[n]
     if value and has_discards then
-        local discard = ARGV[2 + n]
+        local discard = ARGV[4 + n]
         if discard ~= '' and value == discard then
             redis.call('DEL', value_key)
             value = false
@@ -54,6 +64,18 @@ for n = 1, #value_keys do
     end
     if value then
         replies[n] = value
+        local window = value == TOMBSTONE and tombstone_refresh_ms or refresh_ms
+        if window > 0 then
+            -- NOTE: the refresh lease is a lease like a miss's (see get_or_lease.lua). One PTTL
+            -- per hit, only when refresh_ahead is on.
+            local ttl = redis.call('PTTL', value_key)
+            if ttl >= 0 and ttl <= window then
+                if redis.call('SET', flag_key, token, 'NX', 'PX', flag_ttl_ms)
+                    or redis.pcall('GET', flag_key) == token then
+                    replies[n] = {value, 1}
+                end
+            end
+        end
     else
         local repaired = false
         if redis.call('EXISTS', value_key) == 1 then  -- not a string: foreign data

@@ -10,7 +10,8 @@ exactly what a read did for any sequence of answers::
     assert run.names() == ["get_or_lease", "fetch", "commit"]
     assert run.value() == {"id": 1}
 
-A reply is the operation's result (the bytes or code a script returns, the object ``fetch``
+A reply is the operation's result (the bytes or code a script returns, ``[bytes, LEASED]``
+for a hit that came with the lease to refresh it under ``refresh_ahead``, the object ``fetch``
 returns), an exception (raised into the flow at that operation, as the driver would raise a
 Redis error or a ``fetch`` error), or a function of the operation (its result computed from
 what was sent, such as a token). ``Sleep`` operations need no reply: they are slept on the

@@ -16,7 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from cachecow import CacheCow, CacheUnavailable, InvalidationFailed, NotFound
+from cachecow import CacheCow, CacheUnavailable, ConfigurationError, InvalidationFailed, NotFound
 from cachecow._flights import answer, land
 from cachecow._ops import TOMBSTONE, PartialPipelineError
 from cachecow.testing.contract import FakeClock
@@ -299,6 +299,106 @@ def test_get_busy_after_repairing_foreign_data_is_counted(reply: int, corrupt: i
     assert counts(c, "corrupt_keys", "busy") == (corrupt, 1)
 
 
+# -- get: refresh ahead -----------------------------------------------------------------------
+
+FRESH = {"id": 1, "name": "fresh"}
+FRESH_BYTES = b'{"id":1,"name":"fresh"}'
+
+
+def refresh(payload: bytes) -> list[Any]:
+    """``get_or_lease``'s reply to a hit inside its refresh window: the bytes, and the lease."""
+    return [payload, LEASED]
+
+
+def test_get_lease_call_without_refresh_ahead_is_unchanged() -> None:
+    run = Scripted(cache()).get("user", "id", 1, [ROW_BYTES])
+    assert len(run.ops[0].args) == 2  # token, flag_ttl: no window, no reply of the new shape
+
+
+def test_get_lease_call_sends_the_refresh_windows() -> None:
+    c = cache(refresh_ahead=0.25, ttl=100, tombstone_ttl=8, ttl_jitter=0.1)
+    run = Scripted(c).get("user", "id", 1, [ROW_BYTES])
+    assert run.ops[0].args[2:] == ("", 25_000, 2_000)  # no discard; value and tombstone windows
+    run = Scripted(c).get("user", "id", 1, [b"\xff", ROW_BYTES])
+    assert run.ops[1].args[2:] == (b"\xff", 25_000, 2_000)  # the discard keeps its place
+
+
+def test_get_refresh_fetches_commits_and_returns_the_fresh_object() -> None:
+    c = cache(refresh_ahead=0.1)
+    run = Scripted(c).get("user", "id", 1, [refresh(ROW_BYTES), FRESH, STORED])
+    assert run.names() == ["get_or_lease", "fetch", "commit"]
+    lease, commit = run.scripts("get_or_lease")[0], run.scripts("commit")[0]
+    assert token_of(commit) == token_of(lease)  # refused like any commit once the lease is gone
+    assert commit.args[1] == FRESH_BYTES
+    assert run.value() == FRESH
+    names = ("hits", "misses", "leases", "refreshes", "fetches", "commits", "refresh_failures")
+    assert counts(c, *names) == (1, 0, 1, 1, 1, 1, 0)
+
+
+def test_get_refresh_refused_at_commit_returns_its_fetched_object() -> None:
+    c = cache(refresh_ahead=0.1)
+    run = Scripted(c).get("user", "id", 1, [refresh(ROW_BYTES), FRESH, REFUSED])
+    assert run.value() == FRESH  # current when it was read; nothing was cached
+    assert counts(c, "commits", "stale_commits") == (0, 1)
+
+
+def test_get_refresh_whose_fetch_fails_returns_the_cached_object() -> None:
+    c = cache(refresh_ahead=0.1)
+    run = Scripted(c).get("user", "id", 1, [refresh(ROW_BYTES), RuntimeError("db down"), 1])
+    assert run.names() == ["get_or_lease", "fetch", "release"]
+    assert token_of(run.scripts("release")[0]) == token_of(run.ops[0])
+    assert run.value() == ROW
+    assert counts(c, "refreshes", "refresh_failures", "hits") == (1, 1, 1)
+
+
+def test_get_refresh_interrupted_releases_and_raises() -> None:
+    run = Scripted(cache(refresh_ahead=0.1)).get(
+        "user", "id", 1, [refresh(ROW_BYTES), KeyboardInterrupt(), 1]
+    )
+    assert run.names() == ["get_or_lease", "fetch", "release"]
+    assert isinstance(run.error, KeyboardInterrupt)
+
+
+def test_get_refresh_of_a_tombstone() -> None:
+    c = cache(refresh_ahead=0.1)
+    run = Scripted(c).get("user", "id", 1, [refresh(TOMBSTONE), ROW, STORED])
+    assert run.value() == ROW  # the row exists now
+    run = Scripted(c).get("user", "id", 1, [refresh(TOMBSTONE), None, STORED])
+    assert run.scripts("commit")[0].args[1] == TOMBSTONE
+    assert isinstance(run.error, NotFound)
+    run = Scripted(c).get("user", "id", 1, [refresh(TOMBSTONE), RuntimeError("db down"), 1])
+    assert isinstance(run.error, NotFound)  # the cached answer
+    assert counts(c, "tombstone_hits", "refreshes", "refresh_failures") == (3, 3, 1)
+
+
+def test_get_refresh_of_unusable_bytes_is_a_miss_under_the_lease_it_holds() -> None:
+    c = cache(refresh_ahead=0.1)
+    run = Scripted(c).get("user", "id", 1, [refresh(b"\xff"), ROW, STORED])
+    assert run.names() == ["get_or_lease", "fetch", "commit"]  # no discard: the commit replaces
+    assert run.value() == ROW
+    assert counts(c, "decode_failures", "misses", "refreshes", "commits") == (1, 1, 0, 1)
+
+
+@pytest.mark.parametrize("reply", [[ROW_BYTES], [ROW_BYTES, 0], [1, 1], [ROW_BYTES, 1, 1]])
+def test_get_lease_reply_of_a_wrong_shape_is_cache_unavailable(reply: Any) -> None:
+    run = Scripted(cache(refresh_ahead=0.1)).get("user", "id", 1, [reply])
+    assert isinstance(run.error, CacheUnavailable)
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"refresh_ahead": 1.0}, r"refresh_ahead must be a fraction in \[0, 1\)"),
+        ({"refresh_ahead": -0.1}, "refresh_ahead must be a fraction"),
+        ({"refresh_ahead": True}, "refresh_ahead must be a fraction"),
+        ({"refresh_ahead": 0.5, "ttl_jitter": 0.5}, "refresh_ahead \\+ ttl_jitter must be below 1"),
+    ],
+)
+def test_bad_refresh_ahead_is_refused(options: dict[str, Any], match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        cache(**options)
+
+
 # -- peek -------------------------------------------------------------------------------------
 
 
@@ -400,7 +500,7 @@ def test_get_many_unusable_bytes_are_discarded_in_the_next_call() -> None:
     c = cache()
     replies = [[b"\xff", row_bytes(2)], [LEASED], {1: row(1)}, b"1"]
     run = Scripted(c).get_many("user", "id", [1, 2], replies)
-    assert run.ops[1].args[2:] == (b"\xff",)  # the discard rides in the lease call
+    assert run.ops[1].args[4:] == (b"\xff",)  # the discard rides in the lease call
     assert run.value() == [row(1), row(2)]
 
 
@@ -578,6 +678,57 @@ def test_get_many_commit_error_with_a_failing_release_counts_one_error() -> None
     run = Scripted(c).get_many("user", "id", [1], replies)
     assert run.value() == [row(1)]
     assert counts(c, "redis_errors") == (1,)
+
+
+def test_get_many_refreshes_ride_in_the_misses_fetch_and_commit() -> None:
+    c = cache(refresh_ahead=0.1, ttl=100, tombstone_ttl=10)
+    replies = [[[row_bytes(1), LEASED], LEASED, row_bytes(3)], {1: FRESH, 2: row(2)}, b"11"]
+    run = Scripted(c).get_many("user", "id", [1, 2, 3], replies)
+    assert run.names() == ["get_or_lease_many", "fetch_many", "commit_many"]
+    assert run.ops[0].args[1:4] == (c.options.flag_ttl_ms, 10_000, 1_000)
+    assert run.ops[1].id_vals == (2, 1)  # the miss, then the refresh
+    assert run.value() == [FRESH, row(2), row(3)]
+    names = ("hits", "misses", "leases", "refreshes", "fetches", "commits")
+    assert counts(c, *names) == (2, 1, 2, 1, 2, 2)
+
+
+def test_get_many_fetch_error_with_only_refreshes_answers_the_cached_objects() -> None:
+    c = cache(refresh_ahead=0.1)
+    boom = RuntimeError("database down")
+    replies = [[[row_bytes(1), LEASED], [TOMBSTONE, LEASED]], boom, b"00"]
+    run = Scripted(c).get_many("user", "id", [1, 2], replies)
+    assert run.names() == ["get_or_lease_many", "fetch_many", "commit_many"]
+    assert run.ops[2].args[1:] == (b"", 0, b"", 0)  # both leases given back
+    assert run.value() == [row(1), None]
+    assert counts(c, "refreshes", "refresh_failures") == (2, 2)
+
+
+def test_get_many_fetch_error_with_a_miss_raises_it() -> None:
+    c = cache(refresh_ahead=0.1)
+    boom = RuntimeError("database down")
+    replies = [[[row_bytes(1), LEASED], LEASED], boom, b"00"]
+    run = Scripted(c).get_many("user", "id", [1, 2], replies)
+    assert run.error is boom
+    assert counts(c, "refresh_failures") == (0,)
+
+
+def test_get_many_refresh_of_unusable_bytes_is_a_miss_under_its_lease() -> None:
+    c = cache(refresh_ahead=0.1)
+    run = Scripted(c).get_many("user", "id", [1], [[[b"\xff", LEASED]], {1: row(1)}, b"1"])
+    assert run.names() == ["get_or_lease_many", "fetch_many", "commit_many"]
+    assert run.value() == [row(1)]
+    assert counts(c, "decode_failures", "misses", "refreshes") == (1, 1, 0)
+
+
+def test_get_many_partial_pipeline_gives_back_refresh_leases_too() -> None:
+    c = cache(fail_open=True, refresh_ahead=0.1)
+    c._group_by_slot = True  # as on Redis Cluster: one script call per slot, in a pipeline
+    answered = [[row_bytes(1), LEASED]]  # node of key 1: a hit inside its window, and its lease
+    partial = PartialPipelineError(RedisConnectionError("node down"), [answered, RedisError()])
+    run = Scripted(c).get_many("user", "id", [1, 2], [partial, b"1", {1: row(1), 2: row(2)}])
+    assert run.names() == ["pipeline", "commit_many", "fetch_many"]
+    assert run.ops[1].keys == c.get_keys("user", "id", 1)  # the refresh lease, given back
+    assert run.value() == [row(1), row(2)]
 
 
 # -- get_many in single flight (see cachecow/_flights.py) --------------------------------------
