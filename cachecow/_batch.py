@@ -32,6 +32,7 @@ from ._ops import (
     _LEASED_REPAIRED,
     _TOMB,
     _UNUSABLE,
+    Command,
     FetchMany,
     Flow,
     PartialPipelineError,
@@ -223,6 +224,12 @@ class BatchRead:
         """Read the ``pending`` lookups into :attr:`found`."""
         discards: dict[str, bytes] = {}
         waiting: list[str] = []
+        cache = self.cache
+        if pending and cache._expects_hit(self.model) and not cache._group_by_slot:
+            left = yield from self._plain_round(pending)
+            if left is None:
+                return
+            pending, discards = left
         while pending:
             replies = yield from self._lease_round(pending, discards)
             if replies is None:  # Redis failed and fail_open served them: done
@@ -266,6 +273,7 @@ class BatchRead:
         refreshing: list[str] = []
         busy: list[str] = []
         discards: dict[str, bytes] = {}
+        missed = 0
         for value_key in pending:
             reply = replies[value_key]
             lookup = lookups[value_key]
@@ -298,6 +306,7 @@ class BatchRead:
             if not lookup.missed:
                 lookup.missed = True
                 tally["misses"] = tally.get("misses", 0) + 1
+                missed += 1
             if reply in (_LEASED_REPAIRED, _BUSY_REPAIRED):
                 tally["corrupt_keys"] = tally.get("corrupt_keys", 0) + 1
                 reply = _LEASED if reply == _LEASED_REPAIRED else _BUSY
@@ -316,6 +325,9 @@ class BatchRead:
                 )
         if refreshing:
             tally["refreshes"] = len(refreshing)
+        hits = tally.get("hits", 0) + tally.get("tombstone_hits", 0)
+        cache._scored(self.model, hit=True, times=hits)
+        cache._scored(self.model, hit=False, times=missed)
         for counter, amount in tally.items():
             cache.metrics.incr(counter, amount, self.model)
         if _events.isEnabledFor(logging.DEBUG):
@@ -406,13 +418,35 @@ class BatchRead:
                 if won:
                     yield from self._release(won)
             redis_failed(self.cache, exc, "get_many", tuple(pending), self.model)
+        yield from self._fail_open(pending)
+        return None
+
+    def _fail_open(self, pending: list[str]) -> Flow:
+        """Redis failed (and ``fail_open`` is on): serve ``pending`` from ``fetch_many``."""
         self.redis_failed = True
         self.cache.metrics.incr("fail_open_fetches", len(pending), self.model)
         if _events.isEnabledFor(logging.DEBUG):
             for value_key in pending:
                 decision("fail_open_fetch", self.model, value_key, batch=True)
         yield from self.fetch_uncached(pending)
-        return None
+
+    def _plain_round(self, pending: list[str]) -> Flow:
+        """One ``MGET`` of a batch that expects hits (``CacheCowBase._expects_hit``): the hits
+        into :attr:`found`; returns the lookups left for the lease round and the unusable
+        bytes to discard in it, or ``None`` if Redis failed and ``fail_open`` served them."""
+        self._cover(pending)
+        self.ticket = None if self.near is None else self.near.ticket()
+        try:
+            values = yield Command(("MGET", *pending))
+        except RedisError as exc:
+            redis_failed(self.cache, exc, "get_many", tuple(pending), self.model)
+            yield from self._fail_open(pending)
+            return None
+        replies = dict(zip(pending, values, strict=True))
+        hits = [vk for vk in pending if isinstance(replies[vk], bytes)]
+        _, _, _, discards = self._sort(hits, replies)  # a hit is never leased, refreshed, busy
+        missed = [vk for vk in pending if replies[vk] is None]  # (a key of another type too)
+        return missed + list(discards), discards
 
     def fetch_uncached(self, value_keys: list[str]) -> Flow:
         """Fetch these lookups into :attr:`found`, caching nothing."""

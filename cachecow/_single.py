@@ -88,6 +88,14 @@ class SingleRead:
         cache = self.cache
         discard: tuple[bytes, ...] = ()  # unusable bytes to delete with the next lease call
         discarded = counted_miss = False
+        if cache._expects_hit(self.model):
+            outcome, found = yield from self._read_plain()
+            if outcome == "hit":
+                return found
+            if outcome == "failed":
+                return (yield from self.fetch_uncached())
+            if outcome == "unusable":
+                discarded, discard = True, (found,)  # delete exactly these, try for the lease
         while True:
             cover(self.flight)
             ticket = None if self.near is None else self.near.ticket()
@@ -114,6 +122,8 @@ class SingleRead:
                     event = "tombstone_hit" if obj is _TOMB else "hit"
                     decision(event, self.model, self.keys[0])
                     return (yield from self._refresh(obj))
+                if obj is not _UNUSABLE:
+                    cache._scored(self.model, hit=True)
                 if obj is _TOMB:
                     decision("tombstone_hit", self.model, self.keys[0])
                     raise cache.not_found(*self.lookup)
@@ -136,11 +146,44 @@ class SingleRead:
             if not counted_miss:
                 counted_miss = True
                 cache.metrics.incr("misses", 1, self.model)
+                cache._scored(self.model, hit=False)
             if self._leased(reply):
                 decision("miss", self.model, self.keys[0], lease="granted")
                 return (yield from self._fill())
             if not (yield from self._pause()):
                 return (yield from self.fetch_uncached())
+
+    def _read_plain(self) -> Flow:
+        """A plain ``GET`` of the value key, for a read that expects a hit (see
+        ``CacheCowBase._expects_hit``): ``("hit", object)``, ``("miss", None)`` (the lease
+        call follows), ``("unusable", bytes)`` (to discard with it) or ``("failed", None)``
+        (Redis failed, ``fail_open`` serves the read). A tombstone raises the not-found
+        exception."""
+        cache = self.cache
+        ticket = None if self.near is None else self.near.ticket()
+        try:
+            reply = yield Command(("GET", self.keys[0]))
+        except RedisError as exc:
+            if _wrong_type(exc):
+                return "miss", None  # foreign data: the lease call deletes it
+            redis_failed(cache, exc, "get", self.keys, self.model)
+            cache.metrics.incr("fail_open_fetches", 1, self.model)
+            decision("fail_open_fetch", self.model, self.keys[0], error=type(exc).__name__)
+            return "failed", None
+        if reply is None:
+            return "miss", None  # scored by the lease call that follows
+        obj = decoded(cache, self.lookup, reply, model=self.model)
+        if obj is _UNUSABLE:
+            decision("unusable", self.model, self.keys[0])
+            return "unusable", reply
+        cache._scored(self.model, hit=True)
+        if self.near is not None:
+            cache._near_keep(self.near, self.keys[0], ticket, reply, obj, self.model)
+        if obj is _TOMB:
+            decision("tombstone_hit", self.model, self.keys[0])
+            raise cache.not_found(*self.lookup)
+        decision("hit", self.model, self.keys[0])
+        return "hit", obj
 
     def _lease_args(self, discard: tuple[bytes, ...]) -> tuple[Any, ...]:
         """The arguments of a lease call (see ``get_or_lease.lua``)."""
