@@ -43,13 +43,20 @@ def test_every_figure_for_every_system(results: dict[str, object]) -> None:
         "raw redis-py (limit)",
         "protocol floor (scripts only)",
         "cachecow",
+        "cachecow + near cache",
+        "cachecow + near cache, shared",
         "dogpile.cache",
         "dogpile.cache + distributed_lock",
     }
     for figure in ("hit", "miss", "get_many 100 hits", "get_many 100 misses", "invalidate"):
         assert set(timings[figure]) == systems, figure
         assert all(entry["median_us"] > 0 for entry in timings[figure].values())
-    assert set(timings["hit (async)"]) == {"raw redis.asyncio (limit)", "cachecow async"}
+    assert set(timings["hit (async)"]) == {
+        "raw redis.asyncio (limit)",
+        "cachecow async",
+        "cachecow async + near cache, shared",
+        "cashews client-side",
+    }
 
 
 def test_round_trips_per_operation(results: dict[str, object]) -> None:
@@ -63,6 +70,13 @@ def test_round_trips_per_operation(results: dict[str, object]) -> None:
         "get_many 100 misses": 2,
         "get_many 100 hits": 1,
     }
+
+
+def test_near_cache_hits_make_no_round_trip(results: dict[str, object]) -> None:
+    costs = results["costs"]
+    assert isinstance(costs, dict)
+    for op in ("hit", "get_many 100 hits"):
+        assert costs[op]["cachecow + near cache"] == {"round_trips": 0, "commands": 0}
 
 
 def test_herds_make_one_fetch(results: dict[str, object]) -> None:
