@@ -634,6 +634,7 @@ class Host:
         self.pool = redis.ConnectionPool(port=port)
         self.loop = asyncio.new_event_loop()
         self.system: Any = None
+        self.near_share: dict[str, float] = {}
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         if asyncio.iscoroutinefunction(fn):
@@ -645,6 +646,7 @@ class Host:
         # keys of this system's own: no other system reads them, or writes under the
         # prefixes a near cache tracks
         self.system = make_system(self.spec, self, Database(delay), f"{tag}-{self.spec}")
+        self.near_share = {}
         return str(self.system.name)
 
     def warm(self, ids: list[int]) -> None:
@@ -654,6 +656,7 @@ class Host:
         """Seconds per call of ``method`` over ``args``, gone over again until ``at_least``
         seconds have passed (for hits: a near cache answers a slice in a few ms)."""
         fn = getattr(self.system, method)
+        near_hits = self.near_hits()
         spent, calls = 0.0, 0
         while True:
             if asyncio.iscoroutinefunction(fn):
@@ -662,7 +665,25 @@ class Host:
                 seconds = per_op(fn, args)
             spent, calls = spent + seconds * len(args), calls + len(args)
             if spent >= at_least:
-                return spent / calls
+                break
+        after = self.near_hits()
+        if near_hits is not None and after is not None:  # the share the near cache answered
+            lookups = calls * (len(args[0]) if method.startswith("many") else 1)
+            self.near_share[method] = (after - near_hits) / lookups
+        return spent / calls
+
+    def near_hits(self) -> int | None:
+        cache = getattr(self.system, "cache", None)
+        if getattr(cache, "_near", None) is None:
+            return None
+        return int(cache.metrics.snapshot().near_hits)  # type: ignore[union-attr]
+
+    def near_state(self) -> dict[str, Any] | None:
+        """What the near cache answered in this round's figures, and its channel's outages."""
+        if self.near_hits() is None:
+            return None
+        tracker = self.system.cache._near.tracker
+        return {"share": dict(self.near_share), "outages": tracker.outages if tracker else 0}
 
     def close(self) -> None:
         if self.system is not None and hasattr(self.system, "close"):
@@ -752,6 +773,9 @@ class Bench:
         self.ids = Ids()
         self.client = redis.Redis(port=self.port)
         self.samples: dict[str, dict[str, list[float]]] = {}
+        # per near-cache system: the lowest share of hits it answered in a round, and the
+        # outages of its channel (a figure taken while it was down went to Redis)
+        self.near_checks: dict[str, dict[str, float]] = {}
         ctx = multiprocessing.get_context("spawn")
         self.sync = [Worker(ctx, spec, self.port, client_cpu) for spec in SYNC_SPECS]
         self.async_ = [Worker(ctx, spec, self.port, client_cpu) for spec in ASYNC_SPECS]
@@ -798,6 +822,14 @@ class Bench:
         if not suffix:
             for worker in workers:
                 self.record("invalidate", worker.name, worker.time("invalidate", hits))
+        for worker in workers:
+            state = worker.call("near_state")
+            if state is not None:
+                checks = self.near_checks.setdefault(worker.name, {"outages": 0})
+                checks["outages"] += state["outages"]
+                for method in ("hit", "many_hits"):
+                    share = state["share"].get(method, 0.0)
+                    checks[method] = min(checks.get(method, 1.0), share)
 
     # -- herds --------------------------------------------------------------------------------
 
@@ -1010,6 +1042,21 @@ def markdown(result: dict[str, Any]) -> str:
                 lines.append(
                     f"| {figure} | {system} | {entry['median_us']:.2f} | {1 / entry['ratio']:.1f} |"
                 )
+    checks = result.get("near_checks", {})
+    if checks:
+        lines += [
+            "",
+            "Answered by the near cache (lowest round), and the outages of its invalidation "
+            "channel (while it is down, reads go to Redis):",
+            "",
+            "| system | hit | get_many 100 hits | channel outages |",
+            "|---|---:|---:|---:|",
+        ]
+        for system, c in checks.items():
+            lines.append(
+                f"| {system} | {c.get('hit', 0):.0%} | {c.get('many_hits', 0):.0%} | "
+                f"{c['outages']:.0f} |"
+            )
     lines += [
         "",
         "## Round trips and Redis commands per operation",
@@ -1157,6 +1204,7 @@ def main(argv: list[str] | None = None) -> int:
             "quick": args.quick,
             "placement": placement,
             "timings": summarize(bench.samples),
+            "near_checks": bench.near_checks,
             "costs": bench.costs(),
             "sizes": bench.sizes(),
             "herd": bench.herd(0.0),
