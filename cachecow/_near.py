@@ -29,11 +29,18 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._tracking import ClusterTracking, Tracker
 
-__all__ = ["ENTRY_OVERHEAD", "NearCache"]
+__all__ = ["ENTRY_OVERHEAD", "SHARED_FACTOR", "NearCache"]
 
-ENTRY_OVERHEAD = 200
+ENTRY_OVERHEAD = 300
 """Bytes counted per entry besides its key and value (the dict slot, the tuple, the objects'
-headers), so a cache of many small entries is bounded too (measured: docs/near-cache.md)."""
+headers), so a cache of many small entries is bounded too. Measured with tracemalloc for the
+benchmark's 400-byte rows: 276 to 302 bytes (``benchmarks/near.py``)."""
+
+SHARED_FACTOR = 4
+"""Bytes counted per serialized byte for an entry that keeps a decoded object (``near_shared``)
+instead of bytes: a decoded object is larger than its bytes, and walking it to measure it would
+cost more than the hit it serves. Measured for the benchmark's rows (a dict of 11 fields, 400
+bytes serialized): 2,060 to 2,080 bytes held per entry, counted 4 x 400 + key + 300 = 1,960."""
 
 _MAX_DROPPED = 100_000
 """Keys whose last drop a near cache remembers; past it, every ticket out is voided instead."""
@@ -101,7 +108,7 @@ class NearCache:
         the ticket was taken; whether it was stored."""
         if ticket is None:
             return False
-        size = len(data) + len(key) + ENTRY_OVERHEAD
+        size = len(data) * (1 if payload is None else SHARED_FACTOR) + len(key) + ENTRY_OVERHEAD
         if size > self.max_bytes:
             return False
         with self._lock:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from cachecow._near import ENTRY_OVERHEAD, NearCache
+from cachecow._near import ENTRY_OVERHEAD, SHARED_FACTOR, NearCache
 
 
 class Clock:
@@ -109,3 +109,9 @@ def test_models_it_keeps() -> None:
     assert NearCache(1, 1.0, frozenset({"a.B"})).accepts("a.B")
     assert not NearCache(1, 1.0, frozenset({"a.B"})).accepts("a.C")
     assert NearCache(1, 1.0, None).accepts("a.C")
+
+
+def test_a_shared_object_counts_more_than_its_bytes() -> None:
+    near = live()
+    assert near.keep("k", near.ticket(), b"0123456789", "M", {"decoded": True})
+    assert near.size == 10 * SHARED_FACTOR + 1 + ENTRY_OVERHEAD
