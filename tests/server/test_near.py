@@ -284,6 +284,7 @@ def test_a_killed_channel_empties_the_near_cache_until_it_is_back(
     assert cache.get("Row", "id", 1)["version"] == 2
     wait_until(tracker.connected.is_set)
     assert kept(cache, 1)["version"] == 2
+    print(f"\nCLIENT KILL: near cache off for {tracker.downtimes[0] * 1000:.1f} ms")
 
 
 def test_a_flush_of_the_database_empties_the_near_cache(cache: Rows, writer: Rows) -> None:
@@ -305,6 +306,8 @@ def test_a_restarted_empty_server_leaves_nothing_near(
         wait_until(lambda: not near.entries)
         assert cache.get("Row", "id", 1)["version"] == 2
         wait_until(lambda: near.tracker is not None and near.tracker.connected.is_set())
+        assert near.tracker is not None
+        print(f"\nrestarted empty: near cache off for {near.tracker.downtimes[0] * 1000:.1f} ms")
     finally:
         cache.close()
         client.close()
