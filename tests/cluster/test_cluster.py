@@ -1,8 +1,8 @@
 """The contract suite on a real Redis Cluster (3 masters started from redis-server): every race,
 herd and promise, sync and async, with keys spread over many slots and nodes.
 
-On a cluster a batch is one script call per slot group, one pipeline per node, the nodes in
-parallel: the contract's round-trip tests (which count one standalone client's requests) are
+On a cluster a batch is one script call per node (whatever the slots of its lookups), the nodes
+in parallel: the contract's round-trip tests (which count one standalone client's requests) are
 replaced here by per-node command counts.
 """
 
@@ -59,6 +59,20 @@ def delta(cluster: Any, before: dict[str, int]) -> dict[str, int]:
     return out
 
 
+def evalshas(cluster: Any) -> dict[str, int]:
+    """EVALSHA calls so far, per primary."""
+    return {
+        node.name: int(
+            cluster.get_redis_connection(node).info("commandstats")["cmdstat_evalsha"]["calls"]
+        )
+        for node in cluster.get_primaries()
+    }
+
+
+def evalshas_since(cluster: Any, before: dict[str, int]) -> dict[str, int]:
+    return {name: calls - before[name] for name, calls in evalshas(cluster).items()}
+
+
 class ClusterCounts:
     """The round-trip tests of the contract, as command counts on a cluster."""
 
@@ -85,12 +99,22 @@ class ClusterCounts:
         slots = {key_slot(self.keys(cache, k)[0].encode()) for k in keys}
         assert len(slots) > 50  # the batch really spans many slots (and the three nodes)
         self.get_many(cache, list(range(1001, 1041)))  # load the scripts on every node
+        before = evalshas(self.redis)
+        assert self.get_many(cache, keys) == [f"v{k}" for k in keys]
+        # one script call per node and phase (lease, commit), whatever the slots
+        assert evalshas_since(self.redis, before) == dict.fromkeys(before, 2)
+        before = evalshas(self.redis)
+        assert self.get_many(cache, keys) == [f"v{k}" for k in keys]
+        assert evalshas_since(self.redis, before) == dict.fromkeys(before, 1)  # hits
+        # where the servers refuse node scripts (before Redis 7): one call per slot, per phase
+        cache.invalidate_many(self.model, self.field, [self.lookup(k) for k in keys])
+        cache._io.node_scripts = None
         before = commandstats(self.redis)
         assert self.get_many(cache, keys) == [f"v{k}" for k in keys]
-        assert delta(self.redis, before)["cmdstat_evalsha"] == 2 * len(slots)  # lease, commit
+        assert delta(self.redis, before)["cmdstat_evalsha"] == 2 * len(slots)
         before = commandstats(self.redis)
         assert self.get_many(cache, keys) == [f"v{k}" for k in keys]
-        assert delta(self.redis, before)["cmdstat_evalsha"] == len(slots)  # hits: one per slot
+        assert delta(self.redis, before)["cmdstat_evalsha"] == len(slots)
         before = commandstats(self.redis)
         cache.invalidate_many(self.model, self.field, [self.lookup(k) for k in keys])
         assert delta(self.redis, before)["cmdstat_del"] == len(slots)

@@ -428,14 +428,15 @@ def test_get_many_commit_failure_releases_and_polls_no_more() -> None:
 
 
 def test_get_many_partial_pipeline_gives_back_the_leases_won() -> None:
+    """On Redis Cluster the driver splits a batch script's call by node; when some nodes
+    answer and others fail, it raises PartialPipelineError with one reply per lookup."""
     c = cache(fail_open=True)
-    c._group_by_slot = True  # as on Redis Cluster: one script call per slot, in a pipeline
-    ids = [1, 2]
-    groups = c._slot_groups([c.get_keys("user", "id", i)[0] for i in ids])
-    assert len(groups) == 2
-    partial = PartialPipelineError(RedisConnectionError("node down"), [[LEASED], RedisError()])
-    run = Scripted(c).get_many("user", "id", ids, [partial, [1], {1: row(1), 2: row(2)}])
-    assert run.names() == ["pipeline", "commit_many", "fetch_many"]
+    partial = PartialPipelineError(RedisConnectionError("node down"), [LEASED, RedisError()])
+    run = Scripted(c).get_many("user", "id", [1, 2], [partial, [1], {1: row(1), 2: row(2)}])
+    assert run.names() == ["get_or_lease_many", "commit_many", "fetch_many"]
+    (lease, release) = run.scripts("get_or_lease_many") + run.scripts("commit_many")
+    assert lease.shared == 2  # the token and flag_ttl, then nothing per lookup
+    assert release.keys == c.get_keys("user", "id", 1)  # only the lease won is given back
     assert run.value() == [row(1), row(2)]
 
 
@@ -492,12 +493,9 @@ def test_get_many_discard_and_busy_poll_together_without_sleeping() -> None:
 
 def test_get_many_partial_pipeline_without_leases_releases_nothing() -> None:
     c = cache(fail_open=True)
-    c._group_by_slot = True
-    partial = PartialPipelineError(
-        RedisConnectionError("node down"), [[row_bytes(1)], RedisError()]
-    )
+    partial = PartialPipelineError(RedisConnectionError("node down"), [row_bytes(1), RedisError()])
     run = Scripted(c).get_many("user", "id", [1, 2], [partial, {1: row(1), 2: row(2)}])
-    assert run.names() == ["pipeline", "fetch_many"]
+    assert run.names() == ["get_or_lease_many", "fetch_many"]
     assert run.value() == [row(1), row(2)]
 
 
