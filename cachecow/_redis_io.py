@@ -87,7 +87,7 @@ class BatchCall:
         self.per = (len(op.args) - shared) // self.count if self.count else 0
         if len(op.keys) % 2 or shared + self.per * self.count != len(op.args):
             raise ValueError(f"{op.name}: not two keys and {self.per} arguments per lookup")
-        self.slots = [key_slot(op.keys[2 * i].encode()) for i in range(self.count)]
+        self.slots = [key_slot(value_key.encode()) for value_key in op.keys[::2]]
 
     def _parts(self, i: int) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
         """Lookup ``i``'s two keys and its own arguments."""
@@ -132,21 +132,23 @@ class BatchCall:
         eval_only: bool,
     ) -> list[NodeCall]:
         """The commands of the pipeline to the node that serves ``lookups``."""
-        groups = self.by_slot(lookups)
         node_script = None if node_scripts is None else node_scripts.get(self.op.name)
-        if node_script is None or len(groups) == 1:
+        slots, first = self.slots, self.slots[lookups[0]]
+        if node_script is None or all(slots[i] == first for i in lookups):
             calls = []
-            for group in groups:
+            for group in self.by_slot(lookups):
                 args = item_args(scripts, self.item(group), eval_only=eval_only)
                 calls.append(NodeCall(group, args))
             return calls
-        shared = self.op.shared or 0
-        argv: list[Any] = [shared, self.per, *self.op.args[:shared]]
+        keys, args, shared, per = self.op.keys, self.op.args, self.op.shared or 0, self.per
+        argv: list[Any] = [shared, per, *args[:shared]]
         for i in lookups:
-            pair, own = self._parts(i)
-            argv += (*pair, *own)
+            argv += keys[2 * i : 2 * i + 2]
+            if per:
+                argv += args[shared + i * per : shared + (i + 1) * per]
+        sent = tuple(argv)
         call = node_script.eval_args if eval_only else node_script.args
-        return [NodeCall(lookups, call((), tuple(argv)), node_script, tuple(argv))]
+        return [NodeCall(lookups, call((), sent), node_script, sent)]
 
 
 def each_lookup(reply: Any, count: int) -> list[Any]:
@@ -157,6 +159,52 @@ def each_lookup(reply: Any, count: int) -> list[Any]:
     if not isinstance(reply, list) or len(reply) != count:
         return [ResponseError(f"unexpected reply from a batch script: {reply!r}")] * count
     return reply
+
+
+def send_calls(client: Any, calls: list[NodeCall]) -> Any:
+    """Send ``calls`` in one write on a connection of ``client``'s pool (a cluster node's);
+    the connection, to read the replies from, or ``None`` if no connection could be had or
+    the write failed (the node's calls then go alone, through the cluster client)."""
+    pool = client.connection_pool
+    try:
+        connection = pool.get_connection()
+    except RedisError:
+        return None
+    try:
+        connection.send_packed_command(connection.pack_commands([call.args for call in calls]))
+    except BaseException as exc:
+        connection.disconnect()
+        pool.release(connection)
+        if isinstance(exc, RedisError):
+            return None
+        raise
+    return connection
+
+
+def receive_replies(client: Any, connection: Any, count: int) -> list[Any]:
+    """The replies of ``count`` calls sent on ``connection`` by :func:`send_calls` (an error
+    reply as its exception), then the connection back to ``client``'s pool. If the connection
+    fails (lost, timed out), the replies not read are ``_UNSENT`` and the connection is
+    dropped: no later call may read a reply meant for this one."""
+    replies: list[Any] = []
+    if connection is None:
+        return [_UNSENT] * count
+    pool = client.connection_pool
+    try:
+        while len(replies) < count:
+            try:
+                replies.append(connection.read_response())
+            except ResponseError as exc:
+                replies.append(exc)
+    except RedisError:
+        connection.disconnect()
+        replies += [_UNSENT] * (count - len(replies))
+    except BaseException:
+        connection.disconnect()
+        raise
+    finally:
+        pool.release(connection)
+    return replies
 
 
 def unanswered(result: Any) -> bool:
@@ -299,10 +347,7 @@ class RedisIO:
         for index, item in enumerate(ops):
             node = self.client.get_node_from_key(item_key(item))
             by_node.setdefault(node.name, (node, []))[1].append(index)
-        self._run_per_node(list(by_node.values()), run)
-
-    def _run_per_node(self, groups: list[tuple[Any, list[int]]], run: Any) -> None:
-        """Call ``run(node, indexes)`` for each group, the nodes in parallel."""
+        groups = list(by_node.values())
         if len(groups) == 1:
             run(*groups[0])
             return
@@ -347,38 +392,43 @@ class RedisIO:
 
     def _cluster_batch(self, batch: BatchCall) -> Any:
         """A batch script's call on Redis Cluster: one call per node (see :class:`BatchCall`),
-        each in a pipeline of its own, the nodes in parallel; the reply of each lookup (see
+        every node's sent before any reply is read, so the nodes work at once, from this
+        thread (no worker to hand over to, none to queue behind a stalled node). Then, node by
+        node, the lookups that got no good reply go again, alone (once one of a node's fails,
+        that node's others are not sent). The reply of each lookup (see
         :func:`~cachecow._ops.all_answered` for the errors)."""
         if len(set(batch.slots)) <= 1:  # one slot: the call as it is, through the cluster client
             return self.script(batch.item(list(range(batch.count))))
         results: list[Any] = [_UNSENT] * batch.count
-        by_node = batch.by_node(self.client.nodes_manager.slots_cache)
-
         node_scripts = self.node_scripts  # the same for every node of this batch
-
-        def run(node: Any, lookups: list[int]) -> None:
-            connection = self.client.get_redis_connection(node)
-            calls = batch.calls(lookups, self.scripts, node_scripts, eval_only=self.eval_only)
-            pipe = connection.pipeline(transaction=False)
-            for call in calls:
-                pipe.execute_command(*call.args)
-            try:
-                replies = pipe.execute(raise_on_error=False)
-            except redis_py.RedisError:  # the node failed as a whole: each lookup again
-                replies = [_UNSENT] * len(calls)
+        sent: list[tuple[Any, list[int], list[NodeCall], Any]] = []
+        received: list[tuple[Any, list[int], list[NodeCall], list[Any]]] = []
+        try:
+            for node, lookups in batch.by_node(self.client.nodes_manager.slots_cache):
+                client = self.client.get_redis_connection(node)
+                calls = batch.calls(lookups, self.scripts, node_scripts, eval_only=self.eval_only)
+                sent.append((client, lookups, calls, send_calls(client, calls)))
+            while sent:
+                client, lookups, calls, connection = sent.pop(0)
+                replies = receive_replies(client, connection, len(calls))
+                received.append((client, lookups, calls, replies))
+        finally:
+            for client, _lookups, _calls, connection in sent:  # replies left unread
+                if connection is not None:
+                    connection.disconnect()
+                    client.connection_pool.release(connection)
+        for client, lookups, calls, replies in received:
             for call, reply in zip(calls, replies, strict=True):
                 if call.script is not None and isinstance(reply, NoScriptError):
                     try:  # the node has not loaded it yet: EVAL loads it as it runs
-                        reply = connection.execute_command(*call.script.eval_args((), call.argv))
-                    except redis_py.RedisError as exc:
+                        reply = client.execute_command(*call.script.eval_args((), call.argv))
+                    except RedisError as exc:
                         reply = exc
                 if reply is not _UNSENT:
                     parts = self._each_lookup(call, reply)
                     for i, part in zip(call.lookups, parts, strict=True):
                         results[i] = part
             self._batch_alone(batch, [i for i in lookups if unanswered(results[i])], results)
-
-        self._run_per_node(by_node, run)
         return all_answered(results)
 
     def _each_lookup(self, call: NodeCall, reply: Any) -> list[Any]:

@@ -36,15 +36,12 @@ DIFFERENT_BY_DESIGN = {
         "perform": "the async one gates calls on a cluster client (it has no blocking pool)",
         "replicated": "the sync cluster path runs nodes on worker threads, the async one gathers",
         "_cluster_pipeline": "redis-py's sync and asyncio cluster pipelines differ",
-        "_cluster_batch": "the sync one runs nodes on worker threads, the async one gathers",
+        "_cluster_batch": "the sync one sends to every node, then reads; the async one gathers",
     },
 }
 ONLY_SYNC = {
     "cache": {},
-    "redis_io": {
-        "_per_node": "groups a batch's items by node for _run_per_node",
-        "_run_per_node": "runs one call per node on worker threads (asyncio gathers)",
-    },
+    "redis_io": {"_per_node": "runs one call per node on worker threads (asyncio gathers)"},
 }
 ONLY_ASYNC = {
     "cache": {
