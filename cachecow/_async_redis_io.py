@@ -291,7 +291,7 @@ class AsyncRedisIO:
 
     def _each_lookup(self, call: NodeCall, reply: Any) -> list[Any]:
         """Each of ``call``'s lookups' reply, or an error (to send its call again alone)."""
-        if call.script is not None and refuses_node_scripts(reply):
+        if call.node_form and refuses_node_scripts(reply):
             self.node_scripts = None  # one call per slot from now on
         return each_lookup(reply, len(call.lookups))
 
@@ -327,15 +327,15 @@ async def _node_pipeline(node: ClusterNode, commands: list[PipelineCommand]) -> 
 
 async def _node_calls(node: ClusterNode, calls: list[NodeCall]) -> list[Any]:
     """A batch script's ``calls`` to ``node`` in one round trip: each one's reply (or error),
-    or ``_UNREAD`` if the pipeline failed before it was read. A node form the node has not
+    or ``_UNREAD`` if the pipeline failed before it was read. A script the node has not
     loaded yet (NOSCRIPT) is sent again by EVAL, which loads it as it runs."""
     commands = [PipelineCommand(position, *call.args) for position, call in enumerate(calls)]
     for command in commands:
         command.result = _UNREAD
     await _node_pipeline(node, commands)
     for command, call in zip(commands, calls, strict=True):
-        if call.script is not None and isinstance(command.result, NoScriptError):
-            again = PipelineCommand(0, *call.script.eval_args((), call.argv))
+        if isinstance(command.result, NoScriptError):
+            again = PipelineCommand(0, *call.eval_args())
             again.result = _UNREAD
             await _node_pipeline(node, [again])
             command.result = again.result

@@ -57,14 +57,20 @@ def item_key(item: Script | Command) -> Any:
 
 @dataclass(slots=True)
 class NodeCall:
-    """One command of a node's pipeline for a batch script: the lookups (their indexes) whose
-    calls it carries; ``script`` is set when it is the script's node form (then ``argv`` holds
-    its arguments, to send again by EVAL), unset for a call of the script itself (one slot)."""
+    """One command of a node's pipeline for a batch script: a call of ``script`` (the batch
+    script itself, for the lookups of one slot, or its node form, ``node_form``) with ``keys``
+    and ``argv``, sent as ``args``, for the lookups at ``lookups`` (their indexes)."""
 
     lookups: list[int]
+    script: ScriptCall
+    keys: tuple[Any, ...]
+    argv: tuple[Any, ...]
+    node_form: bool
     args: tuple[Any, ...]
-    script: ScriptCall | None = None
-    argv: tuple[Any, ...] = ()
+
+    def eval_args(self) -> tuple[Any, ...]:
+        """The call by EVAL, for a node that has not loaded the script (it loads it)."""
+        return self.script.eval_args(self.keys, self.argv)
 
 
 class BatchCall:
@@ -73,10 +79,10 @@ class BatchCall:
 
     Each node gets one call: the script's node form (``cachecow/lua/per_node.lua``) over all
     the node's lookups, or, where they all lie in one slot (or the servers refused the node
-    forms), the script itself once per slot, in one pipeline. A lookup that the node form
-    answers NOTHERE (its slot moved or is migrating), and each lookup of a call that failed,
-    goes again in its slot's call alone, through the cluster client, which follows moves and
-    loads scripts."""
+    forms), the script itself once per slot, in one pipeline. A call the node answers NOSCRIPT
+    is sent again by EVAL on that node. A lookup that the node form answers NOTHERE (its slot
+    moved or is migrating), and each lookup of a call that failed, goes again in its slot's
+    call alone, through the cluster client, which follows moves and loads scripts."""
 
     __slots__ = ("count", "op", "per", "slots")
 
@@ -137,8 +143,9 @@ class BatchCall:
         if node_script is None or all(slots[i] == first for i in lookups):
             calls = []
             for group in self.by_slot(lookups):
-                args = item_args(scripts, self.item(group), eval_only=eval_only)
-                calls.append(NodeCall(group, args))
+                item, script = self.item(group), scripts[self.op.name]
+                args = item_args(scripts, item, eval_only=eval_only)
+                calls.append(NodeCall(group, script, item.keys, item.args, False, args))
             return calls
         keys, args, shared, per = self.op.keys, self.op.args, self.op.shared or 0, self.per
         argv: list[Any] = [shared, per, *args[:shared]]
@@ -148,7 +155,7 @@ class BatchCall:
                 argv += args[shared + i * per : shared + (i + 1) * per]
         sent = tuple(argv)
         call = node_script.eval_args if eval_only else node_script.args
-        return [NodeCall(lookups, call((), sent), node_script, sent)]
+        return [NodeCall(lookups, node_script, (), sent, True, call((), sent))]
 
 
 def each_lookup(reply: Any, count: int) -> list[Any]:
@@ -419,9 +426,9 @@ class RedisIO:
                     client.connection_pool.release(connection)
         for client, lookups, calls, replies in received:
             for call, reply in zip(calls, replies, strict=True):
-                if call.script is not None and isinstance(reply, NoScriptError):
+                if isinstance(reply, NoScriptError):
                     try:  # the node has not loaded it yet: EVAL loads it as it runs
-                        reply = client.execute_command(*call.script.eval_args((), call.argv))
+                        reply = client.execute_command(*call.eval_args())
                     except RedisError as exc:
                         reply = exc
                 if reply is not _UNSENT:
@@ -433,7 +440,7 @@ class RedisIO:
 
     def _each_lookup(self, call: NodeCall, reply: Any) -> list[Any]:
         """Each of ``call``'s lookups' reply, or an error (to send its call again alone)."""
-        if call.script is not None and refuses_node_scripts(reply):
+        if call.node_form and refuses_node_scripts(reply):
             self.node_scripts = None  # one call per slot from now on
         return each_lookup(reply, len(call.lookups))
 

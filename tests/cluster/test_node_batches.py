@@ -310,6 +310,30 @@ def test_a_batch_on_one_slot_is_the_scripts_own_call(
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_a_script_a_node_lacks_is_sent_again_by_eval_there(
+    servers: RedisClusterServers, admin: RedisCluster, alone: list[Script], mode: str
+) -> None:
+    """After a failover or a SCRIPT FLUSH, a node answers NOSCRIPT: the call is sent again by
+    EVAL on that node, which loads the script there. Here one node has one lookup (the
+    script's own call) and the others several (the node form): no call goes alone, and no
+    SCRIPT LOAD reaches the other nodes (one of them may be the stalled one)."""
+    keys = GroupedCache(admin, {})
+    owners = {i: owner_port(admin, keys.get_keys("item", "id", i)[0]) for i in range(0, 900, 10)}
+    ids = [0, *[i for i, port in owners.items() if port != owners[0]][:40]]
+    db = rows(ids)
+    with cache_of(servers, mode, db) as cache:
+        loads = calls(admin, "script|load")
+        assert cache.get_many("item", "id", ids) == [db[i] for i in ids]
+        assert set(calls(admin, "eval").values()) == {2}  # lease and commit, on every node
+        assert since(admin, "script|load", loads) == dict.fromkeys(loads, 0)
+        assert alone == []
+        before = calls(admin, "evalsha")
+        assert cache.get_many("item", "id", ids) == [db[i] for i in ids]
+        assert since(admin, "evalsha", before) == dict.fromkeys(before, 1)  # loaded: hits
+        assert cache.metrics.snapshot().redis_errors == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_servers_that_refuse_node_scripts_get_a_call_per_slot(
     servers: RedisClusterServers, admin: RedisCluster, alone: list[Script], mode: str
 ) -> None:
