@@ -3,6 +3,7 @@
 A batch script (``get_or_lease_many``, ``commit_many``) also has a *node* form for Redis
 Cluster: :func:`node_script_source` wraps it with ``lua/per_node.lua`` into one script that runs
 it over every lookup of a batch that one node serves, whatever their hash slots, in one call.
+Why it is built so: docs/internals.md#node-scripts.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@
 --
 -- The flag (Redis 7+) lets a script touch keys of several slots, as long as this node serves
 -- them all. No key is declared: a call that declares keys of several slots is refused
--- (CROSSSLOT), so the keys come in ARGV.
+-- (CROSSSLOT), so the keys come in ARGV. Why so: docs/internals.md#node-scripts.
 --
 -- ARGV[1]  - h, how many arguments of the batch script every lookup shares (its token...)
 -- ARGV[2]  - p, how many arguments it takes per lookup
