@@ -34,6 +34,7 @@ from cachecow._redis_io import RedisIO
 from cachecow._scripts import node_script_source, script_source
 from cachecow.testing import RedisClusterServers
 from cachecow.testing.bridge import LoopThread, SyncFacade
+from cachecow.testing.flows import Scripted
 from cachecow.testing.plugin import require_server
 from tests.server.test_contract_dict import AsyncDictCache, DictCache
 
@@ -185,6 +186,15 @@ def state(node: redis.Redis, keys: list[tuple[str, str]]) -> list[Any]:
     return out
 
 
+def lease_head(cache: Any, token: str) -> tuple[Any, ...]:
+    """The arguments every lookup of a batch's lease call shares (its token, the lease's
+    lifetime...), as ``cache`` sends them, with ``token`` for the batch's own."""
+    run = Scripted(cache).get_many("item", "id", [1], [[b'{"id":1}']])  # a hit
+    (lease,) = run.scripts("get_or_lease_many")
+    assert lease.shared is not None
+    return (token, *lease.args[1 : lease.shared])
+
+
 def test_the_node_form_answers_as_the_scripts_do(
     servers: RedisClusterServers, admin: RedisCluster
 ) -> None:
@@ -200,7 +210,8 @@ def test_the_node_form_answers_as_the_scripts_do(
     keys = [cache.get_keys("item", "id", i) for i in ids]
     other = cache.get_keys("item", "id", 10 * away)
     direct = redis.Redis(port=node.port)
-    token, flag_ms = "t" * 32, 30_000
+    token = "t" * 32
+    head = lease_head(cache, token)
     discards = ["", "", "", "", "", "unusable", ""]
 
     def node_call(name: str, head: list[Any], per: list[list[Any]], pairs: list[Any]) -> Any:
@@ -211,7 +222,7 @@ def test_the_node_form_answers_as_the_scripts_do(
 
     def scripts() -> tuple[list[Any], list[Any], list[Any]]:
         leases = [
-            direct.eval(script_source("get_or_lease_many"), 2, *pair, token, flag_ms, discard)[0]
+            direct.eval(script_source("get_or_lease_many"), 2, *pair, *head, discard)[0]
             for pair, discard in zip(keys, discards, strict=True)
         ]
         commits = []
@@ -224,7 +235,7 @@ def test_the_node_form_answers_as_the_scripts_do(
     def node_forms() -> tuple[list[Any], list[Any], list[Any]]:
         pairs = [*keys[:3], other, *keys[3:]]  # another node's lookup among them
         per = [[d] for d in [*discards[:3], "", *discards[3:]]]
-        leases = node_call("get_or_lease_many", [token, flag_ms], per, pairs)
+        leases = node_call("get_or_lease_many", list(head), per, pairs)
         assert isinstance(leases.pop(3), redis.ResponseError)
         per = [[f"v{n}", 0 if n == 6 else 60_000] for n in range(7)]
         per.insert(3, ["x", 60_000])
@@ -435,10 +446,8 @@ def test_a_slot_migrating_mid_batch(
                 src.set(cache.get_keys("item", "id", i)[1], "another reader", px=60_000)
         alone.clear()
         answers: list[Any] = []
-        started = threading.Event()
 
         def batch() -> None:
-            started.set()
             answers.append(cache.get_many("item", "id", ids))
 
         def midway() -> None:
@@ -446,8 +455,11 @@ def test_a_slot_migrating_mid_batch(
                 keys = [cache.get_keys("item", "id", i)[0] for i in moving[:3]]
                 src.execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys)
             reader.start()
-            started.wait(5)
-            time.sleep(0.1)  # the batch's node calls meet the half-moved slot
+            # once the node calls met the half-moved slot and its lookups went alone, the move
+            # goes on: those calls retry (TRYAGAIN) until it is done, for about 0.4 s at most
+            deadline = time.monotonic() + 5
+            while not alone and time.monotonic() < deadline:
+                time.sleep(0.001)
 
         reader = threading.Thread(target=batch)
         try:
