@@ -23,10 +23,19 @@ from redis.exceptions import (
     RedisError,
 )
 
-from ._client import check_client, script_calls
+from ._client import check_client, node_script_calls, script_calls
 from ._cluster import async_cluster_execute
 from ._ops import Command, Pipeline, ReplicatedWrite, Script, all_answered, as_redis_error
-from ._redis_io import item_args, item_key
+from ._redis_io import (
+    _UNSENT,
+    BatchCall,
+    NodeCall,
+    each_lookup,
+    item_args,
+    item_key,
+    refuses_node_scripts,
+    unanswered,
+)
 
 __all__ = ["AsyncRedisIO"]
 
@@ -44,6 +53,9 @@ class AsyncRedisIO:
             async_cluster_execute(client) if self.cluster else client.execute_command
         )
         self.scripts = script_calls()
+        # The node forms of the batch scripts, on a cluster: None once a node refused one (a
+        # server older than Redis 7); each node then gets one call per slot.
+        self.node_scripts = node_script_calls(self.scripts) if self.cluster else None
         # redis-py 8.1's asyncio cluster client has no blocking pool: a call that finds a
         # node's max_connections in use fails at once. A gate of that many calls at a time
         # (each uses at most one connection per node) makes the others wait, bounded by the
@@ -113,6 +125,8 @@ class AsyncRedisIO:
         return await self.execute(*item.args)
 
     async def script(self, op: Script) -> Any:
+        if op.shared is not None and self.cluster:
+            return await self._cluster_batch(BatchCall(op))
         call = self.scripts[op.name]
         if self.eval_only:
             return await self.execute(*call.eval_args(op.keys, op.args))
@@ -246,6 +260,57 @@ class AsyncRedisIO:
                 failed = results[index] = exc
         return all_answered(results)
 
+    async def _cluster_batch(self, batch: BatchCall) -> Any:
+        """A batch script's call on Redis Cluster: one call per node (see
+        :class:`~cachecow._redis_io.BatchCall`), each in a pipeline of its own, the nodes
+        concurrently; then, one slot at a time, the calls of the lookups that got no good reply
+        go alone through the cluster client (as in :meth:`_cluster_pipeline`). The reply of
+        each lookup (see :func:`~cachecow._ops.all_answered` for the errors)."""
+        if len(set(batch.slots)) <= 1:  # one slot: the call as it is, through the cluster client
+            return await self.script(batch.item(list(range(batch.count))))
+        cluster = cast(AsyncRedisCluster, self.client)
+        await cluster.initialize()  # a no-op once the client knows the cluster
+        results: list[Any] = [_UNSENT] * batch.count
+        groups = [
+            (node, batch.calls(lookups, self.scripts, self.node_scripts, eval_only=self.eval_only))
+            for node, lookups in batch.by_node(cluster.nodes_manager.slots_cache)
+        ]
+        if len(groups) == 1:
+            replies = [await _node_calls(*groups[0])]
+        else:
+            replies = await asyncio.gather(*(_node_calls(node, calls) for node, calls in groups))
+        for (_node, calls), node_replies in zip(groups, replies, strict=True):
+            for call, reply in zip(calls, node_replies, strict=True):
+                if reply is not _UNREAD:
+                    parts = self._each_lookup(call, reply)
+                    for i, part in zip(call.lookups, parts, strict=True):
+                        results[i] = part
+        again = [i for i in range(batch.count) if unanswered(results[i])]
+        await self._batch_alone(batch, again, results)
+        return all_answered(results)
+
+    def _each_lookup(self, call: NodeCall, reply: Any) -> list[Any]:
+        """Each of ``call``'s lookups' reply, or an error (to send its call again alone)."""
+        if call.node_form and refuses_node_scripts(reply):
+            self.node_scripts = None  # one call per slot from now on
+        return each_lookup(reply, len(call.lookups))
+
+    async def _batch_alone(self, batch: BatchCall, lookups: list[int], results: list[Any]) -> None:
+        """Send the calls of ``lookups``, one per slot, through the cluster client (which
+        follows moves, loads scripts, refreshes its map and retries); once one fails, the
+        others are not sent and fail with it."""
+        failed: BaseException | None = None
+        for group in batch.by_slot(lookups):
+            parts: list[Any] = [failed] * len(group)
+            if failed is None:
+                try:
+                    parts = each_lookup(await self.one(batch.item(group)), len(group))
+                except RedisError as exc:
+                    failed = exc
+                    parts = [exc] * len(group)
+            for i, part in zip(group, parts, strict=True):
+                results[i] = part
+
     def _item_args(self, item: Script | Command) -> tuple[Any, ...]:
         return item_args(self.scripts, item, eval_only=self.eval_only)
 
@@ -258,3 +323,20 @@ async def _node_pipeline(node: ClusterNode, commands: list[PipelineCommand]) -> 
         await node.execute_pipeline(commands)
     except Exception:  # a connection lost, refused, timed out, closed under it: not cancelled
         return
+
+
+async def _node_calls(node: ClusterNode, calls: list[NodeCall]) -> list[Any]:
+    """A batch script's ``calls`` to ``node`` in one round trip: each one's reply (or error),
+    or ``_UNREAD`` if the pipeline failed before it was read. A script the node has not
+    loaded yet (NOSCRIPT) is sent again by EVAL, which loads it as it runs."""
+    commands = [PipelineCommand(position, *call.args) for position, call in enumerate(calls)]
+    for command in commands:
+        command.result = _UNREAD
+    await _node_pipeline(node, commands)
+    for command, call in zip(commands, calls, strict=True):
+        if isinstance(command.result, NoScriptError):
+            again = PipelineCommand(0, *call.eval_args())
+            again.result = _UNREAD
+            await _node_pipeline(node, [again])
+            command.result = again.result
+    return [command.result for command in commands]

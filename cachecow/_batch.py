@@ -10,7 +10,8 @@ With ``refresh_ahead``, the hits inside their refresh window may come with the l
 (``_single.py``): those lookups are fetched and committed with the batch's misses, in the same
 ``fetch_many`` and ``commit_many``, and answered with the fresh objects.
 
-On Redis Cluster every script call is made once per hash slot, in one pipeline.
+On Redis Cluster the driver splits each script call by node: one call per node, whatever the
+hash slots of its lookups (see ``_redis_io.py``).
 """
 
 from __future__ import annotations
@@ -36,11 +37,11 @@ from ._ops import (
     FetchMany,
     Flow,
     PartialPipelineError,
-    Pipeline,
     Script,
     Sleep,
     Wait,
     _timed_out,
+    lookup_replies,
     new_token,
     refreshed,
     release_after,
@@ -560,29 +561,26 @@ class BatchRead:
         head: tuple[Any, ...],
         per_key: Callable[[str], tuple[Any, ...]] | None,
     ) -> Flow:
-        """Run a ``*_many`` script over ``value_keys``: one call, or one per cluster slot in one
-        pipeline. Returns ``{value_key: reply}``."""
-        groups = self.cache._slot_groups(value_keys)
-        ops = []
-        for group in groups:
-            keys: list[str] = []
-            args: list[Any] = list(head)
-            for value_key in group:
-                keys += (value_key, self.lookups[value_key].flag_key)
-                if per_key is not None:
-                    args += per_key(value_key)
-            ops.append(Script(name, tuple(keys), tuple(args)))
-        if len(ops) == 1:
-            replies = [(yield ops[0])]
-        else:
-            try:
-                replies = yield Pipeline(tuple(ops))
-            except PartialPipelineError as exc:
-                for group, reply in zip(groups, exc.replies, strict=True):
-                    if isinstance(reply, list) and len(reply) == len(group):
-                        exc.by_key.update(zip(group, reply, strict=True))
-                raise
-        return _by_key(name, groups, replies)
+        """Run a ``*_many`` script over ``value_keys`` in one call (which the driver splits by
+        node on a cluster). Returns ``{value_key: reply}``."""
+        keys: list[str] = []
+        args: list[Any] = list(head)
+        for value_key in value_keys:
+            keys += (value_key, self.lookups[value_key].flag_key)
+            if per_key is not None:
+                args += per_key(value_key)
+        try:
+            reply = yield Script(name, tuple(keys), tuple(args), shared=len(head))
+        except PartialPipelineError as exc:  # on a cluster: one reply (or error) per lookup
+            if len(exc.replies) == len(value_keys):
+                exc.by_key.update(zip(value_keys, exc.replies, strict=True))
+            raise
+        reply = lookup_replies(reply)
+        if not isinstance(reply, list) or len(reply) != len(value_keys):
+            raise CacheUnavailable(
+                f"unexpected reply from {name}: {reply!r}", operation=name, keys=tuple(value_keys)
+            )
+        return dict(zip(value_keys, reply, strict=True))
 
     def _cover(self, value_keys: list[str]) -> None:
         """Before a call that decides these lookups: the followers of the flights this batch
@@ -591,20 +589,6 @@ class BatchRead:
             flight = self.lookups[value_key].flight
             if flight is not None:
                 flight.covered = flight.joined
-
-
-def _by_key(name: str, groups: list[list[str]], replies: list[Any]) -> dict[str, Any]:
-    """Each value key's reply, from one reply per group of keys."""
-    out: dict[str, Any] = {}
-    for group, reply in zip(groups, replies, strict=True):
-        if isinstance(reply, bytes):  # commit_many: one character per lookup
-            reply = [code - 48 for code in reply]  # b"10" -> [1, 0]
-        if not isinstance(reply, list) or len(reply) != len(group):
-            raise CacheUnavailable(
-                f"unexpected reply from {name}: {reply!r}", operation=name, keys=tuple(group)
-            )
-        out.update(zip(group, reply, strict=True))
-    return out
 
 
 def _discard_args(discards: dict[str, bytes]) -> Callable[[str], tuple[Any, ...]]:

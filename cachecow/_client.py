@@ -14,7 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError
 from redis.retry import Retry
 
-from ._scripts import SCRIPT_NAMES, script_source
+from ._scripts import NODE_SCRIPT_NAMES, SCRIPT_NAMES, node_script_source, script_source
 from .exceptions import ConfigurationError
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "bounded_cluster_kwargs",
     "bounded_kwargs",
     "check_client",
+    "node_script_calls",
     "pool_kwargs",
     "script_calls",
     "sentinel_kwargs",
@@ -162,3 +163,11 @@ class ScriptCall:
 def script_calls() -> dict[str, ScriptCall]:
     """Every protocol script's :class:`ScriptCall`, by name."""
     return {name: ScriptCall(name) for name in SCRIPT_NAMES}
+
+
+def node_script_calls(calls: dict[str, ScriptCall]) -> dict[str, ScriptCall]:
+    """The node form (see ``cachecow/lua/per_node.lua``) of each batch script of ``calls``."""
+    return {
+        name: ScriptCall(name, node_script_source(name, calls[name].source))
+        for name in NODE_SCRIPT_NAMES
+    }

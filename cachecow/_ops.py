@@ -22,11 +22,19 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 @dataclass(frozen=True, slots=True)
 class Script:
-    """Run the Lua script ``name`` (``cachecow/lua/<name>.lua``); the result is its reply."""
+    """Run the Lua script ``name`` (``cachecow/lua/<name>.lua``); the result is its reply.
+
+    A batch script (``*_many``) sets ``shared``: its keys are two per lookup (a value key and
+    its flag key, one hash tag) and its ``args`` are ``shared`` arguments for every lookup,
+    then as many for each lookup. On Redis Cluster the driver splits such a call by node (see
+    ``_redis_io.py``), and its result is then one reply per lookup, in order (a list; a
+    failure of some lookups while others were answered raises
+    :class:`PartialPipelineError`, whose ``replies`` are the lookups')."""
 
     name: str
     keys: tuple[str, ...]
     args: tuple[Any, ...]
+    shared: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,12 +88,12 @@ class Pipeline:
 
 
 class PartialPipelineError(RedisError):
-    """A :class:`Pipeline` on Redis Cluster of which some calls failed (a node down) while
-    others were answered: ``replies`` holds each call's reply, or the error it failed with, and
-    ``error`` is the first error. ``by_key`` (set by the batch that sent it) maps the value key
-    of each lookup in an answered call to its reply, so a batch can give back the leases it
-    won on the nodes that answered instead of leaving them to block their keys until they
-    expire."""
+    """A :class:`Pipeline` (or a batch :class:`Script`, split by node) on Redis Cluster of
+    which some calls failed (a node down) while others were answered: ``replies`` holds each
+    call's (each lookup's) reply, or the error it failed with, and ``error`` is the first
+    error. ``by_key`` (set by the batch that sent it) maps the value key of each answered
+    lookup to its reply, so a batch can give back the leases it won on the nodes that answered
+    instead of leaving them to block their keys until they expire."""
 
     def __init__(self, error: BaseException, replies: list[Any]) -> None:
         super().__init__(str(error))
@@ -103,6 +111,14 @@ def all_answered(results: list[Any]) -> list[Any]:
     if len(errors) == len(results):
         raise errors[0]
     raise PartialPipelineError(errors[0], results)
+
+
+def lookup_replies(reply: Any) -> Any:
+    """A batch script's reply, with one entry per lookup: ``commit_many``'s string (one
+    character per lookup, ``b"10"``) as numbers (``[1, 0]``); any other reply as it is."""
+    if isinstance(reply, bytes):
+        return [code - 48 for code in reply]
+    return reply
 
 
 def as_redis_error(exc: BaseException) -> BaseException:

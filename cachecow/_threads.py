@@ -1,4 +1,4 @@
-"""Worker threads for the sync class's cluster batches: one call per node, all nodes at once.
+"""Worker threads for the sync class's cluster pipelines: one call per node, all nodes at once.
 
 :class:`NodeRunner` never queues a node's call behind another's (an idle worker takes it, or a
 new worker starts), starts afresh after ``fork()``, and runs a call in the caller's thread when

@@ -1,8 +1,8 @@
 """The contract suite on a real Redis Cluster (3 masters started from redis-server): every race,
 herd and promise, sync and async, with keys spread over many slots and nodes.
 
-On a cluster a batch is one script call per slot group, one pipeline per node, the nodes in
-parallel: the contract's round-trip tests (which count one standalone client's requests) are
+On a cluster a batch is one script call per node (whatever the slots of its lookups), the nodes
+in parallel: the contract's round-trip tests (which count one standalone client's requests) are
 replaced here by per-node command counts.
 """
 
@@ -19,6 +19,7 @@ import redis
 import redis.asyncio as aredis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
+from redis.connection import AbstractConnection
 from redis.crc import key_slot
 from redis.retry import Retry
 
@@ -59,6 +60,20 @@ def delta(cluster: Any, before: dict[str, int]) -> dict[str, int]:
     return out
 
 
+def evalshas(cluster: Any) -> dict[str, int]:
+    """EVALSHA calls so far, per primary."""
+    return {
+        node.name: int(
+            cluster.get_redis_connection(node).info("commandstats")["cmdstat_evalsha"]["calls"]
+        )
+        for node in cluster.get_primaries()
+    }
+
+
+def evalshas_since(cluster: Any, before: dict[str, int]) -> dict[str, int]:
+    return {name: calls - before[name] for name, calls in evalshas(cluster).items()}
+
+
 class ClusterCounts:
     """The round-trip tests of the contract, as command counts on a cluster."""
 
@@ -85,12 +100,22 @@ class ClusterCounts:
         slots = {key_slot(self.keys(cache, k)[0].encode()) for k in keys}
         assert len(slots) > 50  # the batch really spans many slots (and the three nodes)
         self.get_many(cache, list(range(1001, 1041)))  # load the scripts on every node
+        before = evalshas(self.redis)
+        assert self.get_many(cache, keys) == [f"v{k}" for k in keys]
+        # one script call per node and phase (lease, commit), whatever the slots
+        assert evalshas_since(self.redis, before) == dict.fromkeys(before, 2)
+        before = evalshas(self.redis)
+        assert self.get_many(cache, keys) == [f"v{k}" for k in keys]
+        assert evalshas_since(self.redis, before) == dict.fromkeys(before, 1)  # hits
+        # where the servers refuse node scripts (before Redis 7): one call per slot, per phase
+        cache.invalidate_many(self.model, self.field, [self.lookup(k) for k in keys])
+        cache._io.node_scripts = None
         before = commandstats(self.redis)
         assert self.get_many(cache, keys) == [f"v{k}" for k in keys]
-        assert delta(self.redis, before)["cmdstat_evalsha"] == 2 * len(slots)  # lease, commit
+        assert delta(self.redis, before)["cmdstat_evalsha"] == 2 * len(slots)
         before = commandstats(self.redis)
         assert self.get_many(cache, keys) == [f"v{k}" for k in keys]
-        assert delta(self.redis, before)["cmdstat_evalsha"] == len(slots)  # hits: one per slot
+        assert delta(self.redis, before)["cmdstat_evalsha"] == len(slots)
         before = commandstats(self.redis)
         cache.invalidate_many(self.model, self.field, [self.lookup(k) for k in keys])
         assert delta(self.redis, before)["cmdstat_del"] == len(slots)
@@ -206,16 +231,55 @@ def held_pipelines(
         cluster.get_redis_connection = real
 
 
+@contextmanager
+def connection_events(before_read: Callable[[Any], None] | None = None) -> Iterator[list[Any]]:
+    """Every command sent and every reply read on a connection, as ``("send" or "read",
+    port)``, in order; ``before_read(connection)`` runs before each read."""
+    events: list[Any] = []
+    send, read = AbstractConnection.send_packed_command, AbstractConnection.read_response
+
+    def spy_send(self: Any, *args: Any, **kwargs: Any) -> Any:
+        events.append(("send", self.port))
+        return send(self, *args, **kwargs)
+
+    def spy_read(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if before_read is not None:
+            before_read(self)
+        events.append(("read", self.port))
+        return read(self, *args, **kwargs)
+
+    AbstractConnection.send_packed_command = spy_send  # type: ignore[method-assign]
+    AbstractConnection.read_response = spy_read  # type: ignore[method-assign]
+    try:
+        yield events
+    finally:
+        AbstractConnection.send_packed_command = send  # type: ignore[method-assign]
+        AbstractConnection.read_response = read  # type: ignore[method-assign]
+
+
 def test_a_batch_reaches_its_nodes_in_parallel(cluster: Any) -> None:
-    """The sync class sends a batch's pipelines to its nodes at once. Each node's pipeline is
-    held at a barrier until all three are in flight: sent one node after another, the first
-    would wait alone and the barrier would break (``BrokenBarrierError`` out of the call)."""
+    """The sync class sends a batch's call to each node before it reads any reply, so the
+    nodes work at once, with no thread to hand over to. An invalidation's pipelines go to the
+    nodes at once too, from worker threads: each is held at a barrier until all three are in
+    flight (sent one node after another, the first would wait alone and the barrier would
+    break: ``BrokenBarrierError`` out of the call)."""
     db = {i: {"id": i, "payload": f"p{i}"} for i in range(60)}
     cache = test_contract_dict.DictCache(cluster, db)
     ids = list(range(60))
-    owners = {cluster.get_node_from_key(cache.get_keys("item", "id", i)[0]).name for i in ids}
+    owners = {cluster.get_node_from_key(cache.get_keys("item", "id", i)[0]).port for i in ids}
     assert len(owners) == 3
     cache.get_many("item", "id", list(range(1000, 1060)))  # load the scripts on every node
+    with connection_events() as events:
+        misses = cache.get_many("item", "id", ids)  # two phases: lease, commit
+        phases = [events[:6], events[6:]]
+        events.clear()
+        hits = cache.get_many("item", "id", ids)  # one phase
+        phases.append(list(events))
+    for phase in phases:  # each phase: a call sent to each node, then each reply read
+        assert [event for event, _port in phase] == ["send"] * 3 + ["read"] * 3
+        assert {port for _event, port in phase[:3]} == owners
+    assert [r["payload"] for r in misses] == [f"p{i}" for i in ids]
+    assert hits == misses
     barrier = threading.Barrier(3, timeout=5)
     held: list[str] = []
 
@@ -224,17 +288,11 @@ def test_a_batch_reaches_its_nodes_in_parallel(cluster: Any) -> None:
         barrier.wait()
 
     with held_pipelines(cluster, wait_for_all):
-        misses = cache.get_many("item", "id", ids)  # two phases: lease, commit
-        assert len(held) == 6
-        hits = cache.get_many("item", "id", ids)  # one phase
-        assert len(held) == 9
         cache.invalidate_many("item", "id", ids)
-        assert len(held) == 12
-    assert [r["payload"] for r in misses] == [f"p{i}" for i in ids]
-    assert hits == misses
+        assert len(held) == 3
     assert all(cache.peek("item", "id", i) is None for i in ids)
     # one node's pipeline ran in the caller's thread, the other two in the pool
-    assert held.count(threading.current_thread().name) == 4
+    assert held.count(threading.current_thread().name) == 1
     assert cache.metrics.snapshot().redis_errors == 0
 
 
@@ -248,43 +306,48 @@ def ids_by_owner(cluster: Any, cache: Any, count: int = 200) -> dict[str, list[i
 
 
 def test_a_stalled_node_does_not_hold_up_batches_on_other_nodes(cluster: Any) -> None:
-    """Twelve batches each wait on node C (their pipelines to C are held at a gate, as if C
-    were stalled); a batch on nodes A and B alone must not wait behind them. With a fixed pool
-    of 8 threads, C's calls would fill it and the batch's call to B would queue."""
+    """Twelve batches each wait on node C (their reads of C's replies are held at a gate, as if
+    C were stalled); a batch on nodes A and B alone must not wait behind them. With a fixed
+    pool of 8 threads running the nodes' calls, C's calls would fill it and the batch's call
+    to B would queue. Invalidations on A and B must not wait either."""
     db = {i: {"id": i, "payload": f"p{i}"} for i in range(200)}
     cache = test_contract_dict.DictCache(cluster, db)
     a, b, c = sorted(ids_by_owner(cluster, cache).values(), key=lambda ids: ids[0])[:3]
     cache.get_many("item", "id", list(range(200)))  # scripts loaded, values cached
     gate = threading.Event()
     held = threading.Semaphore(0)
-    stalled = cluster.get_node_from_key(cache.get_keys("item", "id", c[0])[0]).name
+    stalled = cluster.get_node_from_key(cache.get_keys("item", "id", c[0])[0]).port
 
-    def stall() -> None:
-        held.release()
-        assert gate.wait(10)
+    def stall(connection: Any) -> None:
+        if connection.port == stalled and not gate.is_set():
+            held.release()
+            assert gate.wait(10)
 
     answers: list[Any] = []
 
     def batch(reader: Any) -> None:
         answers.append(reader.get_many("item", "id", [a[0], c[0]]))
 
-    # node A's key first: A's pipeline runs in the caller's thread, C's in a worker. Twelve
-    # cache instances: batches of one instance would share one read (single flight).
+    # Twelve cache instances: batches of one instance would share one read (single flight).
     readers = [test_contract_dict.DictCache(cluster, db) for _ in range(12)]
     waiting = [threading.Thread(target=batch, args=(reader,)) for reader in readers]
-    with held_pipelines(cluster, stall, node=stalled):
+    with connection_events(stall):
         try:
             for caller in waiting:
                 caller.start()
             for _ in range(12):
-                assert held.acquire(timeout=5)  # twelve calls to C are held
+                assert held.acquire(timeout=5)  # twelve reads of C are held
             healthy: list[Any] = []
-            other = threading.Thread(
-                target=lambda: healthy.append(cache.get_many("item", "id", [a[1], b[0]]))
-            )
-            other.start()
-            other.join(5)
-            assert healthy == [[db[a[1]], db[b[0]]]], "the batch on A and B waited behind node C"
+
+            def other() -> None:
+                healthy.append(cache.get_many("item", "id", [a[1], b[0]]))
+                cache.invalidate_many("item", "id", [a[2], b[1]])
+                healthy.append("invalidated")
+
+            elsewhere = threading.Thread(target=other)
+            elsewhere.start()
+            elsewhere.join(5)
+            assert healthy == [[db[a[1]], db[b[0]]], "invalidated"], "waited behind node C"
         finally:
             gate.set()
             for caller in waiting:

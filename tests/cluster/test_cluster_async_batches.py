@@ -1,6 +1,7 @@
 """Batches of the asyncio cache on a real Redis Cluster (3 masters): one pipeline per node, the
-nodes concurrently; an item whose reply is an error, and every item of a node whose pipeline
-fails as a whole, goes again alone through the cluster client."""
+nodes concurrently; a batch script is one call per node (its node form, whatever the slots of
+its lookups). A lookup whose reply is an error, and every lookup of a node whose pipeline fails
+as a whole, goes again alone (one call per slot) through the cluster client."""
 
 from __future__ import annotations
 
@@ -171,22 +172,23 @@ def test_get_many_sends_one_pipeline_per_node_per_phase_concurrently(
         assert len(gate.calls) == 6
         assert {name for name, _ in gate.calls[:3]} == primaries
         assert {name for name, _ in gate.calls[3:]} == primaries
-        assert sum(n for _, n in gate.calls[:3]) == len(slots)  # one script call per slot
-        assert sum(n for _, n in gate.calls[3:]) == len(slots)
+        assert [n for _, n in gate.calls] == [1] * 6  # one script call per node, many slots
+        assert len(slots) > 50
         assert gate.held_alone == 0
         assert gate.most_in_flight == 3
         assert alone_calls == []
-        evalshas = sent(cluster, before, "evalsha")
-        for name in primaries:  # on each node: its own slots' scripts, lease and commit
-            owned = {key_slot(value_key(cache, i).encode()) for i in ids if owner(cache, i) == name}
-            assert evalshas[name] == 2 * len(owned)
+        # on each node: one call per phase (lease, commit), whatever the slots of its lookups
+        assert sent(cluster, before, "evalsha") == dict.fromkeys(primaries, 2)
+        # EXISTS per lookup: its check in each phase, and the lease script's own for a miss
+        owned = {name: sum(owner(cache, i) == name for i in ids) for name in primaries}
+        assert sent(cluster, before, "exists") == {name: 3 * k for name, k in owned.items()}
         assert set(sent(cluster, before, "script|load").values()) == {0}
 
         gate.calls.clear()
         before = commandstats(cluster)
         assert payloads(await cache.get_many("item", "id", list(ids))) == [f"{i}:0" for i in ids]
         assert len(gate.calls) == 3  # hits: one phase
-        assert sum(sent(cluster, before, "evalsha").values()) == len(slots)
+        assert sent(cluster, before, "evalsha") == dict.fromkeys(primaries, 1)
 
         gate.calls.clear()
         await cache.invalidate_many("item", "id", list(ids))
@@ -295,11 +297,14 @@ def test_a_node_pipeline_that_fails_falls_back_to_its_items_alone(
 
         assert payloads(await cache.get_many("item", "id", ids)) == [f"{i}:0" for i in ids]
 
-        assert len(failed) == 1  # the lease phase's pipeline to the victim failed ...
-        assert len(alone_calls) == failed[0]  # ... and only its items went alone
+        assert failed == [1]  # the lease phase's pipeline to the victim (one call) failed ...
+        victims = [i for i in ids if owner(cache, i) == victim]
+        slots = {key_slot(value_key(cache, i).encode()) for i in victims}
+        assert len(alone_calls) == len(slots)  # ... and only its lookups went alone, per slot
         assert {item.name for item in alone_calls} == {"get_or_lease_many"}
+        assert all(item.shared is None for item in alone_calls)  # the script's own calls
         assert {k for item in alone_calls for k in item.keys[::2]} == {
-            value_key(cache, i) for i in ids if owner(cache, i) == victim
+            value_key(cache, i) for i in victims
         }
         # every value was committed, the victim's too: the next batch is all hits
         assert all(cluster.get(value_key(cache, i)) is not None for i in ids)
@@ -327,8 +332,7 @@ def test_replies_read_before_a_node_pipeline_fails_are_kept(
         assert payloads(await cache.get_many("item", "id", ids)) == [f"{i}:0" for i in ids]
         assert len(failed) == 2  # lease and commit phases both "failed" after reading
         assert alone_calls == []
-        slots = {key_slot(value_key(cache, i).encode()) for i in ids if owner(cache, i) == victim}
-        assert sent(cluster, before, "evalsha")[victim] == 2 * len(slots)  # each sent once
+        assert sent(cluster, before, "evalsha")[victim] == 2  # each sent once
 
     run(cluster, rows(range(100)), scenario)
 
@@ -370,11 +374,19 @@ def test_error_replies_are_sent_again_alone(
         await cache.invalidate_many("item", "id", ids)
         cluster.script_flush()
         alone_calls.clear()
+        before = commandstats(cluster)
         assert payloads(await cache.get_many("item", "id", ids)) == [f"{i}:0" for i in ids]
-        assert alone_calls  # the first replies were NOSCRIPT; the scripts were loaded again
-        alone_calls.clear()
-        assert payloads(await cache.get_many("item", "id", ids)) == [f"{i}:0" for i in ids]
+        # the node scripts' calls were answered NOSCRIPT, and sent again by EVAL (which loads
+        # them) on each node, in each phase: nothing went alone
+        assert set(sent(cluster, before, "eval").values()) == {2}
         assert alone_calls == []
+        before = commandstats(cluster)
+        assert payloads(await cache.get_many("item", "id", ids)) == [f"{i}:0" for i in ids]
+        assert set(sent(cluster, before, "eval").values()) == {0}
+        assert alone_calls == []
+        # a batch on one slot is the script's own call, through the cluster client, which
+        # loads it on every primary at its NOSCRIPT
+        assert await cache.get_many("item", "id", [0]) == [{"id": 0, "payload": "0:0"}]
 
         # a stale map: the client believes key 7's slot lives on another node (as after a
         # resharding); that node answers MOVED, the item goes alone and the client follows
@@ -387,8 +399,10 @@ def test_error_replies_are_sent_again_alone(
         client.nodes_manager.slots_cache[slot] = [other]
         alone_calls.clear()
         assert payloads(await cache.get_many("item", "id", ids)) == [f"{i}:0" for i in ids]
-        assert len(alone_calls) == 1  # the one slot group the stale map sent astray
-        assert key in alone_calls[0].keys
+        # the node the stale map named answered NOTHERE for that lookup alone, which went
+        # alone through the cluster client (MOVED); the commit found the map mended
+        assert len(alone_calls) == 1
+        assert alone_calls[0].keys == cache.get_keys("item", "id", 7)
         assert client.get_node_from_key(key).name == owner.name  # the map was mended
         assert cluster.get(key) is not None
         assert cache.metrics.snapshot().redis_errors == 0

@@ -528,14 +528,15 @@ def test_get_many_commit_failure_releases_and_polls_no_more() -> None:
 
 
 def test_get_many_partial_pipeline_gives_back_the_leases_won() -> None:
+    """On Redis Cluster the driver splits a batch script's call by node; when some nodes
+    answer and others fail, it raises PartialPipelineError with one reply per lookup."""
     c = cache(fail_open=True)
-    c._group_by_slot = True  # as on Redis Cluster: one script call per slot, in a pipeline
-    ids = [1, 2]
-    groups = c._slot_groups([c.get_keys("user", "id", i)[0] for i in ids])
-    assert len(groups) == 2
-    partial = PartialPipelineError(RedisConnectionError("node down"), [[LEASED], RedisError()])
-    run = Scripted(c).get_many("user", "id", ids, [partial, [1], {1: row(1), 2: row(2)}])
-    assert run.names() == ["pipeline", "commit_many", "fetch_many"]
+    partial = PartialPipelineError(RedisConnectionError("node down"), [LEASED, RedisError()])
+    run = Scripted(c).get_many("user", "id", [1, 2], [partial, [1], {1: row(1), 2: row(2)}])
+    assert run.names() == ["get_or_lease_many", "commit_many", "fetch_many"]
+    (lease, release) = run.scripts("get_or_lease_many") + run.scripts("commit_many")
+    assert lease.shared == len(lease.args)  # the token, flag_ttl...: nothing per lookup
+    assert release.keys == c.get_keys("user", "id", 1)  # only the lease won is given back
     assert run.value() == [row(1), row(2)]
 
 
@@ -592,12 +593,9 @@ def test_get_many_discard_and_busy_poll_together_without_sleeping() -> None:
 
 def test_get_many_partial_pipeline_without_leases_releases_nothing() -> None:
     c = cache(fail_open=True)
-    c._group_by_slot = True
-    partial = PartialPipelineError(
-        RedisConnectionError("node down"), [[row_bytes(1)], RedisError()]
-    )
+    partial = PartialPipelineError(RedisConnectionError("node down"), [row_bytes(1), RedisError()])
     run = Scripted(c).get_many("user", "id", [1, 2], [partial, {1: row(1), 2: row(2)}])
-    assert run.names() == ["pipeline", "fetch_many"]
+    assert run.names() == ["get_or_lease_many", "fetch_many"]
     assert run.value() == [row(1), row(2)]
 
 
@@ -722,11 +720,12 @@ def test_get_many_refresh_of_unusable_bytes_is_a_miss_under_its_lease() -> None:
 
 def test_get_many_partial_pipeline_gives_back_refresh_leases_too() -> None:
     c = cache(fail_open=True, refresh_ahead=0.1)
-    c._group_by_slot = True  # as on Redis Cluster: one script call per slot, in a pipeline
-    answered = [[row_bytes(1), LEASED]]  # node of key 1: a hit inside its window, and its lease
+    # As on Redis Cluster: the node of key 1 answered (a hit inside its window, and its
+    # lease), the node of key 2 failed.
+    answered = [row_bytes(1), LEASED]
     partial = PartialPipelineError(RedisConnectionError("node down"), [answered, RedisError()])
     run = Scripted(c).get_many("user", "id", [1, 2], [partial, b"1", {1: row(1), 2: row(2)}])
-    assert run.names() == ["pipeline", "commit_many", "fetch_many"]
+    assert run.names() == ["get_or_lease_many", "commit_many", "fetch_many"]
     assert run.ops[1].keys == c.get_keys("user", "id", 1)  # the refresh lease, given back
     assert run.value() == [row(1), row(2)]
 

@@ -36,6 +36,7 @@ DIFFERENT_BY_DESIGN = {
         "perform": "the async one gates calls on a cluster client (it has no blocking pool)",
         "replicated": "the sync cluster path runs nodes on worker threads, the async one gathers",
         "_cluster_pipeline": "redis-py's sync and asyncio cluster pipelines differ",
+        "_cluster_batch": "the sync one sends to every node, then reads; the async one gathers",
     },
 }
 ONLY_SYNC = {
