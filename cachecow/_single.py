@@ -160,6 +160,7 @@ class SingleRead:
         (Redis failed, ``fail_open`` serves the read). A tombstone raises the not-found
         exception."""
         cache = self.cache
+        cover(self.flight)  # the followers joined so far may take what this read finds
         ticket = None if self.near is None else self.near.ticket()
         try:
             reply = yield Command(("GET", self.keys[0]))

@@ -947,3 +947,33 @@ def test_a_script_too_short_or_too_long_fails_the_run() -> None:
         Scripted(cache()).get("user", "id", 1, [LEASED])
     with pytest.raises(ScriptError, match="unused"):
         Scripted(cache()).get("user", "id", 1, [ROW_BYTES, ROW_BYTES])
+
+
+# -- reads that expect a hit (a plain GET first) ----------------------------------------------
+
+
+def hot(c: CacheCow) -> CacheCow:
+    c._hit_scores[c.model_label("user")] = 2 * c.plain_reads_from
+    return c
+
+
+def test_a_plain_read_covers_the_followers_that_joined_before_it() -> None:
+    """The leader of a flight reads by a plain GET: the followers that joined before it take
+    its answer (without the cover they would read again, or wait out ``wait_timeout``)."""
+    c = hot(cache())
+    key = c.get_keys("user", "id", 1)[0]
+    flight, leading = c._flights.join(key, "leader")
+    follower = c._flights.join(key, "follower")
+    assert (leading, follower[1]) == (-1, 0)
+    run = Scripted(c).run(c._get_flow(("user", "id", 1), None, flight), [row_bytes(1)])
+    assert run.names() == ["GET"]
+    assert flight.covered == 1
+    land(c, flight, ("user", "id", 1), run.value(), None)
+    assert answer(c, ("user", "id", 1), flight, 0) == row(1)
+
+
+def test_a_plain_miss_takes_the_lease() -> None:
+    c = hot(cache())
+    run = Scripted(c).get("user", "id", 1, [None, LEASED, row(1), b"1"])
+    assert run.names() == ["GET", "get_or_lease", "fetch", "commit"]
+    assert run.value() == row(1)
