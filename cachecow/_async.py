@@ -18,6 +18,7 @@ from ._clock import AsyncClock
 from ._flights import ALONE, RETRY, AsyncWaiter, answer, land
 from ._invalidation import pause, scan_failed, settle_seconds
 from ._lookups import lookups_keys, normalized, normalized_many, object_keys
+from ._near import hit_near
 from ._ops import _UNUSABLE, Fetch, FetchMany, Flow, Sleep, TimeBoxed, Wait, as_redis_error
 from ._options import Options
 from ._protocol import CacheCowBase, entry_pairs
@@ -85,7 +86,7 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
     ) -> Any:
         """The object whose ``id_field`` is ``id_val``; see :meth:`cachecow.CacheCow.get`."""
         if self._near is not None:  # a near hit: no round trip, and no duration recorded
-            obj = self._near_hit(cls, id_field, id_val)
+            obj = hit_near(self, cls, id_field, id_val)
             if obj is not _UNUSABLE:
                 return obj
         return await self._get(cls, id_field, id_val, ttl=ttl)

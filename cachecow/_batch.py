@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 from ._entries import decoded, encoded
 from ._failures import redis_failed
 from ._flights import ALONE, RETRY, Flight, answer, land
+from ._near import keep_near, read_near
 from ._ops import (
     _BUSY,
     _BUSY_REPAIRED,
@@ -209,7 +210,7 @@ class BatchRead:
         """Answer what the near cache holds into :attr:`found`, and read only the rest."""
         cache = self.cache
         for value_key, lookup in list(self.lookups.items()):
-            obj = cache._near_read((self.cls, self.id_field, lookup.id_val), value_key)
+            obj = read_near(cache, (self.cls, self.id_field, lookup.id_val), value_key)
             if obj is not _UNUSABLE:
                 self.found[value_key] = None if obj is _TOMB else obj
                 del self.lookups[value_key]
@@ -283,7 +284,7 @@ class BatchRead:
                 obj = decoded(cache, (self.cls, self.id_field, lookup.id_val), cached, tally)
                 if obj is not _UNUSABLE:
                     if self.near is not None:
-                        cache._near_keep(self.near, value_key, self.ticket, cached, obj, self.model)
+                        keep_near(cache, self.near, value_key, self.ticket, cached, obj, self.model)
                     self.found[value_key] = None if obj is _TOMB else obj
                     refreshing.append(value_key)
                     continue
@@ -293,7 +294,7 @@ class BatchRead:
             elif isinstance(reply, bytes):
                 obj = decoded(cache, (self.cls, self.id_field, lookup.id_val), reply, tally)
                 if self.near is not None and obj is not _UNUSABLE:
-                    cache._near_keep(self.near, value_key, self.ticket, reply, obj, self.model)
+                    keep_near(cache, self.near, value_key, self.ticket, reply, obj, self.model)
                 if obj is _TOMB:
                     self.found[value_key] = None
                 elif obj is not _UNUSABLE:

@@ -16,6 +16,7 @@ from ._flights import ALONE, RETRY, answer, land
 from ._invalidation import pause, scan_failed, settle_seconds
 from ._lookups import lookups_keys, normalized, normalized_many, object_keys
 from ._loops import warn_in_loop
+from ._near import hit_near
 from ._ops import _UNUSABLE, Fetch, FetchMany, Flow, Sleep, TimeBoxed, Wait, as_redis_error
 from ._options import Options
 from ._protocol import CacheCowBase, entry_pairs, refuse_awaitable
@@ -110,7 +111,7 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         seconds (less the jitter); by default its model's TTL in ``ttls``, else ``ttl``.
         """
         if self._near is not None:  # a near hit: no round trip, and no duration recorded
-            obj = self._near_hit(cls, id_field, id_val)
+            obj = hit_near(self, cls, id_field, id_val)
             if obj is not _UNUSABLE:
                 return obj
         return self._get(cls, id_field, id_val, ttl=ttl)

@@ -26,10 +26,27 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from ._lookups import normalized
+from ._ops import _TOMB, _UNUSABLE, TOMBSTONE
+from .exceptions import ConfigurationError
+from .keys import Field, model_prefix
+
 if TYPE_CHECKING:
+    from ._protocol import CacheCowBase
     from ._tracking import ClusterTracking, Tracker
 
-__all__ = ["ENTRY_OVERHEAD", "SHARED_FACTOR", "NearCache"]
+    Cache = CacheCowBase[Any]
+
+__all__ = [
+    "ENTRY_OVERHEAD",
+    "SHARED_FACTOR",
+    "NearCache",
+    "get_near",
+    "hit_near",
+    "keep_near",
+    "near_cache_for",
+    "read_near",
+]
 
 ENTRY_OVERHEAD = 300
 """Bytes counted per entry besides its key and value (the dict slot, the tuple, the objects'
@@ -137,6 +154,13 @@ class NearCache:
             if len(self._dropped) > _MAX_DROPPED:
                 self._void()
 
+    def close(self) -> None:
+        """Stop the channel for good (nothing is kept from now on)."""
+        self.start = None
+        if self.tracker is not None:
+            self.tracker.stop()
+        self.set_live(False)
+
     def clear(self) -> None:
         """Forget every entry and void every ticket (a flush of the database)."""
         with self._lock:
@@ -157,3 +181,63 @@ class NearCache:
         self._seq += 1
         self._floor = self._seq
         self._dropped.clear()
+
+
+# -- a cache's reads of its near cache ----------------------------------------------------------
+
+
+def near_cache_for(cache: Cache, redis: Any) -> NearCache:
+    """The near cache ``cache``'s options ask for, its channel not yet started (the first read
+    starts it). Raises :class:`~cachecow.ConfigurationError` for keys or a client it cannot
+    track."""
+    from ._tracking import start_tracking
+
+    options = cache.options
+    if not cache._default_keys:
+        raise ConfigurationError(
+            f"{type(cache).__qualname__} overrides get_keys(): the near cache needs the "
+            "default keys (its invalidations are tracked by key prefix)"
+        )
+    near = NearCache(options.near_bytes, options.near_ttl, options.near_models)
+    models = options.near_models
+    prefixes = [cache.prefix] if models is None else [model_prefix(cache.prefix, m) for m in models]
+    near.start = start_tracking(near, redis, prefixes)
+    return near
+
+
+def read_near(cache: Cache, lookup: tuple[Any, Field, Any], value_key: str) -> Any:
+    """A lookup's object from ``cache``'s near cache, ``_TOMB`` for a cached "not found", or
+    ``_UNUSABLE`` when it holds nothing for the lookup."""
+    found = cache._near.get(value_key) if cache._near is not None else None
+    if found is None:
+        return _UNUSABLE
+    payload, label = found
+    if cache.options.near_shared:
+        obj = payload  # the object every hit shares (or _TOMB)
+    else:
+        obj = _TOMB if payload == TOMBSTONE else cache.deserialize(lookup[0], payload)
+    cache.metrics.incr("near_hits", 1, label, also="tombstone_hits" if obj is _TOMB else "hits")
+    return obj
+
+
+def get_near(cache: Cache, lookup: tuple[Any, Field, Any], value_key: str) -> Any:
+    """As :func:`read_near`, raising the not-found exception for a cached "not found"."""
+    obj = read_near(cache, lookup, value_key)
+    if obj is _TOMB:
+        raise cache.not_found(*lookup)
+    return obj
+
+
+def hit_near(cache: Cache, cls: Any, id_field: Any, id_val: Any) -> Any:
+    """A ``get``'s object from the near cache, ``_UNUSABLE`` if it holds none (raises the
+    not-found exception for a cached "not found", and for a bad lookup)."""
+    id_field, id_val = normalized(cache, cls, id_field, id_val)
+    lookup = (cls, id_field, id_val)
+    return get_near(cache, lookup, cache.get_keys(*lookup)[0])
+
+
+def keep_near(
+    cache: Cache, near: NearCache, key: str, ticket: int | None, data: bytes, obj: Any, label: str
+) -> None:
+    """Keep a read's ``data`` (decoded into ``obj``, maybe ``_TOMB``) in the near cache."""
+    near.keep(key, ticket, data, label, obj if cache.options.near_shared else None)

@@ -28,12 +28,10 @@ from ._batch import BatchRead, read_many
 from ._clock import AsyncClock, Clock, SystemClock, backoff_delay
 from ._flights import Flight, Flights
 from ._invalidation import invalidate
-from ._lookups import normalized
-from ._near import NearCache
-from ._ops import _TOMB, _UNUSABLE, TOMBSTONE, Flow
+from ._near import near_cache_for
+from ._ops import Flow
 from ._options import BusyName, BusyPolicy, Options, labels, positive
 from ._single import SingleRead, peek
-from ._tracking import start_tracking
 from .exceptions import (
     ConfigurationError,
     NotFound,
@@ -160,38 +158,8 @@ class CacheCowBase(Generic[ClientT]):
         self._warned: set[tuple[str, str, Field]] = set()  # not cached: logged (_entries.py)
         self._flights = Flights(self._waiter)  # the gets in flight (see _flights.py)
         self._default_keys = type(self).get_keys is CacheCowBase.get_keys
-        self._near = self._near_cache(redis) if self.options.near_bytes else None
+        self._near = near_cache_for(self, redis) if self.options.near_bytes else None
         self._hit_scores: dict[str, int] = {}  # model label -> hit score (_expects_hit)
-
-    def _near_cache(self, redis: ClientT) -> NearCache:
-        """The near cache the options ask for (see ``_near.py``), its tracker not yet started."""
-        options = self.options
-        if not self._default_keys:
-            raise ConfigurationError(
-                f"{type(self).__qualname__} overrides get_keys(): the near cache needs the "
-                "default keys (its invalidations are tracked by key prefix)"
-            )
-        near = NearCache(options.near_bytes, options.near_ttl, options.near_models)
-        models = options.near_models
-        prefixes = (
-            [self.prefix] if models is None else [model_prefix(self.prefix, m) for m in models]
-        )
-        near.start = start_tracking(near, redis, prefixes)
-        return near
-
-    def _near_read(self, lookup: tuple[Any, Field, Any], value_key: str) -> Any:
-        """A lookup's object from the near cache, ``_TOMB`` for a cached "not found", or
-        ``_UNUSABLE`` when it holds nothing for the lookup."""
-        found = self._near.get(value_key) if self._near is not None else None
-        if found is None:
-            return _UNUSABLE
-        payload, label = found
-        if self.options.near_shared:
-            obj = payload  # the object every hit shares (or _TOMB)
-        else:
-            obj = _TOMB if payload == TOMBSTONE else self.deserialize(lookup[0], payload)
-        self.metrics.incr("near_hits", 1, label, also="tombstone_hits" if obj is _TOMB else "hits")
-        return obj
 
     # -- reads that expect a hit --------------------------------------------------------------
 
@@ -218,34 +186,10 @@ class CacheCowBase(Generic[ClientT]):
         cap = 2 * self.plain_reads_from
         self._hit_scores[label] = min(score + times, cap) if hit else max(score - 8 * times, 0)
 
-    def _near_hit(self, cls: Any, id_field: Any, id_val: Any) -> Any:
-        """A ``get``'s object from the near cache, ``_UNUSABLE`` if it holds none (raises the
-        not-found exception for a cached "not found", and for a bad lookup)."""
-        id_field, id_val = normalized(self, cls, id_field, id_val)
-        lookup = (cls, id_field, id_val)
-        return self._near_get(lookup, self.get_keys(*lookup)[0])
-
-    def _near_get(self, lookup: tuple[Any, Field, Any], value_key: str) -> Any:
-        """As :meth:`_near_read`, raising the not-found exception for a cached "not found"."""
-        obj = self._near_read(lookup, value_key)
-        if obj is _TOMB:
-            raise self.not_found(*lookup)
-        return obj
-
-    def _near_keep(
-        self, near: NearCache, key: str, ticket: int | None, data: bytes, obj: Any, label: str
-    ) -> None:
-        """Keep a read's ``data`` (decoded into ``obj``, maybe ``_TOMB``) in the near cache."""
-        near.keep(key, ticket, data, label, obj if self.options.near_shared else None)
-
     def close(self) -> None:
         """Stop the near cache's tracker thread, if any (the Redis client stays open)."""
-        near = self._near
-        if near is not None:
-            near.start = None
-            if near.tracker is not None:
-                near.tracker.stop()
-                near.set_live(False)
+        if self._near is not None:
+            self._near.close()
 
     def _bind_client(self, redis: ClientT) -> None:
         """Set up how this class performs Redis calls on ``redis`` (each client class does),

@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 from ._entries import decoded, encoded, fetched
 from ._failures import redis_failed
 from ._flights import Flight, cover, land
+from ._near import get_near, keep_near
 from ._ops import (
     _BUSY,
     _BUSY_REPAIRED,
@@ -117,7 +118,7 @@ class SingleRead:
                 data = reply if cached is None else cached
                 obj = decoded(cache, self.lookup, data, model=self.model)
                 if self.near is not None and obj is not _UNUSABLE:
-                    cache._near_keep(self.near, self.keys[0], ticket, data, obj, self.model)
+                    keep_near(cache, self.near, self.keys[0], ticket, data, obj, self.model)
                 if cached is not None and obj is not _UNUSABLE:
                     event = "tombstone_hit" if obj is _TOMB else "hit"
                     decision(event, self.model, self.keys[0])
@@ -179,7 +180,7 @@ class SingleRead:
             return "unusable", reply
         cache._scored(self.model, hit=True)
         if self.near is not None:
-            cache._near_keep(self.near, self.keys[0], ticket, reply, obj, self.model)
+            keep_near(cache, self.near, self.keys[0], ticket, reply, obj, self.model)
         if obj is _TOMB:
             decision("tombstone_hit", self.model, self.keys[0])
             raise cache.not_found(*self.lookup)
@@ -355,7 +356,7 @@ def peek(cache: Cache, lookup: tuple[Any, Field, Any]) -> Flow:
     """Read a lookup from the cache only: the object, ``None`` if not cached; never fetches,
     never leases (a tombstone raises the not-found exception, as ``get`` does)."""
     value_key = cache.get_keys(*lookup)[0]
-    obj = cache._near_get(lookup, value_key)
+    obj = get_near(cache, lookup, value_key)
     if obj is not _UNUSABLE:
         return obj
     model = cache.model_label(lookup[0])
@@ -378,7 +379,7 @@ def peek(cache: Cache, lookup: tuple[Any, Field, Any]) -> Flow:
         return None
     obj = decoded(cache, lookup, reply, model=model)
     if near is not None and obj is not _UNUSABLE:
-        cache._near_keep(near, value_key, ticket, reply, obj, model)
+        keep_near(cache, near, value_key, ticket, reply, obj, model)
     if obj is _TOMB:
         decision("tombstone_hit", model, value_key)
         raise cache.not_found(*lookup)
