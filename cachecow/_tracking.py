@@ -45,7 +45,25 @@ logger = logging.getLogger("cachecow")
 CHANNEL = "__redis__:invalidate"
 
 
-class Tracker:
+class Outages:
+    """How often a channel was lost, and for how long (tests and benchmarks report them)."""
+
+    def __init__(self) -> None:
+        self.outages = 0  # times the channel was lost
+        self.down_since: float | None = None  # when it was lost (monotonic), while it is
+        self.downtimes: list[float] = []  # seconds each outage lasted, once over
+
+    def _went_down(self) -> None:
+        self.outages += 1
+        self.down_since = time.monotonic()
+
+    def _came_up(self) -> None:
+        if self.down_since is not None:
+            self.downtimes.append(time.monotonic() - self.down_since)
+            self.down_since = None
+
+
+class Tracker(Outages):
     """A thread keeping one invalidation channel: connect, track the prefixes, drop what each
     message names, ``PING`` every ``ping_interval`` seconds; ``on_up()`` once the channel is
     set up, ``on_down()`` on any failure (or no answer within ``ping_timeout``), then set it
@@ -75,9 +93,7 @@ class Tracker:
         self.connection: Any = None
         self.client_id: int | None = None  # the connection's, on the server
         self.connected = threading.Event()  # set while the channel is up (tests wait on it)
-        self.outages = 0  # times the channel was lost
-        self.down_since: float | None = None  # when it was lost (monotonic), while it is
-        self.downtimes: list[float] = []  # seconds each outage lasted, once over
+        super().__init__()
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
@@ -94,9 +110,7 @@ class Tracker:
             try:
                 self.connection = self.connect()
                 self._subscribe(self.connection)
-                if self.down_since is not None:
-                    self.downtimes.append(time.monotonic() - self.down_since)
-                    self.down_since = None
+                self._came_up()
                 self.connected.set()
                 self.on_up()
                 attempt = 0
@@ -106,8 +120,7 @@ class Tracker:
                     logger.warning("near cache off: invalidation channel lost (%s)", exc)
             finally:
                 if self.connected.is_set():
-                    self.outages += 1
-                    self.down_since = time.monotonic()
+                    self._went_down()
                 self.connected.clear()
                 self.on_down()
                 self._disconnect()
@@ -161,7 +174,7 @@ class Tracker:
                 pass
 
 
-class ClusterTracking:
+class ClusterTracking(Outages):
     """A :class:`Tracker` per healthy node of a Redis Cluster, kept in step with the cluster's
     node list; the channel is up while each of them is."""
 
@@ -182,9 +195,7 @@ class ClusterTracking:
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.connected = threading.Event()  # set while every node's channel is up
-        self.outages = 0
-        self.down_since: float | None = None
-        self.downtimes: list[float] = []
+        super().__init__()
         self.thread = threading.Thread(target=self._run, name="cachecow-near-cluster", daemon=True)
 
     def start(self) -> None:
@@ -254,14 +265,11 @@ class ClusterTracking:
                     self.near.set_live(False)  # a channel lost while the cache was already off
                 return
             if up:
-                if self.down_since is not None:
-                    self.downtimes.append(time.monotonic() - self.down_since)
-                    self.down_since = None
+                self._came_up()
                 self.near.set_live(True)
                 self.connected.set()
             else:
-                self.outages += 1
-                self.down_since = time.monotonic()
+                self._went_down()
                 self.connected.clear()
                 self.near.set_live(False)
 
