@@ -17,7 +17,7 @@ from ._cached import Cached, Call, FunctionHooks, Result, decorate, share
 from ._clock import AsyncClock
 from ._flights import ALONE, RETRY, AsyncWaiter, answer, land
 from ._invalidation import pause, scan_failed, settle_seconds
-from ._lookups import lookups_keys, normalized, normalized_many, object_keys
+from ._lookups import keyed, lookups_keys, normalized, normalized_many, object_keys
 from ._near import hit_near
 from ._ops import _UNUSABLE, Fetch, FetchMany, Flow, Sleep, TimeBoxed, Wait, as_redis_error
 from ._options import Options
@@ -85,8 +85,9 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
         self, cls: Any, id_field: str | tuple[str, ...], id_val: Any, *, ttl: float | None = None
     ) -> Any:
         """The object whose ``id_field`` is ``id_val``; see :meth:`cachecow.CacheCow.get`."""
-        if self._near is not None:  # a near hit: no round trip, and no duration recorded
-            obj = hit_near(self, cls, id_field, id_val)
+        near = self._near
+        if near is not None:  # a near hit: no round trip, and no duration recorded
+            obj = hit_near(self, near, cls, id_field, id_val)
             if obj is not _UNUSABLE:
                 return obj
         return await self._get(cls, id_field, id_val, ttl=ttl)
@@ -96,9 +97,8 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
         self, cls: Any, id_field: str | tuple[str, ...], id_val: Any, *, ttl: float | None = None
     ) -> Any:
         """:meth:`get` past the near cache."""
-        id_field, id_val = normalized(self, cls, id_field, id_val)
-        lookup, ttl = (cls, id_field, id_val), self._checked_ttl(ttl)
-        keys = self.get_keys(*lookup)
+        lookup, keys = keyed(self, cls, id_field, id_val)
+        ttl = self._checked_ttl(ttl)
         if not self._joins:  # a reader that never waits for another reads alone
             return await self._drive(self._get_flow(lookup, keys, ttl=ttl))
         # Lead a read of this key, or join the one in flight (see _flights.py).

@@ -14,7 +14,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from ._cached import Cached, Call, FunctionHooks, Result, decorate, share
 from ._flights import ALONE, RETRY, answer, land
 from ._invalidation import pause, scan_failed, settle_seconds
-from ._lookups import lookups_keys, normalized, normalized_many, object_keys
+from ._lookups import keyed, lookups_keys, normalized, normalized_many, object_keys
 from ._loops import warn_in_loop
 from ._near import hit_near
 from ._ops import _UNUSABLE, Fetch, FetchMany, Flow, Sleep, TimeBoxed, Wait, as_redis_error
@@ -110,8 +110,9 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         raised by ``fetch`` reach the caller unchanged. A value this call caches lives ``ttl``
         seconds (less the jitter); by default its model's TTL in ``ttls``, else ``ttl``.
         """
-        if self._near is not None:  # a near hit: no round trip, and no duration recorded
-            obj = hit_near(self, cls, id_field, id_val)
+        near = self._near
+        if near is not None:  # a near hit: no round trip, and no duration recorded
+            obj = hit_near(self, near, cls, id_field, id_val)
             if obj is not _UNUSABLE:
                 return obj
         return self._get(cls, id_field, id_val, ttl=ttl)
@@ -121,9 +122,8 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         self, cls: Any, id_field: str | tuple[str, ...], id_val: Any, *, ttl: float | None = None
     ) -> Any:
         """:meth:`get` past the near cache."""
-        id_field, id_val = normalized(self, cls, id_field, id_val)
-        lookup, ttl = (cls, id_field, id_val), self._checked_ttl(ttl)
-        keys = self.get_keys(*lookup)
+        lookup, keys = keyed(self, cls, id_field, id_val)
+        ttl = self._checked_ttl(ttl)
         if not self._joins:  # a reader that never waits for another reads alone
             return self._drive(self._get_flow(lookup, keys, ttl=ttl))
         # Lead a read of this key, or join the one in flight (see _flights.py).

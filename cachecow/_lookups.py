@@ -8,14 +8,16 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from .exceptions import InvalidLookup
-from .keys import Field, check_value, normalize_lookup
+from .keys import Field, check_value, memo_key, normalize_lookup
 
 if TYPE_CHECKING:
     from ._protocol import CacheCowBase
 
     Cache = CacheCowBase[Any]
 
-__all__ = ["lookups_keys", "normalized", "normalized_many", "object_keys"]
+__all__ = ["keyed", "lookups_keys", "normalized", "normalized_many", "object_keys"]
+
+Lookup = tuple[Any, Field, Any]
 
 
 def normalized(cache: Cache, cls: Any, id_field: Any, id_val: Any) -> tuple[Field, Any]:
@@ -25,6 +27,34 @@ def normalized(cache: Cache, cls: Any, id_field: Any, id_val: Any) -> tuple[Fiel
     value = cache.coerce_lookup(cls, field, value)
     check_value(value, encoded=False)  # the default keys encode it (or refuse it) anyway
     return field, value
+
+
+def keyed(cache: Cache, cls: Any, id_field: Any, id_val: Any) -> tuple[Lookup, tuple[str, str]]:
+    """A lookup as a call names it, in canonical form (see :func:`normalized`), and its keys.
+
+    With the default keys, remembered by the call's own arguments (see
+    :func:`~cachecow.keys.memo_key`), so a hot lookup is converted and hashed once: conversions
+    depend on the lookup alone, and so do the default keys (a cache's own ``get_keys`` may not:
+    it may carry a namespace version, say). ``check_lookup`` runs on every call: it may depend
+    on more than the lookup (MongoEngine's ``switch_db``)."""
+    memo = memo_key(cls, id_field, id_val) if cache._default_keys else None
+    if memo is not None:
+        try:
+            found = cache._lookup_memo.get(memo)
+        except TypeError:  # an unhashable model, or a list of fields
+            memo = None
+        else:
+            if found is not None:
+                cache.check_lookup(cls, found[0][1])
+                return found
+    field, value = normalized(cache, cls, id_field, id_val)
+    lookup = (cls, field, value)
+    found = (lookup, cache.get_keys(cls, field, value))
+    if memo is not None:
+        if len(cache._lookup_memo) >= cache.key_memo_size:
+            cache._lookup_memo.clear()
+        cache._lookup_memo[memo] = found
+    return found
 
 
 def normalized_many(

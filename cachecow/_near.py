@@ -26,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from ._lookups import normalized
+from ._lookups import keyed
 from ._ops import _TOMB, _UNUSABLE, TOMBSTONE
 from .exceptions import ConfigurationError
 from .keys import Field, model_prefix
@@ -216,7 +216,7 @@ def read_near(cache: Cache, lookup: tuple[Any, Field, Any], value_key: str) -> A
         obj = payload  # the object every hit shares (or _TOMB)
     else:
         obj = _TOMB if payload == TOMBSTONE else cache.deserialize(lookup[0], payload)
-    cache.metrics.incr("near_hits", 1, label, also="tombstone_hits" if obj is _TOMB else "hits")
+    cache.metrics.near_hit(label, tombstone=obj is _TOMB)
     return obj
 
 
@@ -228,12 +228,24 @@ def get_near(cache: Cache, lookup: tuple[Any, Field, Any], value_key: str) -> An
     return obj
 
 
-def hit_near(cache: Cache, cls: Any, id_field: Any, id_val: Any) -> Any:
+def hit_near(cache: Cache, near: NearCache, cls: Any, id_field: Any, id_val: Any) -> Any:
     """A ``get``'s object from the near cache, ``_UNUSABLE`` if it holds none (raises the
-    not-found exception for a cached "not found", and for a bad lookup)."""
-    id_field, id_val = normalized(cache, cls, id_field, id_val)
-    lookup = (cls, id_field, id_val)
-    return get_near(cache, lookup, cache.get_keys(*lookup)[0])
+    not-found exception for a cached "not found", and for a bad lookup). The path of every near
+    hit, so it is :func:`get_near` unrolled."""
+    lookup, keys = keyed(cache, cls, id_field, id_val)
+    found = near.get(keys[0])
+    if found is None:
+        return _UNUSABLE
+    payload, label = found
+    if cache.options.near_shared:
+        obj = payload
+    else:
+        obj = _TOMB if payload == TOMBSTONE else cache.deserialize(cls, payload)
+    if obj is _TOMB:
+        cache.metrics.near_hit(label, tombstone=True)
+        raise cache.not_found(*lookup)
+    cache.metrics.near_hit(label)
+    return obj
 
 
 def keep_near(

@@ -28,6 +28,7 @@ from ._batch import BatchRead, read_many
 from ._clock import AsyncClock, Clock, SystemClock, backoff_delay
 from ._flights import Flight, Flights
 from ._invalidation import invalidate
+from ._lookups import Lookup
 from ._near import near_cache_for
 from ._ops import Flow
 from ._options import BusyName, BusyPolicy, Options, labels, positive
@@ -151,6 +152,7 @@ class CacheCowBase(Generic[ClientT]):
         self.metrics = Metrics(metrics_hook)
         self._group_by_slot = False  # set by a client class for Redis Cluster clients
         self._key_memo: dict[tuple[Any, ...], tuple[str, str]] = {}
+        self._lookup_memo: dict[tuple[Any, ...], tuple[Lookup, tuple[str, str]]] = {}
         self._bind_client(redis)
         self.redis: ClientT = redis
         self._random = random.Random()

@@ -3,6 +3,7 @@ public calls, and a hook to export the counters. The exporters are in :mod:`cach
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from bisect import bisect_left
@@ -194,6 +195,7 @@ class Metrics:
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(COUNTERS, 0)
         self._models: dict[str, dict[str, int]] = {}
+        self._near_hits: dict[tuple[str, bool], itertools.count[int]] = {}  # (model, tombstone)
         self._durations: dict[tuple[str, str], list[float]] = {}  # bucket counts, then sum
         self._listeners: list[DurationListener] = []
         self.hook = hook
@@ -217,6 +219,20 @@ class Metrics:
             self._tell(hook, name, amount)
             if also:
                 self._tell(hook, also, amount)
+
+    def near_hit(self, model: str, tombstone: bool = False) -> None:
+        """``incr("near_hits", 1, model, also="hits")`` (``"tombstone_hits"`` for a cached "not
+        found"), the only bookkeeping of a near hit, and without the lock: each model's near
+        hits go to an ``itertools.count``, whose ``next`` is one C call (atomic under the GIL),
+        added to the other counts when they are read."""
+        counter = self._near_hits.get((model, tombstone))
+        if counter is None:
+            with self._lock:
+                counter = self._near_hits.setdefault((model, tombstone), itertools.count())
+        next(counter)
+        if self.hook is not None:
+            self._tell(self.hook, "near_hits", 1)
+            self._tell(self.hook, "tombstone_hits" if tombstone else "hits", 1)
 
     def _tell(self, hook: MetricsHook, name: str, amount: int) -> None:
         try:
@@ -255,13 +271,25 @@ class Metrics:
     def snapshot(self) -> MetricsSnapshot:
         """A consistent copy of every counter (the totals over all models)."""
         with self._lock:
-            return MetricsSnapshot(**self._counts)
+            return MetricsSnapshot(**self._merged()[0])
 
     def by_model(self) -> dict[str, MetricsSnapshot]:
         """The counters of each model label seen so far (``""``: counts of no one model); they
         add up to :meth:`snapshot`."""
         with self._lock:
-            return {model: MetricsSnapshot(**counts) for model, counts in self._models.items()}
+            return {model: MetricsSnapshot(**counts) for model, counts in self._merged()[1].items()}
+
+    def _merged(self) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+        """The totals and the counts per model, near hits included (the lock held)."""
+        totals = dict(self._counts)
+        models = {model: dict(counts) for model, counts in self._models.items()}
+        for (model, tombstone), counter in self._near_hits.items():
+            hits = int(repr(counter)[len("count(") : -1])  # how far it has counted
+            counts = models.setdefault(model, dict.fromkeys(COUNTERS, 0))
+            for each in (totals, counts):
+                each["near_hits"] += hits
+                each["tombstone_hits" if tombstone else "hits"] += hits
+        return totals, models
 
     def histograms(self) -> dict[tuple[str, str], HistogramSnapshot]:
         """The durations recorded so far, by ``(operation, model label)``."""
@@ -277,4 +305,5 @@ class Metrics:
         with self._lock:
             self._counts = dict.fromkeys(COUNTERS, 0)
             self._models = {}
+            self._near_hits = {}
             self._durations = {}

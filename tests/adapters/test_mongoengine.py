@@ -386,6 +386,7 @@ def test_switched_collections_are_refused(cache: MongoCache) -> None:
     from mongoengine.context_managers import switch_collection
 
     Post(title="t", slug="s", site="x").save()
+    assert cache.get(Post, "title", "t").slug == "s"  # the lookup is remembered: still checked
     with (
         switch_collection(Post, "cc_posts_old"),
         pytest.raises(cachecow.ConfigurationError, match="switch"),

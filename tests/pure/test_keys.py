@@ -22,6 +22,7 @@ import pytest
 from redis.crc import key_slot
 
 import cachecow
+from cachecow._lookups import keyed
 from cachecow._protocol import CacheCowBase
 from cachecow.keys import (
     build_keys,
@@ -563,6 +564,68 @@ def test_key_memo_is_bounded() -> None:
     for i in range(35):
         assert cache.get_keys("m", "id", i) == build_keys("cachecow:", "m", "id", i)
     assert len(cache._key_memo) <= 10
+
+
+class Counting(CacheCowBase[Any]):
+    """Converts "5" to 5, as an adapter does for an integer key, and counts its calls."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.calls = collections.Counter[str]()
+
+    def check_lookup(self, cls: Any, id_field: Any) -> None:
+        self.calls["check"] += 1
+
+    def coerce_lookup(self, cls: Any, id_field: Any, id_val: Any) -> Any:
+        self.calls["coerce"] += 1
+        return int(id_val) if isinstance(id_val, str) and id_val.isdigit() else id_val
+
+
+def test_a_lookup_is_converted_once_and_checked_at_every_call() -> None:
+    cache = Counting()
+    first = keyed(cache, "m", "id", "5")
+    for _ in range(3):
+        assert keyed(cache, "m", "id", "5") == first
+    assert first == (("m", "id", 5), build_keys("cachecow:", "m", "id", 5))
+    assert cache.calls == {"coerce": 1, "check": 4}
+    # Each form of a lookup is remembered apart: 5, "5" and True are three calls' arguments.
+    assert keyed(cache, "m", "id", 5) == first
+    assert keyed(cache, "m", "id", True)[0] == ("m", "id", True)
+    assert keyed(cache, "m", "id", "x")[0] == ("m", "id", "x")
+    # Composite fields are remembered in canonical order; a list of fields is not remembered.
+    assert keyed(cache, "m", ("b", "a"), (1, 2))[0] == ("m", ("a", "b"), (2, 1))
+    converted = cache.calls["coerce"]
+    assert keyed(cache, "m", ("b", "a"), (1, 2))[0] == ("m", ("a", "b"), (2, 1))
+    assert keyed(cache, "m", ["b", "a"], (1, 2))[0] == ("m", ("a", "b"), (2, 1))
+    assert keyed(cache, "m", ["b", "a"], (1, 2))[0] == ("m", ("a", "b"), (2, 1))
+    assert cache.calls["coerce"] == converted + 2
+    # A bad lookup is refused at every call, never remembered.
+    for _ in range(2):
+        with pytest.raises(cachecow.InvalidLookup):
+            keyed(cache, "m", "id", [1])
+
+
+def test_a_cache_with_its_own_keys_is_asked_for_them_at_every_call() -> None:
+    class Versioned(CacheCowBase[Any]):
+        version = 1
+
+        def get_keys(self, cls: Any, id_field: Any, id_val: Any) -> tuple[str, str]:
+            key = f"v{self.version}:{cls}:{id_field}:{{{id_val}}}"
+            return key, key + ":lease"
+
+    cache = Versioned(None)
+    assert keyed(cache, "m", "id", 1)[1][0] == "v1:m:id:{1}"
+    cache.version = 2  # a namespace bump: every key changes
+    assert keyed(cache, "m", "id", 1)[1][0] == "v2:m:id:{1}"
+    assert cache._lookup_memo == {}
+
+
+def test_lookup_memo_is_bounded() -> None:
+    cache = CacheCowBase(None)
+    cache.key_memo_size = 10
+    for i in range(35):
+        assert keyed(cache, "m", "id", str(i))[1] == build_keys("cachecow:", "m", "id", str(i))
+    assert len(cache._lookup_memo) <= 10
 
 
 @pytest.mark.parametrize(

@@ -546,6 +546,7 @@ def test_metrics_are_thread_safe() -> None:
         for _ in range(per_thread):
             metrics.incr("hits")
             metrics.incr("misses", 2)
+            metrics.near_hit("m")  # a hit too, counted without the lock
 
     threads = [threading.Thread(target=work) for _ in range(threads_n)]
     for thread in threads:
@@ -553,9 +554,26 @@ def test_metrics_are_thread_safe() -> None:
     for thread in threads:
         thread.join()
     snapshot = metrics.snapshot()
-    assert snapshot.hits == threads_n * per_thread
+    assert snapshot.hits == 2 * threads_n * per_thread
+    assert snapshot.near_hits == threads_n * per_thread
     assert snapshot.misses == 2 * threads_n * per_thread
-    assert len(hook_calls) == 2 * threads_n * per_thread
+    assert len(hook_calls) == 4 * threads_n * per_thread
+
+
+def test_near_hits_are_in_every_reading_of_the_counters() -> None:
+    metrics = Metrics()
+    metrics.incr("hits", 5, "a")
+    for _ in range(3):
+        metrics.near_hit("a")
+    metrics.near_hit("b", tombstone=True)
+    snapshot = metrics.snapshot()
+    assert (snapshot.hits, snapshot.near_hits, snapshot.tombstone_hits) == (8, 4, 1)
+    by_model = metrics.by_model()
+    assert (by_model["a"].hits, by_model["a"].near_hits, by_model["a"].tombstone_hits) == (8, 3, 0)
+    assert (by_model["b"].hits, by_model["b"].near_hits, by_model["b"].tombstone_hits) == (0, 1, 1)
+    metrics.reset()
+    assert metrics.snapshot().near_hits == 0
+    assert metrics.by_model() == {}
 
 
 def test_base_metrics_hook_is_wired() -> None:
