@@ -25,6 +25,7 @@ FULL_TIER = {
     "cluster",  # a private Redis Cluster (6 redis-servers)
     "sentinel",  # a private Sentinel group
     "faults",  # processes killed, paused, restarted, failed over; the swarms
+    "scale",  # batches of 100,000 lookups
     "adapters",  # SQLAlchemy, Django, MongoEngine, the outbox: PostgreSQL and MariaDB
     "django_suite",  # Django's own test suite over the cached manager
     "examples",  # the example apps, run as their READMEs say

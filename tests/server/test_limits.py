@@ -1,6 +1,6 @@
-"""Hardening under load: batches of any size, foreign data under cachecow's keys, leases given
-back when a commit fails (out of memory, a value over proto-max-bulk-len), and values too
-large to cache (``max_value_bytes``).
+"""Hardening: foreign data under cachecow's keys, leases given back when a commit fails (out of
+memory, a value over proto-max-bulk-len), and values too large to cache (``max_value_bytes``).
+Batches of any size: ``tests/scale``.
 
 Each test runs on a real redis-server: the session's, or one of its own where it needs a
 setting (``maxmemory`` with ``noeviction``, ``proto-max-bulk-len``).
@@ -8,7 +8,6 @@ setting (``maxmemory`` with ``noeviction``, ``proto-max-bulk-len``).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import time
@@ -17,14 +16,11 @@ from typing import Any
 
 import pytest
 import redis
-import redis.asyncio as aredis
 
 import cachecow
-from cachecow import AsyncCacheCow, CacheCow, CacheUnavailable, ConfigurationError
+from cachecow import CacheCow, CacheUnavailable, ConfigurationError
 from cachecow.testing import RedisServer
-from cachecow.testing.plugin import CountingRedis, require_server
-
-BIG = 100_000  # lookups in one batch: far beyond Lua's ~8,000 values per unpack
+from cachecow.testing.plugin import require_server
 
 
 class Rows(CacheCow):
@@ -35,7 +31,6 @@ class Rows(CacheCow):
         self.ids: set[int] | None = None
         self.extra: dict[str, Any] = {}  # more fields for every row (to make it large)
         self.fetches = 0
-        self.many_calls = 0
         self.on_fetch: Any = None  # called before fetch / fetch_many return
 
     def row(self, id_val: Any) -> dict[str, Any] | None:
@@ -50,93 +45,16 @@ class Rows(CacheCow):
         return self.row(id_val)
 
     def fetch_many(self, cls: Any, id_field: Any, id_vals: Sequence[Any]) -> Mapping[Any, Any]:
-        self.many_calls += 1
         if self.on_fetch is not None:
             self.on_fetch()
         return {v: row for v in id_vals if (row := self.row(v)) is not None}
-
-
-class AsyncRows(AsyncCacheCow):
-    async def fetch(self, cls: Any, id_field: Any, id_val: Any) -> Any:
-        return {"id": id_val}
-
-    async def fetch_many(
-        self, cls: Any, id_field: Any, id_vals: Sequence[Any]
-    ) -> Mapping[Any, Any]:
-        return {v: {"id": v} for v in id_vals}
 
 
 def flags_left(client: redis.Redis) -> int:
     return sum(1 for _ in client.scan_iter(match="*:lease", count=10_000))
 
 
-# -- 1. batches of any size ---------------------------------------------------------------------
-
-
-def test_get_many_and_invalidate_many_of_100000_lookups(counting_redis: CountingRedis) -> None:
-    """Before chunking, get_or_lease_many.lua failed: "too many results to unpack"."""
-    cache = Rows(counting_redis)
-    cache.get_many("row", "id", [-1])  # the scripts loaded
-    counting_redis.flushall()
-    cache.metrics.reset()
-    counting_redis.reset_round_trips()
-    ids = list(range(BIG))
-    rows = cache.get_many("row", "id", ids)  # all misses: lease, fetch_many, commit
-    assert rows == [{"id": i} for i in ids]
-    assert cache.many_calls == 2
-    assert counting_redis.round_trips == 2
-    assert counting_redis.dbsize() == BIG  # every value cached, every flag gone
-    counting_redis.reset_round_trips()
-    assert cache.get_many("row", "id", ids) == rows  # all hits
-    assert counting_redis.round_trips == 1
-    snap = cache.metrics.snapshot()
-    assert (snap.leases, snap.commits, snap.hits, snap.redis_errors) == (BIG, BIG, BIG, 0)
-    counting_redis.reset_round_trips()
-    cache.invalidate_many("row", "id", ids)
-    assert counting_redis.round_trips == 1
-    assert counting_redis.dbsize() == 0
-    assert cache.metrics.snapshot().invalidations == BIG
-
-
-def test_failed_fetch_many_releases_20000_leases(redis_client: redis.Redis) -> None:
-    """The release of a batch goes through commit_many.lua, which unpacked every flag too."""
-    cache = Rows(redis_client)
-
-    def fail() -> None:
-        raise RuntimeError("database down")
-
-    cache.on_fetch = fail
-    with pytest.raises(RuntimeError, match="database down"):
-        cache.get_many("row", "id", range(20_000))
-    assert flags_left(redis_client) == 0
-    assert cache.metrics.snapshot().redis_errors == 0
-
-
-def test_async_get_many_of_100000_lookups(redis_client: redis.Redis) -> None:
-    """90,000 hits and 10,000 misses (the hits written straight to Redis, to keep it quick):
-    the lease, hit and commit paths of the asyncio class, each over 8,000 keys."""
-    ids = list(range(BIG))
-    port = redis_client.get_connection_kwargs()["port"]
-
-    async def body() -> None:
-        client = aredis.Redis(port=port)
-        try:
-            cache = AsyncRows(client)
-            hits = {cache.get_keys("row", "id", i)[0]: b'{"id":%d}' % i for i in ids[10_000:]}
-            redis_client.mset(hits)  # no TTL: invalidate_many deletes them below
-            assert await cache.get_many("row", "id", ids) == [{"id": i} for i in ids]
-            snap = cache.metrics.snapshot()
-            assert (snap.hits, snap.leases, snap.commits) == (BIG - 10_000, 10_000, 10_000)
-            assert await client.dbsize() == BIG  # the misses cached, their flags gone
-            await cache.invalidate_many("row", "id", ids)
-            assert await client.dbsize() == 0
-        finally:
-            await client.aclose()
-
-    asyncio.run(body())
-
-
-# -- 2. foreign data under cachecow's keys ------------------------------------------------------
+# -- foreign data under cachecow's keys ------------------------------------------------------
 
 
 def test_a_hash_at_the_value_key_is_removed_by_get(redis_client: redis.Redis) -> None:
