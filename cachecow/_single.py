@@ -74,7 +74,7 @@ class SingleRead:
         near = cache._near
         self.near = near if near is not None and near.accepts(self.model) else None
         self.flight = flight
-        self.token = new_token()
+        self.token = ""  # drawn when the read first asks for the lease (a plain hit never does)
         self.deadline: float | None = None  # of the wait for another reader's lease
         self.attempt = 0  # polls so far
         options = cache.options
@@ -97,6 +97,7 @@ class SingleRead:
                 return (yield from self.fetch_uncached())
             if outcome == "unusable":
                 discarded, discard = True, (found,)  # delete exactly these, try for the lease
+        self.token = new_token()
         while True:
             cover(self.flight)
             ticket = None if self.near is None else self.near.ticket()
