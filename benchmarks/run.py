@@ -1014,6 +1014,11 @@ def markdown(result: dict[str, Any]) -> str:
         f"dogpile.cache {result['dogpile']}, cashews {result.get('cashews')}; "
         f"{result['rounds']} rounds; {result.get('placement', 'free')}"
         + (" (quick smoke run: not a measurement)" if result["quick"] else "")
+        + (
+            f"; CPU time stolen by other machines during the run: {result['steal']:.1%}"
+            if result.get("steal") is not None
+            else ""
+        )
         + ".",
         "",
         "## Time per operation (median of the rounds; ratio to the limit in the same round)",
@@ -1155,6 +1160,24 @@ def _hiredis_version() -> str | None:
     return _version("hiredis")
 
 
+def cpu_times() -> list[int] | None:
+    """The machine's CPU time so far by kind (``/proc/stat``), or ``None`` off Linux."""
+    try:
+        with open("/proc/stat") as stat:
+            return [int(n) for n in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def stolen(before: list[int] | None, after: list[int] | None) -> float | None:
+    """The share of the CPU time between two :func:`cpu_times` that the hypervisor gave to other
+    machines (``steal``): on a shared host, what a run's figures lost to its neighbours."""
+    if before is None or after is None or len(after) < 8:
+        return None
+    spent = [b - a for a, b in zip(before, after, strict=True)]
+    return spent[7] / max(1, sum(spent))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: few ops, one round")
@@ -1185,6 +1208,7 @@ def main(argv: list[str] | None = None) -> int:
             pin(server.process.pid, server_cpu)
             os.sched_setaffinity(0, {client_cpu})  # the herds, and what the children inherit
         bench = Bench(server, args.quick, client_cpu)
+        started = cpu_times()
         try:
             for number in range(rounds):
                 print(f"round {number + 1}/{rounds}", file=sys.stderr)
@@ -1204,6 +1228,7 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": rounds,
             "quick": args.quick,
             "placement": placement,
+            "steal": stolen(started, cpu_times()),
             "timings": summarize(bench.samples),
             "near_checks": bench.near_checks,
             "costs": bench.costs(),
