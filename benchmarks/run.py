@@ -256,10 +256,10 @@ class CowSystem:
 
     def warm(self, ids: Iterable[int]) -> None:
         ids = list(ids)
-        self.cache.get_many(MODEL, "id", ids)  # a miss commits: not kept near
+        self.cache.get_many(MODEL, "id", ids)  # misses, committed (kept near if the channel is up)
         if self.cache._near is not None:
             self.settle()
-            self.cache.get_many(MODEL, "id", ids)  # Redis hits: kept near
+            self.cache.get_many(MODEL, "id", ids)  # near hits, or Redis hits now kept
 
     def settle(self) -> None:
         """Wait until the near cache's channel is up and its tracker has handled the messages
@@ -484,7 +484,7 @@ class ACowSystem:
         ids = list(ids)
         await self.cache.get_many(MODEL, "id", ids)
         near = self.cache._near
-        if near is not None:  # as CowSystem.settle, then the reads that are kept
+        if near is not None:  # as CowSystem.warm
             await asyncio.to_thread(wait_for_channel, near)
             key = settle_key(self.cache.prefix)
             await self.client.set(key, b"", ex=60)

@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from ._entries import decoded, encoded
 from ._failures import redis_failed
 from ._flights import ALONE, RETRY, Flight, answer, land
-from ._near import keep_near, read_near
+from ._near import keep_committed, keep_near, read_near
 from ._ops import (
     _BUSY,
     _BUSY_REPAIRED,
@@ -517,6 +517,7 @@ class BatchRead:
     def _commit(self, leased: list[str], entries: dict[str, tuple[Any, Any]]) -> Flow:
         """Commit ``entries`` (an empty payload gives a lease back); whether Redis answered."""
         cache = self.cache
+        ticket = None if self.near is None else self.near.ticket()
         try:
             replies = yield from self._script(
                 "commit_many", leased, (self.token,), lambda vk: entries[vk]
@@ -539,6 +540,12 @@ class BatchRead:
             cache.metrics.incr("commits", stored, self.model)
         if refused:
             cache.metrics.incr("stale_commits", refused, self.model)
+        if stored and self.near is not None:
+            for value_key in leased:
+                payload, ttl_ms = entries[value_key]
+                if ttl_ms != 0 and replies[value_key] == 1:
+                    lookup = (self.cls, self.id_field, self.lookups[value_key].id_val)
+                    keep_committed(cache, self.near, lookup, value_key, ticket, payload, self.model)
         if _events.isEnabledFor(logging.DEBUG):
             for value_key in leased:
                 if entries[value_key][1] != 0:

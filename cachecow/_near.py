@@ -14,6 +14,18 @@ number) before it sends its request, and :meth:`NearCache.keep` stores the reply
 drop of that key, and no loss of the channel, came after the ticket. A drop after the store
 removes the entry. So an entry outlives an invalidation only by the message's delivery delay.
 
+A commit's value is kept too (:meth:`NearCache.keep` with ``committed``), though the commit's own
+write sends a message for its key. The ticket is taken before the commit is sent; Redis sends
+the messages of a key in the order it ran its writes, on one connection. So the first message
+heard for the key after the ticket is the commit's own or one of a write before the commit
+(delayed), never one of a write after it. If none came yet, the value is stored and that first
+one is let through; if exactly one came, and no drop of this process's own (an invalidation),
+the value is stored and nothing is let through (if that one was an earlier write's, the
+commit's own, yet to come, drops it: an entry lost, nothing stale kept); otherwise it is not
+stored. A drop of this process's own is never let through. (On a cluster, while the key's slot
+moves, its messages come from two nodes, in order per node only: a write on the new node let
+through lives until the commit's own message from the old node comes, a delivery delay.)
+
 While the channel is down (not yet set up, a dropped connection, no answer to a ``PING``) the
 near cache holds nothing and stores nothing: tickets are ``None``.
 """
@@ -43,6 +55,7 @@ __all__ = [
     "NearCache",
     "get_near",
     "hit_near",
+    "keep_committed",
     "keep_near",
     "near_cache_for",
     "read_near",
@@ -88,6 +101,9 @@ class NearCache:
         self._seq = 0  # drops so far
         self._floor = 0  # tickets below it are void
         self._dropped: dict[str, int] = {}  # key -> the number of its last drop
+        self._earlier: dict[str, int] = {}  # key -> the number of the drop before its last
+        self._ours: dict[str, int] = {}  # key -> the number of its last drop of this process's
+        self._own: set[str] = set()  # keys kept from a commit, whose own message is yet to come
         self.live = False  # whether the invalidation channel is up
         self.tracker: Tracker | ClusterTracking | None = None
         self.start: Callable[[], None] | None = None  # starts a tracker (set by the cache)
@@ -118,41 +134,83 @@ class NearCache:
         return self._seq if self.live else None
 
     def keep(
-        self, key: str, ticket: int | None, data: bytes, label: str, payload: Any = None
+        self,
+        key: str,
+        ticket: int | None,
+        data: bytes,
+        label: str,
+        payload: Any = None,
+        *,
+        committed: bool = False,
     ) -> bool:
         """Store ``data`` (or ``payload``, what to hand out instead, counted as ``data``'s
         size) read under ``ticket``, unless ``key`` was dropped (or the channel lost) since
-        the ticket was taken; whether it was stored."""
+        the ticket was taken; whether it was stored. ``committed``: ``data`` is what this
+        process just committed, the ticket taken before the commit was sent, and the next
+        message heard for ``key`` is the commit's own (see the module's docstring)."""
         if ticket is None:
             return False
         size = len(data) * (1 if payload is None else SHARED_FACTOR) + len(key) + ENTRY_OVERHEAD
         if size > self.max_bytes:
             return False
         with self._lock:
-            if not self.live or ticket < self._floor or self._dropped.get(key, -1) > ticket:
+            if not self.live or ticket < self._floor:
                 return False
+            absorb = committed
+            if self._dropped.get(key, -1) > ticket:
+                # A read is refused. A commit may still be kept if the one message since its
+                # ticket was heard from Redis (none of this process's own drops): that was
+                # its own write's message, or one of a write before it (then its own, yet to
+                # come, drops it). Nothing is let through any more.
+                if not committed or self._earlier.get(key, -1) > ticket:
+                    return False
+                if self._ours.get(key, -1) > ticket:
+                    return False
+                absorb = False
             old = self.entries.pop(key, None)
             if old is not None:
                 self.size -= old[3]
+            if absorb:
+                self._own.add(key)
+            else:
+                self._own.discard(key)
             kept = data if payload is None else payload
             self.entries[key] = (kept, self.clock() + self.ttl, label, size)
             self.size += size
             while self.size > self.max_bytes:
-                self.size -= self.entries.popitem(last=False)[1][3]
+                evicted, entry = self.entries.popitem(last=False)
+                self.size -= entry[3]
+                self._own.discard(evicted)
         return True
 
-    def drop(self, keys: Iterable[str]) -> None:
-        """Forget ``keys`` and void every ticket taken before now for them."""
+    def drop(self, keys: Iterable[str], *, heard: bool = False) -> list[str]:
+        """Forget ``keys`` and void every ticket taken before now for them. ``heard``: the
+        keys of a message from Redis, where a kept commit's own message lets its entry be;
+        returns the keys whose entries it let be."""
+        let_be = []
         with self._lock:
             self._seq += 1
             seq = self._seq
+            own = self._own
+            dropped, earlier = self._dropped, self._earlier
             for key in keys:
-                self._dropped[key] = seq
+                last = dropped.get(key)
+                if last is not None:
+                    earlier[key] = last
+                dropped[key] = seq
+                if not heard:
+                    self._ours[key] = seq
+                if key in own:
+                    own.discard(key)
+                    if heard:
+                        let_be.append(key)  # the commit's own write, or one before it (above)
+                        continue
                 old = self.entries.pop(key, None)
                 if old is not None:
                     self.size -= old[3]
             if len(self._dropped) > _MAX_DROPPED:
                 self._void()
+        return let_be
 
     def close(self) -> None:
         """Stop the channel for good (nothing is kept from now on)."""
@@ -174,6 +232,7 @@ class NearCache:
 
     def _clear(self) -> None:
         self.entries.clear()
+        self._own.clear()
         self.size = 0
         self._void()
 
@@ -181,6 +240,8 @@ class NearCache:
         self._seq += 1
         self._floor = self._seq
         self._dropped.clear()
+        self._earlier.clear()
+        self._ours.clear()
 
 
 # -- a cache's reads of its near cache ----------------------------------------------------------
@@ -253,3 +314,28 @@ def keep_near(
 ) -> None:
     """Keep a read's ``data`` (decoded into ``obj``, maybe ``_TOMB``) in the near cache."""
     near.keep(key, ticket, data, label, obj if cache.options.near_shared else None)
+
+
+def keep_committed(
+    cache: Cache,
+    near: NearCache,
+    lookup: tuple[Any, Field, Any],
+    key: str,
+    ticket: int | None,
+    data: bytes,
+    label: str,
+) -> None:
+    """Keep what a commit stored, ``data``, under ``ticket`` (taken before the commit was
+    sent). With ``near_shared``, the object shared is decoded from ``data`` afresh: the fetched
+    one is the caller's, who may change it."""
+    if ticket is None:
+        return
+    payload = None
+    if cache.options.near_shared and data != TOMBSTONE:
+        try:
+            payload = cache.deserialize(lookup[0], data)
+        except Exception:  # the next read, a Redis hit, counts it as a decode failure
+            return
+    elif cache.options.near_shared:
+        payload = _TOMB
+    near.keep(key, ticket, data, label, payload, committed=True)

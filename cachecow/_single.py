@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 from ._entries import decoded, encoded, fetched
 from ._failures import redis_failed
 from ._flights import Flight, cover, land
-from ._near import get_near, keep_near
+from ._near import get_near, keep_committed, keep_near
 from ._ops import (
     _BUSY,
     _BUSY_REPAIRED,
@@ -288,6 +288,7 @@ class SingleRead:
     def _commit(self, payload: bytes, ttl_ms: int) -> Flow:
         """Store ``payload`` if this reader's lease is still live (else nothing: counted)."""
         cache = self.cache
+        ticket = None if self.near is None else self.near.ticket()
         try:
             stored = yield Script("commit", self.keys, (self.token, payload, ttl_ms))
         except RedisError as exc:
@@ -306,6 +307,10 @@ class SingleRead:
         else:
             cache.metrics.incr("commits" if stored == 1 else "stale_commits", 1, self.model)
             decision("commit" if stored == 1 else "stale_commit", self.model, self.keys[0])
+            if stored == 1 and self.near is not None:
+                keep_committed(
+                    cache, self.near, self.lookup, self.keys[0], ticket, payload, self.model
+                )
 
     def fetch_uncached(self) -> Flow:
         """The object from ``fetch``, caching nothing."""

@@ -154,7 +154,8 @@ class Tracker(Outages):
                     if keys is None:  # FLUSHDB, FLUSHALL: every key
                         self.near.clear()
                     else:
-                        self.near.drop([key.decode("utf-8", "surrogateescape") for key in keys])
+                        decoded = [key.decode("utf-8", "surrogateescape") for key in keys]
+                        self.near.drop(decoded, heard=True)
                 elif message[0] == b"pong":
                     pinged = None
                 continue

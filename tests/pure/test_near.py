@@ -1,5 +1,6 @@
 """The near cache's bookkeeping, without Redis: tickets voided by drops and by the channel's
-loss, the byte bound (least recently used out first), the age bound (``near_ttl``)."""
+loss, a commit's value kept through its own message, the byte bound (least recently used out
+first), the age bound (``near_ttl``)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,89 @@ def test_a_drop_after_the_store_removes_the_entry() -> None:
     near.drop(["k"])
     assert near.get("k") is None
     assert near.size == 0
+
+
+# -- a commit's value, kept through its own message ---------------------------------------------
+
+
+def test_a_committed_value_outlives_its_own_message_and_no_other() -> None:
+    near = live()
+    ticket = near.ticket()  # taken before the commit is sent
+    assert near.keep("k", ticket, b"v", "M", committed=True)
+    assert near.drop(["k"], heard=True) == ["k"]  # the commit's own write
+    assert near.get("k") == (b"v", "M")
+    assert near.drop(["k"], heard=True) == []  # a write after the commit
+    assert near.get("k") is None
+
+
+def test_a_committed_value_heard_of_once_is_kept_and_lets_nothing_through() -> None:
+    """One message came between the ticket and the store: the commit's own, or a write's before
+    the commit. The value is kept; the next message drops it (if the one heard was an earlier
+    write's, that next one is the commit's own: an entry lost, nothing stale)."""
+    near = live()
+    ticket = near.ticket()
+    near.drop(["k"], heard=True)
+    assert near.keep("k", ticket, b"v", "M", committed=True)
+    assert near.drop(["k"], heard=True) == []
+    assert near.get("k") is None
+
+
+@pytest.mark.parametrize("since", ["two messages", "an own drop"])
+def test_a_committed_value_is_not_kept_after_more(since: str) -> None:
+    """Two messages since the ticket: the second may be a later invalidation's. An own drop
+    since the ticket: this process invalidated the key after (or while) it committed."""
+    near = live()
+    ticket = near.ticket()
+    if since == "two messages":
+        near.drop(["k"], heard=True)
+    near.drop(["k"], heard=since == "two messages")
+    assert not near.keep("k", ticket, b"v", "M", committed=True)
+    assert near.get("k") is None
+
+
+def test_the_processes_own_drops_are_never_let_through() -> None:
+    """An invalidation of this process right after its commit, before the commit's message
+    came: the entry goes at once, and the messages that follow bring nothing back."""
+    near = live()
+    assert near.keep("k", near.ticket(), b"v", "M", committed=True)
+    assert near.drop(["k"]) == []
+    assert near.get("k") is None
+    near.drop(["k"], heard=True)  # the commit's own message, late
+    assert near.keep("k", near.ticket(), b"v2", "M")  # a read after it
+    near.drop(["k"], heard=True)  # the invalidation's message
+    assert near.get("k") is None
+
+
+def test_a_committed_value_expires_like_any_other() -> None:
+    clock = Clock()
+    near = live(ttl=5.0, clock=clock)
+    assert near.keep("k", near.ticket(), b"v", "M", committed=True)
+    clock.now += 5.1
+    assert near.get("k") is None  # dropped by its age: not let through either
+    assert near.keep("k", near.ticket(), b"v2", "M")
+    near.drop(["k"], heard=True)
+    assert near.get("k") is None
+
+
+@pytest.mark.parametrize("then", ["read", "lost", "evicted"])
+def test_only_the_committed_entry_lets_a_message_through(then: str) -> None:
+    """A Redis hit's entry stored over it, the channel lost, the entry evicted: the next
+    message drops what is there."""
+    near = live(max_bytes=2 * (ENTRY_OVERHEAD + 2))
+    assert near.keep("k", near.ticket(), b"v", "M", committed=True)
+    if then == "read":
+        assert near.keep("k", near.ticket(), b"v2", "M")
+    elif then == "lost":
+        near.set_live(False)
+        near.set_live(True)
+        assert near.keep("k", near.ticket(), b"v2", "M")
+    else:
+        for key in ("a", "b"):
+            assert near.keep(key, near.ticket(), b"v", "M")
+        assert near.get("k") is None
+        assert near.keep("k", near.ticket(), b"v2", "M")
+    assert near.drop(["k"], heard=True) == []
+    assert near.get("k") is None
 
 
 @pytest.mark.parametrize("event", ["lost", "flushed", "reconnected"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -98,7 +99,7 @@ def write(writer: Rows, row_id: int) -> None:
 
 
 def kept(cache: Rows, row_id: int) -> Any:
-    """Read a row until the near cache holds it (the first read commits, the next one keeps)."""
+    """Read a row until the near cache holds it."""
     key = cache.get_keys("Row", "id", row_id)[0]
     wait_until(lambda: cache.get("Row", "id", row_id) and key in near_of(cache).entries)
     return cache.get("Row", "id", row_id)
@@ -210,9 +211,11 @@ def settled(cache: Any, client: redis.Redis) -> None:
 
 
 def committed(cache: Any, row_id: int) -> None:
-    """Read a row into Redis (not yet near) and wait until the message of its commit came."""
+    """Read a row into Redis, wait until the message of its commit came, and leave the row out
+    of the near cache (as another process's commit would): the next read keeps it."""
     cache.get("Row", "id", row_id)
     settled(cache, cache.redis)
+    near_of(cache).drop([cache.get_keys("Row", "id", row_id)[0]])
 
 
 READS: dict[str, tuple[tuple[str, ...], Callable[[Any], Any]]] = {
@@ -249,11 +252,83 @@ def test_without_the_ticket_check_that_reply_is_kept_stale(
     assert cache.get("Row", "id", 1)["version"] == 1  # stale, from the near cache
 
 
+# -- a commit's value, kept near through its own message -----------------------------------------
+
+
+def held(near: NearCache) -> threading.Event:
+    """Hold the tracker's thread before it handles each message, until the event is set: what
+    Redis sends meanwhile queues on the connection."""
+    go = threading.Event()
+    drop = near.drop
+
+    def gated(keys: Any, *, heard: bool = False) -> list[str]:
+        if heard:
+            go.wait(10)
+        return drop(keys, heard=heard)
+
+    near.drop = gated  # type: ignore[method-assign]
+    return go
+
+
+@pytest.mark.parametrize("read", ["get", "get_many"])
+def test_a_commit_is_kept_near_through_its_own_message(
+    redis_server: RedisServer, db: dict[int, dict[str, Any]], writer: Rows, read: str
+) -> None:
+    client = CountingRedis(redis_server.port)
+    cache = Rows(client, db, **NEAR)
+    try:
+        tracking(cache)
+        key = cache.get_keys("Row", "id", 1)[0]
+        assert (
+            cache.get("Row", "id", 1) if read == "get" else cache.get_many("Row", "id", [1])[0]
+        ) == {"id": 1, "version": 1}  # a miss: fetched and committed
+        assert key in near_of(cache).entries
+        settled(cache, writer.redis)  # the commit's own message came: the entry stays
+        client.reset_round_trips()
+        assert cache.get("Row", "id", 1) == {"id": 1, "version": 1}
+        assert client.round_trips == 0
+        write(writer, 1)  # a write after the commit: its message drops the entry
+        wait_until(lambda: key not in near_of(cache).entries)
+        assert cache.get("Row", "id", 1) == {"id": 1, "version": 2}
+    finally:
+        cache.close()
+
+
+def test_an_invalidation_of_this_process_right_after_its_commit(cache: Rows, writer: Rows) -> None:
+    """The commit's own message still queued when the process invalidates: the entry goes at
+    once and nothing brings it back. Fails if the process's own drop is let through as the
+    commit's message."""
+    near = near_of(cache)
+    key = cache.get_keys("Row", "id", 1)[0]
+    go = held(near)
+    assert cache.get("Row", "id", 1)["version"] == 1  # committed and kept, its message held
+    assert key in near.entries
+    cache.db[1] = {"id": 1, "version": 2}
+    cache.invalidate("Row", "id", 1)
+    go.set()
+    settled(cache, writer.redis)
+    assert key not in near.entries
+    assert cache.get("Row", "id", 1)["version"] == 2
+
+
+def test_a_write_after_the_commit_whose_message_came_before_the_store(
+    cache: Rows, writer: Rows
+) -> None:
+    """Between the commit's reply and its store, another client writes and its message (after
+    the commit's own) is handled: the value is not kept. Fails with a ticket taken after the
+    commit's reply: the write's message would be let through as the commit's."""
+    near = near_of(cache)
+    gate_after(cache, ("commit",), invalidated_meanwhile(cache, writer, 1))
+    assert cache.get("Row", "id", 1)["version"] == 1  # fetched before the write
+    assert cache.get_keys("Row", "id", 1)[0] not in near.entries
+    assert cache.get("Row", "id", 1)["version"] == 2
+
+
 def test_a_reply_read_before_the_channel_was_lost_is_not_kept(cache: Rows, writer: Rows) -> None:
     near = near_of(cache)
     tracker = near.tracker
     assert tracker is not None
-    cache.get("Row", "id", 1)
+    committed(cache, 1)
 
     def lost_and_back() -> None:
         # The channel drops; the write's message is lost with it; the channel comes back.
@@ -430,6 +505,7 @@ def test_asyncio_hits_and_the_race(redis_server: RedisServer, writer: Rows) -> N
             await cache.invalidate("Row", "id", 2)
             await cache.get("Row", "id", 2)
             await asyncio.to_thread(settled, cache, writer.redis)
+            near.drop([cache.get_keys("Row", "id", 2)[0]])  # in Redis only, as in committed()
             perform = cache._io.perform
 
             async def gated(op: Any) -> Any:
