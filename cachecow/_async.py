@@ -85,9 +85,8 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
         self, cls: Any, id_field: str | tuple[str, ...], id_val: Any, *, ttl: float | None = None
     ) -> Any:
         """The object whose ``id_field`` is ``id_val``; see :meth:`cachecow.CacheCow.get`."""
-        near = self._near
-        if near is not None:  # a near hit: no round trip, and no duration recorded
-            obj = hit_near(self, near, cls, id_field, id_val)
+        if self._near is not None:  # a near hit: no round trip, and no duration recorded
+            obj = hit_near(self, cls, id_field, id_val)
             if obj is not _UNUSABLE:
                 return obj
         return await self._get(cls, id_field, id_val, ttl=ttl)

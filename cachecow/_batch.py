@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from ._entries import decoded, encoded
 from ._failures import redis_failed
 from ._flights import ALONE, RETRY, Flight, answer, land
-from ._near import keep_committed, keep_near, read_near
+from ._near import committed_object, read_near
 from ._ops import (
     _BUSY,
     _BUSY_REPAIRED,
@@ -284,7 +284,7 @@ class BatchRead:
                 obj = decoded(cache, (self.cls, self.id_field, lookup.id_val), cached, tally)
                 if obj is not _UNUSABLE:
                     if self.near is not None:
-                        keep_near(cache, self.near, value_key, self.ticket, cached, obj, self.model)
+                        self.near.keep(value_key, self.ticket, cached, self.model, obj)
                     self.found[value_key] = None if obj is _TOMB else obj
                     refreshing.append(value_key)
                     continue
@@ -294,7 +294,7 @@ class BatchRead:
             elif isinstance(reply, bytes):
                 obj = decoded(cache, (self.cls, self.id_field, lookup.id_val), reply, tally)
                 if self.near is not None and obj is not _UNUSABLE:
-                    keep_near(cache, self.near, value_key, self.ticket, reply, obj, self.model)
+                    self.near.keep(value_key, self.ticket, reply, self.model, obj)
                 if obj is _TOMB:
                     self.found[value_key] = None
                 elif obj is not _UNUSABLE:
@@ -543,9 +543,11 @@ class BatchRead:
         if stored and self.near is not None:
             for value_key in leased:
                 payload, ttl_ms = entries[value_key]
-                if ttl_ms != 0 and replies[value_key] == 1:
-                    lookup = (self.cls, self.id_field, self.lookups[value_key].id_val)
-                    keep_committed(cache, self.near, lookup, value_key, ticket, payload, self.model)
+                if ttl_ms == 0 or replies[value_key] != 1:
+                    continue
+                kept = committed_object(cache, self.cls, payload)
+                if kept is not _UNUSABLE:
+                    self.near.keep(value_key, ticket, payload, self.model, kept, committed=True)
         if _events.isEnabledFor(logging.DEBUG):
             for value_key in leased:
                 if entries[value_key][1] != 0:

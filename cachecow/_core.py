@@ -110,9 +110,8 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         raised by ``fetch`` reach the caller unchanged. A value this call caches lives ``ttl``
         seconds (less the jitter); by default its model's TTL in ``ttls``, else ``ttl``.
         """
-        near = self._near
-        if near is not None:  # a near hit: no round trip, and no duration recorded
-            obj = hit_near(self, near, cls, id_field, id_val)
+        if self._near is not None:  # a near hit: no round trip, and no duration recorded
+            obj = hit_near(self, cls, id_field, id_val)
             if obj is not _UNUSABLE:
                 return obj
         return self._get(cls, id_field, id_val, ttl=ttl)

@@ -53,10 +53,9 @@ __all__ = [
     "ENTRY_OVERHEAD",
     "SHARED_FACTOR",
     "NearCache",
+    "committed_object",
     "get_near",
     "hit_near",
-    "keep_committed",
-    "keep_near",
     "near_cache_for",
     "read_near",
 ]
@@ -89,8 +88,11 @@ class NearCache:
         ttl: float,
         labels: frozenset[str] | None,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        shared: bool = False,
     ) -> None:
         self.max_bytes = max_bytes
+        self.shared = shared  # whether an entry is the decoded object every hit gets
         self.ttl = ttl
         self.labels = labels  # the models whose entries it keeps (None: every model)
         self.clock = clock
@@ -139,18 +141,18 @@ class NearCache:
         ticket: int | None,
         data: bytes,
         label: str,
-        payload: Any = None,
+        obj: Any = None,
         *,
         committed: bool = False,
     ) -> bool:
-        """Store ``data`` (or ``payload``, what to hand out instead, counted as ``data``'s
-        size) read under ``ticket``, unless ``key`` was dropped (or the channel lost) since
-        the ticket was taken; whether it was stored. ``committed``: ``data`` is what this
-        process just committed, the ticket taken before the commit was sent, and the next
+        """Store ``data`` (if :attr:`shared`, ``obj``, what it decodes to, counted by
+        ``data``'s size) read under ``ticket``, unless ``key`` was dropped (or the channel
+        lost) since the ticket was taken; whether it was stored. ``committed``: ``data`` is what
+        this process just committed, the ticket taken before the commit was sent, and the next
         message heard for ``key`` is the commit's own (see the module's docstring)."""
         if ticket is None:
             return False
-        size = len(data) * (1 if payload is None else SHARED_FACTOR) + len(key) + ENTRY_OVERHEAD
+        size = len(data) * (SHARED_FACTOR if self.shared else 1) + len(key) + ENTRY_OVERHEAD
         if size > self.max_bytes:
             return False
         with self._lock:
@@ -174,7 +176,7 @@ class NearCache:
                 self._own.add(key)
             else:
                 self._own.discard(key)
-            kept = data if payload is None else payload
+            kept = obj if self.shared else data
             self.entries[key] = (kept, self.clock() + self.ttl, label, size)
             self.size += size
             while self.size > self.max_bytes:
@@ -259,7 +261,9 @@ def near_cache_for(cache: Cache, redis: Any) -> NearCache:
             f"{type(cache).__qualname__} overrides get_keys(): the near cache needs the "
             "default keys (its invalidations are tracked by key prefix)"
         )
-    near = NearCache(options.near_bytes, options.near_ttl, options.near_models)
+    near = NearCache(
+        options.near_bytes, options.near_ttl, options.near_models, shared=options.near_shared
+    )
     models = options.near_models
     prefixes = [cache.prefix] if models is None else [model_prefix(cache.prefix, m) for m in models]
     near.start = start_tracking(near, redis, prefixes)
@@ -289,53 +293,23 @@ def get_near(cache: Cache, lookup: tuple[Any, Field, Any], value_key: str) -> An
     return obj
 
 
-def hit_near(cache: Cache, near: NearCache, cls: Any, id_field: Any, id_val: Any) -> Any:
+def hit_near(cache: Cache, cls: Any, id_field: Any, id_val: Any) -> Any:
     """A ``get``'s object from the near cache, ``_UNUSABLE`` if it holds none (raises the
-    not-found exception for a cached "not found", and for a bad lookup). The path of every near
-    hit, so it is :func:`get_near` unrolled."""
+    not-found exception for a cached "not found", and for a bad lookup)."""
     lookup, keys = keyed(cache, cls, id_field, id_val)
-    found = near.get(keys[0])
-    if found is None:
+    return get_near(cache, lookup, keys[0])
+
+
+def committed_object(cache: Cache, cls: Any, data: bytes) -> Any:
+    """What a near cache keeps of a commit's ``data`` besides the bytes: with ``near_shared``,
+    an object decoded from them afresh (the fetched one is the caller's, who may change it),
+    ``_TOMB`` for "not found", or ``_UNUSABLE`` if they do not decode (not kept: the next read,
+    a Redis hit, counts the failure); else ``None``."""
+    if not cache.options.near_shared:
+        return None
+    if data == TOMBSTONE:
+        return _TOMB
+    try:
+        return cache.deserialize(cls, data)
+    except Exception:
         return _UNUSABLE
-    payload, label = found
-    if cache.options.near_shared:
-        obj = payload
-    else:
-        obj = _TOMB if payload == TOMBSTONE else cache.deserialize(cls, payload)
-    if obj is _TOMB:
-        cache.metrics.near_hit(label, tombstone=True)
-        raise cache.not_found(*lookup)
-    cache.metrics.near_hit(label)
-    return obj
-
-
-def keep_near(
-    cache: Cache, near: NearCache, key: str, ticket: int | None, data: bytes, obj: Any, label: str
-) -> None:
-    """Keep a read's ``data`` (decoded into ``obj``, maybe ``_TOMB``) in the near cache."""
-    near.keep(key, ticket, data, label, obj if cache.options.near_shared else None)
-
-
-def keep_committed(
-    cache: Cache,
-    near: NearCache,
-    lookup: tuple[Any, Field, Any],
-    key: str,
-    ticket: int | None,
-    data: bytes,
-    label: str,
-) -> None:
-    """Keep what a commit stored, ``data``, under ``ticket`` (taken before the commit was
-    sent). With ``near_shared``, the object shared is decoded from ``data`` afresh: the fetched
-    one is the caller's, who may change it."""
-    if ticket is None:
-        return
-    payload = None
-    if cache.options.near_shared and data != TOMBSTONE:
-        try:
-            payload = cache.deserialize(lookup[0], data)
-        except Exception:  # the next read, a Redis hit, counts it as a decode failure
-            return
-    elif cache.options.near_shared:
-        payload = _TOMB
-    near.keep(key, ticket, data, label, payload, committed=True)

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 from ._entries import decoded, encoded, fetched
 from ._failures import redis_failed
 from ._flights import Flight, cover, land
-from ._near import get_near, keep_committed, keep_near
+from ._near import committed_object, get_near
 from ._ops import (
     _BUSY,
     _BUSY_REPAIRED,
@@ -119,7 +119,7 @@ class SingleRead:
                 data = reply if cached is None else cached
                 obj = decoded(cache, self.lookup, data, model=self.model)
                 if self.near is not None and obj is not _UNUSABLE:
-                    keep_near(cache, self.near, self.keys[0], ticket, data, obj, self.model)
+                    self.near.keep(self.keys[0], ticket, data, self.model, obj)
                 if cached is not None and obj is not _UNUSABLE:
                     event = "tombstone_hit" if obj is _TOMB else "hit"
                     decision(event, self.model, self.keys[0])
@@ -181,7 +181,7 @@ class SingleRead:
             return "unusable", reply
         cache._scored(self.model, hit=True)
         if self.near is not None:
-            keep_near(cache, self.near, self.keys[0], ticket, reply, obj, self.model)
+            self.near.keep(self.keys[0], ticket, reply, self.model, obj)
         if obj is _TOMB:
             decision("tombstone_hit", self.model, self.keys[0])
             raise cache.not_found(*self.lookup)
@@ -308,9 +308,9 @@ class SingleRead:
             cache.metrics.incr("commits" if stored == 1 else "stale_commits", 1, self.model)
             decision("commit" if stored == 1 else "stale_commit", self.model, self.keys[0])
             if stored == 1 and self.near is not None:
-                keep_committed(
-                    cache, self.near, self.lookup, self.keys[0], ticket, payload, self.model
-                )
+                kept = committed_object(cache, self.lookup[0], payload)
+                if kept is not _UNUSABLE:
+                    self.near.keep(self.keys[0], ticket, payload, self.model, kept, committed=True)
 
     def fetch_uncached(self) -> Flow:
         """The object from ``fetch``, caching nothing."""
@@ -385,7 +385,7 @@ def peek(cache: Cache, lookup: tuple[Any, Field, Any]) -> Flow:
         return None
     obj = decoded(cache, lookup, reply, model=model)
     if near is not None and obj is not _UNUSABLE:
-        keep_near(cache, near, value_key, ticket, reply, obj, model)
+        near.keep(value_key, ticket, reply, model, obj)
     if obj is _TOMB:
         decision("tombstone_hit", model, value_key)
         raise cache.not_found(*lookup)

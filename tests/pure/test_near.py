@@ -196,6 +196,7 @@ def test_models_it_keeps() -> None:
 
 
 def test_a_shared_object_counts_more_than_its_bytes() -> None:
-    near = live()
+    near = NearCache(10_000, 30.0, None, Clock(), shared=True)
+    near.set_live(True)
     assert near.keep("k", near.ticket(), b"0123456789", "M", {"decoded": True})
     assert near.size == 10 * SHARED_FACTOR + 1 + ENTRY_OVERHEAD
