@@ -130,7 +130,7 @@ def connect_sentinel(
         sentinel_kwargs=sentinel_kwargs(timeout, sentinel_options),
         **bounded_kwargs(timeout, kwargs),
     )
-    client: redis_py.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+    client: redis_py.Redis = sentinel.master_for(  # type: ignore[no-untyped-call,unused-ignore]
         service_name,
         redis_class=SentinelMaster,
         connection_pool_class=pool_class,
@@ -204,7 +204,7 @@ def connect_sentinel_async(
     connections come from a blocking pool of at most ``max_connections``, waited for at most
     ``timeout`` seconds."""
     pool_class: Any = kwargs.pop("connection_pool_class", AsyncBlockingSentinelPool)
-    sentinel = AsyncSentinel(  # type: ignore[no-untyped-call]
+    sentinel = AsyncSentinel(  # type: ignore[no-untyped-call,unused-ignore]
         sentinels,
         sentinel_kwargs=sentinel_kwargs(timeout, sentinel_options, is_async=True),
         **bounded_kwargs(timeout, kwargs, is_async=True),

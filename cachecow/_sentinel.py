@@ -123,7 +123,7 @@ class Sentinel(_Sentinel):
     """redis-py's ``Sentinel`` whose ``discover_master`` is safe to call from many threads."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call,unused-ignore]
         self._order = threading.Lock()
 
     def discover_master(self, service_name: str) -> tuple[Any, Any]:

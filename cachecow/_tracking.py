@@ -360,9 +360,9 @@ def _master_of(pool: Any) -> Callable[[], tuple[str, int]] | None:
         options = {
             k: v for k, v in pool.sentinel_manager.sentinel_kwargs.items() if k in _SENTINEL_OPTIONS
         }
-        sync_manager = Sentinel(sentinels, sentinel_kwargs=options)  # type: ignore[no-untyped-call]
+        sync_manager = Sentinel(sentinels, sentinel_kwargs=options)  # type: ignore[no-untyped-call,unused-ignore]
         service = pool.service_name
-        return lambda: sync_manager.discover_master(service)  # type: ignore[no-untyped-call]
+        return lambda: sync_manager.discover_master(service)  # type: ignore[no-untyped-call,unused-ignore]
     return None
 
 
