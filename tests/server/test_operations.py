@@ -455,6 +455,6 @@ def test_a_cluster_connection_closed_during_checkout_is_a_connection_error(
         return bool(connection._parser.can_read(timeout))
 
     connection.can_read = closed_meanwhile  # type: ignore[method-assign]
-    with pytest.raises(redis.ConnectionError, match="closed during checkout|closed by server"):
+    with pytest.raises(redis.ConnectionError, match=r"closed during checkout|closed by server"):
         pool.get_connection()
     pool.disconnect()
