@@ -1,4 +1,4 @@
-"""Calls through redis-py's cluster clients, mended where redis-py 8.1 fails mid-resharding.
+"""Calls through redis-py's cluster clients, mended where redis-py 8 fails mid-resharding.
 
 :func:`mend_ask_target` lets an ``ASK`` to a master the client's map does not know yet reach
 it (redis/redis-py#4015); :func:`cluster_execute` and :func:`async_cluster_execute` wrap
@@ -67,10 +67,13 @@ def mend_ask_target(cluster: Any, *, is_async: bool) -> None:
         host: str | None = None, port: int | None = None, node_name: str | None = None
     ) -> Any:
         node = real(host=host, port=port, node_name=node_name)
-        if node is None and node_name and not (host or port) and _IN_CACHECOW_CALL.get():
-            host_part, _, port_part = node_name.rpartition(":")
-            if host_part and port_part.isdigit():
-                node = _add_primary(cluster.nodes_manager, host_part, int(port_part), is_async)
+        if node is not None or not _IN_CACHECOW_CALL.get():
+            return node
+        if node_name and not (host or port):  # redis-py 8.1 asks by name
+            host, _, port_part = node_name.rpartition(":")
+            port = int(port_part) if port_part.isdigit() else None
+        if host and port:  # redis-py 8.2 by address
+            node = _add_primary(cluster.nodes_manager, host, int(port), is_async)
         return node
 
     cluster.get_node = get_node
