@@ -17,11 +17,19 @@ from ._cached import Cached, Call, FunctionHooks, Result, decorate, share
 from ._clock import AsyncClock
 from ._flights import ALONE, RETRY, AsyncWaiter, answer, land
 from ._invalidation import pause, scan_failed, settle_seconds
-from ._lookups import keyed, lookups_keys, normalized, normalized_many, object_keys
+from ._lookups import (
+    keyed,
+    keyed_many,
+    lookups_keys,
+    normalized,
+    normalized_many,
+    object_keys,
+)
 from ._near import hit_near
 from ._ops import _UNUSABLE, Fetch, FetchMany, Flow, Sleep, TimeBoxed, Wait, as_redis_error
 from ._options import Options
 from ._protocol import CacheCowBase, entry_pairs
+from ._single import SingleRead
 from ._telemetry import no_model, object_model, timed
 from .exceptions import ConfigurationError, NotFound
 from .keys import Field
@@ -98,8 +106,13 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
         """:meth:`get` past the near cache."""
         lookup, keys = keyed(self, cls, id_field, id_val)
         ttl = self._checked_ttl(ttl)
+        read = SingleRead(self, lookup, keys, ttl=ttl)
+        if self._expects_hit(read.model):  # a plain GET, outside single flight (see _single.py)
+            obj = await self._drive(read.read_plain())
+            if obj is not _UNUSABLE:
+                return obj
         if not self._joins:  # a reader that never waits for another reads alone
-            return await self._drive(self._get_flow(lookup, keys, ttl=ttl))
+            return await self._drive(read.lease())
         # Lead a read of this key, or join the one in flight (see _flights.py).
         me, loop = self._reader()
         flight, index = self._flights.join(keys[0], me, loop)
@@ -115,10 +128,11 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
                 return obj
             flight, index = self._flights.rejoin(flight, me)
         if index == -2:  # read alone (see Flights.join)
-            return await self._drive(self._get_flow(lookup, keys, ttl=ttl))
+            return await self._drive(read.lease())
+        read.flight = flight
         obj = error = None
         try:
-            obj = await self._drive(self._get_flow(lookup, keys, flight, ttl))
+            obj = await self._drive(read.lease())
             return obj
         except BaseException as exc:
             error = exc
@@ -170,8 +184,8 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
         ttl: float | None = None,
     ) -> list[Any]:
         """The objects of many lookups, in order; see :meth:`cachecow.CacheCow.get_many`."""
-        field, values = normalized_many(self, cls, id_field, id_vals)
-        flow = self._read_many(cls, field, values, self._reader(), self._checked_ttl(ttl))
+        field, values, keys = keyed_many(self, cls, id_field, id_vals)
+        flow = self._read_many(cls, field, values, self._reader(), self._checked_ttl(ttl), keys)
         result: list[Any] = await self._drive(flow)
         return result
 

@@ -77,12 +77,17 @@ class BatchItem:
 
 
 def lookups_of(
-    cache: Cache, cls: Any, id_field: Field, id_vals: list[Any]
+    cache: Cache,
+    cls: Any,
+    id_field: Field,
+    id_vals: list[Any],
+    pairs: list[tuple[str, str]] | None = None,
 ) -> tuple[dict[str, BatchItem], list[str]]:
-    """Each distinct lookup by its value key, and the value key of each input position."""
-    if cache._default_keys:  # the default keys, in one pass
+    """Each distinct lookup by its value key, and the value key of each input position (the
+    keys of each, ``pairs``, built here unless given)."""
+    if pairs is None and cache._default_keys:  # the default keys, in one pass
         pairs = build_many_keys(cache.prefix, cache.model_label(cls), id_field, id_vals)
-    else:
+    elif pairs is None:
         pairs = [cache.get_keys(cls, id_field, id_val) for id_val in id_vals]
     lookups: dict[str, BatchItem] = {}
     order: list[str] = []
@@ -93,16 +98,23 @@ def lookups_of(
     return lookups, order
 
 
-def read_many(batch: BatchRead, id_vals: list[Any], reader: tuple[Any, Any] | None) -> Flow:
-    """Read many (normalized) lookups of ``batch``'s field, in order; for a ``reader`` that may
-    wait (a thread's id and ``None``, or a task and its event loop), in single flight with the
-    process's other readers."""
+def read_many(
+    batch: BatchRead,
+    id_vals: list[Any],
+    reader: tuple[Any, Any] | None,
+    keys: list[tuple[str, str]] | None = None,
+) -> Flow:
+    """Read many (normalized) lookups of ``batch``'s field (whose ``keys`` the caller may have
+    built), in order; for a ``reader`` that may wait (a thread's id and ``None``, or a task and
+    its event loop), in single flight with the process's other readers."""
     cache = batch.cache
-    batch.lookups, order = lookups_of(cache, batch.cls, batch.id_field, id_vals)
+    batch.lookups, order = lookups_of(cache, batch.cls, batch.id_field, id_vals, keys)
     if batch.near is not None:
         batch.read_near()
+    if batch.lookups and cache._expects_hit(batch.model) and not cache._group_by_slot:
+        yield from batch.read_plain()  # one MGET, outside single flight: a hit needs no lease
     if not batch.lookups:
-        pass  # every lookup answered by the near cache
+        pass  # every lookup answered already
     elif reader is None or not cache._joins:
         yield from batch.read(list(batch.lookups))
     else:
@@ -205,6 +217,7 @@ class BatchRead:
         near = cache._near
         self.near = near if near is not None and near.accepts(self.model) else None
         self.ticket: int | None = None  # of the near cache, taken before each lease round
+        self.discards: dict[str, bytes] = {}  # unusable bytes the MGET found, to delete
 
     def read_near(self) -> None:
         """Answer what the near cache holds into :attr:`found`, and read only the rest."""
@@ -219,19 +232,13 @@ class BatchRead:
         """A new read of this batch's lookups (a new token), answering into the same
         :attr:`found`."""
         other = BatchRead(self.cache, self.cls, self.id_field, self.ttl)
-        other.lookups, other.found = self.lookups, self.found
+        other.lookups, other.found, other.discards = self.lookups, self.found, self.discards
         return other
 
     def read(self, pending: list[str]) -> Flow:
         """Read the ``pending`` lookups into :attr:`found`."""
-        discards: dict[str, bytes] = {}
+        discards = {vk: self.discards.pop(vk) for vk in pending if vk in self.discards}
         waiting: list[str] = []
-        cache = self.cache
-        if pending and cache._expects_hit(self.model) and not cache._group_by_slot:
-            left = yield from self._plain_round(pending)
-            if left is None:
-                return
-            pending, discards = left
         while pending:
             replies = yield from self._lease_round(pending, discards)
             if replies is None:  # Redis failed and fail_open served them: done
@@ -279,19 +286,7 @@ class BatchRead:
         for value_key in pending:
             reply = replies[value_key]
             lookup = lookups[value_key]
-            cached = refreshed(reply)  # a hit inside its refresh window, and the lease
-            if cached is not None:
-                obj = decoded(cache, (self.cls, self.id_field, lookup.id_val), cached, tally)
-                if obj is not _UNUSABLE:
-                    if self.near is not None:
-                        self.near.keep(value_key, self.ticket, cached, self.model, obj)
-                    self.found[value_key] = None if obj is _TOMB else obj
-                    refreshing.append(value_key)
-                    continue
-                # Unusable bytes, and the lease is ours already: a miss like any other, whose
-                # commit replaces them.
-                reply = _LEASED
-            elif isinstance(reply, bytes):
+            if isinstance(reply, bytes):
                 obj = decoded(cache, (self.cls, self.id_field, lookup.id_val), reply, tally)
                 if self.near is not None and obj is not _UNUSABLE:
                     self.near.keep(value_key, self.ticket, reply, self.model, obj)
@@ -305,6 +300,18 @@ class BatchRead:
                     self.discarded.add(value_key)
                     discards[value_key] = reply
                 continue
+            cached = refreshed(reply)  # a hit inside its refresh window, and the lease
+            if cached is not None:
+                obj = decoded(cache, (self.cls, self.id_field, lookup.id_val), cached, tally)
+                if obj is not _UNUSABLE:
+                    if self.near is not None:
+                        self.near.keep(value_key, self.ticket, cached, self.model, obj)
+                    self.found[value_key] = None if obj is _TOMB else obj
+                    refreshing.append(value_key)
+                    continue
+                # Unusable bytes, and the lease is ours already: a miss like any other, whose
+                # commit replaces them.
+                reply = _LEASED
             if not lookup.missed:
                 lookup.missed = True
                 tally["misses"] = tally.get("misses", 0) + 1
@@ -432,23 +439,26 @@ class BatchRead:
                 decision("fail_open_fetch", self.model, value_key, batch=True)
         yield from self.fetch_uncached(pending)
 
-    def _plain_round(self, pending: list[str]) -> Flow:
+    def read_plain(self) -> Flow:
         """One ``MGET`` of a batch that expects hits (``CacheCowBase._expects_hit``): the hits
-        into :attr:`found`; returns the lookups left for the lease round and the unusable
-        bytes to discard in it, or ``None`` if Redis failed and ``fail_open`` served them."""
-        self._cover(pending)
+        into :attr:`found` and out of :attr:`lookups`, which keeps the lookups left for the
+        lease round; the unusable bytes into :attr:`discards`. If Redis fails and
+        ``fail_open`` serves them all, none is left."""
+        pending = list(self.lookups)
         self.ticket = None if self.near is None else self.near.ticket()
         try:
             values = yield Command(("MGET", *pending))
         except RedisError as exc:
             redis_failed(self.cache, exc, "get_many", tuple(pending), self.model)
             yield from self._fail_open(pending)
-            return None
+            self.lookups.clear()
+            return
         replies = dict(zip(pending, values, strict=True))
         hits = [vk for vk in pending if isinstance(replies[vk], bytes)]
-        _, _, _, discards = self._sort(hits, replies)  # a hit is never leased, refreshed, busy
-        missed = [vk for vk in pending if replies[vk] is None]  # (a key of another type too)
-        return missed + list(discards), discards
+        _, _, _, self.discards = self._sort(hits, replies)  # a hit is never leased or busy
+        for value_key in hits:
+            if value_key not in self.discards:
+                del self.lookups[value_key]
 
     def fetch_uncached(self, value_keys: list[str]) -> Flow:
         """Fetch these lookups into :attr:`found`, caching nothing."""

@@ -14,13 +14,21 @@ from redis.exceptions import RedisClusterException, RedisError
 from ._cached import Cached, Call, FunctionHooks, Result, decorate, share
 from ._flights import ALONE, RETRY, answer, land
 from ._invalidation import pause, scan_failed, settle_seconds
-from ._lookups import keyed, lookups_keys, normalized, normalized_many, object_keys
+from ._lookups import (
+    keyed,
+    keyed_many,
+    lookups_keys,
+    normalized,
+    normalized_many,
+    object_keys,
+)
 from ._loops import warn_in_loop
 from ._near import hit_near
 from ._ops import _UNUSABLE, Fetch, FetchMany, Flow, Sleep, TimeBoxed, Wait, as_redis_error
 from ._options import Options
 from ._protocol import CacheCowBase, entry_pairs, refuse_awaitable
 from ._redis_io import RedisIO
+from ._single import SingleRead
 from ._telemetry import no_model, object_model, timed
 from .serializers import Serializer
 
@@ -123,8 +131,13 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         """:meth:`get` past the near cache."""
         lookup, keys = keyed(self, cls, id_field, id_val)
         ttl = self._checked_ttl(ttl)
+        read = SingleRead(self, lookup, keys, ttl=ttl)
+        if self._expects_hit(read.model):  # a plain GET, outside single flight (see _single.py)
+            obj = self._drive(read.read_plain())
+            if obj is not _UNUSABLE:
+                return obj
         if not self._joins:  # a reader that never waits for another reads alone
-            return self._drive(self._get_flow(lookup, keys, ttl=ttl))
+            return self._drive(read.lease())
         # Lead a read of this key, or join the one in flight (see _flights.py).
         me, loop = self._reader()
         flight, index = self._flights.join(keys[0], me, loop)
@@ -140,10 +153,11 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
                 return obj
             flight, index = self._flights.rejoin(flight, me)
         if index == -2:  # read alone (see Flights.join)
-            return self._drive(self._get_flow(lookup, keys, ttl=ttl))
+            return self._drive(read.lease())
+        read.flight = flight
         obj = error = None
         try:
-            obj = self._drive(self._get_flow(lookup, keys, flight, ttl))
+            obj = self._drive(read.lease())
             return obj
         except BaseException as exc:
             error = exc
@@ -205,8 +219,8 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         lookups follow the ``busy`` policy; errors of ``fetch_many`` reach the caller unchanged,
         with every lease released. ``ttl`` as for :meth:`get`.
         """
-        field, values = normalized_many(self, cls, id_field, id_vals)
-        flow = self._read_many(cls, field, values, self._reader(), self._checked_ttl(ttl))
+        field, values, keys = keyed_many(self, cls, id_field, id_vals)
+        flow = self._read_many(cls, field, values, self._reader(), self._checked_ttl(ttl), keys)
         result: list[Any] = self._drive(flow)
         return result
 

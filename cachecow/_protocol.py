@@ -285,12 +285,11 @@ class CacheCowBase(Generic[ClientT]):
         returned but not cached), so a cached entry is always reachable from the object's own
         values, which is what write hooks invalidate.
         """
-        if isinstance(id_field, tuple):
-            pairs: Iterable[tuple[str, Any]] = zip(id_field, id_val, strict=True)
-        else:
-            pairs = ((id_field, id_val),)
-        is_mapping = isinstance(obj, Mapping)
-        for name, expected in pairs:
+        is_mapping = type(obj) is dict or isinstance(obj, Mapping)
+        if type(id_field) is str:  # one field: the common case, without a loop
+            actual = obj.get(id_field, _MISSING) if is_mapping else getattr(obj, id_field, _MISSING)
+            return actual is not _MISSING and same_value(actual, id_val)
+        for name, expected in zip(id_field, id_val, strict=True):
             actual = obj.get(name, _MISSING) if is_mapping else getattr(obj, name, _MISSING)
             if actual is _MISSING or not same_value(actual, expected):
                 return False
@@ -382,11 +381,10 @@ class CacheCowBase(Generic[ClientT]):
         self,
         lookup: tuple[Any, Field, Any],
         keys: tuple[str, str] | None = None,
-        flight: Flight | None = None,
         ttl: float | None = None,
     ) -> Flow:
         """Read a (normalized) lookup, caching for ``ttl`` seconds (see ``_single.py``)."""
-        return SingleRead(self, lookup, keys, flight, ttl).read()
+        return SingleRead(self, lookup, keys, ttl=ttl).read()
 
     def _peek_flow(self, cls: Any, id_field: Field, id_val: Any) -> Flow:
         """Read a (normalized) lookup from the cache only (see ``_single.py``)."""
@@ -410,11 +408,12 @@ class CacheCowBase(Generic[ClientT]):
         id_vals: list[Any],
         reader: tuple[Any, Any] | None,
         ttl: float | None = None,
+        keys: list[tuple[str, str]] | None = None,
     ) -> Flow:
-        """Read many (normalized) lookups, in order, caching for ``ttl`` seconds (see
-        ``_batch.py``); for a ``reader`` that may wait, in single flight with the process's
-        other readers of the same keys."""
-        return read_many(BatchRead(self, cls, id_field, ttl), id_vals, reader)
+        """Read many (normalized) lookups, whose ``keys`` the caller may have built already, in
+        order, caching for ``ttl`` seconds (see ``_batch.py``); for a ``reader`` that may wait,
+        in single flight with the process's other readers of the same keys."""
+        return read_many(BatchRead(self, cls, id_field, ttl), id_vals, reader, keys)
 
     # -- flows: invalidation --------------------------------------------------------------------
 

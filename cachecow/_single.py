@@ -77,6 +77,7 @@ class SingleRead:
         self.token = ""  # drawn when the read first asks for the lease (a plain hit never does)
         self.deadline: float | None = None  # of the wait for another reader's lease
         self.attempt = 0  # polls so far
+        self.discard: tuple[bytes, ...] = ()  # unusable bytes the plain GET found
         options = cache.options
         # refresh_ahead: the refresh windows (ms) of the value and of a tombstone, sent with
         # every lease call (None: off, and the lease call is the same as without the option)
@@ -86,17 +87,18 @@ class SingleRead:
 
     def read(self) -> Flow:
         """The lookup's object: cached, or fetched under this reader's lease (or uncached)."""
-        cache = self.cache
-        discard: tuple[bytes, ...] = ()  # unusable bytes to delete with the next lease call
-        discarded = counted_miss = False
-        if cache._expects_hit(self.model):
-            outcome, found = yield from self._read_plain()
-            if outcome == "hit":
+        if self.cache._expects_hit(self.model):
+            found = yield from self.read_plain()
+            if found is not _UNUSABLE:
                 return found
-            if outcome == "failed":
-                return (yield from self.fetch_uncached())
-            if outcome == "unusable":
-                discarded, discard = True, (found,)  # delete exactly these, try for the lease
+        return (yield from self.lease())
+
+    def lease(self) -> Flow:
+        """:meth:`read` past the plain ``GET``: the lease call, and what follows it."""
+        cache = self.cache
+        discard = self.discard  # unusable bytes to delete with the next lease call
+        discarded = bool(discard)
+        counted_miss = False
         self.token = new_token()
         while True:
             cover(self.flight)
@@ -155,30 +157,31 @@ class SingleRead:
             if not (yield from self._pause()):
                 return (yield from self.fetch_uncached())
 
-    def _read_plain(self) -> Flow:
+    def read_plain(self) -> Flow:
         """A plain ``GET`` of the value key, for a read that expects a hit (see
-        ``CacheCowBase._expects_hit``): ``("hit", object)``, ``("miss", None)`` (the lease
-        call follows), ``("unusable", bytes)`` (to discard with it) or ``("failed", None)``
-        (Redis failed, ``fail_open`` serves the read). A tombstone raises the not-found
-        exception."""
+        ``CacheCowBase._expects_hit``): the object (from the cache, or from ``fetch`` if Redis
+        failed and ``fail_open`` serves the read), or ``_UNUSABLE`` for a read the lease call
+        (:meth:`lease`) goes on with, unusable bytes in :attr:`discard` for it to delete. A
+        tombstone raises the not-found exception. It runs outside single flight (a hit needs
+        no one's lease): only a read that goes on to the lease call joins a flight."""
         cache = self.cache
-        cover(self.flight)  # the followers joined so far may take what this read finds
         ticket = None if self.near is None else self.near.ticket()
         try:
             reply = yield Command(("GET", self.keys[0]))
         except RedisError as exc:
             if _wrong_type(exc):
-                return "miss", None  # foreign data: the lease call deletes it
+                return _UNUSABLE  # foreign data: the lease call deletes it
             redis_failed(cache, exc, "get", self.keys, self.model)
             cache.metrics.incr("fail_open_fetches", 1, self.model)
             decision("fail_open_fetch", self.model, self.keys[0], error=type(exc).__name__)
-            return "failed", None
+            return (yield from self.fetch_uncached())
         if reply is None:
-            return "miss", None  # scored by the lease call that follows
+            return _UNUSABLE  # a miss, scored by the lease call that follows
         obj = decoded(cache, self.lookup, reply, model=self.model)
         if obj is _UNUSABLE:
             decision("unusable", self.model, self.keys[0])
-            return "unusable", reply
+            self.discard = (reply,)
+            return _UNUSABLE
         cache._scored(self.model, hit=True)
         if self.near is not None:
             self.near.keep(self.keys[0], ticket, reply, self.model, obj)
@@ -186,7 +189,7 @@ class SingleRead:
             decision("tombstone_hit", self.model, self.keys[0])
             raise cache.not_found(*self.lookup)
         decision("hit", self.model, self.keys[0])
-        return "hit", obj
+        return obj
 
     def _lease_args(self, discard: tuple[bytes, ...]) -> tuple[Any, ...]:
         """The arguments of a lease call (see ``get_or_lease.lua``)."""

@@ -957,21 +957,6 @@ def hot(c: CacheCow) -> CacheCow:
     return c
 
 
-def test_a_plain_read_covers_the_followers_that_joined_before_it() -> None:
-    """The leader of a flight reads by a plain GET: the followers that joined before it take
-    its answer (without the cover they would read again, or wait out ``wait_timeout``)."""
-    c = hot(cache())
-    key = c.get_keys("user", "id", 1)[0]
-    flight, leading = c._flights.join(key, "leader")
-    follower = c._flights.join(key, "follower")
-    assert (leading, follower[1]) == (-1, 0)
-    run = Scripted(c).run(c._get_flow(("user", "id", 1), None, flight), [row_bytes(1)])
-    assert run.names() == ["GET"]
-    assert flight.covered == 1
-    land(c, flight, ("user", "id", 1), run.value(), None)
-    assert answer(c, ("user", "id", 1), flight, 0) == row(1)
-
-
 def test_a_plain_miss_takes_the_lease() -> None:
     c = hot(cache())
     run = Scripted(c).get("user", "id", 1, [None, LEASED, row(1), b"1"])

@@ -22,7 +22,7 @@ import pytest
 from redis.crc import key_slot
 
 import cachecow
-from cachecow._lookups import keyed
+from cachecow._lookups import keyed, keyed_many
 from cachecow._protocol import CacheCowBase
 from cachecow.keys import (
     build_keys,
@@ -603,6 +603,30 @@ def test_a_lookup_is_converted_once_and_checked_at_every_call() -> None:
     for _ in range(2):
         with pytest.raises(cachecow.InvalidLookup):
             keyed(cache, "m", "id", [1])
+
+
+def test_a_batch_shares_the_memo_of_single_lookups() -> None:
+    """keyed_many converts and hashes only the lookups the memo does not hold, keeps their
+    order and duplicates, and checks the field once per call."""
+    cache = Counting()
+    keyed(cache, "m", "id", "5")
+    field, values, keys = keyed_many(cache, "m", "id", ["5", "6", 5, "6", True])
+    assert (field, values) == ("id", [5, 6, 5, 6, True])
+    assert keys == [build_keys("cachecow:", "m", "id", v) for v in values]
+    assert cache.calls == {"coerce": 5, "check": 2}  # "5" was remembered; the rest converted
+    assert keyed_many(cache, "m", "id", ["6", "5", 5]) == (
+        "id",
+        [6, 5, 5],
+        [keys[1], keys[0], keys[0]],
+    )
+    assert cache.calls == {"coerce": 5, "check": 3}
+    assert keyed(cache, "m", "id", "6")[0] == ("m", "id", 6)  # remembered by the batch
+    assert cache.calls["coerce"] == 5
+    assert keyed_many(cache, "m", ("b", "a"), [(1, 2)])[:2] == (("a", "b"), [(2, 1)])
+    assert keyed_many(cache, "m", ["b", "a"], [(1, 2)])[:2] == (("a", "b"), [(2, 1)])
+    assert keyed_many(cache, "m", "id", []) == ("id", [], [])
+    with pytest.raises(cachecow.InvalidLookup):
+        keyed_many(cache, "m", "id", "56")
 
 
 def test_a_cache_with_its_own_keys_is_asked_for_them_at_every_call() -> None:

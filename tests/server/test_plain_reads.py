@@ -71,6 +71,34 @@ def test_a_hit_is_one_get_once_reads_mostly_hit(redis_client: redis.Redis) -> No
     assert calls == ["GET", "GET"]
 
 
+def joined(cache: Any) -> list[list[str]]:
+    """The value keys of each flight join the cache makes from now on."""
+    joins: list[list[str]] = []
+    flights = cache._flights
+    join, join_many = flights.join, flights.join_many
+    flights.join = lambda key, *a: joins.append([key]) or join(key, *a)
+    flights.join_many = lambda keys, *a: joins.append(list(keys)) or join_many(keys, *a)
+    return joins
+
+
+def test_a_plain_read_joins_no_flight_until_it_misses(redis_client: redis.Redis) -> None:
+    """A hit needs no one's lease: a read that expects one reads outside single flight, and
+    only what its GET (MGET) missed joins a flight, for the lease call."""
+    cache = Rows(redis_client)
+    cache.get("Row", "id", 2)
+    hot(cache)
+    joins = joined(cache)
+    cache.get("Row", "id", 1)
+    cache.get_many("Row", "id", [1, 2])
+    assert joins == []
+    cache.get_many("Row", "id", [1, 2, 4])
+    assert joins == [[cache.get_keys("Row", "id", 4)[0]]]
+    hot(cache)  # again (a miss cools the model)
+    joins.clear()
+    cache.get("Row", "id", 3)
+    assert joins == [[cache.get_keys("Row", "id", 3)[0]]]
+
+
 def test_a_miss_then_takes_the_lease_and_misses_cool_the_model(redis_client: redis.Redis) -> None:
     cache = Rows(redis_client)
     hot(cache)
