@@ -26,7 +26,7 @@ from ._lookups import (
     object_keys,
 )
 from ._near import hit_near
-from ._ops import _UNUSABLE, Fetch, FetchMany, Flow, Sleep, TimeBoxed, Wait, as_redis_error
+from ._ops import _UNUSABLE, Fetch, FetchMany, Flow, RedisOp, Sleep, TimeBoxed, Wait, as_redis_error
 from ._options import Options
 from ._protocol import CacheCowBase, entry_pairs
 from ._single import SingleRead
@@ -298,7 +298,9 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
                 error, unreachable = unreachable, None
                 continue
             try:
-                if isinstance(op, Fetch):
+                if isinstance(op, RedisOp):
+                    result = await self._io.perform(op)
+                elif isinstance(op, Fetch):
                     result = self.fetch(op.cls, op.id_field, op.id_val)
                     if inspect.isawaitable(result):
                         result = await result
@@ -310,10 +312,8 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
                     await self._async_clock.async_sleep(op.seconds)
                 elif isinstance(op, Wait):
                     result = await op.waiter.wait(op.seconds)
-                elif isinstance(op, TimeBoxed):
+                else:  # TimeBoxed
                     await self._timeboxed(op)
-                else:
-                    result = await self._io.perform(op)
             except BaseException as exc:
                 result = None
                 error = exc if isinstance(op, Fetch | FetchMany) else as_redis_error(exc)

@@ -24,7 +24,7 @@ from ._lookups import (
 )
 from ._loops import warn_in_loop
 from ._near import hit_near
-from ._ops import _UNUSABLE, Fetch, FetchMany, Flow, Sleep, TimeBoxed, Wait, as_redis_error
+from ._ops import _UNUSABLE, Fetch, FetchMany, Flow, RedisOp, Sleep, Wait, as_redis_error
 from ._options import Options
 from ._protocol import CacheCowBase, entry_pairs, refuse_awaitable
 from ._redis_io import RedisIO
@@ -349,7 +349,9 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
                 return stop.value
             result = error = None
             try:
-                if isinstance(op, Fetch):
+                if isinstance(op, RedisOp):
+                    result = self._io.perform(op)
+                elif isinstance(op, Fetch):
                     result = refuse_awaitable(self.fetch(op.cls, op.id_field, op.id_val), "fetch")
                 elif isinstance(op, FetchMany):
                     found = self.fetch_many(op.cls, op.id_field, op.id_vals)
@@ -358,10 +360,8 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
                     self.clock.sleep(op.seconds)
                 elif isinstance(op, Wait):
                     result = op.waiter.wait(op.seconds)
-                elif isinstance(op, TimeBoxed):  # no bound to put on a sync call: run it in full
+                else:  # TimeBoxed: no bound to put on a sync call, so it runs in full
                     self._drive(op.flow)
-                else:
-                    result = self._io.perform(op)
             except BaseException as exc:
                 result = None
                 error = exc if isinstance(op, Fetch | FetchMany) else as_redis_error(exc)

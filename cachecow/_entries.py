@@ -44,20 +44,22 @@ def decoded(
     What it finds is counted in the metrics (for ``model``, the lookup's model label, which the
     caller may know already), or in ``tally`` for the caller to add at once.
     """
+    cls, id_field, id_val = lookup
     if reply == TOMBSTONE:
         outcome, counter = _TOMB, "tombstone_hits"
     else:
         try:
-            obj = cache.deserialize(lookup[0], reply)
+            obj = cache.deserialize(cls, reply)
         except Exception:
             outcome, counter = _UNUSABLE, "decode_failures"
         else:
-            if _verified(cache, lookup, obj):
-                outcome, counter = obj, "hits"
-            else:
-                outcome, counter = _UNUSABLE, "verify_failures"
+            try:
+                verified = cache.verify(cls, id_field, id_val, obj)
+            except Exception:
+                verified = False
+            outcome, counter = (obj, "hits") if verified else (_UNUSABLE, "verify_failures")
     if tally is None:
-        cache.metrics.incr(counter, 1, cache.model_label(lookup[0]) if model is None else model)
+        cache.metrics.incr(counter, 1, cache.model_label(cls) if model is None else model)
     else:
         tally[counter] = tally.get(counter, 0) + 1
     return outcome

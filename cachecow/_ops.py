@@ -163,6 +163,8 @@ class ReplicatedWrite:
 
 
 Op = Script | Command | Fetch | FetchMany | Sleep | Wait | Pipeline | ReplicatedWrite | TimeBoxed
+RedisOp = Script | Command | Pipeline | ReplicatedWrite
+"""The operations a driver hands to its Redis I/O (``perform``)."""
 Flow = Generator[Op, Any, Any]
 
 
