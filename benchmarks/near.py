@@ -270,7 +270,7 @@ def fill(near: NearCache, n: int, shared: bool) -> int:
 
 def entry_memory(n: int, shared: bool, conn: Any) -> None:
     """In a fresh process: what ``n`` entries hold (tracemalloc), and what is counted."""
-    near = NearCache(1 << 40, 3600.0, None)
+    near = NearCache(1 << 40, 3600.0, None, shared=shared)
     near.set_live(True)
     gc.collect()
     tracemalloc.start()
@@ -284,7 +284,7 @@ def entry_memory(n: int, shared: bool, conn: Any) -> None:
 
 def entry_rss(n: int, shared: bool, conn: Any) -> None:
     """In a fresh process, without tracemalloc: the RSS growth for ``n`` entries."""
-    near = NearCache(1 << 40, 3600.0, None)
+    near = NearCache(1 << 40, 3600.0, None, shared=shared)
     near.set_live(True)
     gc.collect()
     before = _rss()
