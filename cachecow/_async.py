@@ -13,6 +13,7 @@ import redis.asyncio as aredis
 from redis.exceptions import RedisClusterException, RedisError
 
 from ._async_redis_io import AsyncRedisIO
+from ._batch import BatchRead, read_many
 from ._cached import Cached, Call, FunctionHooks, Result, decorate, share
 from ._clock import AsyncClock
 from ._flights import ALONE, RETRY, AsyncWaiter, answer, land
@@ -185,7 +186,8 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
     ) -> list[Any]:
         """The objects of many lookups, in order; see :meth:`cachecow.CacheCow.get_many`."""
         field, values, keys = keyed_many(self, cls, id_field, id_vals)
-        flow = self._read_many(cls, field, values, self._reader(), self._checked_ttl(ttl), keys)
+        batch = BatchRead(self, cls, field, self._checked_ttl(ttl))
+        flow = read_many(batch, values, self._reader(), keys)
         result: list[Any] = await self._drive(flow)
         return result
 

@@ -11,6 +11,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 import redis as redis_py
 from redis.exceptions import RedisClusterException, RedisError
 
+from ._batch import BatchRead, read_many
 from ._cached import Cached, Call, FunctionHooks, Result, decorate, share
 from ._flights import ALONE, RETRY, answer, land
 from ._invalidation import pause, scan_failed, settle_seconds
@@ -220,7 +221,8 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         with every lease released. ``ttl`` as for :meth:`get`.
         """
         field, values, keys = keyed_many(self, cls, id_field, id_vals)
-        flow = self._read_many(cls, field, values, self._reader(), self._checked_ttl(ttl), keys)
+        batch = BatchRead(self, cls, field, self._checked_ttl(ttl))
+        flow = read_many(batch, values, self._reader(), keys)
         result: list[Any] = self._drive(flow)
         return result
 

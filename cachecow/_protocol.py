@@ -24,7 +24,6 @@ from typing import Any, Generic, TypeVar
 
 from redis.crc import key_slot
 
-from ._batch import BatchRead, read_many
 from ._clock import AsyncClock, Clock, SystemClock, backoff_delay
 from ._flights import Flight, Flights
 from ._invalidation import invalidate
@@ -400,20 +399,6 @@ class CacheCowBase(Generic[ClientT]):
         for value_key in value_keys:
             groups.setdefault(key_slot(value_key.encode()), []).append(value_key)
         return list(groups.values())
-
-    def _read_many(
-        self,
-        cls: Any,
-        id_field: Field,
-        id_vals: list[Any],
-        reader: tuple[Any, Any] | None,
-        ttl: float | None = None,
-        keys: list[tuple[str, str]] | None = None,
-    ) -> Flow:
-        """Read many (normalized) lookups, whose ``keys`` the caller may have built already, in
-        order, caching for ``ttl`` seconds (see ``_batch.py``); for a ``reader`` that may wait,
-        in single flight with the process's other readers of the same keys."""
-        return read_many(BatchRead(self, cls, id_field, ttl), id_vals, reader, keys)
 
     # -- flows: invalidation --------------------------------------------------------------------
 

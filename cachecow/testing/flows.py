@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from cachecow._batch import BatchRead, read_many
 from cachecow._lookups import normalized, normalized_many
 from cachecow._ops import (
     Command,
@@ -125,7 +126,7 @@ class Scripted:
         reader's flight is answered from the replies too (``True``: it landed)."""
         field, values = normalized_many(self.cache, cls, id_field, id_vals)
         together = None if reader is None else (reader, None)
-        return self.run(self.cache._read_many(cls, field, values, together), replies)
+        return self.run(read_many(BatchRead(self.cache, cls, field), values, together), replies)
 
     def peek(self, cls: Any, id_field: Any, id_val: Any, replies: Iterable[Any]) -> FlowRun:
         field, value = normalized(self.cache, cls, id_field, id_val)

@@ -17,6 +17,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cachecow import CacheCow, CacheUnavailable, ConfigurationError, InvalidationFailed, NotFound
+from cachecow._batch import BatchRead, read_many
 from cachecow._flights import answer, land
 from cachecow._ops import TOMBSTONE, PartialPipelineError
 from cachecow.testing.contract import FakeClock
@@ -930,7 +931,9 @@ def test_a_closed_flow_yields_nothing_more(call: str, replies: list[Any]) -> Non
     yields)."""
     c = cache()
     flow = (
-        c._get_flow(("user", "id", 1)) if call == "get" else c._read_many("user", "id", [1], None)
+        c._get_flow(("user", "id", 1))
+        if call == "get"
+        else read_many(BatchRead(c, "user", "id"), [1], None)
     )
     op = next(flow)
     for reply in replies:
