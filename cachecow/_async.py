@@ -187,7 +187,7 @@ class AsyncCacheCow(CacheCowBase[aredis.Redis]):
         """The objects of many lookups, in order; see :meth:`cachecow.CacheCow.get_many`."""
         field, values, keys = keyed_many(self, cls, id_field, id_vals)
         batch = BatchRead(self, cls, field, self._checked_ttl(ttl))
-        flow = read_many(batch, values, self._reader(), keys)
+        flow = read_many(batch, values, keys, self._reader())
         result: list[Any] = await self._drive(flow)
         return result
 

@@ -52,7 +52,7 @@ from ._single import refresh_failed
 from ._telemetry import decision
 from ._telemetry import logger as _events
 from .exceptions import CacheUnavailable
-from .keys import Field, build_many_keys
+from .keys import Field
 
 if TYPE_CHECKING:
     from ._protocol import CacheCowBase
@@ -77,18 +77,10 @@ class BatchItem:
 
 
 def lookups_of(
-    cache: Cache,
-    cls: Any,
-    id_field: Field,
-    id_vals: list[Any],
-    pairs: list[tuple[str, str]] | None = None,
+    id_vals: list[Any], pairs: list[tuple[str, str]]
 ) -> tuple[dict[str, BatchItem], list[str]]:
-    """Each distinct lookup by its value key, and the value key of each input position (the
-    keys of each, ``pairs``, built here unless given)."""
-    if pairs is None and cache._default_keys:  # the default keys, in one pass
-        pairs = build_many_keys(cache.prefix, cache.model_label(cls), id_field, id_vals)
-    elif pairs is None:
-        pairs = [cache.get_keys(cls, id_field, id_val) for id_val in id_vals]
+    """Each distinct lookup by its value key, and the value key of each input position (whose
+    keys are ``pairs``)."""
     lookups: dict[str, BatchItem] = {}
     order: list[str] = []
     for id_val, (value_key, flag_key) in zip(id_vals, pairs, strict=True):
@@ -101,14 +93,14 @@ def lookups_of(
 def read_many(
     batch: BatchRead,
     id_vals: list[Any],
+    keys: list[tuple[str, str]],
     reader: tuple[Any, Any] | None,
-    keys: list[tuple[str, str]] | None = None,
 ) -> Flow:
-    """Read many (normalized) lookups of ``batch``'s field (whose ``keys`` the caller may have
-    built), in order; for a ``reader`` that may wait (a thread's id and ``None``, or a task and
-    its event loop), in single flight with the process's other readers."""
+    """Read many (normalized) lookups of ``batch``'s field (and their ``keys``, see
+    ``keyed_many``), in order; for a ``reader`` that may wait (a thread's id and ``None``, or a
+    task and its event loop), in single flight with the process's other readers."""
     cache = batch.cache
-    batch.lookups, order = lookups_of(cache, batch.cls, batch.id_field, id_vals, keys)
+    batch.lookups, order = lookups_of(id_vals, keys)
     if batch.near is not None:
         batch.read_near()
     if batch.lookups and cache._expects_hit(batch.model) and not cache._group_by_slot:

@@ -222,7 +222,7 @@ class CacheCow(CacheCowBase[redis_py.Redis]):
         """
         field, values, keys = keyed_many(self, cls, id_field, id_vals)
         batch = BatchRead(self, cls, field, self._checked_ttl(ttl))
-        flow = read_many(batch, values, self._reader(), keys)
+        flow = read_many(batch, values, keys, self._reader())
         result: list[Any] = self._drive(flow)
         return result
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cachecow._batch import BatchRead, read_many
-from cachecow._lookups import normalized, normalized_many
+from cachecow._lookups import keyed_many, normalized, normalized_many
 from cachecow._ops import (
     Command,
     Fetch,
@@ -124,9 +124,10 @@ class Scripted:
         """With ``reader`` (any identity, as a thread's id), the batch takes part in single
         flight with the flights already in ``cache._flights``, and a ``Wait`` for another
         reader's flight is answered from the replies too (``True``: it landed)."""
-        field, values = normalized_many(self.cache, cls, id_field, id_vals)
+        field, values, keys = keyed_many(self.cache, cls, id_field, id_vals)
         together = None if reader is None else (reader, None)
-        return self.run(read_many(BatchRead(self.cache, cls, field), values, together), replies)
+        flow = read_many(BatchRead(self.cache, cls, field), values, keys, together)
+        return self.run(flow, replies)
 
     def peek(self, cls: Any, id_field: Any, id_val: Any, replies: Iterable[Any]) -> FlowRun:
         field, value = normalized(self.cache, cls, id_field, id_val)

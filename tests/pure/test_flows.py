@@ -933,7 +933,7 @@ def test_a_closed_flow_yields_nothing_more(call: str, replies: list[Any]) -> Non
     flow = (
         c._get_flow(("user", "id", 1))
         if call == "get"
-        else read_many(BatchRead(c, "user", "id"), [1], None)
+        else read_many(BatchRead(c, "user", "id"), [1], [c.get_keys("user", "id", 1)], None)
     )
     op = next(flow)
     for reply in replies:
