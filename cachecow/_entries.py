@@ -59,7 +59,7 @@ def decoded(
                 verified = False
             outcome, counter = (obj, "hits") if verified else (_UNUSABLE, "verify_failures")
     if tally is None:
-        cache.metrics.incr(counter, 1, cache.model_label(cls) if model is None else model)
+        cache.metrics.count(cache.model_label(cls) if model is None else model, (counter,))
     else:
         tally[counter] = tally.get(counter, 0) + 1
     return outcome

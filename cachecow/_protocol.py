@@ -181,10 +181,10 @@ class CacheCowBase(Generic[ClientT]):
     def _scored(self, label: str, *, hit: bool, times: int = 1) -> None:
         """Count ``times`` reads of model ``label`` in its hit score (unlocked: a lost update
         only shifts a heuristic)."""
-        if times <= 0:
-            return
         score = self._hit_scores.get(label, 0)
         cap = 2 * self.plain_reads_from
+        if times <= 0 or (hit and score >= cap):
+            return
         self._hit_scores[label] = min(score + times, cap) if hit else max(score - 8 * times, 0)
 
     def close(self) -> None:

@@ -83,6 +83,8 @@ class MetricsSnapshot:
 
 
 COUNTERS: tuple[str, ...] = tuple(f.name for f in fields(MetricsSnapshot))
+_NEAR_HIT = ("near_hits", "hits")
+_NEAR_TOMBSTONE = ("near_hits", "tombstone_hits")
 
 DESCRIPTIONS: dict[str, str] = {
     "hits": "Gets answered from the cache with an object.",
@@ -195,7 +197,8 @@ class Metrics:
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(COUNTERS, 0)
         self._models: dict[str, dict[str, int]] = {}
-        self._near_hits: dict[tuple[str, bool], itertools.count[int]] = {}  # (model, tombstone)
+        # (model, counter names) -> how many times they were counted together, without the lock
+        self._unlocked: dict[tuple[str, tuple[str, ...]], itertools.count[int]] = {}
         self._durations: dict[tuple[str, str], list[float]] = {}  # bucket counts, then sum
         self._listeners: list[DurationListener] = []
         self.hook = hook
@@ -222,17 +225,23 @@ class Metrics:
 
     def near_hit(self, model: str, tombstone: bool = False) -> None:
         """``incr("near_hits", 1, model, also="hits")`` (``"tombstone_hits"`` for a cached "not
-        found"), the only bookkeeping of a near hit, and without the lock: each model's near
-        hits go to an ``itertools.count``, whose ``next`` is one C call (atomic under the GIL),
-        added to the other counts when they are read."""
-        counter = self._near_hits.get((model, tombstone))
+        found"), the only bookkeeping of a near hit, without the lock (see :meth:`count`)."""
+        self.count(model, _NEAR_TOMBSTONE if tombstone else _NEAR_HIT)
+
+    def count(self, model: str, names: tuple[str, ...]) -> None:
+        """Add 1 to each counter of ``names``, in total and for ``model``, and tell the hook;
+        for the counts of a hot path (a hit), without the lock: each ``(model, names)`` goes to
+        an ``itertools.count``, whose ``next`` is one C call (atomic under the GIL), added to
+        the other counts when they are read."""
+        counter = self._unlocked.get((model, names))
         if counter is None:
             with self._lock:
-                counter = self._near_hits.setdefault((model, tombstone), itertools.count())
+                counter = self._unlocked.setdefault((model, names), itertools.count())
         next(counter)
-        if self.hook is not None:
-            self._tell(self.hook, "near_hits", 1)
-            self._tell(self.hook, "tombstone_hits" if tombstone else "hits", 1)
+        hook = self.hook
+        if hook is not None:
+            for name in names:
+                self._tell(hook, name, 1)
 
     def _tell(self, hook: MetricsHook, name: str, amount: int) -> None:
         try:
@@ -280,15 +289,15 @@ class Metrics:
             return {model: MetricsSnapshot(**counts) for model, counts in self._merged()[1].items()}
 
     def _merged(self) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
-        """The totals and the counts per model, near hits included (the lock held)."""
+        """The totals and the counts per model, the unlocked ones included (the lock held)."""
         totals = dict(self._counts)
         models = {model: dict(counts) for model, counts in self._models.items()}
-        for (model, tombstone), counter in self._near_hits.items():
-            hits = int(repr(counter)[len("count(") : -1])  # how far it has counted
+        for (model, names), counter in self._unlocked.items():
+            times = int(repr(counter)[len("count(") : -1])  # how far it has counted
             counts = models.setdefault(model, dict.fromkeys(COUNTERS, 0))
-            for each in (totals, counts):
-                each["near_hits"] += hits
-                each["tombstone_hits" if tombstone else "hits"] += hits
+            for name in names:
+                totals[name] += times
+                counts[name] += times
         return totals, models
 
     def histograms(self) -> dict[tuple[str, str], HistogramSnapshot]:
@@ -305,5 +314,5 @@ class Metrics:
         with self._lock:
             self._counts = dict.fromkeys(COUNTERS, 0)
             self._models = {}
-            self._near_hits = {}
+            self._unlocked = {}
             self._durations = {}

@@ -547,6 +547,7 @@ def test_metrics_are_thread_safe() -> None:
             metrics.incr("hits")
             metrics.incr("misses", 2)
             metrics.near_hit("m")  # a hit too, counted without the lock
+            metrics.count("m", ("decode_failures",))  # without the lock too
 
     threads = [threading.Thread(target=work) for _ in range(threads_n)]
     for thread in threads:
@@ -557,7 +558,9 @@ def test_metrics_are_thread_safe() -> None:
     assert snapshot.hits == 2 * threads_n * per_thread
     assert snapshot.near_hits == threads_n * per_thread
     assert snapshot.misses == 2 * threads_n * per_thread
-    assert len(hook_calls) == 4 * threads_n * per_thread
+    assert snapshot.decode_failures == metrics.by_model()["m"].decode_failures
+    assert snapshot.decode_failures == threads_n * per_thread
+    assert len(hook_calls) == 5 * threads_n * per_thread
 
 
 def test_near_hits_are_in_every_reading_of_the_counters() -> None:
