@@ -54,7 +54,7 @@ def decoded(
             outcome, counter = _UNUSABLE, "decode_failures"
         else:
             try:
-                verified = cache.verify(cls, id_field, id_val, obj)
+                verified = bool(cache.verify(cls, id_field, id_val, obj))
             except Exception:
                 verified = False
             outcome, counter = (obj, "hits") if verified else (_UNUSABLE, "verify_failures")

@@ -285,7 +285,7 @@ class CacheCowBase(Generic[ClientT]):
         values, which is what write hooks invalidate.
         """
         is_mapping = type(obj) is dict or isinstance(obj, Mapping)
-        if type(id_field) is str:  # one field: the common case, without a loop
+        if not isinstance(id_field, tuple):  # one field: the common case, without a loop
             actual = obj.get(id_field, _MISSING) if is_mapping else getattr(obj, id_field, _MISSING)
             return actual is not _MISSING and same_value(actual, id_val)
         for name, expected in zip(id_field, id_val, strict=True):

@@ -235,6 +235,9 @@ class Metrics:
         the other counts when they are read."""
         counter = self._unlocked.get((model, names))
         if counter is None:
+            unknown = [name for name in names if name not in self._counts]
+            if unknown:
+                raise KeyError(f"no such counter: {unknown}")
             with self._lock:
                 counter = self._unlocked.setdefault((model, names), itertools.count())
         next(counter)

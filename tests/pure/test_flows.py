@@ -92,6 +92,20 @@ def test_get_hit_failing_verify_is_unusable() -> None:
     assert counts(c, "verify_failures", "commits") == (1, 1)
 
 
+def test_get_hit_whose_verify_answer_cannot_be_a_bool_is_unusable() -> None:
+    """A ``verify`` whose answer raises when taken as a bool fails like one that raises."""
+
+    class Unsure:
+        def __bool__(self) -> bool:
+            raise RuntimeError("no answer")
+
+    c = cache()
+    c.verify = lambda *args: Unsure()  # type: ignore[method-assign]
+    run = Scripted(c).get("user", "id", 1, [ROW_BYTES, LEASED, ROW, STORED])
+    assert run.value() == ROW
+    assert counts(c, "verify_failures") == (1,)
+
+
 # -- get: the lease ---------------------------------------------------------------------------
 
 

@@ -367,6 +367,17 @@ def test_verify_mappings(base: CacheCowBase) -> None:
     assert base.verify(Widget, "id", None, {}) is False  # absent is not None
 
 
+def test_verify_a_field_named_by_a_str_subclass(base: CacheCowBase) -> None:
+    """A field name given as a str subclass (a StrEnum member, say) is one field, not letters."""
+
+    class Name(str):
+        pass
+
+    assert base.verify(Widget, Name("id"), 5, {"id": 5}) is True
+    assert base.verify(Widget, Name("id"), 5, SimpleNamespace(id=5)) is True
+    assert base.verify(Widget, Name("id"), 6, {"id": 5}) is False
+
+
 def test_verify_missing_attribute(base: CacheCowBase) -> None:
     assert base.verify(Widget, "id", 5, SimpleNamespace(pk=5)) is False
     assert base.verify(Widget, "id", None, SimpleNamespace()) is False
@@ -561,6 +572,13 @@ def test_metrics_are_thread_safe() -> None:
     assert snapshot.decode_failures == metrics.by_model()["m"].decode_failures
     assert snapshot.decode_failures == threads_n * per_thread
     assert len(hook_calls) == 5 * threads_n * per_thread
+
+
+def test_an_unknown_counter_is_refused_at_once() -> None:
+    metrics = Metrics()
+    with pytest.raises(KeyError, match="nosuch"):
+        metrics.count("m", ("hits", "nosuch"))
+    assert metrics.snapshot().hits == 0  # nothing counted, and the counters still read
 
 
 def test_near_hits_are_in_every_reading_of_the_counters() -> None:
